@@ -1,0 +1,3 @@
+"""Synthetic defect-image dataset factory on Ray."""
+
+__version__ = "0.1.0"

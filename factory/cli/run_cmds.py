@@ -1,0 +1,1 @@
+"""Commands for this area are registered here (see factory/cli/app.py)."""

@@ -1,0 +1,235 @@
+"""A procedural renderer of photovoltaic electroluminescence (EL) cell images.
+
+What an EL cell image looks like (pv-vision, ELPV): a dark background around a
+bright cell, a mottled emission texture, thin dark finger lines (the grid) at a
+regular pitch, 2-5 darker busbars across the fingers, darker corners and edges
+(vignetting), sensor noise. Defects darken the emission locally.
+
+Every defect is rendered into the window of its box only, so its mask lies
+inside its box by construction, and the reported box is the tight box of what
+was actually drawn. All drawing is array arithmetic over the box window; the only
+Python loops run over boxes, polyline segments and finger rows.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+from scipy import ndimage
+
+from factory.planning.work import Box, WorkItem
+
+# threshold on a defect's darkening (0..1) above which a pixel counts as defect
+MASK_THRESHOLD = 0.12
+
+
+def render_el(item: WorkItem) -> tuple[np.ndarray, list[Box], np.ndarray]:
+    """Render one item: (HxWxC uint8 image, tight boxes, HxW uint8 mask with k = box index + 1)."""
+    rng = np.random.default_rng(item.seed)
+    H, W = item.height, item.width
+    style = item.style
+    brightness = style.get("brightness", 0.55)
+    contrast = style.get("contrast", 1.0)
+    pitch = max(2.0, style.get("grid_pitch", 8.0))
+    n_busbars = int(style.get("busbars", 3))
+
+    cell, busbar_y = _cell(rng, H, W, brightness, contrast, pitch, n_busbars)
+    darkening = np.zeros((H, W), np.float32)
+    mask = np.zeros((H, W), np.uint8)
+    boxes: list[Box] = []
+    for k, box in enumerate(item.boxes, start=1):
+        draw = DEFECTS.get(box.class_name)
+        if draw is None:
+            raise ValueError(f"procedural generator cannot draw class {box.class_name!r}; it draws {', '.join(DEFECTS)}")
+        h, w = box.height, box.width
+        effect = np.clip(draw(rng, h, w, pitch), 0.0, 1.0).astype(np.float32)
+        local = effect > MASK_THRESHOLD
+        if not local.any():  # a tiny box: make sure the defect exists
+            effect[h // 2, w // 2] = 0.5
+            local[h // 2, w // 2] = True
+        win = (slice(box.y1, box.y2), slice(box.x1, box.x2))
+        darkening[win] = np.maximum(darkening[win], effect)
+        mask[win][local] = k
+        ys, xs = np.nonzero(local)
+        boxes.append(Box(box.class_id, box.class_name, box.x1 + int(xs.min()), box.y1 + int(ys.min()),
+                         box.x1 + int(xs.max()) + 1, box.y1 + int(ys.max()) + 1))
+
+    img = cell * (1.0 - darkening)
+    img = img + rng.normal(0.0, 0.012 + 0.01 * rng.random(), img.shape).astype(np.float32)  # sensor noise
+    img8 = (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    if item.channels == 3:
+        img8 = np.repeat(img8[:, :, None], 3, axis=2)
+    else:
+        img8 = img8[:, :, None]
+    return img8, boxes, mask
+
+
+def _smooth_noise(rng: np.random.Generator, H: int, W: int, sigma: float) -> np.ndarray:
+    """Zero-mean, unit-std smooth noise: white noise at a coarse grid, blurred and
+    upsampled (cheap at any resolution)."""
+    step = max(1, int(sigma / 2))
+    h, w = -(-H // step), -(-W // step)
+    n = ndimage.gaussian_filter(rng.standard_normal((h, w)).astype(np.float32), sigma / step, mode="wrap")
+    if step > 1:
+        n = ndimage.zoom(n, (H / h, W / w), order=1)[:H, :W]
+    n -= n.mean()
+    return n / (n.std() + 1e-6)
+
+
+def _cell(
+    rng: np.random.Generator, H: int, W: int, brightness: float, contrast: float, pitch: float, n_busbars: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The defect-free cell: background, emission texture, fingers, busbars, vignette."""
+    yy = np.arange(H, dtype=np.float32)[:, None]
+    xx = np.arange(W, dtype=np.float32)[None, :]
+    side = min(H, W)
+
+    # cell outline: a small dark margin, small chamfered corners on mono cells
+    margin = rng.uniform(0.0, 0.03) * side
+    u = (xx - W / 2) / (W / 2 - margin)
+    v = (yy - H / 2) / (H / 2 - margin)
+    multi = rng.random() < 0.5
+    chamfer = 9.0 if multi else rng.uniform(1.85, 1.95)
+    inside = (np.abs(u) <= 1) & (np.abs(v) <= 1) & (np.abs(u) + np.abs(v) <= chamfer)
+    edge_soft = ndimage.gaussian_filter(inside.astype(np.float32), 1.0)
+
+    # emission texture: mono cells are smooth, multi cells show grains and dark
+    # dislocation clusters
+    tex = 0.6 * _smooth_noise(rng, H, W, side / 8) + 0.4 * _smooth_noise(rng, H, W, side / 30)
+    amp = 0.06 * contrast
+    cell = brightness * (1.0 + amp * tex)
+    if multi:
+        grains = _smooth_noise(rng, H, W, side / 50)
+        clusters = np.clip(_smooth_noise(rng, H, W, side / 120) - 1.2, 0, None) * (grains > 0.3)
+        cell = cell * (1.0 + 0.05 * contrast * np.tanh(2 * grains)) * (1.0 - np.clip(0.5 * contrast * clusters, 0, 0.6))
+
+    # fingers: faint thin dark lines across the busbars, every `pitch` pixels
+    phase = rng.uniform(0, pitch)
+    d = np.abs(((xx + phase) % pitch) - pitch / 2) - pitch / 2  # 0 at the finger line
+    cell = cell * (1.0 - rng.uniform(0.02, 0.07) * contrast * np.exp(-((d / 0.6) ** 2)))
+
+    # busbars: dark horizontal bands evenly spread over the cell
+    busbar_y = np.array([(i + 0.5) * H / max(n_busbars, 1) for i in range(n_busbars)], np.float32)
+    if n_busbars:
+        bw = max(1.5, rng.uniform(0.015, 0.03) * H)
+        dist = np.min(np.abs(yy[None, :, :] - busbar_y[:, None, None]), axis=0)
+        core = np.clip(bw / 2 + 0.5 - dist, 0, 1)  # anti-aliased band
+        cell = cell * (1.0 - rng.uniform(0.45, 0.65) * core - 0.06 * np.exp(-((dist / (2 * bw)) ** 2)))
+
+    # vignette: darker towards corners and edges
+    r2 = ((xx - W / 2) / (W / 2)) ** 2 + ((yy - H / 2) / (H / 2)) ** 2
+    cell = cell * (1.0 - rng.uniform(0.05, 0.2) * r2 / 2)
+
+    background = rng.uniform(0.02, 0.08)
+    out = background + (cell - background) * edge_soft
+    return out.astype(np.float32), busbar_y
+
+
+# --- defects: each returns a (h, w) darkening map in [0, 1] for its box window ---
+
+
+def _polyline_distance(h: int, w: int, pts: np.ndarray) -> np.ndarray:
+    """Distance of every pixel of an (h, w) window to a polyline (K points, x/y)."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    best = np.full((h, w), np.inf, np.float32)
+    for (x0, y0), (x1, y1) in zip(pts[:-1], pts[1:]):
+        dx, dy = x1 - x0, y1 - y0
+        t = np.clip(((xx - x0) * dx + (yy - y0) * dy) / max(dx * dx + dy * dy, 1e-6), 0, 1)
+        best = np.minimum(best, np.hypot(xx - (x0 + t * dx), yy - (y0 + t * dy)))
+    return best
+
+
+def _walk(rng: np.random.Generator, h: int, w: int, jitter: float, n: int = 12) -> np.ndarray:
+    """A jittered path from one side of the window to the opposite one, along its long axis."""
+    t = np.linspace(0.0, 1.0, n)
+    wobble = np.cumsum(rng.normal(0, jitter, n))
+    wobble -= np.linspace(wobble[0], wobble[-1], n) - rng.uniform(-0.15, 0.15)
+    if w >= h:
+        return np.stack([t * (w - 1), np.clip((0.5 + wobble) * (h - 1), 0, h - 1)], axis=1)
+    return np.stack([np.clip((0.5 + wobble) * (w - 1), 0, w - 1), t * (h - 1)], axis=1)
+
+
+def _crack(rng, h, w, pitch):
+    pts = _walk(rng, h, w, jitter=0.08)
+    width = rng.uniform(0.6, 1.3)
+    line = np.exp(-((_polyline_distance(h, w, pts) / width) ** 2))
+    out = rng.uniform(0.55, 0.85) * line
+    if rng.random() < 0.5 and min(h, w) > 6:  # a branch
+        start = pts[rng.integers(2, len(pts) - 2)]
+        end = np.array([rng.uniform(0, w - 1), rng.uniform(0, h - 1)])
+        branch = np.linspace(start, end, 6) + rng.normal(0, 0.5, (6, 2))
+        out = np.maximum(out, rng.uniform(0.4, 0.7) * np.exp(-((_polyline_distance(h, w, branch) / width) ** 2)))
+    return out
+
+
+def _cross_crack(rng, h, w, pitch):
+    a = _crack(rng, h, w, pitch)
+    b = _crack(rng, w, h, pitch).T  # the same along the other axis
+    return np.maximum(a, b)
+
+
+def _black_spot(rng, h, w, pitch):
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    cy, cx = (h - 1) / 2, (w - 1) / 2
+    ry, rx = max(h / 2, 1.0), max(w / 2, 1.0)
+    ang = rng.uniform(0, 2 * np.pi, 1)
+    lobes = 1.0 + 0.15 * np.sin(3 * np.arctan2(yy - cy, xx - cx) + ang)
+    r = np.sqrt(((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2) / lobes
+    return rng.uniform(0.45, 0.85) * np.clip(1.0 - r**3, 0, 1)
+
+
+def _dark_area(rng, h, w, pitch):
+    """An inactive region: a large, fairly uniform dark patch with a ragged edge."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    edge = 0.5 + 0.5 * np.tanh(4 * (xx / max(w - 1, 1) - rng.uniform(0.2, 0.5) + 0.1 * np.sin(yy / max(h, 1) * 6 + rng.uniform(0, 6))))
+    return rng.uniform(0.5, 0.8) * edge
+
+
+def _scratch(rng, h, w, pitch):
+    # a straight, faint line corner to corner (flip to the other diagonal half the time)
+    if rng.random() < 0.5:
+        pts = np.array([[0, 0], [w - 1, h - 1]], np.float32)
+    else:
+        pts = np.array([[0, h - 1], [w - 1, 0]], np.float32)
+    mid = (pts[0] + pts[1]) / 2 + rng.normal(0, 0.03 * max(h, w), 2)
+    pts = np.stack([pts[0], mid, pts[1]])
+    return rng.uniform(0.35, 0.6) * np.exp(-((_polyline_distance(h, w, pts) / 0.7) ** 2))
+
+
+def _broken_gate(rng, h, w, pitch):
+    """Interrupted fingers: the stripes beside a few neighbouring (vertical) fingers
+    go dark, fading away from where the finger broke."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    reach = max(h * rng.uniform(0.5, 1.0), 1.0)
+    fade = np.exp(-yy / reach) if rng.random() < 0.5 else np.exp(-(h - 1 - yy) / reach)
+    band = np.zeros((h, w), np.float32)
+    cols = max(1, int(w / pitch))
+    p = w / cols
+    for i in range(cols):
+        if rng.random() < 0.75 or cols == 1:
+            lo, hi = i * p + 0.15 * p, (i + 1) * p - 0.15 * p
+            band = np.maximum(band, ((xx >= lo) & (xx < hi)).astype(np.float32))
+    return rng.uniform(0.35, 0.6) * band * (0.4 + 0.6 * fade)
+
+
+def _unjoined_weld(rng, h, w, pitch):
+    """A dark band along the (horizontal) busbar direction: the ribbon is not
+    soldered there, so the area it collects from goes dark."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    across = np.exp(-(((yy - (h - 1) / 2) / max(h / 2.2, 1.0)) ** 4))
+    t = xx / max(w - 1, 1)
+    along = 0.6 + 0.4 * t if rng.random() < 0.5 else 1.0 - 0.4 * t
+    return rng.uniform(0.45, 0.75) * across * along
+
+
+DEFECTS: dict[str, Callable[..., np.ndarray]] = {
+    "crack": _crack,
+    "black_spot": _black_spot,
+    "scratch": _scratch,
+    "broken_gate": _broken_gate,
+    "unjoined_weld": _unjoined_weld,
+    # pv-vision's own labels, so its real data can be mirrored by name
+    "cross_crack": _cross_crack,
+    "dark_area": _dark_area,
+}

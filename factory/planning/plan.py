@@ -1,0 +1,130 @@
+"""Deterministic planning: spec + index -> WorkItem.
+
+Item `i` depends only on (spec, spec.seed, i): its random stream is seeded by
+`SeedSequence([seed, i])`. So the plan is an infinite, reproducible sequence; a
+job takes the first `ceil(count * overprovision)` items, a top-up round takes the
+next ones, and a resumed job names exactly the same items again.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterator
+
+import numpy as np
+
+from factory.planning.work import Box, WorkItem
+from factory.spec.model import BoxSpec, DatasetSpec, Distribution
+
+MAX_PLACEMENT_TRIES = 200
+
+
+def planned_count(spec: DatasetSpec, overprovision: float = 1.0) -> int:
+    """How many items to plan so that `count` survive a gate rejecting a share
+    of them: `overprovision` = 1 / expected pass rate (>= 1)."""
+    if overprovision < 1.0:
+        raise ValueError(f"overprovision must be >= 1, got {overprovision}")
+    return math.ceil(spec.count * overprovision)
+
+
+def plan(spec: DatasetSpec, n: int | None = None, start: int = 0, overprovision: float = 1.0) -> list[WorkItem]:
+    """Items `start .. start+n-1` of the spec's plan (n defaults to planned_count)."""
+    if n is None:
+        n = planned_count(spec, overprovision)
+    return list(iter_plan(spec, start, n))
+
+
+def iter_plan(spec: DatasetSpec, start: int, n: int) -> Iterator[WorkItem]:
+    planner = _Planner(spec)
+    for i in range(start, start + n):
+        yield planner.item(i)
+
+
+class _Planner:
+    def __init__(self, spec: DatasetSpec):
+        self.spec = spec
+        self.hash = spec.spec_hash()
+        g_w = np.array([g.weight for g in spec.generators], dtype=float)
+        self.gen_p = g_w / g_w.sum()
+        c_w = np.array([d.weight for d in spec.defects], dtype=float)
+        self.class_w = c_w
+
+    def item(self, index: int) -> WorkItem:
+        spec = self.spec
+        rng = np.random.default_rng(np.random.SeedSequence([spec.seed % (1 << 63), index]))
+        W, H = spec.image.width, spec.image.height
+        gen = spec.generators[int(rng.choice(len(spec.generators), p=self.gen_p))]
+        style = self._style(rng)
+        boxes: list[Box] = []
+        if rng.random() >= spec.negatives:
+            for class_id in self._classes(rng):
+                d = spec.defects[class_id]
+                k = int(rng.integers(d.boxes.count[0], d.boxes.count[1] + 1))
+                for _ in range(k):
+                    box = _place_box(rng, d.boxes, class_id, d.class_name, W, H, boxes)
+                    if box is not None:
+                        boxes.append(box)
+        return WorkItem(
+            item_id=f"{spec.name}-{self.hash[:8]}-{index:07d}",
+            index=index,
+            generator=gen.kind,
+            checkpoint=gen.checkpoint,
+            width=W,
+            height=H,
+            channels=spec.image.channels,
+            seed=int(rng.integers(0, 2**31 - 1)),
+            boxes=tuple(boxes),
+            style=style,
+            params=dict(gen.params),
+            domain=spec.domain.name,
+        )
+
+    def _style(self, rng: np.random.Generator) -> dict[str, float]:
+        d = self.spec.domain
+        return {
+            "brightness": float(rng.uniform(*d.brightness)),
+            "contrast": float(rng.uniform(*d.contrast)),
+            "grid_pitch": float(rng.uniform(*d.grid_pitch)),
+            "busbars": float(rng.integers(d.busbars[0], d.busbars[1] + 1)),
+            # which reference image (modulo the number of references) a generator may use
+            "reference": float(rng.integers(0, 2**31 - 1)),
+        }
+
+    def _classes(self, rng: np.random.Generator) -> list[int]:
+        lo, hi = self.spec.classes_per_image
+        positive = int((self.class_w > 0).sum())
+        k = min(int(rng.integers(lo, hi + 1)), positive)
+        p = self.class_w / self.class_w.sum()
+        return sorted(int(c) for c in rng.choice(len(p), size=k, replace=False, p=p))
+
+
+def sample_distribution(rng: np.random.Generator, d: Distribution) -> float:
+    if d.dist == "uniform":
+        return float(rng.uniform(d.min, d.max))
+    if d.dist == "loguniform":
+        return float(np.exp(rng.uniform(np.log(d.min), np.log(d.max))))
+    mean = d.mean if d.mean is not None else (d.min + d.max) / 2
+    return float(np.clip(rng.normal(mean, d.std), d.min, d.max))
+
+
+def _place_box(
+    rng: np.random.Generator, b: BoxSpec, class_id: int, class_name: str, W: int, H: int, taken: list[Box]
+) -> Box | None:
+    """Draw a box from the distributions; redraw while it overlaps (if forbidden)."""
+    for _ in range(MAX_PLACEMENT_TRIES):
+        s = sample_distribution(rng, b.size)
+        a = sample_distribution(rng, b.aspect)
+        w = int(np.clip(round(s * np.sqrt(a) * W), 2, W))
+        h = int(np.clip(round(s / np.sqrt(a) * H), 2, H))
+        if b.position.dist == "uniform":
+            x1 = int(rng.integers(0, W - w + 1))
+            y1 = int(rng.integers(0, H - h + 1))
+        else:
+            cx = rng.normal(b.position.center[0] * W, b.position.std * W)
+            cy = rng.normal(b.position.center[1] * H, b.position.std * H)
+            x1 = int(np.clip(round(cx - w / 2), 0, W - w))
+            y1 = int(np.clip(round(cy - h / 2), 0, H - h))
+        box = Box(class_id, class_name, x1, y1, x1 + w, y1 + h)
+        if b.overlap or not any(box.intersects(t) for t in taken):
+            return box
+    return None

@@ -1,0 +1,124 @@
+"""The unit of work every stage passes along: one planned image.
+
+A WorkItem is plain data (ints, floats, strings) so it travels through Ray Data
+as a row, through JSON in the serve API, and into Parquet provenance columns
+without custom serialization.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Box:
+    """An axis-aligned box in pixel coordinates: x1/y1 inclusive, x2/y2 exclusive."""
+
+    class_id: int
+    class_name: str
+    x1: int
+    y1: int
+    x2: int
+    y2: int
+
+    @property
+    def width(self) -> int:
+        return self.x2 - self.x1
+
+    @property
+    def height(self) -> int:
+        return self.y2 - self.y1
+
+    def area(self) -> int:
+        return self.width * self.height
+
+    def intersects(self, other: "Box") -> bool:
+        return not (
+            self.x2 <= other.x1 or other.x2 <= self.x1 or self.y2 <= other.y1 or other.y2 <= self.y1
+        )
+
+    def inside(self, width: int, height: int) -> bool:
+        return 0 <= self.x1 < self.x2 <= width and 0 <= self.y1 < self.y2 <= height
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Box":
+        return cls(
+            class_id=int(d["class_id"]),
+            class_name=str(d["class_name"]),
+            x1=int(d["x1"]),
+            y1=int(d["y1"]),
+            x2=int(d["x2"]),
+            y2=int(d["y2"]),
+        )
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One image to make: which generator, which boxes, which seed, which style.
+
+    `index` is the item's position in the (infinite) deterministic plan of a spec;
+    `item_id` is derived from the spec hash and the index, so the same spec always
+    names the same items and duplicates are detectable across resumed runs.
+    """
+
+    item_id: str
+    index: int
+    generator: str
+    checkpoint: str | None
+    width: int
+    height: int
+    channels: int
+    seed: int
+    boxes: tuple[Box, ...] = ()
+    style: dict[str, float] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+    domain: str = ""
+
+    @property
+    def is_negative(self) -> bool:
+        return not self.boxes
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return tuple(sorted({b.class_name for b in self.boxes}))
+
+    def to_row(self) -> dict[str, Any]:
+        """A flat dict for Ray Data / Arrow: boxes as a list of dicts, params as JSON text
+        (params differ per generator and would otherwise become ragged Arrow structs)."""
+        d = asdict(self)
+        d["boxes"] = [b.to_dict() for b in self.boxes]
+        d["params"] = json.dumps(self.params, sort_keys=True)
+        d["checkpoint"] = self.checkpoint or ""
+        return d
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> "WorkItem":
+        boxes = row.get("boxes")
+        boxes = [] if boxes is None else list(boxes)
+        return cls(
+            item_id=str(row["item_id"]),
+            index=int(row["index"]),
+            generator=str(row["generator"]),
+            checkpoint=None if row.get("checkpoint") in (None, "") else str(row["checkpoint"]),
+            width=int(row["width"]),
+            height=int(row["height"]),
+            channels=int(row["channels"]),
+            seed=int(row["seed"]),
+            boxes=tuple(Box.from_dict(b) for b in boxes),
+            style={k: float(v) for k, v in dict(row.get("style") or {}).items() if v is not None},
+            params=_params(row.get("params")),
+            domain=str(row.get("domain") or ""),
+        )
+
+
+def _params(value: Any) -> dict[str, Any]:
+    if value in (None, ""):
+        return {}
+    if isinstance(value, str):
+        return json.loads(value)
+    return dict(value)

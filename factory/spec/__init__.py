@@ -1,0 +1,6 @@
+"""The dataset spec: YAML in, a validated `DatasetSpec` out."""
+
+from factory.spec.load import SpecError, load_spec, parse_spec, spec_from_dict
+from factory.spec.model import DatasetSpec
+
+__all__ = ["DatasetSpec", "SpecError", "load_spec", "parse_spec", "spec_from_dict"]

@@ -1,0 +1,174 @@
+"""Read a spec file and turn every failure into `file: field.path: reason` lines."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from factory.spec.model import DatasetSpec, SpecFieldError
+
+
+class SpecError(ValueError):
+    """An invalid spec. `problems` is a list of (field path, reason)."""
+
+    def __init__(self, source: str, problems: list[tuple[str, str]]):
+        self.source = source
+        self.problems = problems
+        super().__init__("\n".join(self.lines()))
+
+    def lines(self) -> list[str]:
+        return [f"{self.source}: {loc}: {msg}" if loc else f"{self.source}: {msg}" for loc, msg in self.problems]
+
+
+def load_spec(path: str | Path) -> DatasetSpec:
+    """Load and validate a YAML spec file."""
+    path = Path(path)
+    source = str(path)
+    if not path.exists():
+        raise SpecError(source, [("", "file not found")])
+    if path.is_dir():
+        raise SpecError(source, [("", "is a folder, expected a YAML file")])
+    text = path.read_text(encoding="utf-8", errors="replace")
+    return parse_spec(text, source)
+
+
+def parse_spec(text: str, source: str = "<spec>") -> DatasetSpec:
+    if not text.strip():
+        raise SpecError(source, [("", "file is empty; a spec needs at least name, count and defects")])
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise SpecError(source, [("", f"YAML syntax error at {where}{problem}")]) from None
+    if data is None:
+        raise SpecError(source, [("", "file is empty; a spec needs at least name, count and defects")])
+    return spec_from_dict(data, source)
+
+
+def spec_from_dict(data: Any, source: str = "<spec>") -> DatasetSpec:
+    if not isinstance(data, dict):
+        raise SpecError(source, [("", f"the top level must be a mapping of keys, got {type(data).__name__}")])
+    try:
+        return DatasetSpec.model_validate(data)
+    except ValidationError as e:
+        raise SpecError(source, [_describe(err) for err in e.errors()]) from None
+
+
+def format_loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _describe(err: dict[str, Any]) -> tuple[str, str]:
+    loc = format_loc(err["loc"])
+    kind = err["type"]
+    ctx = err.get("ctx") or {}
+    got = err.get("input")
+    cause = ctx.get("error")
+    if isinstance(cause, SpecFieldError):
+        full = ".".join(p for p in (loc, cause.loc) if p).replace(".[", "[")
+        return full, cause.msg
+    if kind == "value_error":
+        return loc, str(cause) if cause is not None else err["msg"]
+    if kind == "extra_forbidden":
+        return loc, _unknown_key(err)
+    if kind == "missing":
+        return loc, "required field is missing"
+    if kind in ("less_than_equal", "less_than", "greater_than_equal", "greater_than"):
+        op, bound = {
+            "less_than_equal": ("<=", "le"),
+            "less_than": ("<", "lt"),
+            "greater_than_equal": (">=", "ge"),
+            "greater_than": (">", "gt"),
+        }[kind]
+        return loc, f"must be {op} {ctx[bound]}, got {got}"
+    if kind == "string_pattern_mismatch":
+        return loc, _pattern_message(loc, got)
+    if kind == "too_short" and isinstance(got, list) and not got:
+        return loc, "must not be empty"
+    if kind in ("tuple_type", "too_long", "too_short") and _is_range_field(loc):
+        return loc, f"must be a [lo, hi] pair, got {got!r}"
+    if kind in ("int_type", "int_parsing", "int_from_float"):
+        return loc, f"expected an integer, got {got!r}"
+    if kind in ("float_type", "float_parsing"):
+        return loc, f"expected a number, got {got!r}"
+    if kind in ("bool_type", "bool_parsing"):
+        return loc, f"expected true or false, got {got!r}"
+    if kind in ("string_type",):
+        return loc, f"expected text, got {got!r}"
+    if kind in ("dict_type", "model_type", "model_attributes_type"):
+        return loc, f"expected a mapping of keys, got {type(got).__name__}"
+    if kind == "list_type":
+        return loc, f"expected a list, got {type(got).__name__}"
+    msg = err["msg"].replace("Input should be", "must be")
+    return loc, f"{msg}, got {got!r}"
+
+
+def _is_range_field(loc: str) -> bool:
+    return loc.rsplit(".", 1)[-1].split("[")[0] in {
+        "brightness", "contrast", "grid_pitch", "busbars", "count", "center", "classes_per_image",
+    }
+
+
+def _pattern_message(loc: str, got: Any) -> str:
+    leaf = loc.rsplit(".", 1)[-1]
+    if leaf == "name" and "." not in loc:
+        return (
+            "must be 1-63 characters of lowercase letters, digits and '-', starting with a letter or digit "
+            f"(it becomes a folder name), got {got!r}"
+        )
+    return f"must be 1-64 characters of letters, digits, '_' and '-', starting with a letter or digit, got {got!r}"
+
+
+def _unknown_key(err: dict[str, Any]) -> str:
+    key = str(err["loc"][-1])
+    model = _model_at(err["loc"][:-1])
+    known = sorted(_field_names(model)) if model is not None else []
+    hint = difflib.get_close_matches(key, known, n=1)
+    msg = f"unknown key {key!r}"
+    if hint:
+        msg += f" (did you mean {hint[0]!r}?)"
+    elif known:
+        msg += f"; allowed keys: {', '.join(known)}"
+    return msg
+
+
+def _field_names(model: type[BaseModel]) -> list[str]:
+    return [f.alias or name for name, f in model.model_fields.items()]
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """Walk the spec's model tree along a location to find the model there."""
+    model: Any = DatasetSpec
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        fields = {(f.alias or n): f for n, f in model.model_fields.items()}
+        if part not in fields:
+            return None
+        ann = fields[part].annotation
+        model = _first_model(ann)
+        if model is None:
+            return None
+    return model
+
+
+def _first_model(ann: Any) -> type[BaseModel] | None:
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return ann
+    for arg in getattr(ann, "__args__", ()) or ():
+        found = _first_model(arg)
+        if found is not None:
+            return found
+    return None

@@ -1,0 +1,340 @@
+"""The dataset spec: what users write in YAML, validated up front.
+
+Every model forbids unknown keys, so a typo is an error and not a silently
+ignored setting. Cross-field checks (lo <= hi, boxes that fit the image, weights
+that sum to something) live next to the fields they check.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
+CLASS_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+
+# (lo, hi) pairs. Validation of lo <= hi happens in _check_range.
+FloatRange = tuple[float, float]
+IntRange = tuple[int, int]
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+def _check_range(value: tuple, what: str = "range") -> tuple:
+    lo, hi = value
+    if lo > hi:
+        raise ValueError(f"lo must be <= hi, got [{lo}, {hi}]")
+    return value
+
+
+class ImageSpec(StrictModel):
+    width: Annotated[int, Field(ge=32, le=4096)] = 256
+    height: Annotated[int, Field(ge=32, le=4096)] = 256
+    channels: Literal[1, 3] = 1
+
+
+class DomainSpec(StrictModel):
+    """The target domain's style. The EL-specific knobs are the shifts the PDIG
+    paper's Fig. 1 names between production lines: background brightness,
+    contrast, grid-line (finger) spacing, number of busbars."""
+
+    name: Annotated[str, Field(pattern=CLASS_PATTERN)] = "default"
+    references: list[str] = Field(default_factory=list, description="URIs of real images in the target style")
+    brightness: FloatRange = (0.45, 0.7)
+    contrast: FloatRange = (0.8, 1.2)
+    grid_pitch: FloatRange = (6.0, 10.0)
+    busbars: IntRange = (2, 4)
+
+    @field_validator("brightness")
+    @classmethod
+    def _brightness(cls, v: FloatRange) -> FloatRange:
+        _check_range(v)
+        if not (0.0 <= v[0] and v[1] <= 1.0):
+            raise ValueError(f"must lie in [0, 1], got [{v[0]}, {v[1]}]")
+        return v
+
+    @field_validator("contrast")
+    @classmethod
+    def _contrast(cls, v: FloatRange) -> FloatRange:
+        _check_range(v)
+        if v[0] <= 0:
+            raise ValueError(f"must be > 0, got {v[0]}")
+        return v
+
+    @field_validator("grid_pitch")
+    @classmethod
+    def _pitch(cls, v: FloatRange) -> FloatRange:
+        _check_range(v)
+        if v[0] < 2:
+            raise ValueError(f"finger spacing must be >= 2 pixels, got {v[0]}")
+        return v
+
+    @field_validator("busbars")
+    @classmethod
+    def _busbars(cls, v: IntRange) -> IntRange:
+        _check_range(v)
+        if v[0] < 0 or v[1] > 12:
+            raise ValueError(f"must lie in [0, 12], got [{v[0]}, {v[1]}]")
+        return v
+
+
+class Distribution(StrictModel):
+    """A 1-D distribution, always clipped to [min, max]."""
+
+    dist: Literal["uniform", "loguniform", "normal"] = "uniform"
+    min: float
+    max: float
+    mean: float | None = None
+    std: float | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> "Distribution":
+        if self.min > self.max:
+            raise ValueError(f"min must be <= max, got min={self.min}, max={self.max}")
+        if self.dist == "loguniform" and self.min <= 0:
+            raise ValueError(f"loguniform needs min > 0, got {self.min}")
+        if self.dist == "normal":
+            if self.std is None or self.std <= 0:
+                raise ValueError("normal needs std > 0")
+        return self
+
+
+class SizeDistribution(Distribution):
+    """Box side (geometric mean of width and height) as a fraction of the image side."""
+
+    @field_validator("max")
+    @classmethod
+    def _max(cls, v: float) -> float:
+        if v > 1:
+            raise ValueError(f"must be <= 1, got {v}")
+        return v
+
+    @field_validator("min")
+    @classmethod
+    def _min(cls, v: float) -> float:
+        if v <= 0:
+            raise ValueError(f"must be > 0, got {v}")
+        return v
+
+
+class AspectDistribution(Distribution):
+    """Box width / height."""
+
+    @field_validator("min")
+    @classmethod
+    def _min(cls, v: float) -> float:
+        if v <= 0:
+            raise ValueError(f"must be > 0, got {v}")
+        return v
+
+
+class PositionDistribution(StrictModel):
+    """Where box centres go: uniform over the image, or normal around `center`
+    (fractions of width/height) with `std` (fraction of the side), clipped so the
+    box stays inside."""
+
+    dist: Literal["uniform", "normal"] = "uniform"
+    center: FloatRange = (0.5, 0.5)
+    std: Annotated[float, Field(gt=0, le=1)] = 0.2
+
+    @field_validator("center")
+    @classmethod
+    def _center(cls, v: FloatRange) -> FloatRange:
+        if not all(0.0 <= c <= 1.0 for c in v):
+            raise ValueError(f"must lie in [0, 1], got [{v[0]}, {v[1]}]")
+        return v
+
+
+class BoxSpec(StrictModel):
+    count: IntRange = (1, 1)
+    size: SizeDistribution = SizeDistribution(min=0.05, max=0.15)
+    aspect: AspectDistribution = AspectDistribution(min=1.0, max=1.0)
+    position: PositionDistribution = PositionDistribution()
+    overlap: bool = False
+
+    @field_validator("count")
+    @classmethod
+    def _count(cls, v: IntRange) -> IntRange:
+        _check_range(v)
+        if v[0] < 1:
+            raise ValueError(f"must be >= 1, got {v[0]}")
+        if v[1] > 64:
+            raise ValueError(f"at most 64 boxes per image, got {v[1]}")
+        return v
+
+
+class DefectSpec(StrictModel):
+    class_name: Annotated[str, Field(alias="class", pattern=CLASS_PATTERN)]
+    weight: Annotated[float, Field(ge=0)] = 1.0
+    boxes: BoxSpec = BoxSpec()
+
+
+class GeneratorSpec(StrictModel):
+    kind: str
+    weight: Annotated[float, Field(ge=0)] = 1.0
+    checkpoint: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("kind")
+    @classmethod
+    def _kind(cls, v: str) -> str:
+        from factory.generators.base import KINDS, PLANNED_KINDS, available_kinds
+
+        if v in KINDS:
+            return v
+        if v in PLANNED_KINDS:
+            raise ValueError(f"generator kind {v!r} is not available yet: {PLANNED_KINDS[v]}")
+        raise ValueError(f"unknown generator kind {v!r}; available: {', '.join(available_kinds())}")
+
+
+class QualitySpec(StrictModel):
+    """Quality gate thresholds. The anomaly gate adds its settings here."""
+
+    spillover_max: Annotated[float, Field(ge=0, le=1)] = 0.2
+
+
+class OutputSpec(StrictModel):
+    uri: str = "file://./datasets"
+    formats: list[Literal["parquet", "yolo"]] = Field(default_factory=lambda: ["parquet", "yolo"])
+    shard_size: Annotated[int, Field(gt=0, le=100_000)] = 256
+
+    @field_validator("formats")
+    @classmethod
+    def _formats(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("must name at least one format")
+        if len(set(v)) != len(v):
+            raise ValueError(f"duplicate format in {v}")
+        return v
+
+    @field_validator("uri")
+    @classmethod
+    def _uri(cls, v: str) -> str:
+        if "://" in v and not v.startswith(("file://", "s3://")):
+            raise ValueError(f"scheme must be file:// or s3://, got {v!r}")
+        return v
+
+
+class DatasetSpec(StrictModel):
+    name: Annotated[str, Field(pattern=NAME_PATTERN)]
+    version: Annotated[int, Field(gt=0)] | None = None
+    seed: int = 0
+    count: Annotated[int, Field(gt=0, le=10_000_000)]
+    image: ImageSpec = ImageSpec()
+    domain: DomainSpec = DomainSpec()
+    defects: list[DefectSpec] = Field(min_length=1)
+    classes_per_image: IntRange = (1, 1)
+    negatives: Annotated[float, Field(ge=0, le=1)] = 0.0
+    generators: list[GeneratorSpec] = Field(default_factory=lambda: [GeneratorSpec(kind="procedural")], min_length=1)
+    quality: QualitySpec = QualitySpec()
+    output: OutputSpec = OutputSpec()
+
+    @field_validator("classes_per_image")
+    @classmethod
+    def _cpi(cls, v: IntRange) -> IntRange:
+        _check_range(v)
+        if v[0] < 1:
+            raise ValueError(f"must be >= 1, got {v[0]}")
+        return v
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "DatasetSpec":
+        names = [d.class_name for d in self.defects]
+        seen: set[str] = set()
+        for i, n in enumerate(names):
+            if n in seen:
+                raise _field_error(f"defects[{i}].class", f"duplicate class name {n!r}")
+            seen.add(n)
+        if sum(d.weight for d in self.defects) <= 0:
+            raise _field_error("defects", "weights are all zero: at least one class needs weight > 0")
+        if sum(g.weight for g in self.generators) <= 0:
+            raise _field_error("generators", "weights are all zero: at least one generator needs weight > 0")
+        if self.classes_per_image[1] > len(self.defects):
+            raise _field_error(
+                "classes_per_image", f"asks for up to {self.classes_per_image[1]} classes but defects lists {len(self.defects)}"
+            )
+        for i, d in enumerate(self.defects):
+            _check_boxes_fit(d.boxes, self.image, f"defects[{i}].boxes")
+        _check_classes_drawable(self)
+        return self
+
+    # --- derived values -------------------------------------------------------
+    @property
+    def class_names(self) -> list[str]:
+        return [d.class_name for d in self.defects]
+
+    def spec_hash(self) -> str:
+        """sha256 of the canonical JSON of the spec without `version` (the same
+        recipe published twice under two versions has one hash)."""
+        data = self.model_dump(mode="json", by_alias=True, exclude={"version"})
+        return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+    def to_yaml_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
+
+
+class SpecFieldError(ValueError):
+    """A cross-field error that knows which field it is about."""
+
+    def __init__(self, loc: str, msg: str):
+        super().__init__(msg)
+        self.loc = loc
+        self.msg = msg
+
+
+def _field_error(loc: str, msg: str) -> SpecFieldError:
+    return SpecFieldError(loc, msg)
+
+
+MIN_BOX_SIDE_PX = 2
+
+
+def _check_classes_drawable(spec: DatasetSpec) -> None:
+    from factory.generators.base import supported_classes
+
+    for gi, g in enumerate(spec.generators):
+        drawable = supported_classes(g.kind)
+        if drawable is None or g.weight == 0:
+            continue
+        for i, d in enumerate(spec.defects):
+            if d.weight > 0 and d.class_name not in drawable:
+                raise _field_error(
+                    f"defects[{i}].class",
+                    f"generator generators[{gi}] ({g.kind}) cannot draw {d.class_name!r}; it draws {', '.join(drawable)}",
+                )
+
+
+def _check_boxes_fit(b: BoxSpec, image: ImageSpec, where: str) -> None:
+    """Refuse box distributions that cannot be realized in the image."""
+    short = min(image.width, image.height)
+    widest = math.sqrt(b.aspect.max)
+    tallest = 1.0 / math.sqrt(b.aspect.min)
+    # the smallest box must still be >= 2 px on its short side
+    min_side_px = b.size.min * short / max(widest, tallest)
+    if min_side_px < MIN_BOX_SIDE_PX:
+        raise _field_error(
+            f"{where}.size.min",
+            f"boxes can be {min_side_px:.2f} px on their short side at {image.width}x{image.height}; "
+            f"need >= {MIN_BOX_SIDE_PX} px (raise size.min or narrow aspect)",
+        )
+    # the smallest box at its most extreme aspect must fit inside the image
+    if b.size.min * widest > 1.0 or b.size.min * tallest > 1.0:
+        raise _field_error(
+            f"{where}.aspect",
+            f"a box of size {b.size.min} with aspect in [{b.aspect.min}, {b.aspect.max}] is wider or taller than the image",
+        )
+    if not b.overlap:
+        # non-overlapping boxes: the smallest boxes must leave room (packing bound 0.5)
+        need = b.count[1] * b.size.min**2
+        if need > 0.5:
+            raise _field_error(
+                f"{where}.count",
+                f"{b.count[1]} non-overlapping boxes of size >= {b.size.min} need {need:.0%} of the image; "
+                "lower count or size, or set overlap: true",
+            )
