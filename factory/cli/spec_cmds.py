@@ -1,0 +1,139 @@
+"""`factory validate`, `factory plan`, `factory preview`: look at a spec before running it."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from factory.cli.app import app
+from factory.cli.common import console, fail, friendly_errors, load_spec_or_exit
+
+SpecArg = typer.Argument(..., help="Path to the dataset spec (YAML).", show_default=False)
+
+
+@app.command()
+def validate(spec: Path = SpecArg) -> None:
+    """Check a spec; print every problem as `file: field: reason` (exit 2 if any)."""
+    s = load_spec_or_exit(spec)
+    console.print(
+        f"[green]ok[/] {spec}: [bold]{s.name}[/] v{s.version or '(next)'} - {s.count} images "
+        f"{s.image.width}x{s.image.height}x{s.image.channels}, classes {', '.join(s.class_names)}, "
+        f"generators {', '.join(g.kind for g in s.generators)}; spec hash {s.spec_hash()[:12]}"
+    )
+
+
+@app.command("plan")
+def plan_cmd(
+    spec: Path = SpecArg,
+    overprovision: float = typer.Option(1.0, help="Plan count x this many items (1 / expected pass rate)."),
+    show: int = typer.Option(0, help="Also print the first N work items."),
+) -> None:
+    """Summarize the deterministic plan: per-class counts and box sizes."""
+    from factory.planning import plan
+
+    s = load_spec_or_exit(spec)
+    with friendly_errors(), console.status("planning..."):
+        items = plan(s, overprovision=overprovision)
+    console.print(plan_summary(items, s.class_names, s.image.width, s.image.height))
+    for item in items[:show]:
+        boxes = ", ".join(f"{b.class_name}[{b.x1},{b.y1},{b.x2},{b.y2}]" for b in item.boxes) or "(negative)"
+        console.print(f"{item.item_id}  {item.generator}  seed={item.seed}  {boxes}")
+
+
+def plan_summary(items, class_names: list[str], width: int, height: int) -> Table:
+    """A table: per class, images, boxes, and a text histogram of box sizes."""
+    images = Counter(c for it in items for c in it.classes)
+    boxes = [b for it in items for b in it.boxes]
+    per_class = Counter(b.class_name for b in boxes)
+    negatives = sum(1 for it in items if it.is_negative)
+    table = Table(title=f"plan: {len(items)} items, {len(boxes)} boxes, {negatives} negatives")
+    table.add_column("class")
+    table.add_column("images", justify="right")
+    table.add_column("boxes", justify="right")
+    table.add_column("box size (side / image side): 0 .. 0.5", no_wrap=True)
+    bins = [i / 20 for i in range(11)]  # 0.0 .. 0.5 in steps of 0.05
+    for name in class_names:
+        sizes = [((b.width * b.height) / (width * height)) ** 0.5 for b in boxes if b.class_name == name]
+        table.add_row(name, str(images[name]), str(per_class[name]), _sparkline(sizes, bins))
+    return table
+
+
+def _sparkline(values: list[float], bins: list[float]) -> str:
+    if not values:
+        return ""
+    counts = [0] * (len(bins) - 1)
+    for v in values:
+        i = min(max(int((v - bins[0]) / (bins[1] - bins[0])), 0), len(counts) - 1)
+        counts[i] += 1
+    bars = " ▁▂▃▄▅▆▇█"
+    top = max(counts)
+    return "".join(bars[round(c / top * 8)] if c else "·" for c in counts)
+
+
+@app.command()
+def preview(
+    spec: Path = SpecArg,
+    n: int = typer.Option(16, "--n", min=1, max=256, help="How many images."),
+    out: Path = typer.Option(Path("preview.png"), help="Where to write the grid (PNG)."),
+    cols: int = typer.Option(4, help="Grid columns."),
+    compare_to: Path | None = typer.Option(
+        None, help="A folder of real images: puts one real image beside each generated one."
+    ),
+) -> None:
+    """Generate a few images in-process and save a grid with boxes and class names drawn."""
+    from factory.generators.base import load_generator
+    from factory.planning import plan
+    from factory.viz import draw_boxes, grid
+
+    s = load_spec_or_exit(spec)
+    with friendly_errors():
+        items = plan(s, n=n)
+        tiles, captions = [], []
+        real = _real_images(compare_to, n) if compare_to else []
+        generators = {}
+        with _progress() as progress:
+            task = progress.add_task("generating", total=len(items))
+            for i, item in enumerate(items):
+                key = (item.generator, item.checkpoint)
+                if key not in generators:
+                    g = next(g for g in s.generators if g.kind == item.generator and g.checkpoint == item.checkpoint)
+                    generators[key] = load_generator(g.kind, g.checkpoint, g.params)
+                sample = generators[key].generate([item])[0]
+                tiles.append(draw_boxes(sample.image, sample.boxes))
+                captions.append(f"{item.generator} #{item.index}")
+                if real:
+                    tiles.append(_load_tile(real[i % len(real)], s.image.width))
+                    captions.append(f"real: {real[i % len(real)].name}")
+                progress.advance(task)
+        picture = grid(tiles, cols=cols * (2 if real else 1), captions=captions)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        picture.save(out)
+    console.print(f"wrote {out} ({len(items)} generated{' beside real images from ' + str(compare_to) if real else ''})")
+
+
+def _real_images(folder: Path, n: int) -> list[Path]:
+    if not folder.is_dir():
+        fail(f"--compare-to {folder}: not a folder")
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"})
+    if not files:
+        fail(f"--compare-to {folder}: no images found")
+    step = max(1, len(files) // n)
+    return files[::step][:n]
+
+
+def _load_tile(path: Path, size: int):
+    from PIL import Image
+
+    return Image.open(path).convert("RGB").resize((size, size))
+
+
+def _progress():
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        console=console, transient=True,
+    )

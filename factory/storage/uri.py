@@ -1,0 +1,228 @@
+"""One way to name every location: `file://...`, a plain local path, or `s3://bucket/prefix`.
+
+S3 goes through boto3, so any S3-compatible store works through an endpoint URL:
+the standard `AWS_ENDPOINT_URL` variable (boto3 honours it) or
+`configure_storage(endpoint_url=...)`. Credentials come from the usual AWS
+variables/files. Every failure is a `StorageError` that names the URI.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterator
+from urllib.parse import urlparse
+
+
+class StorageError(RuntimeError):
+    """A storage operation failed; the message names the URI and the reason."""
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    endpoint_url: str | None = None
+    region: str | None = None
+
+
+_config = StorageConfig()
+
+
+def configure_storage(endpoint_url: str | None = None, region: str | None = None) -> None:
+    """Override the S3 endpoint (otherwise AWS_ENDPOINT_URL / boto3 defaults apply)."""
+    global _config
+    _config = StorageConfig(endpoint_url, region)
+    _s3_client.cache_clear()
+
+
+def is_s3(uri: str) -> bool:
+    return str(uri).startswith("s3://")
+
+
+def local_path(uri: str | Path) -> Path:
+    """The local path of a `file://` URI or plain path."""
+    uri = str(uri)
+    if is_s3(uri):
+        raise StorageError(f"{uri}: not a local path")
+    if uri.startswith("file://"):
+        parsed = urlparse(uri)
+        return Path((parsed.netloc or "") + parsed.path).expanduser()
+    return Path(uri).expanduser()
+
+
+def to_uri(path_or_uri: str | Path) -> str:
+    """Normalize a path or URI: local paths become absolute `file://` URIs."""
+    s = str(path_or_uri)
+    if is_s3(s):
+        return s.rstrip("/")
+    return "file://" + str(local_path(s).resolve())
+
+
+def join(uri: str, *parts: str) -> str:
+    out = str(uri).rstrip("/")
+    for p in parts:
+        p = str(p).strip("/")
+        if p:
+            out += "/" + p
+    return out
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    parsed = urlparse(uri)
+    if not parsed.netloc:
+        raise StorageError(f"{uri}: an s3 URI needs a bucket (s3://bucket/prefix)")
+    return parsed.netloc, parsed.path.lstrip("/")
+
+
+@lru_cache(maxsize=4)
+def _s3_client():
+    import boto3
+    from botocore.config import Config
+
+    endpoint = _config.endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name=_config.region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
+        config=Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=60),
+    )
+
+
+def s3_endpoint() -> str | None:
+    return _config.endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")
+
+
+@contextlib.contextmanager
+def _errors(uri: str) -> Iterator[None]:
+    """Turn boto3/OS errors into a StorageError naming the URI."""
+    from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
+
+    try:
+        yield
+    except StorageError:
+        raise
+    except FileNotFoundError as e:
+        raise StorageError(f"{uri}: not found") from e
+    except ClientError as e:
+        code = e.response.get("Error", {}).get("Code", "")
+        reason = {
+            "NoSuchBucket": "bucket does not exist",
+            "NoSuchKey": "not found",
+            "404": "not found",
+            "InvalidAccessKeyId": "bad credentials (access key not recognized)",
+            "SignatureDoesNotMatch": "bad credentials (signature does not match)",
+            "AccessDenied": "access denied",
+            "403": "access denied or bad credentials",
+        }.get(code, f"{code}: {e}")
+        raise StorageError(f"{uri}: {reason}") from e
+    except EndpointConnectionError as e:
+        raise StorageError(f"{uri}: cannot reach the S3 endpoint {s3_endpoint() or '(AWS default)'}") from e
+    except NoCredentialsError as e:
+        raise StorageError(f"{uri}: no AWS credentials found (set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)") from e
+    except BotoCoreError as e:
+        raise StorageError(f"{uri}: {e}") from e
+    except OSError as e:
+        raise StorageError(f"{uri}: {e.strerror or e}") from e
+
+
+def read_bytes(uri: str) -> bytes:
+    with _errors(uri):
+        if is_s3(uri):
+            bucket, key = split_s3(uri)
+            return _s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
+        return local_path(uri).read_bytes()
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    with _errors(uri):
+        if is_s3(uri):
+            bucket, key = split_s3(uri)
+            _s3_client().put_object(Bucket=bucket, Key=key, Body=data)
+            return
+        path = local_path(uri)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)  # a reader never sees half a file
+
+
+def exists(uri: str) -> bool:
+    with _errors(uri):
+        if is_s3(uri):
+            from botocore.exceptions import ClientError
+
+            bucket, key = split_s3(uri)
+            try:
+                _s3_client().head_object(Bucket=bucket, Key=key)
+                return True
+            except ClientError as e:
+                if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                    return False
+                raise
+        return local_path(uri).exists()
+
+
+def list_files(uri: str) -> list[str]:
+    """All files under a prefix, as paths relative to it, sorted."""
+    with _errors(uri):
+        if is_s3(uri):
+            bucket, key = split_s3(uri)
+            prefix = key.rstrip("/") + "/" if key else ""
+            names: list[str] = []
+            for page in _s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+                names += [o["Key"][len(prefix):] for o in page.get("Contents", [])]
+            return sorted(names)
+        root = local_path(uri)
+        if not root.exists():
+            return []
+        return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and not p.name.endswith(".tmp"))
+
+
+def delete_prefix(uri: str) -> None:
+    with _errors(uri):
+        if is_s3(uri):
+            bucket, key = split_s3(uri)
+            for name in list_files(uri):
+                _s3_client().delete_object(Bucket=bucket, Key=join(key, name))
+            return
+        shutil.rmtree(local_path(uri), ignore_errors=True)
+
+
+def upload_dir(local: str | Path, uri: str) -> None:
+    local = Path(local)
+    for p in sorted(local.rglob("*")):
+        if p.is_file():
+            write_bytes(join(uri, str(p.relative_to(local))), p.read_bytes())
+
+
+def download_dir(uri: str, local: str | Path) -> Path:
+    local = Path(local)
+    for name in list_files(uri):
+        dest = local / name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(read_bytes(join(uri, name)))
+    return local
+
+
+@contextlib.contextmanager
+def as_local_dir(uri: str) -> Iterator[Path]:
+    """A local folder with the prefix's files: the folder itself for local URIs,
+    a temporary download for s3 (removed afterwards)."""
+    if not is_s3(uri):
+        path = local_path(uri)
+        if not path.exists():
+            raise StorageError(f"{uri}: not found")
+        yield path
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="factory-"))
+    try:
+        download_dir(uri, tmp)
+        if not any(tmp.iterdir()):
+            raise StorageError(f"{uri}: no files under this prefix")
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
