@@ -84,6 +84,9 @@ def _describe(err: dict[str, Any]) -> tuple[str, str]:
     if kind == "extra_forbidden":
         return loc, _unknown_key(err)
     if kind == "missing":
+        parent = format_loc(err["loc"][:-1])
+        if isinstance(err["loc"][-1], int) and _is_range_field(parent):
+            return parent, "must be a [lo, hi] pair"
         return loc, "required field is missing"
     if kind in ("less_than_equal", "less_than", "greater_than_equal", "greater_than"):
         op, bound = {
@@ -92,7 +95,7 @@ def _describe(err: dict[str, Any]) -> tuple[str, str]:
             "greater_than_equal": (">=", "ge"),
             "greater_than": (">", "gt"),
         }[kind]
-        return loc, f"must be {op} {ctx[bound]}, got {got}"
+        return loc, f"must be {op} {_num(ctx[bound])}, got {_num(got)}"
     if kind == "string_pattern_mismatch":
         return loc, _pattern_message(loc, got)
     if kind == "too_short" and isinstance(got, list) and not got:
@@ -113,6 +116,10 @@ def _describe(err: dict[str, Any]) -> tuple[str, str]:
         return loc, f"expected a list, got {type(got).__name__}"
     msg = err["msg"].replace("Input should be", "must be")
     return loc, f"{msg}, got {got!r}"
+
+
+def _num(v: Any) -> Any:
+    return int(v) if isinstance(v, float) and v.is_integer() else v
 
 
 def _is_range_field(loc: str) -> bool:

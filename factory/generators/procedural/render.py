@@ -26,7 +26,8 @@ MASK_THRESHOLD = 0.12
 
 def render_el(item: WorkItem) -> tuple[np.ndarray, list[Box], np.ndarray]:
     """Render one item: (HxWxC uint8 image, tight boxes, HxW uint8 mask with k = box index + 1)."""
-    rng = np.random.default_rng(item.seed)
+    # separate streams: adding or moving a defect changes nothing outside its box
+    cell_rng, defect_rng, noise_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(item.seed).spawn(3))
     H, W = item.height, item.width
     style = item.style
     brightness = style.get("brightness", 0.55)
@@ -34,7 +35,7 @@ def render_el(item: WorkItem) -> tuple[np.ndarray, list[Box], np.ndarray]:
     pitch = max(2.0, style.get("grid_pitch", 8.0))
     n_busbars = int(style.get("busbars", 3))
 
-    cell, busbar_y = _cell(rng, H, W, brightness, contrast, pitch, n_busbars)
+    cell = _cell(cell_rng, H, W, brightness, contrast, pitch, n_busbars)
     darkening = np.zeros((H, W), np.float32)
     mask = np.zeros((H, W), np.uint8)
     boxes: list[Box] = []
@@ -43,7 +44,7 @@ def render_el(item: WorkItem) -> tuple[np.ndarray, list[Box], np.ndarray]:
         if draw is None:
             raise ValueError(f"procedural generator cannot draw class {box.class_name!r}; it draws {', '.join(DEFECTS)}")
         h, w = box.height, box.width
-        effect = np.clip(draw(rng, h, w, pitch), 0.0, 1.0).astype(np.float32)
+        effect = np.clip(draw(defect_rng, h, w, pitch), 0.0, 1.0).astype(np.float32)
         local = effect > MASK_THRESHOLD
         if not local.any():  # a tiny box: make sure the defect exists
             effect[h // 2, w // 2] = 0.5
@@ -56,7 +57,7 @@ def render_el(item: WorkItem) -> tuple[np.ndarray, list[Box], np.ndarray]:
                          box.x1 + int(xs.max()) + 1, box.y1 + int(ys.max()) + 1))
 
     img = cell * (1.0 - darkening)
-    img = img + rng.normal(0.0, 0.012 + 0.01 * rng.random(), img.shape).astype(np.float32)  # sensor noise
+    img = img + noise_rng.normal(0.0, 0.012 + 0.01 * noise_rng.random(), img.shape).astype(np.float32)  # sensor noise
     img8 = (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     if item.channels == 3:
         img8 = np.repeat(img8[:, :, None], 3, axis=2)
@@ -79,7 +80,7 @@ def _smooth_noise(rng: np.random.Generator, H: int, W: int, sigma: float) -> np.
 
 def _cell(
     rng: np.random.Generator, H: int, W: int, brightness: float, contrast: float, pitch: float, n_busbars: int
-) -> tuple[np.ndarray, np.ndarray]:
+) -> np.ndarray:
     """The defect-free cell: background, emission texture, fingers, busbars, vignette."""
     yy = np.arange(H, dtype=np.float32)[:, None]
     xx = np.arange(W, dtype=np.float32)[None, :]
@@ -123,7 +124,7 @@ def _cell(
 
     background = rng.uniform(0.02, 0.08)
     out = background + (cell - background) * edge_soft
-    return out.astype(np.float32), busbar_y
+    return out.astype(np.float32)
 
 
 # --- defects: each returns a (h, w) darkening map in [0, 1] for its box window ---

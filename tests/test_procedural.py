@@ -1,0 +1,110 @@
+"""The procedural EL renderer: sizes, channels, brightness, masks inside boxes,
+determinism, and the CLI preview grid."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from factory.generators.base import CheckpointError, load_generator
+from factory.generators.procedural import CLASSES, ProceduralELGenerator
+from factory.planning import plan
+from factory.spec import spec_from_dict
+
+
+def spec_for(classes=CLASSES, **over):
+    base = {
+        "name": "proc", "seed": 5, "count": 40,
+        "image": {"width": 96, "height": 80, "channels": 1},
+        "defects": [{"class": c, "boxes": {"count": [1, 2], "size": {"min": 0.1, "max": 0.3},
+                                           "aspect": {"dist": "loguniform", "min": 0.5, "max": 2}}} for c in classes],
+    }
+    base.update(over)
+    return spec_from_dict(base)
+
+
+@pytest.fixture(scope="module")
+def samples():
+    spec = spec_for()
+    return ProceduralELGenerator.load(None, {}).generate(plan(spec))
+
+
+def test_image_size_and_channels(samples):
+    for s in samples:
+        assert s.image.shape == (80, 96, 1) and s.image.dtype == np.uint8
+    rgb = ProceduralELGenerator().generate(plan(spec_for(image={"width": 64, "height": 64, "channels": 3}), n=3))
+    assert rgb[0].image.shape == (64, 64, 3)
+
+
+def test_masks_lie_inside_their_boxes(samples):
+    for s in samples:
+        assert s.mask.shape == s.image.shape[:2]
+        assert len(s.boxes) == len(s.item.boxes)
+        for k, (req, got) in enumerate(zip(s.item.boxes, s.boxes), start=1):
+            ys, xs = np.nonzero(s.mask == k)
+            assert len(xs) > 0, f"{req.class_name} drew nothing"
+            # inside the requested box, and the reported box is the mask's tight box
+            assert req.x1 <= xs.min() and xs.max() < req.x2 and req.y1 <= ys.min() and ys.max() < req.y2
+            assert (got.x1, got.y1, got.x2, got.y2) == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+            assert got.class_name == req.class_name
+
+
+def test_defects_darken_the_image_inside_the_mask():
+    """Same item rendered with and without its boxes: only masked pixels change a lot."""
+    spec = spec_for(image={"width": 128, "height": 128, "channels": 1})
+    for item in plan(spec, n=10):
+        with_defect = ProceduralELGenerator().generate([item])[0]
+        from dataclasses import replace
+        clean = ProceduralELGenerator().generate([replace(item, boxes=())])[0]
+        diff = clean.image[..., 0].astype(int) - with_defect.image[..., 0].astype(int)
+        inside = with_defect.mask > 0
+        in_boxes = np.zeros_like(inside)
+        for b in item.boxes:
+            in_boxes[b.y1:b.y2, b.x1:b.x2] = True
+        assert diff[inside].mean() > 8  # visibly darker
+        assert np.abs(diff[~in_boxes]).max() == 0  # nothing changes outside the boxes
+        assert np.abs(diff[in_boxes & ~inside]).max() <= 0.13 * 255  # only a faint halo below the mask threshold
+
+
+def test_brightness_follows_the_style():
+    dim = ProceduralELGenerator().generate(plan(spec_for(domain={"brightness": [0.3, 0.3]}, negatives=1.0), n=8))
+    bright = ProceduralELGenerator().generate(plan(spec_for(domain={"brightness": [0.8, 0.8]}, negatives=1.0), n=8))
+    def centre_mean(ss):
+        return np.mean([s.image[20:60, 24:72].mean() / 255 for s in ss])
+    assert 0.2 < centre_mean(dim) < 0.38
+    assert 0.6 < centre_mean(bright) < 0.9
+    for s in dim + bright:  # never blank, never saturated
+        assert 5 < s.image.std() and (s.image == 255).mean() < 0.01
+
+
+def test_deterministic_by_seed():
+    items = plan(spec_for(), n=4)
+    a = ProceduralELGenerator().generate(items)
+    b = ProceduralELGenerator().generate(items)
+    for x, y in zip(a, b):
+        assert np.array_equal(x.image, y.image) and np.array_equal(x.mask, y.mask)
+    assert not np.array_equal(a[0].image, a[1].image)
+
+
+def test_load_refuses_checkpoints_and_params():
+    with pytest.raises(ValueError, match="takes no checkpoint"):
+        load_generator("procedural", "file:///x.pt")
+    with pytest.raises(ValueError, match="unknown generator kind"):
+        load_generator("nope", None)
+    assert not issubclass(ValueError, CheckpointError)
+
+
+def test_preview_cli_writes_a_grid(tmp_path, demo_spec_path, shared_data):
+    out = tmp_path / "grid.png"
+    real = shared_data / "pv_vision_crack" / "val" / "img"
+    r = subprocess.run(
+        [sys.executable, "-m", "factory.cli", "preview", str(demo_spec_path), "--n", "4", "--out", str(out),
+         "--compare-to", str(real)], capture_output=True, text=True,
+    )
+    assert r.returncode == 0, r.stderr
+    from PIL import Image
+    im = Image.open(out)
+    assert im.width > 4 * 256  # 4 generated + 4 real tiles per row

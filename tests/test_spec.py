@@ -1,0 +1,185 @@
+"""Spec validation: every error class gives `file: field.path: reason`, and the CLI exits 2."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from factory.spec import SpecError, load_spec, parse_spec, spec_from_dict
+
+BASE = {
+    "name": "t",
+    "count": 10,
+    "defects": [{"class": "crack", "boxes": {"size": {"min": 0.1, "max": 0.2}}}],
+}
+
+
+def problems(data) -> list[tuple[str, str]]:
+    with pytest.raises(SpecError) as e:
+        spec_from_dict(data, "s.yaml")
+    return e.value.problems
+
+
+def with_(path: str, value):
+    """BASE with one field set by a dotted path (list indexes as numbers)."""
+    d = copy.deepcopy(BASE)
+    parts = path.split(".")
+    cur = d
+    for p in parts[:-1]:
+        cur = cur[int(p)] if p.isdigit() else cur.setdefault(p, {})
+    cur[parts[-1]] = value
+    return d
+
+
+def test_demo_spec_is_valid(demo_spec_path):
+    s = load_spec(demo_spec_path)
+    assert s.name == "demo-pv-el" and s.count > 0
+    assert s.class_names[:2] == ["crack", "black_spot"]
+
+
+def test_minimal_spec_gets_defaults():
+    s = spec_from_dict(BASE)
+    assert s.image.width == 256 and s.generators[0].kind == "procedural"
+    assert s.output.formats == ["parquet", "yolo"]
+
+
+def test_message_shape_names_file_field_and_reason():
+    d = with_("defects.0.boxes.size.max", 1.5)
+    d["defects"].insert(0, copy.deepcopy(BASE["defects"][0]) | {"class": "scratch"})
+    with pytest.raises(SpecError) as e:
+        spec_from_dict(d, "specs/x.yaml")
+    assert "specs/x.yaml: defects[1].boxes.size.max: must be <= 1, got 1.5" in str(e.value).splitlines()
+
+
+@pytest.mark.parametrize(
+    "path, value, loc, fragment",
+    [
+        ("count", 0, "count", "must be > 0, got 0"),
+        ("count", "many", "count", "expected an integer, got 'many'"),
+        ("image.width", 8, "image.width", "must be >= 32, got 8"),
+        ("image.channels", 2, "image.channels", "must be 1 or 3, got 2"),
+        ("domain.brightness", [0.8, 0.2], "domain.brightness", "lo must be <= hi, got [0.8, 0.2]"),
+        ("domain.busbars", [3], "domain.busbars", "must be a [lo, hi] pair"),
+        ("negatives", 1.5, "negatives", "must be <= 1, got 1.5"),
+        ("defects.0.boxes.count", [3, 1], "defects[0].boxes.count", "lo must be <= hi"),
+        ("defects.0.boxes.size.dist", "gamma", "defects[0].boxes.size.dist", "must be 'uniform', 'loguniform' or 'normal'"),
+        ("defects.0.boxes.overlap", "sometimes", "defects[0].boxes.overlap", "expected true or false"),
+        ("output.shard_size", -1, "output.shard_size", "must be > 0, got -1"),
+        ("output.formats", ["parquet", "coco"], "output.formats[1]", "must be 'parquet' or 'yolo'"),
+        ("output.uri", "gs://bucket/x", "output.uri", "scheme must be file:// or s3://"),
+    ],
+)
+def test_field_errors(path, value, loc, fragment):
+    found = problems(with_(path, value))
+    assert any(l == loc and fragment in m for l, m in found), found
+
+
+def test_unknown_keys_are_refused_with_a_hint():
+    found = problems(with_("defects.0.boxes.sise", {"min": 0.1, "max": 0.2}))
+    assert ("defects[0].boxes.sise", "unknown key 'sise' (did you mean 'size'?)") in found
+    found = problems(with_("colour", "red"))
+    assert found[0][0] == "colour" and found[0][1].startswith("unknown key 'colour'")
+
+
+def test_missing_fields():
+    d = copy.deepcopy(BASE)
+    del d["count"]
+    assert ("count", "required field is missing") in problems(d)
+
+
+def test_yaml_syntax_error_names_line():
+    with pytest.raises(SpecError) as e:
+        parse_spec("name: x\ncount: [1, 2\n", "bad.yaml")
+    assert str(e.value).startswith("bad.yaml: YAML syntax error at line")
+
+
+@pytest.mark.parametrize("text", ["", "   \n# only a comment\n"])
+def test_empty_file(text):
+    with pytest.raises(SpecError, match="empty.yaml: file is empty"):
+        parse_spec(text, "empty.yaml")
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(SpecError, match="nope.yaml: file not found"):
+        load_spec(tmp_path / "nope.yaml")
+
+
+def test_top_level_must_be_a_mapping():
+    with pytest.raises(SpecError, match="the top level must be a mapping"):
+        parse_spec("- a\n- b\n", "l.yaml")
+
+
+def test_weights_all_zero():
+    d = with_("defects.0.weight", 0)
+    assert ("defects", "weights are all zero: at least one class needs weight > 0") in problems(d)
+    d = with_("generators", [{"kind": "procedural", "weight": 0}])
+    assert any(l == "generators" and "weights are all zero" in m for l, m in problems(d))
+    assert any(l == "defects[0].weight" and "must be >= 0" in m for l, m in problems(with_("defects.0.weight", -1)))
+
+
+def test_duplicate_class_names():
+    d = copy.deepcopy(BASE)
+    d["defects"].append(copy.deepcopy(d["defects"][0]))
+    assert ("defects[1].class", "duplicate class name 'crack'") in problems(d)
+
+
+def test_boxes_that_cannot_fit():
+    # too small in pixels
+    d = with_("defects.0.boxes.size", {"min": 0.001, "max": 0.01})
+    assert any(l == "defects[0].boxes.size.min" and "need >= 2 px" in m for l, m in problems(d))
+    # too wide for the image at the smallest size
+    d = with_("defects.0.boxes.aspect", {"min": 1.0, "max": 150.0})
+    assert any(l == "defects[0].boxes.aspect" and "wider or taller than the image" in m for l, m in problems(d))
+    # too many non-overlapping boxes
+    d = with_("defects.0.boxes", {"count": [10, 20], "size": {"min": 0.3, "max": 0.4}})
+    assert any(l == "defects[0].boxes.count" and "overlap: true" in m for l, m in problems(d))
+    d["defects"][0]["boxes"]["overlap"] = True
+    spec_from_dict(d)  # overlapping boxes are fine
+
+
+@pytest.mark.parametrize("name", ["../etc", "a/b", "Upper", "-lead", "a" * 64, "x y", "a\\b"])
+def test_names_that_could_escape_a_folder(name):
+    found = problems(with_("name", name))
+    assert found[0][0] == "name" and "it becomes a folder name" in found[0][1]
+
+
+def test_class_names_that_could_escape_a_folder():
+    found = problems(with_("defects.0.class", "../../x"))
+    assert found[0][0] == "defects[0].class"
+
+
+def test_unavailable_and_unknown_generator_kinds():
+    found = problems(with_("generators", [{"kind": "stylegan"}]))
+    assert found[0][0] == "generators[0].kind" and "unknown generator kind 'stylegan'" in found[0][1]
+
+
+def test_procedural_refuses_classes_it_cannot_draw():
+    found = problems(with_("defects.0.class", "blowhole"))
+    assert found[0][0] == "defects[0].class" and "cannot draw 'blowhole'" in found[0][1]
+
+
+def test_spec_hash_ignores_version_only():
+    a = spec_from_dict(BASE)
+    assert a.spec_hash() == spec_from_dict(BASE | {"version": 3}).spec_hash()
+    assert a.spec_hash() != spec_from_dict(BASE | {"seed": 1}).spec_hash()
+
+
+def test_cli_validate_exit_codes(tmp_path, demo_spec_path):
+    ok = subprocess.run([sys.executable, "-m", "factory.cli", "validate", str(demo_spec_path)], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(with_("defects.0.boxes.size.max", 1.5)))
+    r = subprocess.run([sys.executable, "-m", "factory.cli", "validate", str(bad)], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert "defects[0].boxes.size.max: must be <= 1, got 1.5" in " ".join(r.stderr.split())
+    assert "Traceback" not in r.stderr
+
+
+def test_every_example_spec_validates():
+    for path in sorted(Path(__file__).resolve().parents[1].joinpath("specs").glob("*.yaml")):
+        load_spec(path)
