@@ -1,5 +1,11 @@
-"""Storage: URIs (file:// and s3://), shard writers and the dataset registry."""
+"""Storage: URIs (file:// and s3://), shard writers (sinks), the dataset registry
+and readers of published versions."""
 
+from factory.storage.dataset import open_dataset, read_pandas, read_table
+from factory.storage.registry import DatasetRef, PublishedError, Registry
 from factory.storage.uri import StorageError, configure_storage
 
-__all__ = ["StorageError", "configure_storage"]
+__all__ = [
+    "DatasetRef", "PublishedError", "Registry", "StorageError", "configure_storage",
+    "open_dataset", "read_pandas", "read_table",
+]

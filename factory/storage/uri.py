@@ -192,6 +192,88 @@ def delete_prefix(uri: str) -> None:
         shutil.rmtree(local_path(uri), ignore_errors=True)
 
 
+def move(src: str, dst: str) -> None:
+    """Move one file within a store: a rename on disk, a server-side copy + delete on S3."""
+    with _errors(src):
+        if is_s3(src) != is_s3(dst):
+            write_bytes(dst, read_bytes(src))
+            delete(src)
+        elif is_s3(src):
+            sb, sk = split_s3(src)
+            db, dk = split_s3(dst)
+            _s3_client().copy_object(Bucket=db, Key=dk, CopySource={"Bucket": sb, "Key": sk})
+            _s3_client().delete_object(Bucket=sb, Key=sk)
+        else:
+            d = local_path(dst)
+            d.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(local_path(src), d)
+
+
+def delete(uri: str) -> None:
+    """Delete one file (no error if it is already gone)."""
+    with _errors(uri):
+        if is_s3(uri):
+            bucket, key = split_s3(uri)
+            _s3_client().delete_object(Bucket=bucket, Key=key)
+        else:
+            local_path(uri).unlink(missing_ok=True)
+
+
+def check_root(uri: str) -> None:
+    """Fail early, naming the URI, when a root cannot be used: missing bucket, bad
+    credentials, unreachable endpoint (S3), or a path that is a file (local)."""
+    with _errors(uri):
+        if is_s3(uri):
+            from botocore.exceptions import ClientError
+
+            bucket, _ = split_s3(uri)
+            try:
+                _s3_client().head_bucket(Bucket=bucket)
+            except ClientError as e:
+                if e.response.get("Error", {}).get("Code") in ("404", "NoSuchBucket", "NotFound"):
+                    raise StorageError(f"{uri}: bucket {bucket!r} does not exist") from e
+                raise
+            return
+        path = local_path(uri)
+        if path.exists() and not path.is_dir():
+            raise StorageError(f"{uri}: is a file, expected a folder")
+
+
+def list_dirs(uri: str) -> list[str]:
+    """Names of the immediate sub-folders (S3: common prefixes) under a prefix, sorted."""
+    with _errors(uri):
+        if is_s3(uri):
+            bucket, key = split_s3(uri)
+            prefix = key.rstrip("/") + "/" if key else ""
+            names: list[str] = []
+            pages = _s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, Delimiter="/")
+            for page in pages:
+                names += [p["Prefix"][len(prefix):].rstrip("/") for p in page.get("CommonPrefixes", [])]
+            return sorted(names)
+        root = local_path(uri)
+        if not root.is_dir():
+            return []
+        return sorted(p.name for p in root.iterdir() if p.is_dir())
+
+
+def arrow_filesystem(uri: str):
+    """(pyarrow filesystem, path) for readers that take one (ray.data.read_parquet):
+    S3 through the same endpoint and region boto3 uses, credentials from the usual
+    AWS variables."""
+    import pyarrow.fs as pafs
+
+    if not is_s3(uri):
+        return pafs.LocalFileSystem(), str(local_path(uri))
+    bucket, key = split_s3(uri)
+    endpoint = s3_endpoint()
+    kwargs = {"region": _config.region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"}
+    if endpoint:
+        parsed = urlparse(endpoint)
+        kwargs["endpoint_override"] = parsed.netloc or parsed.path
+        kwargs["scheme"] = parsed.scheme or "https"
+    return pafs.S3FileSystem(**kwargs), f"{bucket}/{key}"
+
+
 def upload_dir(local: str | Path, uri: str) -> None:
     local = Path(local)
     for p in sorted(local.rglob("*")):

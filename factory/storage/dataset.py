@@ -1,0 +1,52 @@
+"""Reading a published version: `open_dataset` (Ray Data) and `read_table` /
+`read_pandas` (plain pyarrow, for users without Ray). Both read only the Parquet
+files the manifest lists, so a reader never sees a staging or half-published
+file."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from factory.storage import uri as U
+from factory.storage.registry import DatasetRef, Registry
+
+
+def _resolve(ref: str | DatasetRef, root: str | None) -> tuple[str, dict[str, Any], list[str]]:
+    r = ref if isinstance(ref, DatasetRef) else DatasetRef.parse(ref, default_root=root)
+    reg = Registry(r.root)
+    name, version = reg.resolve(r)
+    manifest = reg.manifest(name, version)
+    base = reg.version_uri(name, version)
+    parts = sorted(p for p in manifest["files"] if p.startswith("parquet/") and p.endswith(".parquet"))
+    if not parts:
+        raise ValueError(f"{base}: this version has no Parquet shards (formats: {manifest.get('formats')})")
+    return base, manifest, parts
+
+
+def open_dataset(ref: str | DatasetRef, root: str | None = None, **read_kwargs: Any):
+    """A published version as a `ray.data.Dataset` (one row per accepted sample).
+
+    `ref` is `ROOT/NAME@VERSION` (`@latest` or no version = newest), e.g.
+    `open_dataset("s3://bucket/datasets/demo-pv-el@3")`.
+    """
+    import ray
+
+    base, _, parts = _resolve(ref, root)
+    fs, path = U.arrow_filesystem(base)
+    return ray.data.read_parquet([f"{path}/{p}" for p in parts], filesystem=fs, **read_kwargs)
+
+
+def read_table(ref: str | DatasetRef, root: str | None = None, columns: list[str] | None = None):
+    """A published version as one `pyarrow.Table` (no Ray needed)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    base, _, parts = _resolve(ref, root)
+    tables = [pq.read_table(io.BytesIO(U.read_bytes(U.join(base, p))), columns=columns) for p in parts]
+    return pa.concat_tables(tables)
+
+
+def read_pandas(ref: str | DatasetRef, root: str | None = None, columns: list[str] | None = None):
+    """A published version as a pandas DataFrame (no Ray needed)."""
+    return read_table(ref, root, columns).to_pandas()

@@ -1,0 +1,200 @@
+"""The dataset registry: named, versioned, immutable datasets under a root URI.
+
+Layout: `<root>/<name>/v<version>/` holds a published version (parquet/, yolo/,
+rejected/, report.html, grid.png, manifest.json). A run writes into the staging
+prefix `<root>/<name>/_staging/v<version>/` first; publishing moves the chosen
+files into the version folder and writes `manifest.json` LAST. The manifest is
+the commit: no manifest = not published, and a version with one is never
+written again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable
+
+from factory.storage import uri as U
+from factory.storage.uri import StorageError
+
+MANIFEST = "manifest.json"
+STAGING = "_staging"
+MANIFEST_FORMAT = "defect-factory/dataset-version/1"
+_REF = re.compile(r"^(?P<name>[a-z0-9][a-z0-9-]{0,62})(@(?P<version>v?\d+|latest))?$")
+
+
+class PublishedError(StorageError):
+    """The version already has a manifest: published versions are immutable."""
+
+
+@dataclass(frozen=True)
+class DatasetRef:
+    """`[ROOT/]NAME[@VERSION]`: `s3://bucket/datasets/demo-pv-el@3`, `file:///data/demo@latest`, `demo@2`."""
+
+    root: str
+    name: str
+    version: int | None  # None = latest
+
+    @classmethod
+    def parse(cls, text: str, default_root: str | None = None) -> "DatasetRef":
+        text = str(text).rstrip("/")
+        head, _, last = text.rpartition("/")
+        m = _REF.match(last)
+        if not m:
+            raise ValueError(f"{text!r}: expected [ROOT/]NAME@VERSION, e.g. s3://bucket/datasets/demo-pv-el@3")
+        if head in ("", "s3:", "file:"):
+            if default_root is None:
+                raise ValueError(f"{text!r}: no root given; write ROOT/NAME@VERSION or pass the root")
+            root = default_root
+        else:
+            root = head
+        v = m.group("version")
+        version = None if v in (None, "latest") else int(v.lstrip("v"))
+        return cls(U.to_uri(root), m.group("name"), version)
+
+    def __str__(self) -> str:
+        return f"{self.root}/{self.name}@{self.version if self.version is not None else 'latest'}"
+
+
+class Registry:
+    def __init__(self, root: str):
+        self.root = U.to_uri(root)
+
+    # --- where things live ----------------------------------------------------
+    def dataset_uri(self, name: str) -> str:
+        return U.join(self.root, name)
+
+    def version_uri(self, name: str, version: int) -> str:
+        return U.join(self.root, name, f"v{version}")
+
+    def staging_uri(self, name: str, version: int) -> str:
+        return U.join(self.root, name, STAGING, f"v{version}")
+
+    # --- reading --------------------------------------------------------------
+    def is_published(self, name: str, version: int) -> bool:
+        return U.exists(U.join(self.version_uri(name, version), MANIFEST))
+
+    def manifest(self, name: str, version: int) -> dict[str, Any]:
+        where = U.join(self.version_uri(name, version), MANIFEST)
+        if not U.exists(where):
+            raise StorageError(f"{where}: {name}@{version} is not published (no manifest)")
+        return json.loads(U.read_bytes(where))
+
+    def versions(self, name: str) -> list[int]:
+        """Published versions of a dataset, ascending."""
+        out = []
+        for d in U.list_dirs(self.dataset_uri(name)):
+            if re.fullmatch(r"v\d+", d) and self.is_published(name, int(d[1:])):
+                out.append(int(d[1:]))
+        return sorted(out)
+
+    def names(self) -> list[str]:
+        return [n for n in U.list_dirs(self.root) if _REF.match(n)]
+
+    def resolve(self, ref: DatasetRef) -> tuple[str, int]:
+        """(name, version) with `latest` resolved to the newest published version."""
+        if ref.version is not None:
+            return ref.name, ref.version
+        versions = self.versions(ref.name)
+        if not versions:
+            raise StorageError(f"{self.dataset_uri(ref.name)}: no published versions of {ref.name!r}")
+        return ref.name, versions[-1]
+
+    def next_version(self, name: str) -> int:
+        versions = self.versions(name)
+        return (versions[-1] + 1) if versions else 1
+
+    def refuse_published(self, name: str, version: int) -> None:
+        if self.is_published(name, version):
+            raise PublishedError(
+                f"{self.version_uri(name, version)}: {name}@{version} is already published and published versions "
+                f"are immutable; run with a new --version (next free: {self.next_version(name)})"
+            )
+
+    # --- publishing -----------------------------------------------------------
+    def publish(
+        self,
+        name: str,
+        version: int,
+        moves: Iterable[tuple[str, dict[str, Any]]],
+        extra: dict[str, bytes],
+        manifest: dict[str, Any],
+    ) -> str:
+        """Move staged files into the version folder, write `extra` files, then the
+        manifest (with every file's sha256) LAST, then drop the staging prefix.
+
+        `moves` is (source path relative to staging, file entry with the destination
+        `path`, `sha256` and `bytes`). A crash before the manifest leaves an
+        unpublished folder that a resumed run overwrites.
+        """
+        from factory.storage.shards import file_entry
+
+        self.refuse_published(name, version)
+        staging, final = self.staging_uri(name, version), self.version_uri(name, version)
+        moves = list(moves)
+        files: dict[str, dict[str, Any]] = {}
+
+        def move(m: tuple[str, dict[str, Any]]) -> None:
+            U.move(U.join(staging, m[0]), U.join(final, m[1]["path"]))
+
+        # I/O bound: S3 copies are one request each, so overlap them.
+        with ThreadPoolExecutor(max_workers=16 if U.is_s3(final) else 1) as pool:
+            list(pool.map(move, moves))
+        for _, entry in moves:
+            files[entry["path"]] = {"sha256": entry["sha256"], "bytes": entry["bytes"]}
+        for path, data in extra.items():
+            U.write_bytes(U.join(final, path), data)
+            e = file_entry(path, data)
+            files[path] = {"sha256": e["sha256"], "bytes": e["bytes"]}
+        manifest = {
+            "format": MANIFEST_FORMAT,
+            "name": name,
+            "version": version,
+            "uri": final,
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            **manifest,
+            "files": dict(sorted(files.items())),
+        }
+        self.refuse_published(name, version)  # someone else may have published meanwhile
+        U.write_bytes(U.join(final, MANIFEST), json.dumps(manifest, indent=1).encode())
+        U.delete_prefix(staging)
+        if not U.is_s3(staging):  # drop an empty `_staging` folder too
+            with contextlib.suppress(OSError):
+                U.local_path(U.join(self.root, name, STAGING)).rmdir()
+        return final
+
+
+def code_version() -> str:
+    """The package version plus the git commit when running from a checkout."""
+    import factory
+
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"], cwd=Path(factory.__file__).parent, capture_output=True,
+            text=True, timeout=5,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha = ""
+    return f"{factory.__version__}+{sha}" if sha else factory.__version__
+
+
+def verify_files(version_uri: str, manifest: dict[str, Any], paths: Iterable[str] | None = None) -> list[str]:
+    """Paths whose sha256 differs from the manifest (or which are missing)."""
+    import hashlib
+
+    bad = []
+    for path in paths if paths is not None else manifest["files"]:
+        want = manifest["files"][path]["sha256"]
+        try:
+            got = hashlib.sha256(U.read_bytes(U.join(version_uri, path))).hexdigest()
+        except StorageError:
+            got = None
+        if got != want:
+            bad.append(path)
+    return bad
