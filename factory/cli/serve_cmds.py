@@ -1,1 +1,149 @@
-"""Commands for this area are registered here (see factory/cli/app.py)."""
+"""`factory serve` (start the online generation API on Ray Serve) and
+`factory generate --server URL` (ask it for an image, save PNG + YOLO labels).
+Heavy imports (ray, httpx) happen inside the command bodies."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from factory.cli.app import app
+from factory.cli.common import EXIT_INVALID, console, fail
+
+
+@app.command("serve")
+def serve_cmd(
+    address: str | None = typer.Option(None, help="Ray cluster address (default: start an embedded local Ray)."),
+    host: str = typer.Option("127.0.0.1", help="HTTP host to bind."),
+    port: int = typer.Option(8000, help="HTTP port."),
+    config: Path | None = typer.Option(None, help="Serve config file whose app args to use (default: serve/config.yaml)."),
+    checkpoint_root: list[Path] = typer.Option([], help="Checkpoint root (repeatable); replaces the config's roots."),
+    no_batching: bool = typer.Option(False, "--no-batching", help="Turn @serve.batch off (one generate() per request)."),
+) -> None:
+    """Start the online generation API (docs at /docs). Embedded: runs until Ctrl-C.
+    With --address the app is deployed on that cluster and keeps running there."""
+    import time
+
+    import ray
+    from ray import serve as ray_serve
+
+    from serve.app import APP_NAME, build_app, config_args
+
+    args = config_args(str(config) if config else None)
+    if checkpoint_root:
+        args["checkpoint_roots"] = [str(p.resolve()) for p in checkpoint_root]
+    if no_batching:
+        args.setdefault("defaults", {})["batching"] = False
+    ray.init(address=address, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    try:
+        ray_serve.start(http_options={"host": host, "port": port})
+        ray_serve.run(build_app(args), name=APP_NAME, route_prefix="/")
+    except Exception as e:  # noqa: BLE001 - a bad config or a busy port: say it in one line
+        fail(f"could not start the serve app: {type(e).__name__}: {e}")
+    console.print(f"serving on [bold]http://{host}:{port}[/] (API docs at /docs, health at /healthz)")
+    if address:
+        console.print(f"deployed as application {APP_NAME!r} on {address}; stop it with `serve shutdown`")
+        return
+    console.print("Ctrl-C to stop")
+    try:
+        while True:
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        console.print("stopping")
+    finally:
+        ray_serve.shutdown()
+        ray.shutdown()
+
+
+def _pairs(values: list[str], what: str, parse_json: bool) -> dict:
+    out = {}
+    for v in values:
+        key, sep, raw = v.partition("=")
+        if not sep or not key:
+            fail(f"--{what} {v!r}: expected key=value", EXIT_INVALID)
+        if parse_json:
+            try:
+                out[key] = json.loads(raw)
+            except json.JSONDecodeError:
+                out[key] = raw
+        else:
+            try:
+                out[key] = float(raw)
+            except ValueError:
+                fail(f"--{what} {v!r}: value must be a number", EXIT_INVALID)
+    return out
+
+
+def _box(text: str) -> list[int]:
+    try:
+        parts = [int(p) for p in text.split(",")]
+    except ValueError:
+        parts = []
+    if len(parts) != 4:
+        fail(f"--box {text!r}: expected x1,y1,x2,y2 in pixels", EXIT_INVALID)
+    return parts
+
+
+def yolo_lines(boxes: list[dict], width: int, height: int) -> list[str]:
+    """YOLO label lines: `class cx cy w h`, normalized to the image size."""
+    lines = []
+    for b in boxes:
+        cx, cy = (b["x1"] + b["x2"]) / 2 / width, (b["y1"] + b["y2"]) / 2 / height
+        w, h = (b["x2"] - b["x1"]) / width, (b["y2"] - b["y1"]) / height
+        lines.append(f"{b['class_id']} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}")
+    return lines
+
+
+@app.command("generate")
+def generate_cmd(
+    server: str = typer.Option(..., help="Base URL of a running `factory serve`, e.g. http://127.0.0.1:8000."),
+    generator: str = typer.Option("procedural", help="Generator kind."),
+    class_name: str | None = typer.Option(None, "--class", help="Defect class of the boxes."),
+    box: list[str] = typer.Option([], help="A box x1,y1,x2,y2 in pixels (repeatable)."),
+    checkpoint: str | None = typer.Option(None, help="Checkpoint name under the server's checkpoint roots."),
+    param: list[str] = typer.Option([], help="Generator param key=value (value parsed as JSON; repeatable)."),
+    style: list[str] = typer.Option([], help="Style knob key=number: brightness, contrast, grid_pitch, busbars, reference."),
+    domain: str = typer.Option("default", help="Domain name."),
+    width: int = typer.Option(256),
+    height: int = typer.Option(256),
+    channels: int = typer.Option(1),
+    seed: int = typer.Option(0),
+    n: int = typer.Option(1, help="Images (image i uses seed + i)."),
+    out: Path = typer.Option(Path("."), help="Folder for <name>.png and <name>.txt (YOLO labels)."),
+    name: str | None = typer.Option(None, help="File name stem (default: <generator>-<seed>)."),
+    timeout: float = typer.Option(120.0, help="Seconds to wait for the server."),
+) -> None:
+    """Ask a running server for images; save each PNG and its YOLO label file."""
+    import base64
+
+    import httpx
+
+    body = {
+        "generator": generator, "checkpoint": checkpoint, "params": _pairs(param, "param", True),
+        "boxes": [_box(b) for b in box], "image": {"width": width, "height": height, "channels": channels},
+        "domain": domain, "style": _pairs(style, "style", False), "seed": seed, "n": n,
+    }
+    if class_name is not None:
+        body["class"] = class_name
+    try:
+        r = httpx.post(server.rstrip("/") + "/v1/generate", json=body, timeout=timeout)
+    except httpx.HTTPError as e:
+        fail(f"cannot reach {server}: {type(e).__name__}: {e}")
+    if r.status_code != 200:
+        try:
+            err = r.json()["error"]
+            msg = err["message"] + (f" (error id {err['error_id']})" if err.get("error_id") else "")
+        except (ValueError, KeyError, TypeError):
+            msg = r.text[:500]
+        fail(f"server said {r.status_code}: {msg}", EXIT_INVALID if 400 <= r.status_code < 500 else 1)
+    data = r.json()
+    out.mkdir(parents=True, exist_ok=True)
+    for i, im in enumerate(data["images"]):
+        stem = f"{name or f'{generator}-{seed}'}" + (f"-{i}" if len(data["images"]) > 1 else "")
+        (out / f"{stem}.png").write_bytes(base64.b64decode(im["png_base64"]))
+        (out / f"{stem}.txt").write_text("".join(line + "\n" for line in yolo_lines(im["boxes"], im["width"], im["height"])))
+        verdict = im.get("verdict")
+        gate = "" if verdict is None else (" gate: accepted" if verdict["accepted"] else f" gate: rejected ({'; '.join(verdict['reasons'])})")
+        console.print(f"wrote {out / (stem + '.png')} + .txt: seed {im['seed']}, {len(im['boxes'])} boxes{gate}")

@@ -1,0 +1,151 @@
+"""Request/response models of the online API, and the limits they enforce.
+
+Import-light (pydantic only) so the CLI client and the tests can use them without
+Ray. Every limit lives here, next to the field it bounds, so a bad request is
+refused by the ingress with a message naming the field before any generator runs.
+The style knobs mirror `factory.spec.model.DomainSpec` (one value instead of a range).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from factory.spec.model import CLASS_PATTERN, MIN_BOX_SIDE_PX
+
+MAX_SIDE = 1024  # online images stay small: one request must not hold a replica for long
+MIN_SIDE = 32  # as the spec's ImageSpec
+MAX_BOXES = 64  # as the spec's BoxSpec.count
+MAX_N = 16  # images per request
+MAX_PARAMS_JSON = 4096  # bytes of generator params (they become part of the model key)
+MAX_SEED = 2**63 - 1
+MAX_CHECKPOINT_NAME = 256
+# a checkpoint is a name relative to a configured root: segments of safe characters
+# that never start with a dot, so `..`, absolute paths, `~`, URI schemes and
+# backslashes cannot be expressed at all.
+CHECKPOINT_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*(/[A-Za-z0-9_][A-Za-z0-9_.\-]*)*$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class ImageParams(_Strict):
+    width: Annotated[int, Field(ge=MIN_SIDE, le=MAX_SIDE)] = 256
+    height: Annotated[int, Field(ge=MIN_SIDE, le=MAX_SIDE)] = 256
+    channels: Literal[1, 3] = 1
+
+
+class StyleParams(_Strict):
+    """One value per DomainSpec knob; a knob left out is drawn from the spec's
+    default range with the request's seed (so it is still reproducible)."""
+
+    brightness: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
+    contrast: Annotated[float, Field(gt=0.0, le=4.0)] | None = None
+    grid_pitch: Annotated[float, Field(ge=2.0, le=128.0)] | None = None
+    busbars: Annotated[int, Field(ge=0, le=12)] | None = None
+    reference: Annotated[int, Field(ge=0, le=2**31 - 1)] | None = None
+
+
+Coord = Annotated[int, Field(ge=0, le=MAX_SIDE)]
+BoxList = Annotated[list[Coord], Field(min_length=4, max_length=4)]
+
+
+class GenerateRequest(_Strict):
+    """`POST /v1/generate`. Image i of n is made with seed `seed + i`, so it equals
+    the first image of the same request with that seed and n = 1."""
+
+    generator: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_-]*$")]
+    checkpoint: str | None = Field(None, description="name relative to a configured checkpoint root")
+    params: dict[str, Any] = Field(default_factory=dict, description="the generator family's load params")
+    class_name: Annotated[str, Field(pattern=CLASS_PATTERN)] | None = Field(None, alias="class")
+    class_id: Annotated[int, Field(ge=0, le=999)] | None = Field(
+        None, description="YOLO class id; defaults to the class's index for fixed-class generators, else 0"
+    )
+    image: ImageParams = ImageParams()
+    boxes: Annotated[list[BoxList], Field(max_length=MAX_BOXES)] = Field(
+        default_factory=list, description="[[x1, y1, x2, y2], ...] in pixels, x2/y2 exclusive"
+    )
+    domain: Annotated[str, Field(pattern=CLASS_PATTERN)] = "default"
+    style: StyleParams = StyleParams()
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED)] = 0
+    n: Annotated[int, Field(ge=1, le=MAX_N)] = 1
+
+    @field_validator("checkpoint")
+    @classmethod
+    def _checkpoint(cls, v: str | None) -> str | None:
+        if v in (None, ""):
+            return None
+        if len(v) > MAX_CHECKPOINT_NAME or not CHECKPOINT_PATTERN.match(v):
+            raise ValueError(
+                "must be a name relative to a configured checkpoint root (letters, digits, '_', '-', '.', "
+                "'/' between parts; no '..', no absolute path, no URI)"
+            )
+        return v
+
+    @field_validator("params")
+    @classmethod
+    def _params(cls, v: dict[str, Any]) -> dict[str, Any]:
+        if len(json.dumps(v, sort_keys=True)) > MAX_PARAMS_JSON:
+            raise ValueError(f"at most {MAX_PARAMS_JSON} bytes of JSON")
+        return v
+
+    @field_validator("boxes")
+    @classmethod
+    def _boxes(cls, v: list[list[int]], info: ValidationInfo) -> list[list[int]]:
+        image = info.data.get("image")
+        if image is None:  # the image itself was invalid; that error is reported
+            return v
+        for i, (x1, y1, x2, y2) in enumerate(v):
+            if x2 - x1 < MIN_BOX_SIDE_PX or y2 - y1 < MIN_BOX_SIDE_PX:
+                raise ValueError(f"boxes[{i}] = {[x1, y1, x2, y2]}: needs x2 - x1 and y2 - y1 >= {MIN_BOX_SIDE_PX}")
+            if x2 > image.width or y2 > image.height:
+                raise ValueError(
+                    f"boxes[{i}] = {[x1, y1, x2, y2]} is outside the {image.width}x{image.height} image"
+                )
+        if v and "class_name" in info.data and info.data["class_name"] is None:
+            raise ValueError("boxes are given but `class` is missing (say which class they are)")
+        return v
+
+
+class BoxOut(BaseModel):
+    class_id: int
+    class_name: str = Field(serialization_alias="class")
+    x1: int
+    y1: int
+    x2: int
+    y2: int
+
+
+class ImageOut(BaseModel):
+    seed: int
+    width: int
+    height: int
+    channels: int
+    png_base64: str
+    boxes: list[BoxOut]
+    scores: dict[str, float] = Field(default_factory=dict)
+    verdict: dict[str, Any] | None = Field(None, description="the quality gate's verdict when a scorer is configured")
+    meta: dict[str, Any] = Field(default_factory=dict)
+
+
+class GenerateResponse(BaseModel):
+    request_id: str
+    generator: str
+    checkpoint: str | None
+    images: list[ImageOut]
+
+
+class ErrorBody(BaseModel):
+    status: int
+    field: str | None = None
+    message: str
+    error_id: str | None = None
+    errors: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
