@@ -221,6 +221,51 @@ class OutputSpec(StrictModel):
         return v
 
 
+class RetrainSpec(StrictModel):
+    """Detector retraining on real + this synthetic data vs a real-only baseline
+    (factory.training.detector). `on: publish` submits the job (Ray Job
+    Submission) when a version is published; `on: manual` only records the
+    settings for `factory retrain`. `min_gain` flags a run whose mAP50 gain on
+    the real eval set is below it."""
+
+    on: Literal["publish", "manual"] = "publish"
+    real_train: str = Field(description="URI of a YOLO folder (or imported registry dataset) whose `train` split is the real train set")
+    real_eval: str = Field(description="URI of a YOLO folder whose `val` split is the held-out real eval set")
+    model: str = "yolov8n.yaml"
+    epochs: Annotated[int, Field(ge=1, le=10_000)] = 30
+    imgsz: Annotated[int, Field(ge=32, le=4096)] = 320
+    batch: Annotated[int, Field(ge=1, le=4096)] = 16
+    seed: int = 0
+    synthetic_ratio: Annotated[float, Field(gt=0, le=1000)] = 1.0
+    class_map: dict[str, str | None] = Field(default_factory=dict, description="synthetic class -> real class (null drops it)")
+    gpus: Annotated[int, Field(ge=0, le=64)] = 0
+    min_gain: float | None = None
+    address: str | None = Field(default=None, description="Ray job server (http://host:8265); default RAY_ADDRESS or the local cluster")
+    train_args: dict[str, Any] = Field(default_factory=dict, description="extra ultralytics train() arguments")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_on(cls, data: Any) -> Any:
+        # YAML 1.1 reads the bare key `on` as the boolean True
+        if isinstance(data, dict) and True in data and "on" not in data:
+            data = {("on" if k is True else k): v for k, v in data.items()}
+        return data
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v: str) -> str:
+        if not v.endswith((".yaml", ".yml", ".pt")):
+            raise ValueError(f"must be a model .yaml (train from scratch) or a local .pt, got {v!r}")
+        return v
+
+    @field_validator("real_train", "real_eval")
+    @classmethod
+    def _uri(cls, v: str) -> str:
+        if "://" in v and not v.startswith(("file://", "s3://")):
+            raise ValueError(f"scheme must be file:// or s3://, got {v!r}")
+        return v
+
+
 class DatasetSpec(StrictModel):
     name: Annotated[str, Field(pattern=NAME_PATTERN)]
     version: Annotated[int, Field(gt=0)] | None = None
@@ -234,6 +279,7 @@ class DatasetSpec(StrictModel):
     generators: list[GeneratorSpec] = Field(default_factory=lambda: [GeneratorSpec(kind="procedural")], min_length=1)
     quality: QualitySpec = QualitySpec()
     output: OutputSpec = OutputSpec()
+    retrain: RetrainSpec | None = None
 
     @field_validator("classes_per_image")
     @classmethod
@@ -271,8 +317,9 @@ class DatasetSpec(StrictModel):
 
     def spec_hash(self) -> str:
         """sha256 of the canonical JSON of the spec without `version` (the same
-        recipe published twice under two versions has one hash)."""
-        data = self.model_dump(mode="json", by_alias=True, exclude={"version"})
+        recipe published twice under two versions has one hash) and without
+        `retrain` (what happens after publishing does not change the images)."""
+        data = self.model_dump(mode="json", by_alias=True, exclude={"version", "retrain"})
         return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
     def to_yaml_dict(self) -> dict[str, Any]:
