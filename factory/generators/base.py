@@ -64,12 +64,12 @@ class CheckpointError(RuntimeError):
 # kind -> "module:Class". A kind listed here is accepted by spec validation.
 KINDS: dict[str, str] = {
     "procedural": "factory.generators.procedural:ProceduralELGenerator",
+    "pdig": "factory.generators.pdig:PDIGGenerator",
+    "dg2gan": "factory.generators.dg2gan:DG2GANGenerator",
 }
 
 # kinds the product plans but this build cannot run yet, with the reason shown to users.
 PLANNED_KINDS: dict[str, str] = {
-    "dg2gan": "the DG2GAN generator is not implemented in this build yet",
-    "pdig": "the PDIG (Stable Diffusion + LISA + TIDSC) generator is not implemented in this build yet",
 }
 
 

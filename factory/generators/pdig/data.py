@@ -1,0 +1,89 @@
+"""Training examples for PDIG: images with class-labelled boxes, from class-valued
+masks (connected components per value) or YOLO label files.
+
+Finding images and masks reuses `factory.training.images.scan`; the class values
+differ per data set, so the caller names them (`mask_classes`, e.g. pv_vision:
+{1: "dark", 2: "cross_crack", 3: "crack"}; 4 is the busbar structure, not a defect).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+PV_VISION_CLASSES = {1: "dark", 2: "cross_crack", 3: "crack"}
+
+
+@dataclass(frozen=True)
+class Example:
+    image: Path
+    boxes: tuple[tuple[str, int, int, int, int], ...]  # (class, x1, y1, x2, y2) pixels, x2/y2 exclusive
+
+
+def mask_boxes(mask: np.ndarray, mask_classes: dict[int, str], min_area: int = 16) -> list[tuple[str, int, int, int, int]]:
+    """Boxes of the connected components of each class value (8-connectivity)."""
+    from scipy import ndimage
+
+    out = []
+    for value, name in sorted(mask_classes.items()):
+        labels, n = ndimage.label(mask == value, structure=np.ones((3, 3)))
+        for i, sl in enumerate(ndimage.find_objects(labels), start=1):
+            if sl is None or (labels[sl] == i).sum() < min_area:
+                continue
+            out.append((name, sl[1].start, sl[0].start, sl[1].stop, sl[0].stop))
+    return out
+
+
+def _yolo_names(root: Path) -> dict[int, str] | None:
+    import yaml
+
+    for p in (root / "data.yaml", root.parent / "data.yaml"):
+        if p.is_file():
+            names = yaml.safe_load(p.read_text()).get("names")
+            return dict(enumerate(names)) if isinstance(names, list) else {int(k): v for k, v in names.items()}
+    return None
+
+
+def _yolo_label(image: Path) -> Path | None:
+    p = image.parent.parent / "labels" / f"{image.stem}.txt"
+    return p if p.is_file() else None
+
+
+def load_examples(root: str | Path, mask_classes: dict[int, str] | None = None, min_area: int = 16, limit: int | None = None) -> list[Example]:
+    """Examples with at least one box, sorted by path."""
+    from PIL import Image
+
+    from factory.training.images import scan
+
+    root = Path(root)
+    names = _yolo_names(root)
+    out = []
+    for rec in scan(root):
+        label = _yolo_label(rec.image)
+        if label is not None:
+            with Image.open(rec.image) as im:
+                w, h = im.size
+            boxes = []
+            for line in label.read_text().split("\n"):
+                f = line.split()
+                if len(f) >= 5:
+                    c, cx, cy, bw, bh = int(f[0]), *map(float, f[1:5])
+                    boxes.append(((names or {}).get(c, f"class{c}"), int((cx - bw / 2) * w), int((cy - bh / 2) * h),
+                                  int(np.ceil((cx + bw / 2) * w)), int(np.ceil((cy + bh / 2) * h))))
+        elif rec.mask is not None and rec.mask.suffix.lower() == ".png":
+            if mask_classes is None:
+                raise ValueError(f"{rec.mask}: masks need a value -> class mapping (mask_classes)")
+            with Image.open(rec.mask) as im:
+                m = np.asarray(im)
+            boxes = mask_boxes(m[..., 0] if m.ndim == 3 else m, mask_classes, min_area)
+        else:
+            continue
+        if boxes:
+            out.append(Example(rec.image, tuple(boxes)))
+        if limit and len(out) >= limit:
+            break
+    if not out:
+        raise ValueError(f"no images with defect boxes found under {root}")
+    return out

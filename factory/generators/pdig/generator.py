@@ -1,0 +1,151 @@
+"""`kind: pdig`: the Generator the dataset job and the serve app drive.
+
+checkpoint: a folder/URI written by `factory train pdig` (SCE + LISA + image-prompt
+bank). The base model comes from `params.base` or, when absent, the base recorded
+in the checkpoint. With no checkpoint but a `params.base`, it runs plain SD with
+TIDSC on the class names (the paper's "TIDSC only" ablation).
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+
+from factory.generators.base import CheckpointError, Sample
+from factory.planning.work import WorkItem
+
+DEFAULTS: dict[str, Any] = {
+    "steps": 60, "guidance": 7.5, "tidsc_steps": 30,  # paper: DDIM 60 steps, TIDSC on the first 30, cfg 7.5
+    "alpha": 1.0, "beta": 1.0,  # image / text branch weights (eq. 4)
+    "P": 0.2, "L": 4, "lambda1": 1.0, "lambda2": 1.0,  # TIDSC (eq. 5-18); see tidsc.py
+    "step_size": 20.0, "step_size_end": 10.0,  # latent update size, linear over the TIDSC steps
+    "attention_res": None, "base": None, "batch_size": 4, "image_prompts": True, "return_attention": False,
+}
+
+
+@dataclass
+class _Loaded:
+    pipe: Any
+    classes: list[str] | None
+    bank: dict
+
+
+class PDIGGenerator:
+    """Stable Diffusion + SCE + LISA + TIDSC; returns the requested boxes as annotations."""
+
+    kind: ClassVar[str] = "pdig"
+    wants_gpu: ClassVar[bool] = True
+
+    def __init__(self, loaded: _Loaded, params: dict[str, Any], checkpoint: str | None, device: str):
+        self.loaded = loaded
+        self.params = params
+        self.checkpoint = checkpoint
+        self.device = device
+
+    @classmethod
+    def load(cls, checkpoint: str | None, params: dict[str, Any], device: str = "cpu") -> "PDIGGenerator":
+        import torch
+
+        from factory.generators.pdig.adapter import load_parts, read_config
+        from factory.generators.pdig.base_model import load_base
+        from factory.generators.pdig.pipeline import PDIGPipeline
+
+        unknown = sorted(set(params) - set(DEFAULTS))
+        if unknown:
+            raise ValueError(f"unknown pdig params {unknown}; known: {sorted(DEFAULTS)}")
+        p = DEFAULTS | dict(params)
+        if not 0 <= int(p["tidsc_steps"]) <= int(p["steps"]):
+            raise ValueError(f"tidsc_steps must be in [0, steps], got {p['tidsc_steps']} of {p['steps']}")
+        config = read_config(checkpoint) if checkpoint else None
+        base_uri = p["base"] or (config or {}).get("base")
+        if not base_uri:
+            raise CheckpointError(
+                "the pdig generator needs a base model: set generators[].params.base to a diffusers SD1.5 folder/URI "
+                "(with image_encoder/), or a checkpoint from `factory train pdig` that records one"
+            )
+        dtype = torch.float16 if device.startswith("cuda") else torch.float32
+        base = load_base(base_uri, device=device, dtype=dtype, need_image_encoder=checkpoint is not None)
+        if checkpoint:
+            parts = load_parts(base, checkpoint)
+            pipe = PDIGPipeline(base.vae, base.text_encoder, base.tokenizer, base.unet, base.scheduler, base.image_encoder, parts.lisa)
+            loaded = _Loaded(pipe, parts.classes, parts.bank)
+        else:
+            pipe = PDIGPipeline(base.vae, base.text_encoder, base.tokenizer, base.unet, base.scheduler)
+            loaded = _Loaded(pipe, None, {})
+        pipe.set_progress_bar_config(disable=True)
+        return cls(loaded, p, checkpoint, device)
+
+    def _boxes(self, item: WorkItem, scale: tuple[float, float]):
+        from factory.generators.pdig.pipeline import BoxPrompt
+        from factory.generators.pdig.sce import class_token
+
+        out = []
+        for j, b in enumerate(item.boxes):
+            if self.loaded.classes is not None and b.class_name not in self.loaded.classes:
+                raise ValueError(f"class {b.class_name!r} was not trained into {self.checkpoint}; it knows {self.loaded.classes}")
+            token = class_token(b.class_name) if self.loaded.classes is not None else b.class_name.replace("_", " ").replace("-", " ")
+            embed = None
+            bank = self.loaded.bank.get(b.class_name)
+            if self.params["image_prompts"] and bank is not None and len(bank) and float(self.params["alpha"]) != 0:
+                pick = np.random.default_rng([item.seed, j, zlib.crc32(b.class_name.encode())]).integers(len(bank))
+                embed = bank[int(pick)]
+            sx, sy = scale
+            box = (int(b.x1 * sx), int(b.y1 * sy), max(int(b.x1 * sx) + 1, round(b.x2 * sx)), max(int(b.y1 * sy) + 1, round(b.y2 * sy)))
+            out.append(BoxPrompt(box=box, token=token, image_embed=embed))
+        return out
+
+    def generate(self, items: Sequence[WorkItem]) -> list[Sample]:
+        import torch
+
+        from factory.generators.pdig.sce import build_prompt
+        from factory.generators.pdig.tidsc import TIDSCConfig
+
+        pipe, p = self.loaded.pipe, self.params
+        mult = pipe.vae_scale_factor * 2 ** (len(pipe.unet.config.block_out_channels) - 1)
+        out: list[Sample] = []
+        # one pipeline call per batch of equal-sized items (latents must stack)
+        groups: dict[tuple[int, int], list[WorkItem]] = {}
+        for it in items:
+            groups.setdefault((it.width, it.height), []).append(it)
+        for (w, h), group in groups.items():
+            gw, gh = -(-w // mult) * mult, -(-h // mult) * mult
+            for start in range(0, len(group), int(p["batch_size"])):
+                batch = group[start : start + int(p["batch_size"])]
+                boxes = [self._boxes(it, (gw / w, gh / h)) for it in batch]
+                words = self.loaded.classes is None
+                prompts = [build_prompt([b.class_name for b in it.boxes], words=words) for it in batch]
+                gens = [torch.Generator(device=pipe.device).manual_seed(int(it.seed)) for it in batch]
+                res = pipe(
+                    prompts, boxes, height=gh, width=gw, num_inference_steps=int(p["steps"]), guidance_scale=float(p["guidance"]),
+                    tidsc_steps=int(p["tidsc_steps"]), tidsc=TIDSCConfig(P=float(p["P"]), L=int(p["L"]), lambda1=float(p["lambda1"]),
+                                                                          lambda2=float(p["lambda2"])),
+                    step_size=float(p["step_size"]), step_size_end=float(p["step_size_end"]), alpha=float(p["alpha"]),
+                    beta=float(p["beta"]), attention_res=p["attention_res"], generator=gens, return_attention=True,
+                )
+                for k, it in enumerate(batch):
+                    image = _to_item_image(res.images[k], it)
+                    meta = {
+                        "checkpoint": self.checkpoint or "", "prompt": prompts[k],
+                        "attention_inside": res.inside[k] if res.inside else [],
+                    }
+                    if p["return_attention"] and res.attention:
+                        meta["attention"] = res.attention[k]
+                    out.append(Sample(item=it, image=image, boxes=list(it.boxes), mask=None, meta=meta))
+        order = {it.item_id: i for i, it in enumerate(items)}
+        return sorted(out, key=lambda s: order[s.item.item_id])
+
+
+def _to_item_image(img: np.ndarray, item: WorkItem) -> np.ndarray:
+    """float HxWx3 in [0, 1] at the generation size -> uint8 at the item's size and channels."""
+    from PIL import Image
+
+    u8 = (img * 255).round().astype(np.uint8)
+    pil = Image.fromarray(u8)
+    if pil.size != (item.width, item.height):
+        pil = pil.resize((item.width, item.height), Image.BICUBIC)
+    if item.channels == 1:
+        return np.asarray(pil.convert("L"))[..., None]
+    return np.asarray(pil.convert("RGB"))

@@ -1,0 +1,254 @@
+"""PDIGPipeline: Stable Diffusion + SCE tokens + LISA image tokens + TIDSC box
+guidance, in one readable `__call__` (diffusers style).
+
+Per denoising step t (DDIM, `num_inference_steps`):
+  1. for the first `tidsc_steps` steps: run the UNet on the conditional input with
+     grad, read the defect tokens' cross-attention maps, compute the TIDSC loss
+     (eq. 18) and move the latent against its gradient (BoxDiff's update);
+  2. the usual classifier-free-guided noise prediction and DDIM step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from diffusers import DiffusionPipeline
+
+from factory.generators.pdig.lisa import AttentionStore, LISAAdapter, LISAContext
+from factory.generators.pdig.sce import token_indices, word_indices
+from factory.generators.pdig.tidsc import TIDSCConfig, box_to_cells, inside_fraction, tidsc_loss
+
+
+@dataclass
+class BoxPrompt:
+    """One box to fill: pixel box of the output image (x2/y2 exclusive), the prompt
+    token (or word) naming its defect, and optionally a CLIP image embedding of an
+    example defect crop (the LISA image prompt for this box)."""
+
+    box: tuple[int, int, int, int]
+    token: str
+    image_embed: torch.Tensor | None = None
+
+
+@dataclass
+class PDIGOutput:
+    images: np.ndarray  # (B, H, W, 3) float in [0, 1]
+    boxes: list[list[BoxPrompt]]
+    attention: list[list[dict[str, np.ndarray]]] | None = None  # per image, per box: {"text", "image"} maps
+    inside: list[list[dict[str, float]]] = field(default_factory=list)  # share of attention inside each box
+    losses: list[dict[str, float]] = field(default_factory=list)  # TIDSC terms per guided step
+
+
+class PDIGPipeline(DiffusionPipeline):
+    model_cpu_offload_seq = "text_encoder->unet->vae"
+
+    def __init__(self, vae, text_encoder, tokenizer, unet, scheduler, image_encoder=None, adapter: LISAAdapter | None = None):
+        super().__init__()
+        self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+                              image_encoder=image_encoder, adapter=adapter)
+        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        if adapter is None:  # text-only SD still needs the map-recording processors
+            from factory.generators.pdig.lisa import install_lisa
+
+            adapter = install_lisa(unet, image_embed_dim=1, num_tokens=1)
+            self.register_modules(adapter=None)
+        self.context: LISAContext = adapter.context
+        self._projection = adapter.projection if self.adapter is not None else None
+
+    # --- helpers -----------------------------------------------------------------
+    def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
+        ids = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt").input_ids
+        return self.text_encoder(ids.to(self.device))[0]
+
+    def image_tokens(self, boxes: list[list[BoxPrompt]], dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """Per image: the LISA tokens of its boxes' image prompts, concatenated and padded.
+        Returns (cond tokens (B, M, C), uncond tokens (zero embeddings), keep mask (B, M))."""
+        if self._projection is None or not any(b.image_embed is not None for bs in boxes for b in bs):
+            return None
+        n = self._projection.num_tokens
+        most = max(len(bs) for bs in boxes)
+        embed_dim = self._projection.proj.in_features
+        embeds = torch.zeros(len(boxes), most, embed_dim, device=self.device, dtype=dtype)
+        keep = torch.zeros(len(boxes), most * n, dtype=torch.bool, device=self.device)
+        for i, bs in enumerate(boxes):
+            for j, b in enumerate(bs):
+                if b.image_embed is not None:
+                    embeds[i, j] = b.image_embed.to(self.device, dtype).reshape(-1)
+                    keep[i, j * n : (j + 1) * n] = True
+        cond = self._projection(embeds.flatten(0, 1)).reshape(len(boxes), most * n, -1)
+        uncond = self._projection(torch.zeros_like(embeds).flatten(0, 1)).reshape(len(boxes), most * n, -1)
+        return cond, uncond, keep
+
+    def map_sizes(self, latent_hw: tuple[int, int], attention_res: int | None) -> tuple[int, int]:
+        """The cross-attention map size TIDSC works on: `attention_res` (side at the
+        latent's aspect) or, by default, the available one closest to latent/4 (16x16
+        for SD1.5 at 512 px, as in BoxDiff)."""
+        lh, lw = latent_hw
+        blocks = self.unet.config.down_block_types
+        sizes = [(lh >> i, lw >> i) for i, b in enumerate(blocks) if "CrossAttn" in b]
+        if not sizes:
+            raise ValueError("this UNet has no cross-attention layers")
+        if attention_res is not None:
+            match = [s for s in sizes if s[0] == attention_res or s[1] == attention_res]
+            if not match:
+                raise ValueError(f"attention_res={attention_res} not available; choose from {[s[0] for s in sizes]}")
+            return match[0]
+        return min(sizes, key=lambda s: (abs(s[0] - lh / 4), -s[0]))
+
+    def defect_maps(self, text, image, boxes, prompts, map_hw, image_hw):
+        """Per image: [(map (S, K), box cells, kind, box index)] for every defect token of every box."""
+        out = []
+        n = self._projection.num_tokens if self._projection is not None else 0
+        for i, (bs, prompt) in enumerate(zip(boxes, prompts)):
+            items = []
+            for j, b in enumerate(bs):
+                cells = box_to_cells(b.box, image_hw, map_hw)
+                if text is not None and self.context.beta != 0:
+                    idx = token_indices(self.tokenizer, prompt, b.token) if b.token.startswith("<") else []
+                    idx = idx or word_indices(self.tokenizer, prompt, b.token)
+                    if not idx:
+                        raise ValueError(f"token {b.token!r} not found in prompt {prompt!r}")
+                    items.append((text[i][:, idx].mean(-1).reshape(map_hw), cells, "text", j))
+                if image is not None and b.image_embed is not None:
+                    for k in range(j * n, (j + 1) * n):
+                        items.append((image[i][:, k].reshape(map_hw), cells, "image", j))
+            out.append(items)
+        return out
+
+    # --- the pipeline --------------------------------------------------------------
+    def __call__(
+        self,
+        prompt: list[str],
+        boxes: list[list[BoxPrompt]],
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int = 60,
+        guidance_scale: float = 7.5,
+        tidsc_steps: int = 30,
+        tidsc: TIDSCConfig = TIDSCConfig(),
+        step_size: float = 20.0,
+        step_size_end: float = 10.0,
+        alpha: float = 1.0,
+        beta: float = 1.0,
+        attention_res: int | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        return_attention: bool = False,
+    ) -> PDIGOutput:
+        if len(prompt) != len(boxes):
+            raise ValueError(f"{len(prompt)} prompts but {len(boxes)} box lists")
+        if not 0 <= tidsc_steps <= num_inference_steps:
+            raise ValueError(f"tidsc_steps must be in [0, {num_inference_steps}], got {tidsc_steps}")
+        height = height or self.unet.config.sample_size * self.vae_scale_factor
+        width = width or self.unet.config.sample_size * self.vae_scale_factor
+        batch = len(prompt)
+        dtype = self.unet.dtype
+        ctx = self.context
+        ctx.alpha, ctx.beta = float(alpha), float(beta)
+
+        # 1. conditions: text tokens (+ LISA image tokens per box), and the unconditional ones
+        with torch.no_grad():
+            text_cond = self.encode_prompt(prompt).to(dtype)
+            text_uncond = self.encode_prompt([""] * batch).to(dtype)
+            ctx.num_text_tokens = text_cond.shape[1]
+            img = self.image_tokens(boxes, dtype) if alpha != 0 else None
+        if img is not None:
+            cond = torch.cat([text_cond, img[0]], 1)
+            uncond = torch.cat([text_uncond, img[1]], 1)
+            keep = img[2]
+        else:
+            cond, uncond, keep = text_cond, text_uncond, None
+        do_cfg = guidance_scale > 1.0
+        embeds = torch.cat([uncond, cond]) if do_cfg else cond
+
+        # 2. latents and schedule
+        self.scheduler.set_timesteps(num_inference_steps, device=self.device)
+        shape = (batch, self.unet.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
+        if latents is None:
+            from diffusers.utils.torch_utils import randn_tensor
+
+            latents = randn_tensor(shape, generator=generator, device=self.device, dtype=dtype)
+        latents = latents.to(self.device, dtype) * self.scheduler.init_noise_sigma
+        map_hw = self.map_sizes(shape[2:], attention_res)
+        hw = map_hw[0] * map_hw[1]
+        guided = tidsc_steps > 0 and any(boxes)
+        step_sizes = np.linspace(step_size, step_size_end, max(tidsc_steps, 1))
+        record = AttentionStore({hw}, batch_offset=batch if do_cfg else 0) if return_attention else None
+        acc: list[list[tuple]] | None = None
+        losses: list[dict[str, float]] = []
+
+        # 3. denoising loop
+        for i, t in enumerate(self.scheduler.timesteps):
+            if guided and i < tidsc_steps:
+                ctx.store = AttentionStore({hw})
+                ctx.image_token_mask = keep
+                with torch.enable_grad():
+                    x = latents.detach().requires_grad_(True)
+                    self.unet(x, t, encoder_hidden_states=cond).sample
+                    text_p, image_p = ctx.store.mean(hw)
+                    per_image = self.defect_maps(text_p, image_p, boxes, prompt, map_hw, (height, width))
+                    total, terms = None, {}
+                    for items in per_image:
+                        if items:
+                            loss, t_terms = tidsc_loss([(a.float(), c) for a, c, _, _ in items], tidsc)
+                            total = loss if total is None else total + loss
+                            terms = {k: terms.get(k, 0.0) + v for k, v in t_terms.items()}
+                    if total is not None:
+                        grad = torch.autograd.grad(total, x)[0]
+                        latents = (x - float(step_sizes[i]) * grad).detach()
+                        losses.append({"step": i, "total": float(total.detach())} | terms)
+                ctx.store = None
+
+            ctx.store = record
+            ctx.image_token_mask = torch.cat([keep, keep]) if (keep is not None and do_cfg) else keep
+            with torch.no_grad():
+                latent_in = torch.cat([latents] * 2) if do_cfg else latents
+                latent_in = self.scheduler.scale_model_input(latent_in, t)
+                noise = self.unet(latent_in, t, encoder_hidden_states=embeds).sample
+                if do_cfg:
+                    noise_uncond, noise_cond = noise.chunk(2)
+                    noise = noise_uncond + guidance_scale * (noise_cond - noise_uncond)
+                latents = self.scheduler.step(noise, t, latents).prev_sample
+            if record is not None:
+                text_p, image_p = record.mean(hw)
+                step_maps = self.defect_maps(text_p, image_p, boxes, prompt, map_hw, (height, width))
+                acc = step_maps if acc is None else [
+                    [(a0 + a1, c, k, j) for (a0, c, k, j), (a1, *_) in zip(x0, x1)] for x0, x1 in zip(acc, step_maps)
+                ]
+                record.reset()
+        ctx.store = None
+        ctx.image_token_mask = None
+
+        # 4. decode
+        with torch.no_grad():
+            image = self.vae.decode(latents / self.vae.config.scaling_factor).sample
+        images = (image.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
+
+        attention, inside = None, []
+        if acc is not None:
+            attention, inside = self._summarize(acc, boxes)
+        return PDIGOutput(images=images, boxes=boxes, attention=attention, inside=inside, losses=losses)
+
+    @staticmethod
+    def _summarize(acc, boxes):
+        """Per image, per box: the text-token map (S, K) and the image-token maps (N, S, K),
+        each normalized to sum 1, and the mean share of each kind inside the box."""
+        attention, inside = [], []
+        for items, bs in zip(acc, boxes):
+            maps: list[dict[str, list]] = [{} for _ in bs]
+            cells_of = [None] * len(bs)
+            for a, cells, kind, j in items:
+                maps[j].setdefault(kind, []).append(a.float())
+                cells_of[j] = cells
+            per_box, per_inside = [], []
+            for j, d in enumerate(maps):
+                # image tokens share one softmax, so their mean map is flat: keep them apart
+                per_inside.append({k: float(np.mean([inside_fraction(a, cells_of[j]) for a in v])) for k, v in d.items()})
+                per_box.append({k: torch.stack([a / a.sum().clamp_min(1e-12) for a in v]).squeeze(0).cpu().numpy()
+                                for k, v in d.items()})
+            attention.append(per_box)
+            inside.append(per_inside)
+        return attention, inside

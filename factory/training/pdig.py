@@ -1,0 +1,190 @@
+"""Train PDIG's SCE tokens and LISA adapter on a frozen Stable Diffusion base, under
+Ray Train (TorchTrainer, DDP over workers). Paper settings: AdamW, lr 1e-4, weight
+decay 0.01, MSE noise-prediction loss (eq. 1-2). The checkpoint holds only the
+trained parts plus a bank of image-prompt embeddings per class (adapter.py).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class PDIGTrainConfig:
+    data: str
+    base: str
+    out: str
+    mask_classes: dict[int, str] = field(default_factory=lambda: {1: "dark", 2: "cross_crack", 3: "crack"})
+    epochs: int = 1
+    max_steps: int | None = None
+    batch_size: int = 8
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    num_tokens: int = 4
+    resolution: int | None = None  # default: the base's native size (512 for SD1.5)
+    limit: int | None = None  # use at most this many images
+    bank_size: int = 32  # image-prompt embeddings kept per class
+    drop_text: float = 0.05  # condition dropout, so classifier-free guidance works for both branches
+    drop_image: float = 0.05
+    num_workers: int = 1
+    use_gpu: bool = False
+    seed: int = 0
+    storage_path: str | None = None
+
+
+def _module(base, parts):
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+
+    class Model(nn.Module):
+        """Frozen base + trainable parts; forward = the LDM loss of one batch."""
+
+        def __init__(self):
+            super().__init__()
+            self.unet, self.vae, self.text_encoder = base.unet, base.vae, base.text_encoder
+            self.projection = parts.lisa.projection
+            self.scheduler = base.scheduler
+            self.context = parts.lisa.context
+
+        def forward(self, pixels, input_ids, image_embeds):
+            with torch.no_grad():
+                latents = self.vae.encode(pixels).latent_dist.sample() * self.vae.config.scaling_factor
+            noise = torch.randn_like(latents)
+            t = torch.randint(0, self.scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device)
+            noisy = self.scheduler.add_noise(latents, noise, t)
+            text = self.text_encoder(input_ids)[0]
+            self.context.num_text_tokens = text.shape[1]
+            self.context.alpha = self.context.beta = 1.0
+            cond = torch.cat([text, self.projection(image_embeds)], 1)
+            pred = self.unet(noisy, t, encoder_hidden_states=cond).sample
+            return F.mse_loss(pred.float(), noise.float())
+
+    return Model()
+
+
+def _prepare(example, size: int, rng: np.random.Generator):
+    """(image tensor in [-1, 1] at size x size, its classes, one defect crop)."""
+    import torch
+    from PIL import Image
+
+    from factory.generators.pdig.image_prompt import crop_and_align
+    from factory.training.images import read_image
+
+    img = read_image(example.image, channels=3)
+    x = np.asarray(Image.fromarray(img).resize((size, size), Image.BICUBIC), dtype=np.float32) / 127.5 - 1.0
+    cls, *box = example.boxes[int(rng.integers(len(example.boxes)))]
+    crop = crop_and_align(img, tuple(box))
+    return torch.from_numpy(x).permute(2, 0, 1), [c for c, *_ in example.boxes], crop
+
+
+def build_bank(base, examples, classes, bank_size: int, device):
+    """Up to `bank_size` CLIP embeddings of defect crops per class: the image prompts
+    the generator draws from, so generation needs no extra files."""
+    import torch
+
+    from factory.generators.pdig.image_prompt import crop_and_align, encode_crops
+    from factory.training.images import read_image
+
+    crops: dict[str, list] = {c: [] for c in classes}
+    for ex in examples:
+        if all(len(v) >= bank_size for v in crops.values()):
+            break
+        img = None
+        for c, *box in ex.boxes:
+            if len(crops[c]) < bank_size:
+                img = read_image(ex.image, channels=3) if img is None else img
+                crops[c].append(crop_and_align(img, tuple(box)))
+    return {c: encode_crops(base.image_encoder, v, base.image_size, base.image_mean, base.image_std, device).float().cpu()
+            for c, v in crops.items() if v} if crops else {}
+
+
+def train_loop(config: dict[str, Any]) -> None:
+    """One Ray Train worker: load the base, add the parts, train its shard of the data."""
+    import ray.train
+    import ray.train.torch
+    import torch
+    from ray.train import Checkpoint
+
+    from factory.generators.pdig.adapter import create_parts, save_parts
+    from factory.generators.pdig.base_model import load_base
+    from factory.generators.pdig.data import load_examples
+    from factory.generators.pdig.image_prompt import encode_crops
+    from factory.generators.pdig.sce import build_prompt
+    from factory.storage import uri as storage
+
+    cfg = PDIGTrainConfig(**config)
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(cfg.seed + rank)
+    rng = np.random.default_rng([cfg.seed, rank])
+    with storage.as_local_dir(cfg.data) as root:
+        examples = load_examples(root, {int(k): v for k, v in cfg.mask_classes.items()}, limit=cfg.limit)
+        classes = sorted({c for ex in examples for c, *_ in ex.boxes})
+        base = load_base(cfg.base, device=str(device))
+        size = cfg.resolution or base.native_size
+        parts = create_parts(base, classes, cfg.num_tokens)
+        model = ray.train.torch.prepare_model(_module(base, parts))
+        opt = torch.optim.AdamW(parts.trainable_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        shard = examples[rank::world]
+        step, losses = 0, []
+        for epoch in range(cfg.epochs):
+            order = rng.permutation(len(shard))
+            for start in range(0, len(order), cfg.batch_size):
+                batch = [_prepare(shard[i], size, rng) for i in order[start : start + cfg.batch_size]]
+                pixels = torch.stack([b[0] for b in batch]).to(device)
+                prompts = ["" if rng.random() < cfg.drop_text else build_prompt(b[1]) for b in batch]
+                ids = base.tokenizer(prompts, padding="max_length", max_length=base.tokenizer.model_max_length,
+                                     truncation=True, return_tensors="pt").input_ids.to(device)
+                embeds = encode_crops(base.image_encoder, [b[2] for b in batch], base.image_size, base.image_mean,
+                                      base.image_std, device)
+                keep = torch.tensor([rng.random() >= cfg.drop_image for _ in batch], device=device)
+                embeds = embeds * keep[:, None].to(embeds.dtype)
+                loss = model(pixels, ids, embeds)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                losses.append(float(loss.detach()))
+                step += 1
+                if cfg.max_steps and step >= cfg.max_steps:
+                    break
+            if cfg.max_steps and step >= cfg.max_steps:
+                break
+        metrics = {"loss": float(np.mean(losses[-20:])) if losses else float("nan"), "steps": step,
+                   "epochs": epoch + 1, "images": len(examples), "classes": classes}
+        if rank == 0:
+            parts.bank = build_bank(base, examples, classes, cfg.bank_size, device)
+            with tempfile.TemporaryDirectory() as tmp:
+                save_parts(parts, tmp, extra={"base": cfg.base, "train": asdict(cfg) | {"steps": step},
+                                              "resolution": size})
+                ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
+        else:
+            ray.train.report(metrics)
+
+
+def train_pdig(cfg: PDIGTrainConfig) -> dict[str, Any]:
+    """Run the TorchTrainer and copy the trained parts to `cfg.out`; returns the metrics."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from factory.storage import uri as storage
+
+    storage_path = cfg.storage_path or tempfile.mkdtemp(prefix="pdig-train-")
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config=asdict(cfg),
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu),
+        run_config=RunConfig(name="pdig", storage_path=str(Path(storage_path).resolve())),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"PDIG training produced no checkpoint: {result.error}")
+    with result.checkpoint.as_directory() as d:
+        storage.upload_dir(d, cfg.out)
+    return dict(result.metrics or {}) | {"out": cfg.out}
