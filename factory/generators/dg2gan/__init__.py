@@ -1,0 +1,168 @@
+"""`kind: dg2gan`: defect-free -> defective translation (Deng et al., DG2GAN), box-targeted.
+
+Spec usage:
+    generators:
+      - kind: dg2gan
+        checkpoint: file:///models/dg2gan      # a run folder, or one run folder per class
+        params:
+          references: file:///data/magnetic_tile/MT_Free   # defect-free images (folder/URI or list)
+          # optional: checkpoints: {Crack: s3://...}, threshold: 0.06, min_area: 4,
+          #           context: <crop side / box side; default from training>, batch_size: 16
+
+Each WorkItem picks a reference with `style["reference"]` (modulo the number of
+references; its seed otherwise), resized to the item's size; every box is then
+translated and measured as described in `boxes.py`. Deterministic given the item.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+
+from factory.generators.base import CheckpointError, Sample
+from factory.planning.work import WorkItem
+
+PARAMS = {"references", "checkpoints", "threshold", "min_area", "context", "batch_size", "flip"}
+
+
+class DG2GANGenerator:
+    """Serves WorkItems from one DG2GAN G per defect class (fp16 on a GPU)."""
+
+    kind: ClassVar[str] = "dg2gan"
+    wants_gpu: ClassVar[bool] = True
+
+    def __init__(self, models: dict[str, Any], references: list[str], params: dict[str, Any], device: str):
+        self.models = models  # class name ("" = any class) -> (config, G, checkpoint uri, crop context)
+        self.references = references
+        self.params = params
+        self.device = device
+        self.threshold = float(params.get("threshold", 0.06))
+        self.min_area = int(params.get("min_area", 4))
+        self.batch_size = int(params.get("batch_size", 16))
+        self.flip = bool(params.get("flip", True))
+
+    @classmethod
+    def load(cls, checkpoint: str | None, params: dict[str, Any], device: str = "cpu") -> "DG2GANGenerator":
+        from factory.generators.dg2gan.checkpoint import TRAIN_HINT, find_runs, load_generators
+
+        unknown = set(params) - PARAMS
+        if unknown:
+            raise ValueError(f"unknown dg2gan params {sorted(unknown)}; known: {sorted(PARAMS)}")
+        runs = dict(find_runs(checkpoint)) if checkpoint else {}
+        runs.update(params.get("checkpoints") or {})
+        if not runs:
+            where = f"nothing found at {checkpoint}" if checkpoint else "no checkpoint given"
+            raise CheckpointError(f"DG2GAN needs a trained checkpoint ({where}); {TRAIN_HINT}")
+        models = {}
+        for cls_name, uri in runs.items():
+            cfg, gens, config = load_generators(uri, device)
+            G = gens.G
+            if device.startswith("cuda"):
+                G = G.half()
+            context = float(params.get("context", config.get("train", {}).get("context", 1.5)))
+            models[cls_name] = (cfg, G, uri, context)
+        refs = params.get("references")
+        if not refs:
+            raise ValueError("dg2gan needs params.references: a folder/URI (or list) of defect-free images, e.g. domain.references")
+        return cls(models, reference_uris(refs), params, device)
+
+    def _model(self, class_name: str):
+        if class_name in self.models:
+            return self.models[class_name]
+        if set(self.models) == {""}:
+            return self.models[""]
+        raise CheckpointError(
+            f"no DG2GAN checkpoint for class {class_name!r} (have: {', '.join(sorted(self.models))}); "
+            f"train one with `factory train dg2gan --class {class_name} ...` or add it to params.checkpoints"
+        )
+
+    def generate(self, items: Sequence[WorkItem]) -> list[Sample]:
+        from factory.generators.dg2gan.boxes import apply_boxes, plan_crop, translate_crops
+
+        bases, plans_per_item = [], []
+        jobs: dict[str, list[tuple[int, int, np.ndarray]]] = {}  # model key -> (item i, request j, crop)
+        for i, item in enumerate(items):
+            rng = np.random.default_rng(item.seed)
+            ref_idx = int(item.style.get("reference", item.seed)) % len(self.references)
+            base = _reference(self.references[ref_idx], item.width, item.height, item.channels).astype(np.float32) / 255.0
+            plans = []
+            for j, box in enumerate(item.boxes):
+                cfg, G, uri, context = self._model(box.class_name)
+                fh, fv = (bool(rng.integers(2)), bool(rng.integers(2))) if self.flip else (False, False)
+                plan = plan_crop(box, item.width, item.height, context, fh, fv)
+                crop = base[plan.y1 : plan.y2, plan.x1 : plan.x2]
+                crop = crop[:, ::-1] if fh else crop
+                crop = crop[::-1] if fv else crop
+                key = box.class_name if box.class_name in self.models else ""
+                jobs.setdefault(key, []).append((i, j, crop))
+                plans.append(plan)
+            bases.append((base, ref_idx))
+            plans_per_item.append(plans)
+        deltas: dict[tuple[int, int], np.ndarray] = {}
+        for key, todo in jobs.items():
+            cfg, G, _, _ = self.models[key]
+            outs = translate_crops(G, [c for _, _, c in todo], cfg.image_size, cfg.channels, self.device, self.batch_size)
+            deltas.update({(i, j): d for (i, j, _), d in zip(todo, outs)})
+        samples = []
+        for i, item in enumerate(items):
+            (base, ref_idx), plans = bases[i], plans_per_item[i]
+            img, boxes, mask, info = apply_boxes(base, plans, [deltas[(i, j)] for j in range(len(plans))], self.threshold, self.min_area)
+            image = np.round(img * 255.0).astype(np.uint8)
+            used = sorted({self.models[k][2] for k in (b.class_name if b.class_name in self.models else "" for b in item.boxes)})
+            meta = {
+                "checkpoint": ",".join(used),
+                "reference": self.references[ref_idx],
+                "requests": info,
+                "unchanged_requests": sum(1 for r in info if r["measured"] is None),
+            }
+            samples.append(Sample(item=item, image=image, boxes=boxes, mask=mask, meta=meta))
+        return samples
+
+
+def reference_uris(refs: str | list[str]) -> list[str]:
+    """Image URIs from folders/URIs or image files (sorted, masks beside JPGs skipped)."""
+    from factory.storage import uri as U
+    from factory.training.images import IMAGE_SUFFIXES, scan
+
+    out: list[str] = []
+    for r in [refs] if isinstance(refs, str) else list(refs):
+        r = str(r)
+        suffix = "." + r.rsplit(".", 1)[-1].lower() if "." in r.rsplit("/", 1)[-1] else ""
+        if suffix in IMAGE_SUFFIXES:
+            out.append(r)
+        elif U.is_s3(r):
+            names = [n for n in U.list_files(r) if "." + n.rsplit(".", 1)[-1].lower() in IMAGE_SUFFIXES]
+            jpg_stems = {n.rsplit(".", 1)[0] for n in names if not n.lower().endswith(".png")}
+            out += [U.join(r, n) for n in names if not (n.lower().endswith(".png") and n.rsplit(".", 1)[0] in jpg_stems)]
+        else:
+            out += [str(rec.image) for rec in scan(U.local_path(r))]
+    if not out:
+        raise ValueError(f"no reference images found in {refs}")
+    return out
+
+
+@lru_cache(maxsize=64)
+def _reference(uri: str, width: int, height: int, channels: int) -> np.ndarray:
+    """The reference image centre-cropped to the item's aspect and resized: HxWxC uint8."""
+    import io
+
+    from PIL import Image
+
+    from factory.storage import uri as U
+
+    with Image.open(io.BytesIO(U.read_bytes(uri))) as im:
+        im = im.convert("L" if channels == 1 else "RGB")
+        w, h = im.size
+        scale = min(w / width, h / height)
+        cw, ch = round(width * scale), round(height * scale)
+        left, top = (w - cw) // 2, (h - ch) // 2
+        im = im.crop((left, top, left + cw, top + ch)).resize((width, height), Image.BICUBIC)
+        a = np.asarray(im)
+    a = a[:, :, None] if a.ndim == 2 else a
+    a.setflags(write=False)
+    return a
+
+
+__all__ = ["DG2GANGenerator", "reference_uris"]

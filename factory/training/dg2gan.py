@@ -1,0 +1,275 @@
+"""Train DG2GAN under Ray Train: a `TorchTrainer` with DDP over N workers (gloo on
+CPU, NCCL on GPU), as the paper trains it: Adam (lr 2e-4, betas 0.5/0.999), a
+constant learning rate for the first `epochs_constant` epochs then linear decay
+to zero over `epochs_decay` epochs (the paper's 100 + 100, scaled by
+`epoch_scale`), batch 8 (global: split over the workers).
+
+Data: every worker loads the two domains itself (small image folders, held in
+memory as crops) and draws unpaired random batches from them with a seed of its
+own; an epoch is max(#defect-free, #defective) crops, as in CycleGAN.
+Checkpoints: rank 0 writes weights + the config used to `out` after every
+`checkpoint_every` epochs (layout in `factory.generators.dg2gan.checkpoint`); a
+run started again with the same `out` resumes from the last one.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Callable
+
+import numpy as np
+
+
+@dataclass
+class TrainConfig:
+    defect_free: str
+    defective: str
+    out: str
+    class_name: str = "defect"
+    image_size: int = 128
+    channels: int = 1
+    batch_size: int = 8
+    lr: float = 2e-4
+    epochs_constant: int = 100
+    epochs_decay: int = 100
+    epoch_scale: float = 1.0
+    max_steps_per_epoch: int | None = None
+    num_workers: int = 1
+    use_gpu: bool = False
+    seed: int = 0
+    holdout: float = 0.0  # share of each domain's images left out (for evaluation), seeded split
+    context: float = 1.5  # defect crop side / defect size; generation frames boxes the same way
+    crops_per_image: int = 2  # defect-free crops per defect-free image
+    max_images: int | None = None  # per domain, for quick runs
+    checkpoint_every: int = 1
+    # model
+    ngf: int = 64
+    n_blocks: int = 6
+    ndf: int = 64
+    n_layers: int = 3
+    use_djs: bool = True
+    mu: float = 0.05
+    lambda_: float = 0.8
+    beta: float = 0.5
+    cycle_weight: float = 1.0
+
+    @property
+    def epochs(self) -> tuple[int, int]:
+        """(constant, decay) epochs after scaling; at least one constant epoch."""
+        return max(1, round(self.epochs_constant * self.epoch_scale)), max(0, round(self.epochs_decay * self.epoch_scale))
+
+    def model_config(self):
+        from factory.generators.dg2gan.model import DG2GANConfig
+
+        return DG2GANConfig(
+            channels=self.channels, image_size=self.image_size, ngf=self.ngf, n_blocks=self.n_blocks, ndf=self.ndf,
+            n_layers=self.n_layers, lambda_=self.lambda_, beta=self.beta, mu=self.mu, cycle_weight=self.cycle_weight,
+            use_djs=self.use_djs, class_name=self.class_name,
+        )
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def lr_factor(epoch: int, constant: int, decay: int) -> float:
+    """Constant for `constant` epochs, then linear to zero over `decay` epochs."""
+    if epoch < constant:
+        return 1.0
+    return max(0.0, 1.0 - (epoch - constant) / max(1, decay))
+
+
+def load_training_data(tc: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(defect-free crops, defective crops) as uint8 N x S x S x C, train split only."""
+    from factory.storage.uri import as_local_dir
+    from factory.training.images import load_crops, scan, split_records
+
+    out = []
+    for role, src in (("defect-free", tc.defect_free), ("defective", tc.defective)):
+        with as_local_dir(str(src)) as root:
+            records, _ = split_records(scan(root), tc.holdout, tc.seed)
+            if tc.max_images:
+                records = records[: tc.max_images]
+            out.append(load_crops(records, role, tc.image_size, tc.channels, context=tc.context, crops_per_image=tc.crops_per_image, seed=tc.seed))
+    return out[0], out[1]
+
+
+def unwrap(m):
+    return getattr(m, "module", m)
+
+
+def make_optimizers(gens, discs, lr: float):
+    import torch
+
+    opt_g = torch.optim.Adam(unwrap(gens).parameters(), lr=lr, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(unwrap(discs).parameters(), lr=lr, betas=(0.5, 0.999))
+    return opt_g, opt_d
+
+
+def train_step(gens, discs, opt_g, opt_d, n, d, cfg) -> dict[str, float]:
+    """One DG2GAN update: generators on eq. 6, then the four discriminators on
+    eq. 2 / -eq. 3 / -eq. 4 with the generated images detached."""
+    from factory.generators.dg2gan.losses import discriminator_losses, generator_losses
+
+    raw_d = unwrap(discs)
+    raw_d.requires_grad_(False)
+    fakes = gens(n, d)
+    scores = raw_d.score_fakes(fakes["fake_n"], fakes["fake_d"])
+    gl = generator_losses(fakes, scores, n, d, cfg)
+    opt_g.zero_grad(set_to_none=True)
+    gl["G"].backward()
+    opt_g.step()
+    raw_d.requires_grad_(True)
+
+    out = discs(n, fakes["fake_n"].detach(), d, fakes["fake_d"].detach())
+    dl = discriminator_losses(out, cfg)
+    opt_d.zero_grad(set_to_none=True)
+    dl["D"].backward()
+    opt_d.step()
+    return {k: float(v.detach()) for k, v in {**gl, **dl}.items()}
+
+
+def sample_batch(data, k: int, rng: np.random.Generator, device):
+    """k random crops with random horizontal/vertical flips, as a [-1, 1] tensor."""
+    from factory.training.images import to_tensor
+
+    idx = rng.integers(0, len(data), size=k)
+    batch = data[idx].copy()
+    for i in range(k):
+        if rng.random() < 0.5:
+            batch[i] = batch[i][:, ::-1]
+        if rng.random() < 0.5:
+            batch[i] = batch[i][::-1]
+    return to_tensor(batch).to(device)
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """The Ray Train worker loop (also runs as a plain function when Ray Train is not wanted)."""
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    from factory.generators.dg2gan.checkpoint import load_train_state, resolve, save_checkpoint
+    from factory.generators.dg2gan.model import build
+
+    tc = TrainConfig.from_dict(config)
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(tc.seed)
+    cfg = tc.model_config()
+    data_n, data_d = load_training_data(tc)
+
+    gens, discs = build(cfg, seed=tc.seed)
+    opt_g, opt_d = make_optimizers(gens, discs, tc.lr)
+    start_epoch, history = 0, []
+    ck = resolve(tc.out)
+    if ck is not None:  # resume
+        g_sd, d_sd, state = load_train_state(ck)
+        gens.load_state_dict(g_sd)
+        discs.load_state_dict(d_sd)
+        opt_g.load_state_dict(state["opt_g"])
+        opt_d.load_state_dict(state["opt_d"])
+        start_epoch, history = int(state["epoch"]) + 1, list(state.get("history", []))
+    gens = ray.train.torch.prepare_model(gens)
+    discs = ray.train.torch.prepare_model(discs)
+    for opt in (opt_g, opt_d):  # optimizer state follows the parameters' device
+        for st in opt.state.values():
+            for k, v in st.items():
+                if torch.is_tensor(v):
+                    st[k] = v.to(device)
+
+    constant, decay = tc.epochs
+    per_worker = max(1, tc.batch_size // world)
+    steps = math.ceil(max(len(data_n), len(data_d)) / (per_worker * world))
+    if tc.max_steps_per_epoch:
+        steps = min(steps, tc.max_steps_per_epoch)
+    for epoch in range(start_epoch, constant + decay):
+        for opt in (opt_g, opt_d):
+            for group in opt.param_groups:
+                group["lr"] = tc.lr * lr_factor(epoch, constant, decay)
+        rng = np.random.default_rng([tc.seed, rank, epoch])
+        sums: dict[str, float] = {}
+        t0 = time.time()
+        for _ in range(steps):
+            n = sample_batch(data_n, per_worker, rng, device)
+            d = sample_batch(data_d, per_worker, rng, device)
+            for k, v in train_step(gens, discs, opt_g, opt_d, n, d, cfg).items():
+                sums[k] = sums.get(k, 0.0) + v
+        metrics = {k: v / steps for k, v in sums.items()}
+        metrics.update(epoch=epoch, lr=opt_g.param_groups[0]["lr"], seconds=time.time() - t0, steps=steps)
+        history.append(metrics)
+        last = epoch == constant + decay - 1
+        if rank == 0 and ((epoch + 1) % tc.checkpoint_every == 0 or last):
+            state = {"opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "epoch": epoch, "history": history}
+            save_checkpoint(tc.out, epoch, cfg, unwrap(gens), unwrap(discs), state, asdict(tc), metrics)
+        if rank == 0:
+            print(f"[dg2gan {tc.class_name}] epoch {epoch + 1}/{constant + decay} " + " ".join(f"{k}={metrics[k]:.4f}" for k in ("G", "cycle", "D") if k in metrics), flush=True)
+        ray.train.report(metrics)
+
+
+def train(tc: TrainConfig, storage_path: str | None = None) -> dict[str, Any]:
+    """Run training with a Ray Train TorchTrainer; returns the last checkpoint's URI, epoch and metrics.
+
+    Needs Ray to be initialized (or starts an embedded local cluster)."""
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from factory.generators.dg2gan.checkpoint import read_config, resolve
+    from factory.storage.uri import to_uri
+
+    if tc.out and "://" not in tc.out:
+        tc.out = to_uri(tc.out)
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False, log_to_driver=True)
+    constant, decay = tc.epochs
+    ck = resolve(tc.out)
+    if ck is not None and read_config(ck)["epoch"] >= constant + decay - 1:
+        return {"checkpoint": ck, **_summary(ck), "resumed": True, "trained": False}
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=asdict(tc),
+        scaling_config=ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu),
+        run_config=RunConfig(
+            name=f"dg2gan-{tc.class_name}-{int(time.time())}",
+            storage_path=storage_path or tempfile.mkdtemp(prefix="dg2gan-ray-"),
+        ),
+    )
+    trainer.fit()
+    ck = resolve(tc.out)
+    if ck is None:
+        raise RuntimeError(f"training finished but no checkpoint was written to {tc.out}")
+    return {"checkpoint": ck, **_summary(ck), "resumed": False, "trained": True}
+
+
+def _summary(ck: str) -> dict[str, Any]:
+    from factory.generators.dg2gan.checkpoint import read_config
+
+    c = read_config(ck)
+    return {"epoch": c["epoch"], "metrics": c.get("metrics", {})}
+
+
+def fit_local(tc: TrainConfig, data_n: np.ndarray, data_d: np.ndarray, steps: int, on_step: Callable | None = None):
+    """Train without Ray on arrays already in memory (tests, quick experiments):
+    the same `train_step`, constant learning rate. Returns (gens, discs, per-step losses)."""
+    import torch
+
+    from factory.generators.dg2gan.model import build
+
+    cfg = tc.model_config()
+    gens, discs = build(cfg, seed=tc.seed)
+    opt_g, opt_d = make_optimizers(gens, discs, tc.lr)
+    rng = np.random.default_rng(tc.seed)
+    history = []
+    for step in range(steps):
+        n = sample_batch(data_n, tc.batch_size, rng, torch.device("cpu"))
+        d = sample_batch(data_d, tc.batch_size, rng, torch.device("cpu"))
+        history.append(train_step(gens, discs, opt_g, opt_d, n, d, cfg))
+        if on_step:
+            on_step(step, history[-1])
+    return gens, discs, history
