@@ -1,1 +1,164 @@
-"""Commands for this area are registered here (see factory/cli/app.py)."""
+"""`factory retrain` (detector retraining: real-only vs real+synthetic, judged on
+real eval data; or `--watch ROOT` to trigger it for new versions) and
+`factory data import` (real data sets -> registry datasets / YOLO folders)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from factory.cli.app import app, data_app
+from factory.cli.common import EXIT_INVALID, console, fail, friendly_errors
+
+DEFAULT_ROOT = "file://./datasets"
+
+
+def _config(config: str | None, **overrides):
+    from factory.training.detector import RetrainConfig
+
+    base = json.loads(config) if config else {}
+    if not isinstance(base, dict):
+        fail("--config must be a JSON object", EXIT_INVALID)
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    return RetrainConfig.from_dict(base)
+
+
+def _class_map(items: list[str] | None) -> dict[str, str | None] | None:
+    if not items:
+        return None
+    out: dict[str, str | None] = {}
+    for item in items:
+        syn, sep, real = item.partition("=")
+        if not sep or not syn:
+            fail(f"--class-map takes SYNTHETIC=REAL (or SYNTHETIC= to drop it), got {item!r}", EXIT_INVALID)
+        out[syn] = real or None
+    return out
+
+
+@app.command("retrain")
+def retrain_cmd(
+    target: Optional[str] = typer.Argument(None, help="NAME@VERSION, ROOT/NAME@VERSION, or a version / YOLO folder URI"),
+    real_train: Optional[str] = typer.Option(None, "--real-train", help="real train set: YOLO folder URI or NAME@VERSION (its train split)"),
+    real_eval: Optional[str] = typer.Option(None, "--real-eval", help="held-out real eval set: YOLO folder URI or NAME@VERSION (its val split)"),
+    model: Optional[str] = typer.Option(None, "--model", help="yolov8n.yaml (from scratch) or a local .pt [default: yolov8n.yaml]"),
+    epochs: Optional[int] = typer.Option(None, "--epochs"),
+    imgsz: Optional[int] = typer.Option(None, "--imgsz"),
+    batch: Optional[int] = typer.Option(None, "--batch"),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    synthetic_ratio: Optional[float] = typer.Option(None, "--synthetic-ratio", help="synthetic images per real train image"),
+    class_map: Optional[list[str]] = typer.Option(None, "--class-map", help="SYNTHETIC=REAL, repeatable; SYNTHETIC= drops a class"),
+    gpus: Optional[int] = typer.Option(None, "--gpus", help="GPUs per trainer worker (one worker per arm)"),
+    workers: Optional[int] = typer.Option(None, "--workers", help="dataloader workers"),
+    min_gain: Optional[float] = typer.Option(None, "--min-gain", help="flag the run when the mAP50 gain is below this"),
+    config: Optional[str] = typer.Option(None, "--config", help="settings as a JSON object (options given override it)"),
+    root: str = typer.Option(DEFAULT_ROOT, "--root", help="registry root for NAME@VERSION"),
+    run_id: Optional[str] = typer.Option(None, "--run-id", help="(set by the trigger) the run id to write under"),
+    force: bool = typer.Option(False, "--force", help="train again even if this run already finished"),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster (training) or job server (--watch)"),
+    watch: Optional[str] = typer.Option(None, "--watch", help="ROOT: submit a retraining job for every newly published version"),
+    interval: float = typer.Option(30.0, "--interval", help="seconds between --watch passes"),
+    once: bool = typer.Option(False, "--once", help="with --watch: one pass, then exit"),
+) -> None:
+    """Retrain the detector on real + synthetic data and on real data alone; report both on the real eval set."""
+    with friendly_errors():
+        from factory.storage.uri import StorageError
+        from factory.training import detector as D
+
+        if not real_train or not real_eval:
+            fail("--real-train and --real-eval are required", EXIT_INVALID)
+        cfg = _config(config, model=model, epochs=epochs, imgsz=imgsz, batch=batch, seed=seed,
+                      synthetic_ratio=synthetic_ratio, class_map=_class_map(class_map), gpus=gpus, workers=workers,
+                      min_gain=min_gain)
+        try:
+            if watch:
+                if target:
+                    fail("give either a version or --watch ROOT, not both", EXIT_INVALID)
+                _watch(watch, real_train, real_eval, cfg, address, interval, once)
+                return
+            if not target:
+                fail("name a version (NAME@VERSION or a URI), or use --watch ROOT", EXIT_INVALID)
+            version_uri = D.resolve(target, root)
+            rt, re_ = D.resolve(real_train, root), D.resolve(real_eval, root)
+            console.print(f"retraining on [bold]{version_uri}[/] (real train {rt}, real eval {re_})", highlight=False)
+            c = D.retrain(version_uri, rt, re_, cfg, run_id=run_id, force=force, address=address)
+        except (D.RetrainError, D.RetrainTriggerError, StorageError) as e:
+            fail(str(e))
+        _print_comparison(c)
+
+
+def _print_comparison(c: dict) -> None:
+    from rich.table import Table
+
+    from factory.storage.uri import join
+
+    if c.get("skipped"):
+        console.print(f"run {c['run_id']} already finished: not training again (use --force to retrain)")
+    t = Table(title=f"retrain {c['run_id']}: real eval set")
+    t.add_column("metric")
+    t.add_column("real only", justify="right")
+    t.add_column("real + synthetic", justify="right")
+    t.add_column("gain", justify="right")
+    for k in ("map50", "map50_95", "precision", "recall"):
+        t.add_row(k, f"{c['arms']['real_only'][k]:.4f}", f"{c['arms']['real_plus_synthetic'][k]:.4f}", f"{c['gain'][k]:+.4f}")
+    console.print(t)
+    console.print(f"verdict: the synthetic data {c['verdict']}" + (" [red](flagged: below min_gain)[/]" if c.get("flagged") else ""))
+    out = join(c["version"], "retrain", c["run_id"])
+    console.print(f"report: {join(out, 'report.html')}\ncomparison: {join(out, 'comparison.json')}", highlight=False)
+
+
+def _watch(root: str, real_train: str, real_eval: str, cfg, address: str | None, interval: float, once: bool) -> None:
+    from factory.training.detector import watch_once
+
+    console.print(f"watching {root} for published versions (every {interval:g} s)", highlight=False)
+    while True:
+        for ev in watch_once(root, real_train, real_eval, cfg, address=address):
+            if ev["submitted"]:
+                console.print(f"{ev['version']}: submitted retraining job {ev['job_id']} (run {ev['run_id']})", highlight=False)
+        if once:
+            return
+        time.sleep(interval)
+
+
+@data_app.command("import")
+def import_cmd(
+    kind: str = typer.Argument(..., help="pv_vision_crack | magnetic_tile | yolo (a YOLO-layout set such as neu_det)"),
+    source: Path = typer.Argument(..., help="the data set's folder"),
+    name: Optional[str] = typer.Option(None, "--name", help="registry dataset name [default: from the kind]"),
+    root: str = typer.Option(DEFAULT_ROOT, "--root", help="registry root to publish into"),
+    version: Optional[int] = typer.Option(None, "--version", help="[default: the next free version]"),
+    out: Optional[str] = typer.Option(None, "--out", help="write a plain YOLO folder here instead of a registry dataset"),
+    min_area: Optional[int] = typer.Option(None, "--min-area", help="smallest connected component (pixels) that becomes a box"),
+    merge_gap: Optional[int] = typer.Option(None, "--merge-gap", help="bridge gaps up to this many pixels before labeling"),
+    val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help="magnetic_tile: share of images in the val split"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="magnetic_tile: split seed"),
+) -> None:
+    """Convert a real data set (masks -> boxes by connected components) into one YOLO format."""
+    with friendly_errors():
+        from rich.table import Table
+
+        from factory.data.adapters import load_real, publish_real, write_yolo
+
+        opts = {k: v for k, v in dict(min_area=min_area, merge_gap=merge_gap, val_fraction=val_fraction, seed=seed).items()
+                if v is not None}
+        if kind == "yolo" and opts:
+            fail(f"a YOLO-layout set is read as it is; {sorted(opts)} do not apply", EXIT_INVALID)
+        try:
+            real = load_real(kind, source, **opts)
+        except TypeError as e:
+            fail(f"{kind}: {e}", EXIT_INVALID)
+        if out:
+            write_yolo(real, out)
+            where = out
+        else:
+            where = publish_real(real, root, name or real.name.replace("_", "-").lower(), version)
+        t = Table(title=f"{kind}: {len(real.samples)} images")
+        t.add_column("class")
+        t.add_column("boxes", justify="right")
+        for c, n in real.class_counts().items():
+            t.add_row(c, str(n))
+        console.print(t)
+        console.print(f"splits: {real.splits()}\nwritten: {where}", highlight=False)

@@ -75,14 +75,18 @@ def _need_dir(path: Path, what: str) -> Path:
     return path
 
 
-def pv_vision_crack(root: str | Path, splits: tuple[str, ...] = ("train", "val"), min_area: int = 16, merge_gap: int = 2) -> RealSet:
+def pv_vision_crack(
+    root: str | Path, splits: tuple[str, ...] = ("train", "val"), min_area: int = 16, merge_gap: int = 2,
+    limit: int | None = None,
+) -> RealSet:
+    """`limit`: at most that many images per split (the first, sorted by name), for quick subsets."""
     root = Path(root)
     classes = {v: (PV_VISION_CLASSES.index(n), n) for v, n in PV_VISION_VALUES.items()}
     samples = []
     for split in splits:
         img_dir = _need_dir(root / split / "img", f"pv_vision_crack split {split!r} images")
         ann_dir = _need_dir(root / split / "ann", f"pv_vision_crack split {split!r} masks")
-        for img in sorted(p for p in img_dir.iterdir() if p.suffix.lower() in IMAGE_EXTS):
+        for img in sorted(p for p in img_dir.iterdir() if p.suffix.lower() in IMAGE_EXTS)[:limit]:
             ann = ann_dir / (img.stem + ".png")
             if not ann.exists():
                 raise FileNotFoundError(f"{ann}: mask missing for {img.name}")
@@ -243,3 +247,27 @@ def write_yolo_arrays(items, class_names: list[str], dest: str | Path, split: st
         (dest / "labels" / split / f"{i:06d}.txt").write_text(text + "\n" if text else "")
     (dest / "data.yaml").write_text(yaml.safe_dump({split: f"images/{split}", "nc": len(class_names), "names": list(class_names)}, sort_keys=False))
     return dest
+
+
+def publish_real(real: RealSet, root: str, name: str, version: int | None = None) -> str:
+    """Publish a real set as a registry dataset (`yolo/` tree + manifest written
+    last), so consumers read real and synthetic data the same way. Returns the
+    version URI."""
+    from factory.storage.registry import Registry, code_version
+
+    reg = Registry(root)
+    version = version or reg.next_version(name)
+    files = yolo_files(real)
+    info = json.loads(files["import.json"])
+    manifest = {
+        "kind": "real",
+        "source": real.source,
+        "adapter": real.name,
+        "settings": real.settings,
+        "code_version": code_version(),
+        "classes": list(real.class_names),
+        "counts": {"images": len(real.samples), "splits": info["splits"], "boxes_per_class": info["class_counts"],
+                   "negatives": sum(1 for s in real.samples if not s.boxes)},
+    }
+    extra = {f"yolo/{k}" if k != "import.json" else k: v for k, v in files.items()}
+    return reg.publish(name, version, [], extra, manifest)

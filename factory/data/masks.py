@@ -67,7 +67,7 @@ def yolo_lines(boxes: list[Box], width: int, height: int) -> list[str]:
 
 
 def parse_yolo_lines(text: str, width: int, height: int, names: list[str]) -> list[Box]:
-    """The inverse of yolo_lines (pixel boxes, rounded outward)."""
+    """The inverse of yolo_lines (pixel boxes, edges rounded to the nearest pixel)."""
     out = []
     for n, line in enumerate(text.splitlines(), start=1):
         parts = line.split()
@@ -79,9 +79,9 @@ def parse_yolo_lines(text: str, width: int, height: int, names: list[str]) -> li
         if not 0 <= c < len(names):
             raise ValueError(f"line {n}: class id {c} outside 0..{len(names) - 1}")
         cx, cy, w, h = (float(p) for p in parts[1:])
-        x1 = max(0, int(np.floor((cx - w / 2) * width)))
-        y1 = max(0, int(np.floor((cy - h / 2) * height)))
-        x2 = min(width, int(np.ceil((cx + w / 2) * width)))
-        y2 = min(height, int(np.ceil((cy + h / 2) * height)))
+        x1 = max(0, round((cx - w / 2) * width))
+        y1 = max(0, round((cy - h / 2) * height))
+        x2 = min(width, round((cx + w / 2) * width))
+        y2 = min(height, round((cy + h / 2) * height))
         out.append(Box(c, names[c], x1, y1, max(x2, x1 + 1), max(y2, y1 + 1)))
     return out

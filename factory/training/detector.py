@@ -42,6 +42,64 @@ OFFLINE_ENV = {
 _DDP_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
+_GUARDS: list[list[str]] = []
+
+
+def _is_local_host(host: Any) -> bool:
+    import ipaddress
+    import socket
+
+    if isinstance(host, bytes):
+        host = host.decode(errors="replace")
+    host = str(host)
+    if host in ("localhost", "", socket.gethostname()):
+        return True
+    try:
+        ip = ipaddress.ip_address(host.split("%")[0])
+    except ValueError:
+        return False
+    if ip.is_loopback or ip.is_unspecified:
+        return True
+    with contextlib.suppress(Exception):  # this machine's own addresses (a Ray node talks to itself on them)
+        import ray
+
+        if ray.is_initialized() and host == ray.util.get_node_ip_address():
+            return True
+    return False
+
+
+def _audit(event: str, args: tuple) -> None:
+    if not _GUARDS:
+        return
+    if event == "socket.connect":
+        addr = args[1]
+        if isinstance(addr, tuple) and addr and not _is_local_host(addr[0]):
+            for g in _GUARDS:
+                g.append(f"connect {addr[0]}:{addr[1] if len(addr) > 1 else ''}")
+    elif event == "socket.getaddrinfo":
+        if args and args[0] is not None and not _is_local_host(args[0]):
+            for g in _GUARDS:
+                g.append(f"resolve {args[0]!r}")
+
+
+@contextlib.contextmanager
+def network_attempts():
+    """Record every attempt (DNS lookup or connect) to reach beyond this machine
+    while the block runs. Libraries swallow their own failed downloads, so the
+    record, not an exception, is what proves that nothing tried."""
+    import sys
+
+    if not getattr(sys, "_factory_net_audit", False):  # audit hooks cannot be removed: install once
+        sys.addaudithook(_audit)
+        sys._factory_net_audit = True
+    attempts: list[str] = []
+    _GUARDS.append(attempts)
+    try:
+        yield attempts
+    finally:
+        _GUARDS.remove(attempts)
+
+
 class RetrainError(RuntimeError):
     """Retraining cannot run or failed; the message says why and what to provide."""
 
@@ -88,15 +146,33 @@ class RetrainConfig:
 # --- inputs: a version, a YOLO folder, run ids ---------------------------------------
 
 
-def synthetic_yolo_uri(version_uri: str) -> str:
+def resolve(text: str, root: str | None = None) -> str:
+    """A URI for `NAME@VERSION` / `ROOT/NAME@VERSION` (through the registry) or a
+    plain URI / path (as it is)."""
+    from factory.storage.uri import to_uri
+
+    last = str(text).rstrip("/").rpartition("/")[2]
+    if "@" in last:
+        from factory.storage.registry import DatasetRef, Registry
+
+        ref = DatasetRef.parse(text, default_root=root)
+        reg = Registry(ref.root)
+        name, version = reg.resolve(ref)
+        if not reg.is_published(name, version):
+            raise RetrainError(f"{ref}: {name}@{version} is not published under {reg.root}")
+        return reg.version_uri(name, version)
+    return to_uri(text)
+
+
+def yolo_uri(uri: str) -> str:
     """A published version keeps its YOLO tree in `yolo/`; a plain YOLO folder is itself."""
     from factory.storage.uri import exists, join
 
-    if exists(join(version_uri, "yolo", "data.yaml")):
-        return join(version_uri, "yolo")
-    if exists(join(version_uri, "data.yaml")):
-        return version_uri
-    raise RetrainError(f"{version_uri}: neither yolo/data.yaml (a published version) nor data.yaml (a YOLO folder) found")
+    if exists(join(uri, "yolo", "data.yaml")):
+        return join(uri, "yolo")
+    if exists(join(uri, "data.yaml")):
+        return uri
+    raise RetrainError(f"{uri}: neither yolo/data.yaml (a registry version) nor data.yaml (a YOLO folder) found")
 
 
 def read_manifest(version_uri: str) -> dict | None:
@@ -342,8 +418,12 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
             synthetic = stack.enter_context(as_local_dir(config["synthetic"])) if arm == "real_plus_synthetic" else None
             data_yaml, counts = prepare_datasets(work / "data", real_train, real_eval, synthetic, cfg, config["real_train"],
                                                  config["real_eval"], config["synthetic"])
-            metrics = train_arm(arm, work, data_yaml, cfg)
+            with network_attempts() as attempts:  # ultralytics must not download anything
+                metrics = train_arm(arm, work, data_yaml, cfg)
+        if attempts and config.get("no_network"):
+            raise RetrainError(f"{arm}: training tried to reach the network: {sorted(set(attempts))[:5]}")
         metrics["data"] = counts
+        metrics["network_attempts"] = sorted(set(attempts))
         runs = work / "runs"
         upload_dir(runs / arm / "weights", join(out, arm, "weights"))
         for sub, src in (("train", runs / arm), ("eval", runs / f"{arm}_eval")):
@@ -408,9 +488,10 @@ def retrain(
     already finished is returned without training (unless `force`)."""
     from factory.storage.uri import exists, join, read_bytes, to_uri, write_bytes
 
-    version_uri, real_train, real_eval = to_uri(version_uri), to_uri(real_train), to_uri(real_eval)
+    version_uri = to_uri(version_uri)
+    real_train, real_eval = yolo_uri(resolve(real_train)), yolo_uri(resolve(real_eval))
     manifest = read_manifest(version_uri)
-    synthetic = synthetic_yolo_uri(version_uri)
+    synthetic = yolo_uri(version_uri)
     run_id = run_id or run_id_for(version_uri, real_train, real_eval, cfg, manifest)
     out = run_uri(version_uri, run_id)
     done = join(out, "comparison.json")
@@ -420,7 +501,7 @@ def retrain(
         return comparison
     ensure_ray(address)
     common = {"run_id": run_id, "out_uri": out, "real_train": real_train, "real_eval": real_eval, "synthetic": synthetic,
-              "cfg": asdict(cfg)}
+              "cfg": asdict(cfg), "no_network": os.environ.get("FACTORY_NO_NETWORK") == "1"}
     storage = storage_path or str(Path(tempfile.gettempdir()) / "factory-ray-train")
     t0 = time.time()
     _fit(common, cfg, storage)
@@ -445,7 +526,7 @@ def compare(arms: dict[str, dict], cfg: RetrainConfig) -> dict[str, Any]:
     for name, b in base["per_class"].items():
         m = mixed["per_class"].get(name, {})
         per_class_gain[name] = None if b.get("ap50") is None or m.get("ap50") is None else m["ap50"] - b["ap50"]
-    verdict = "helped" if gain["map50"] > 0 else "did not help"
+    verdict = "helped" if gain["map50"] > 0 else "hurt" if gain["map50"] < 0 else "made no difference"
     flagged = cfg.min_gain is not None and gain["map50"] < cfg.min_gain
     return {"arms": arms, "gain": gain, "per_class_ap50_gain": per_class_gain, "verdict": verdict,
             "min_gain": cfg.min_gain, "flagged": flagged}
@@ -494,7 +575,8 @@ def submit_retrain(
     both keep a second trigger from training again."""
     from factory.storage.uri import exists, join, read_bytes, to_uri, write_bytes
 
-    version_uri, real_train, real_eval = to_uri(version_uri), to_uri(real_train), to_uri(real_eval)
+    version_uri = to_uri(version_uri)
+    real_train, real_eval = yolo_uri(resolve(real_train)), yolo_uri(resolve(real_eval))
     run_id = run_id_for(version_uri, real_train, real_eval, cfg, read_manifest(version_uri))
     record = join(run_uri(version_uri, run_id), "trigger.json")
     if exists(record):
@@ -504,13 +586,20 @@ def submit_retrain(
     entrypoint = job_entrypoint(version_uri, real_train, real_eval, cfg, run_id)
     env = {**OFFLINE_ENV, **{k: os.environ[k] for k in ("AWS_ENDPOINT_URL", "YOLO_CONFIG_DIR") if k in os.environ}}
     submitted = True
-    try:
-        job_id = client.submit_job(entrypoint=entrypoint, submission_id=submission_id, runtime_env={"env_vars": env},
-                                   metadata={"run_id": run_id, "version": version_uri, "reason": reason})
-    except RuntimeError as e:
-        if "already exists" not in str(e):
+    deadline = time.time() + 60
+    while True:
+        try:
+            job_id = client.submit_job(entrypoint=entrypoint, submission_id=submission_id, runtime_env={"env_vars": env},
+                                       metadata={"run_id": run_id, "version": version_uri, "reason": reason})
+            break
+        except RuntimeError as e:
+            if "already exists" in str(e):
+                job_id, submitted = submission_id, False  # another trigger got there first
+                break
+            if "No available agent" in str(e) and time.time() < deadline:
+                time.sleep(1)  # a cluster that just started: its job agent is not up yet
+                continue
             raise RetrainTriggerError(f"{version_uri}: submitting the retrain job failed: {e}") from e
-        job_id, submitted = submission_id, False  # another trigger got there first
     info = {"run_id": run_id, "job_id": job_id, "reason": reason, "entrypoint": entrypoint,
             "submitted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     write_bytes(record, json.dumps(info, indent=2).encode())
