@@ -172,16 +172,20 @@ class Registry:
 
 def code_version() -> str:
     """The package version plus the git commit when running from a checkout."""
+    import importlib.metadata
+
     import factory
 
+    # (an editable install made before factory/__init__.py existed maps `factory` as a namespace package)
+    version = getattr(factory, "__version__", None) or importlib.metadata.version("defect-factory")
     try:
         sha = subprocess.run(
-            ["git", "rev-parse", "--short=12", "HEAD"], cwd=Path(factory.__file__).parent, capture_output=True,
+            ["git", "rev-parse", "--short=12", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
             text=True, timeout=5,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         sha = ""
-    return f"{factory.__version__}+{sha}" if sha else factory.__version__
+    return f"{version}+{sha}" if sha else version
 
 
 def verify_files(version_uri: str, manifest: dict[str, Any], paths: Iterable[str] | None = None) -> list[str]:

@@ -1,0 +1,437 @@
+"""`run_dataset(spec)`: the whole job, from a spec to a published version.
+
+The driver only plans ranges of plan indices and collects one small record per
+written shard; everything heavy (planning items, generating, scoring, encoding,
+writing) runs in Ray Data stages, streaming, so memory stays bounded whatever
+`count` is. Rounds: the first runs `ceil(count * overprovision)` items and stops
+as soon as `count` are accepted; if the gate rejected too many, a top-up round
+plans the next items, sized by the pass rate seen so far. Publishing picks whole
+shards in plan order and cuts the last one, so exactly `count` are published.
+
+Resume: `_run.json` in the staging prefix says how far the plan went; shard
+records say which plan indices are done. A resumed run redoes only the missing
+indices, and publish skips any record that repeats an index, so no sample is
+published twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from factory.pipeline.stages import GenerateStage, ScoreStage, expand_ranges, generator_key, split_of, write_shard
+from factory.spec import DatasetSpec
+from factory.storage import uri as U
+from factory.storage.registry import Registry, code_version
+
+RUN_STATE = "_run.json"
+RANGE_CHUNK = 16  # plan indices per input row (and input block: the unit the actor pools share out)
+MAX_ROUNDS = 10
+
+log = logging.getLogger("factory.pipeline")
+
+
+class RunError(RuntimeError):
+    """The job cannot go on (interrupted staging without --resume, a spec that
+    changed under --resume, a gate that rejects everything, ...)."""
+
+
+@dataclass
+class Progress:
+    accepted: int = 0
+    rejected: int = 0
+    processed: int = 0
+    count: int = 0
+    round: int = 0
+    phase: str = "generating"
+
+
+@dataclass
+class RunResult:
+    name: str
+    version: int
+    uri: str
+    manifest: dict[str, Any]
+    seconds: float
+    report_uri: str | None = None
+    grid_uri: str | None = None
+    resumed_shards: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RunOptions:
+    out: str | None = None  # registry root; default: the spec's output.uri
+    version: int | None = None  # default: the spec's version, else the next free one
+    resume: bool = False
+    address: str | None = None  # Ray address; default: RAY_ADDRESS, else an embedded cluster
+    actors: int | None = None  # generator actors per pool; default: fill the cluster's CPUs (1 per GPU)
+    batch_size: int = 16  # work items per generator call
+    overprovision: float = 1.1  # 1 / expected pass rate of the first round
+    retries: int = 2  # retries of a failing generator call before it becomes a reject
+    report: bool = True
+
+
+def ensure_ray(address: str | None = None) -> None:
+    """Connect to `address` / RAY_ADDRESS, else start a quiet embedded cluster."""
+    import ray
+
+    if not ray.is_initialized():
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        address = address or os.environ.get("RAY_ADDRESS")
+        if address:
+            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+        else:
+            os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+            ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False, configure_logging=False)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    ctx.enable_auto_log_stats = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+
+
+def _is_local_cluster() -> bool:
+    import ray
+
+    return ray.util.get_node_ip_address() in {n["NodeManagerAddress"] for n in ray.nodes()} and len(ray.nodes()) == 1
+
+
+def _writer_env() -> dict[str, str]:
+    """AWS settings the writers need. The endpoint and region always travel; the
+    driver's credential variables only to a one-node cluster on this machine (an
+    embedded one may have been started before they were set); a real cluster uses
+    its own credentials."""
+    keys = ["AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION"]
+    if _is_local_cluster():
+        keys += ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+                 "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE", "AWS_EC2_METADATA_DISABLED"]
+    return {k: os.environ[k] for k in keys if k in os.environ}
+
+
+def run_dataset(spec: DatasetSpec, options: RunOptions | None = None,
+                on_progress: Callable[[Progress], None] | None = None) -> RunResult:
+    o = options or RunOptions()
+    t0 = time.time()
+    root = U.to_uri(o.out or spec.output.uri)
+    U.check_root(root)
+    reg = Registry(root)
+    version = o.version or spec.version or reg.next_version(spec.name)
+    reg.refuse_published(spec.name, version)
+    staging = reg.staging_uri(spec.name, version)
+    spec_hash = spec.spec_hash()
+    state = _start_state(spec, version, staging, spec_hash, o.resume)
+    records = _load_records(staging) if o.resume else []
+    resumed = len(records)
+
+    prog = Progress(count=spec.count)
+    _tally(prog, records)
+    if on_progress:
+        on_progress(prog)
+    if prog.accepted < spec.count:
+        ensure_ray(o.address)
+    while prog.accepted < spec.count:
+        prog.round += 1
+        if prog.round > MAX_ROUNDS:
+            raise RunError(f"{prog.accepted}/{spec.count} accepted after {MAX_ROUNDS} rounds; {_top_reasons(records)}")
+        done = {i for r in records for i in _indices(r)}
+        todo = [i for i in range(state["planned_until"]) if i not in done]
+        if not todo:  # the planned range is used up: plan more (top-up)
+            if prog.processed and not prog.accepted and prog.processed >= 8:
+                raise RunError(f"the quality gate rejected all {prog.processed} samples; {_top_reasons(records)}")
+            n = _round_size(spec.count, prog, o.overprovision)
+            todo = list(range(state["planned_until"], state["planned_until"] + n))
+            state["planned_until"] += n
+            state["rounds"] = prog.round
+            U.write_bytes(U.join(staging, RUN_STATE), json.dumps(state).encode())
+        log.info("round %d: %d items", prog.round, len(todo))
+        for rec in _run_round(spec, o, staging, spec_hash, todo):
+            records.append(rec)
+            _tally(prog, [rec])
+            if on_progress:
+                on_progress(prog)
+            if prog.accepted >= spec.count:
+                break
+    prog.phase = "publishing"
+    if on_progress:
+        on_progress(prog)
+    result = _publish(spec, reg, version, staging, records, state, o, spec_hash, time.time() - t0)
+    result.resumed_shards = resumed
+    return result
+
+
+# --- state and records ------------------------------------------------------
+def _start_state(spec: DatasetSpec, version: int, staging: str, spec_hash: str, resume: bool) -> dict[str, Any]:
+    where = U.join(staging, RUN_STATE)
+    if U.exists(where):
+        if not resume:
+            raise RunError(
+                f"{staging}: an earlier run of {spec.name}@{version} was interrupted here; pass --resume to reuse "
+                "its shards, or delete that prefix to start over"
+            )
+        state = json.loads(U.read_bytes(where))
+        if state.get("spec_hash") != spec_hash:
+            raise RunError(
+                f"{staging}: --resume with a different spec (staged hash {str(state.get('spec_hash'))[:12]}, "
+                f"this spec {spec_hash[:12]}); use a new --version or the original spec"
+            )
+        return state
+    if U.list_files(staging):  # files without a run state: leftovers of a run that never planned
+        U.delete_prefix(staging)
+    state = {"spec_hash": spec_hash, "name": spec.name, "version": version, "planned_until": 0, "rounds": 0,
+             "started_at": time.time()}
+    U.write_bytes(where, json.dumps(state).encode())
+    return state
+
+
+def _load_records(staging: str) -> list[dict[str, Any]]:
+    prefix = U.join(staging, "_shards")
+    return [json.loads(U.read_bytes(U.join(prefix, n))) for n in U.list_files(prefix) if n.endswith(".json")]
+
+
+def _indices(rec: dict[str, Any]) -> list[int]:
+    return [s[0] for s in rec["samples"]] + [r[0] for r in rec["rejects"]]
+
+
+def _tally(prog: Progress, records: list[dict[str, Any]]) -> None:
+    for r in records:
+        prog.accepted += len(r["samples"])
+        prog.rejected += len(r["rejects"])
+        prog.processed += len(r["samples"]) + len(r["rejects"])
+
+
+def _round_size(count: int, prog: Progress, overprovision: float) -> int:
+    need = count - prog.accepted
+    if not prog.processed:
+        return math.ceil(count * overprovision)
+    rate = max(prog.accepted / prog.processed, 0.02)
+    return max(8, math.ceil(need / rate * 1.1))
+
+
+def _reason_code(reason: str) -> str:
+    return reason.split(":", 1)[0].strip()
+
+
+def _top_reasons(records: list[dict[str, Any]]) -> str:
+    c = Counter(_reason_code(x) for r in records for _, _, reasons in r["rejects"] for x in reasons)
+    return "reject reasons: " + (", ".join(f"{k} {v}" for k, v in c.most_common(5)) or "none")
+
+
+# --- the Ray Data graph -----------------------------------------------------
+def _ranges(todo: list[int]) -> list[dict[str, int]]:
+    """Contiguous runs of indices, cut into chunks of at most RANGE_CHUNK (smaller for
+    small rounds, so that every actor gets work)."""
+    chunk = max(1, min(RANGE_CHUNK, len(todo) // 8))
+    out: list[dict[str, int]] = []
+    for i in todo:
+        if out and out[-1]["stop"] == i and i - out[-1]["start"] < chunk:
+            out[-1]["stop"] = i + 1
+        else:
+            out.append({"start": i, "stop": i + 1})
+    return out
+
+
+def _run_round(spec: DatasetSpec, o: RunOptions, staging: str, spec_hash: str, todo: list[int]):
+    """Yield shard records as the streaming job writes them; closing the generator
+    (the caller stops at `count`) shuts the executor down."""
+    import ray
+
+    from factory.generators.base import generator_class
+
+    cpus = float(ray.cluster_resources().get("CPU", 1))
+    gpus = float(ray.cluster_resources().get("GPU", 0))
+    ranges = _ranges(todo)
+    items = ray.data.from_items(ranges, override_num_blocks=max(1, min(len(ranges), 2000)))
+    items = items.map_batches(expand_ranges, fn_kwargs={"spec": spec}, batch_size=None, num_cpus=0)
+    pools = {}
+    for g in spec.generators:
+        if g.weight > 0:
+            pools.setdefault(generator_key(g.kind, g.checkpoint, g.params), g)
+    generated = []
+    for key, g in pools.items():
+        src = items if len(pools) == 1 else items.filter(lambda r, k=key: r["gen_key"] == k)
+        use_gpu = generator_class(g.kind).wants_gpu and gpus >= 1
+        size = o.actors or (int(gpus) if use_gpu else max(1, int(cpus)))
+        resources = {"num_gpus": 1} if use_gpu else {"num_cpus": 1}
+        generated.append(src.map_batches(
+            GenerateStage, fn_constructor_kwargs={
+                "kind": g.kind, "checkpoint": g.checkpoint, "params": g.params,
+                "device": "cuda" if use_gpu else "cpu", "retries": o.retries,
+            },
+            batch_size=o.batch_size, compute=ray.data.ActorPoolStrategy(size=size), **resources,
+        ))
+    ds = generated[0] if len(generated) == 1 else generated[0].union(*generated[1:])
+    # Scoring and writing are light next to generating: no CPU reserved for them, so
+    # the generator pools can take every core (the OS shares what is left).
+    total_gen = sum(1 for _ in generated) * (o.actors or max(1, int(cpus)))
+    ds = ds.map_batches(ScoreStage, fn_constructor_kwargs={"spec": spec}, batch_size=o.batch_size,
+                        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, total_gen)), num_cpus=0)
+    ds = ds.map_batches(
+        write_shard, batch_size=spec.output.shard_size, num_cpus=0,
+        fn_kwargs={"staging": staging, "spec_hash": spec_hash, "formats": list(spec.output.formats),
+                   "storage": (U.s3_endpoint(), U._config.region)},
+        **({"runtime_env": {"env_vars": env}} if (env := _writer_env()) and U.is_s3(staging) else {}),
+    )
+    it = iter(ds.iter_rows())
+    try:
+        for row in it:
+            yield json.loads(row["record"])
+    finally:
+        close = getattr(it, "close", None)
+        if close:
+            close()
+
+
+# --- publishing -------------------------------------------------------------
+def select(records: list[dict[str, Any]], count: int):
+    """Pick shards in plan order until `count` samples; cut the last one.
+
+    Returns (chosen: list of (record, kept sample rows)), surplus count, and the
+    records whose indices repeat an earlier record (skipped)."""
+    chosen, seen, dup, total, surplus = [], set(), [], 0, 0
+    for rec in sorted(records, key=lambda r: r["key"]):
+        idx = _indices(rec)
+        if seen.intersection(idx):
+            dup.append(rec)
+            continue
+        seen.update(idx)
+        samples = sorted(rec["samples"], key=lambda s: s[0])
+        take = samples[: max(0, count - total)]
+        surplus += len(samples) - len(take)
+        total += len(take)
+        if take:
+            chosen.append((rec, take))
+    return chosen, surplus, dup
+
+
+def _publish(spec, reg: Registry, version: int, staging: str, records, state, o: RunOptions, spec_hash: str,
+             seconds: float) -> RunResult:
+    from factory.storage.report import build_report
+    from factory.storage.shards import rows_to_table, table_bytes, yolo_data_yaml
+
+    chosen, surplus, dup = select(records, spec.count)
+    published = sum(len(t) for _, t in chosen)
+    if published != spec.count:
+        raise RunError(f"internal: selected {published} samples, expected {spec.count}")
+    kept_records = [r for r in records if r not in dup]
+    moves: list[tuple[str, dict[str, Any]]] = []
+    extra: dict[str, bytes] = {}
+    per_class_images: Counter = Counter()
+    per_class_boxes: Counter = Counter()
+    per_generator: Counter = Counter()
+    splits: Counter = Counter()
+    negatives = 0
+    box_rows = []  # (class_id, x1, y1, x2, y2) for the report's histograms
+    names = spec.class_names
+    for part, (rec, take) in enumerate(chosen):
+        files = {f["path"]: f for f in rec["files"]}
+        dst = f"parquet/part-{part:05d}.parquet"
+        src = f"parquet/{rec['key']}.parquet"
+        if src in files:
+            if len(take) == len(rec["samples"]):
+                moves.append((src, {**files[src], "path": dst}))
+            else:  # the cut shard: rewrite it with the kept rows only
+                import io
+
+                import pyarrow.parquet as pq
+
+                keep = {s[1] for s in take}
+                table = pq.read_table(io.BytesIO(U.read_bytes(U.join(staging, src))))
+                rows = [r for r in table.to_pylist() if r["sample_id"] in keep]
+                for r in rows:
+                    r["scores"] = dict(r["scores"] or [])
+                extra[dst] = table_bytes(rows_to_table(rows))
+        for index, sid, split, gen, boxes in take:
+            for kind in ("images", "labels"):
+                ext = "png" if kind == "images" else "txt"
+                p = f"yolo/{kind}/{split}/{sid}.{ext}"
+                if p in files:
+                    moves.append((p, files[p]))
+            splits[split] += 1
+            per_generator[gen] += 1
+            classes = {names[b[0]] for b in boxes}
+            per_class_images.update(classes)
+            per_class_boxes.update(names[b[0]] for b in boxes)
+            negatives += not boxes
+            box_rows += [tuple(b) for b in boxes]
+    for part, rec in enumerate(sorted(kept_records, key=lambda r: r["key"])):
+        for f in rec["rejected_files"]:
+            moves.append((f["path"], {**f, "path": f"rejected/part-{part:05d}.parquet"}))
+    if "yolo" in spec.output.formats:
+        extra["yolo/data.yaml"] = yolo_data_yaml(names, ["train", "val"] if splits["val"] else ["train"])
+        if not splits["val"]:  # ultralytics needs a val split: point it at train, and say so
+            extra["yolo/data.yaml"] += b"val: images/train  # no sample fell in the val split\n"
+    reasons = Counter(_reason_code(x) for r in kept_records for _, _, rs in r["rejects"] for x in rs)
+    rejected = sum(len(r["rejects"]) for r in kept_records)
+    processed = rejected + sum(len(r["samples"]) for r in kept_records)
+    from factory.pipeline.checks import scorers_for
+
+    manifest = {
+        "version": version,
+        "spec_hash": spec_hash,
+        "code_version": code_version(),
+        "count": spec.count,
+        "classes": names,
+        "formats": list(spec.output.formats),
+        "image": {"width": spec.image.width, "height": spec.image.height, "channels": spec.image.channels},
+        "counts": {
+            "accepted": published,
+            "rejected": rejected,
+            "surplus": surplus,  # accepted but not needed (over-provisioning)
+            "processed": processed,
+            "pass_rate": round((published + surplus) / processed, 4) if processed else None,
+            "negatives": negatives,
+            "images_per_class": {n: per_class_images[n] for n in names},
+            "boxes_per_class": {n: per_class_boxes[n] for n in names},
+            "per_generator": dict(per_generator),
+            "splits": dict(splits),
+        },
+        "reject_reasons": dict(reasons.most_common()),
+        "gate": [s.name for s in scorers_for(spec)],
+        "rounds": state.get("rounds", 0),
+        "duplicate_shards_skipped": len(dup),
+        "seconds": round(seconds, 2),
+        "spec": spec.to_yaml_dict(),
+    }
+    report_uri = grid_uri = None
+    if o.report:
+        html, grid_png = build_report(spec, manifest, box_rows, _grid_samples(staging, chosen, kept_records))
+        extra["report.html"], extra["grid.png"] = html, grid_png
+    uri = reg.publish(spec.name, version, moves, extra, manifest)
+    if o.report:
+        report_uri, grid_uri = U.join(uri, "report.html"), U.join(uri, "grid.png")
+    return RunResult(spec.name, version, uri, reg.manifest(spec.name, version), seconds, report_uri, grid_uri)
+
+
+def _grid_samples(staging: str, chosen, records, n: int = 16):
+    """A few accepted and rejected samples (from the first shards) for the report."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    acc, rej = [], []
+    for rec, take in chosen:
+        keep = {s[1] for s in take}
+        src = f"parquet/{rec['key']}.parquet"
+        if any(f["path"] == src for f in rec["files"]):
+            t = pq.read_table(io.BytesIO(U.read_bytes(U.join(staging, src))), columns=["sample_id", "image", "boxes"])
+            acc += [r for r in t.to_pylist() if r["sample_id"] in keep][: n - len(acc)]
+        if len(acc) >= n:
+            break
+    for rec in records:
+        for f in rec["rejected_files"]:
+            t = pq.read_table(io.BytesIO(U.read_bytes(U.join(staging, f["path"]))),
+                              columns=["sample_id", "image", "boxes", "reasons"])
+            rej += [r for r in t.to_pylist() if r["image"]][: n // 2 - len(rej)]
+        if len(rej) >= n // 2:
+            break
+    return acc, rej
+
+
+__all__ = ["Progress", "RunError", "RunOptions", "RunResult", "ensure_ray", "run_dataset", "select", "split_of"]

@@ -1,0 +1,221 @@
+"""The stages of the Ray Data job, each a plain function or callable class that
+`map_batches` runs. Rows between stages are flat columns (ints, strings, bytes,
+one uint8 image tensor), so nothing needs custom serialization:
+
+  plan ranges --expand--> work items --generate--> images + boxes (+ errors)
+  --score--> PNG + verdict --write--> one shard record per shard (the driver's view)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from typing import Any
+
+import numpy as np
+
+from factory.planning import Box, WorkItem, iter_plan
+from factory.spec import DatasetSpec
+
+VAL_EVERY = 10  # plan index % VAL_EVERY == VAL_EVERY - 1 -> the YOLO "val" split
+
+
+def generator_key(kind: str, checkpoint: str | None, params: dict[str, Any]) -> str:
+    """One actor pool per distinct generator (kind + checkpoint + params)."""
+    return json.dumps([kind, checkpoint or "", params], sort_keys=True)
+
+
+def split_of(index: int) -> str:
+    return "val" if index % VAL_EVERY == VAL_EVERY - 1 else "train"
+
+
+# --- stage 1: plan ranges -> work items ----------------------------------------
+def expand_ranges(batch: dict[str, np.ndarray], spec: DatasetSpec) -> dict[str, Any]:
+    """{"start", "stop"} ranges of plan indices -> one row per WorkItem (planned here,
+    on the workers, so the driver never holds the whole plan)."""
+    index, key, item = [], [], []
+    for start, stop in zip(batch["start"], batch["stop"]):
+        for w in iter_plan(spec, int(start), int(stop - start)):
+            index.append(w.index)
+            key.append(generator_key(w.generator, w.checkpoint, w.params))
+            item.append(json.dumps(w.to_row()))
+    return {"index": np.array(index, np.int64), "gen_key": np.array(key, object), "item": np.array(item, object)}
+
+
+def _item(text: str) -> WorkItem:
+    return WorkItem.from_row(json.loads(text))
+
+
+def _boxes_json(boxes: list[Box]) -> str:
+    return json.dumps([b.to_dict() for b in boxes])
+
+
+# --- stage 2: generate ---------------------------------------------------------
+class GenerateStage:
+    """Holds one loaded generator per actor. A failing batch is retried, then
+    retried item by item; an item that still fails becomes a row with `error`
+    set (recorded as a reject later), never a lost row."""
+
+    def __init__(self, kind: str, checkpoint: str | None, params: dict[str, Any], device: str, retries: int):
+        from factory.generators.base import load_generator
+
+        self.generator = load_generator(kind, checkpoint, params, device=device)
+        self.retries = retries
+
+    def _try(self, items: list[WorkItem]):
+        err = None
+        for attempt in range(1 + self.retries):
+            try:
+                samples = self.generator.generate(items)
+                if len(samples) != len(items):
+                    raise RuntimeError(f"generator returned {len(samples)} samples for {len(items)} items")
+                return samples, None
+            except Exception as e:  # noqa: BLE001 - recorded with the sample, not swallowed
+                err = f"{type(e).__name__}: {e}"
+                time.sleep(min(0.1 * 2**attempt, 2.0))
+        return None, err
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        items = [_item(t) for t in batch["item"]]
+        samples, err = self._try(items)
+        results: list[tuple[Any, str]] = []
+        if samples is not None:
+            results = [(s, "") for s in samples]
+        else:  # isolate the bad items
+            for it in items:
+                one, e = self._try([it])
+                results.append((one[0], "") if one else (None, e or err or "unknown error"))
+        H, W, C = items[0].height, items[0].width, items[0].channels
+        images = np.zeros((len(items), H, W, C), np.uint8)
+        masks = np.zeros((len(items), H, W), np.uint8)
+        has_mask, boxes, ckpt, errors = [], [], [], []
+        for i, (s, e) in enumerate(results):
+            if s is not None and np.asarray(s.image).shape == (H, W, C):
+                images[i] = s.image
+            elif s is not None:  # keep the row; the sanity check rejects it with its shape
+                e = e or f"generator returned an image of shape {np.asarray(s.image).shape}, expected {(H, W, C)}"
+            if s is not None and s.mask is not None:
+                masks[i] = s.mask
+            has_mask.append(s is not None and s.mask is not None)
+            boxes.append(_boxes_json(s.boxes) if s is not None else "[]")
+            ckpt.append(str((s.meta or {}).get("checkpoint") or items[i].checkpoint or "") if s is not None else "")
+            errors.append(e)
+        return {
+            "index": np.asarray(batch["index"], np.int64),
+            "item": batch["item"],
+            "image": images,
+            "mask": masks,
+            "has_mask": np.array(has_mask, bool),
+            "boxes": np.array(boxes, object),
+            "checkpoint": np.array(ckpt, object),
+            "error": np.array(errors, object),
+        }
+
+
+# --- stage 3: score ------------------------------------------------------------
+class ScoreStage:
+    """Runs every Scorer (basic checks + the quality gate when present) and encodes
+    the PNG kept for accepted and rejected samples alike."""
+
+    def __init__(self, spec: DatasetSpec):
+        from factory.pipeline.checks import scorers_for
+
+        self.scorers = scorers_for(spec)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        from factory.generators.base import Sample
+        from factory.quality.base import Verdict, score_all
+        from factory.viz import png_bytes
+
+        n = len(batch["index"])
+        verdicts: list[Verdict] = [Verdict() for _ in range(n)]
+        ok = [i for i in range(n) if not batch["error"][i]]
+        for i in range(n):
+            if batch["error"][i]:
+                verdicts[i].reasons.append(f"generator_error: {batch['error'][i]}")
+        samples = [
+            Sample(
+                item=_item(batch["item"][i]),
+                image=batch["image"][i],
+                boxes=[Box.from_dict(b) for b in json.loads(batch["boxes"][i])],
+                mask=batch["mask"][i] if batch["has_mask"][i] else None,
+                meta={"checkpoint": batch["checkpoint"][i]},
+            )
+            for i in ok
+        ]
+        if samples:
+            try:
+                for i, v in zip(ok, score_all(self.scorers, samples)):
+                    verdicts[i] = v
+            except Exception as e:  # noqa: BLE001 - a broken scorer rejects, with its error, not silently
+                for i in ok:
+                    verdicts[i].reasons.append(f"scorer_error: {type(e).__name__}: {e}")
+                traceback.print_exc()
+        png = [png_bytes(batch["image"][i]) if not batch["error"][i] else b"" for i in range(n)]
+        return {
+            "index": np.asarray(batch["index"], np.int64),
+            "item": batch["item"],
+            "png": np.array(png, object),
+            "boxes": batch["boxes"],
+            "checkpoint": batch["checkpoint"],
+            "error": batch["error"],
+            "scores": np.array([json.dumps(v.scores) for v in verdicts], object),
+            "reasons": np.array([json.dumps(v.reasons) for v in verdicts], object),
+        }
+
+
+# --- stage 4: write ------------------------------------------------------------
+def write_shard(batch: dict[str, np.ndarray], staging: str, spec_hash: str, formats: list[str],
+                storage: tuple[str | None, str | None]) -> dict[str, Any]:
+    """Write one shard (accepted rows through the format sinks, rejected rows to
+    `rejected/`), then its record `_shards/<key>.json` LAST: a shard without a
+    record is ignored by publish and redone by a resumed run."""
+    from factory.storage import uri as U
+    from factory.storage.shards import REJECT_SCHEMA, ParquetSink, sinks_for
+
+    if storage != (U._config.endpoint_url, U._config.region):
+        U.configure_storage(*storage)
+    accepted, rejected = [], []
+    for i in range(len(batch["index"])):
+        item = json.loads(batch["item"][i])
+        reasons = json.loads(batch["reasons"][i])
+        row = {
+            "sample_id": item["item_id"],
+            "image": batch["png"][i] or None,
+            "width": item["width"],
+            "height": item["height"],
+            "boxes": json.loads(batch["boxes"][i]),
+            "generator": item["generator"],
+            "checkpoint": batch["checkpoint"][i],
+            "seed": item["seed"],
+            "item_id": item["item_id"],
+            "item_index": int(batch["index"][i]),
+            "spec_hash": spec_hash,
+            "scores": json.loads(batch["scores"][i]),
+            "split": split_of(int(batch["index"][i])),
+            "work_item": batch["item"][i],
+        }
+        if reasons:
+            rejected.append({**row, "reasons": reasons, "error": batch["error"][i]})
+        else:
+            accepted.append(row)
+    key = f"s{int(np.min(batch['index'])):010d}"
+    files = []
+    for sink in sinks_for(formats):
+        files += sink.write(staging, key, accepted)
+    rejected_files = ParquetSink("rejected", REJECT_SCHEMA).write(staging, key, rejected)
+    record = {
+        "key": key,
+        "files": files,
+        "rejected_files": rejected_files,
+        # [index, sample_id, split, generator, [[class_id, x1, y1, x2, y2], ...]]
+        "samples": [
+            [r["item_index"], r["sample_id"], r["split"], r["generator"],
+             [[b["class_id"], b["x1"], b["y1"], b["x2"], b["y2"]] for b in r["boxes"]]]
+            for r in accepted
+        ],
+        "rejects": [[r["item_index"], r["sample_id"], r["reasons"]] for r in rejected],
+    }
+    U.write_bytes(U.join(staging, "_shards", f"{key}.json"), json.dumps(record).encode())
+    return {"record": np.array([json.dumps(record)], object)}

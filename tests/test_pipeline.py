@@ -1,0 +1,251 @@
+"""The Ray Data job end to end on the session's embedded Ray: file:// and s3://
+(moto's server on 127.0.0.1), exact counts, Parquet/YOLO/manifest agreement,
+ultralytics loading the tree, immutability, resume after kill -9 of the driver,
+top-up rounds and generator failures recorded as rejects."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from s3_server import s3_bucket, s3_server  # noqa: F401
+
+from factory.pipeline import RunError, RunOptions, run_dataset
+from factory.spec import load_spec
+from factory.storage import PublishedError, Registry, open_dataset, read_table
+from factory.storage import uri as U
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_spec(tmp_path: Path, count: int = 12, size: int = 64, shard: int = 5, name: str = "tiny", **extra) -> Path:
+    spec = {
+        "name": name, "seed": 3, "count": count, "image": {"width": size, "height": size, "channels": 1},
+        "defects": [
+            {"class": "crack", "weight": 1, "boxes": {"count": [1, 2], "size": {"min": 0.15, "max": 0.3}}},
+            {"class": "black_spot", "weight": 1, "boxes": {"count": [1, 1], "size": {"min": 0.1, "max": 0.2}}},
+        ],
+        "negatives": 0.2, "output": {"shard_size": shard}, **extra,
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def check_version(uri: str, count: int, class_names: list[str]) -> dict:
+    """Parquet, YOLO and the manifest agree with each other and with `count`."""
+    m = json.loads(U.read_bytes(U.join(uri, "manifest.json")))
+    files = set(U.list_files(uri)) - {"manifest.json"}
+    assert files == set(m["files"]), "published files and manifest differ"
+    for p, f in m["files"].items():
+        assert hashlib.sha256(U.read_bytes(U.join(uri, p))).hexdigest() == f["sha256"], p
+    parts = sorted(p for p in files if p.startswith("parquet/"))
+    assert parts == [f"parquet/part-{i:05d}.parquet" for i in range(len(parts))]
+    rows = [r for p in parts for r in pq.read_table(io.BytesIO(U.read_bytes(U.join(uri, p)))).to_pylist()]
+    ids = [r["sample_id"] for r in rows]
+    assert len(rows) == count == m["counts"]["accepted"] == m["count"]
+    assert len(set(ids)) == count, "duplicate samples"
+    assert all(r["item_id"] == r["sample_id"] and r["spec_hash"] == m["spec_hash"] for r in rows)
+    labels = {p.split("/")[-1][:-4]: p for p in files if p.startswith("yolo/labels/")}
+    images = {p.split("/")[-1][:-4] for p in files if p.startswith("yolo/images/")}
+    assert set(labels) == images == set(ids)
+    per_class = Counter()
+    for r in rows:
+        img = np.asarray(__import__("PIL.Image").Image.open(io.BytesIO(r["image"])))
+        assert img.shape == (r["height"], r["width"])
+        lines = U.read_bytes(U.join(uri, labels[r["sample_id"]])).decode().split()
+        assert len(lines) == 5 * len(r["boxes"])
+        for k, b in enumerate(r["boxes"]):
+            cid, cx, cy, w, h = lines[5 * k: 5 * k + 5]
+            assert int(cid) == b["class_id"] and class_names[b["class_id"]] == b["class_name"]
+            assert abs(float(cx) - (b["x1"] + b["x2"]) / 2 / r["width"]) < 1e-5
+            assert abs(float(w) - (b["x2"] - b["x1"]) / r["width"]) < 1e-5
+        per_class.update(b["class_name"] for b in r["boxes"])
+        assert r["scores"] and r["generator"] == "procedural"
+    assert dict(per_class) == {k: v for k, v in m["counts"]["boxes_per_class"].items() if v}
+    assert m["counts"]["negatives"] == sum(1 for r in rows if not r["boxes"])
+    assert {"report.html", "grid.png", "yolo/data.yaml"} <= files
+    assert m["spec"]["count"] == count and m["code_version"] and m["created_at"]
+    return m
+
+
+def check_ultralytics(data_yaml: Path, count: int) -> None:
+    """ultralytics' own dataset check loads the tree as is (offline)."""
+    cfg = data_yaml.parent.parent / "yolo-cfg"
+    (cfg / "Ultralytics").mkdir(parents=True, exist_ok=True)
+    import matplotlib
+
+    font = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+    (cfg / "Ultralytics" / "Arial.ttf").write_bytes(font.read_bytes())
+    code = (
+        "from ultralytics.data.utils import check_det_dataset; import glob, sys; "
+        f"d = check_det_dataset({str(data_yaml)!r}, autodownload=False); "
+        "n = sum(len(glob.glob(str(d[s]) + '/*.png')) for s in ('train', 'val') if d[s] != d['train'] or s == 'train'); "
+        "print('NC', d['nc'], 'N', n)"
+    )
+    env = {**os.environ, "YOLO_OFFLINE": "1", "YOLO_AUTOINSTALL": "0", "YOLO_CONFIG_DIR": str(cfg)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert f"NC 2 N {count}" in out.stdout
+
+
+@pytest.mark.ray
+def test_run_file_publishes_exact_count(ray_local, tmp_path):
+    spec = load_spec(tiny_spec(tmp_path, count=12))
+    r = run_dataset(spec, RunOptions(out=str(tmp_path / "reg"), actors=1))
+    assert r.version == 1 and r.uri == f"file://{tmp_path}/reg/tiny/v1"
+    m = check_version(r.uri, 12, spec.class_names)
+    assert m["counts"]["rejected"] == 0 and m["gate"][:2] == ["sanity", "boxes"]
+    check_ultralytics(tmp_path / "reg" / "tiny" / "v1" / "yolo" / "data.yaml", 12)
+    assert open_dataset(f"{tmp_path}/reg/tiny@1").count() == 12
+    # published versions are immutable: the same version is refused before any work
+    with pytest.raises(PublishedError, match="tiny@1 is already published"):
+        run_dataset(spec, RunOptions(out=str(tmp_path / "reg"), version=1))
+    assert Registry(str(tmp_path / "reg")).next_version("tiny") == 2
+
+
+@pytest.mark.ray
+@pytest.mark.s3
+def test_run_s3_and_pull(ray_local, s3_bucket, tmp_path):
+    from typer.testing import CliRunner
+
+    from factory.cli import app
+
+    spec_path = tiny_spec(tmp_path, count=14, shard=4)
+    root = f"s3://{s3_bucket}/datasets"
+    res = CliRunner().invoke(app, ["run", str(spec_path), "--out", root, "--version", "3", "--actors", "1"])
+    assert res.exit_code == 0, res.output[-3000:] + repr(res.exception)
+    assert "published tiny@3" in res.output and "report: s3://" in res.output
+    m = check_version(f"{root}/tiny/v3", 14, ["crack", "black_spot"])
+    assert not U.list_files(f"{root}/tiny/_staging")
+    ds = open_dataset(f"{root}/tiny@latest")
+    assert sorted(ds.to_pandas()["sample_id"]) == sorted(read_table(f"{root}/tiny@3", columns=["sample_id"])["sample_id"].to_pylist())
+    res = CliRunner().invoke(app, ["pull", f"{root}/tiny@3", "--format", "yolo", "--to", str(tmp_path / "pulled")])
+    assert res.exit_code == 0, res.output
+    assert "checksums ok" in res.output
+    check_ultralytics(tmp_path / "pulled" / "data.yaml", 14)
+    res = CliRunner().invoke(app, ["run", str(spec_path), "--out", root, "--version", "3"])
+    assert res.exit_code == 1 and "already published" in res.output
+    assert m["counts"]["splits"]["train"] + m["counts"]["splits"].get("val", 0) == 14
+
+
+@pytest.mark.ray
+def test_resume_after_kill_9(ray_local, tmp_path):
+    """kill -9 the driver of a running `factory run`; --resume reuses its shards and
+    publishes exactly `count`, each plan item once."""
+    count = 240
+    spec_path = tiny_spec(tmp_path, count=count, size=256, shard=8, name="killed")
+    out = tmp_path / "reg"
+    shards = out / "killed" / "_staging" / "v1" / "_shards"
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "factory.cli", "run", str(spec_path), "--out", str(out), "--actors", "1"],
+        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not (shards.exists() and len(list(shards.glob("*.json"))) >= 2):
+            assert proc.poll() is None, "the run ended before it could be killed"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)  # the driver only
+        proc.wait(10)
+    finally:
+        with_group = proc.pid
+        try:  # then the embedded Ray it started (same session), so nothing is left running
+            os.killpg(with_group, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    done_before = {p.name for p in shards.glob("*.json")}
+    assert 2 <= len(done_before) < count // 8, "not killed mid-way"
+    assert not (out / "killed" / "v1" / "manifest.json").exists()
+    spec = load_spec(spec_path)
+    with pytest.raises(RunError, match="--resume"):
+        run_dataset(spec, RunOptions(out=str(out)))
+    r = run_dataset(spec, RunOptions(out=str(out), resume=True, report=False))
+    assert r.resumed_shards >= len(done_before)
+    m = json.loads(U.read_bytes(U.join(r.uri, "manifest.json")))
+    ids = read_table(f"{out}/killed@1", columns=["sample_id", "item_index"])
+    assert ids.num_rows == count == m["counts"]["accepted"]
+    assert len(set(ids["sample_id"].to_pylist())) == count
+    assert m["duplicate_shards_skipped"] == 0
+
+
+# --- driver logic without Ray workers -------------------------------------------
+def test_top_up_rounds_until_exact_count(ray_local, tmp_path, monkeypatch):
+    """A gate rejecting every third item: the job plans further rounds and still
+    publishes exactly `count`, with the rejects counted by reason."""
+    from factory.pipeline import job
+
+    def fake_round(spec, o, staging, spec_hash, todo):
+        for k in range(0, len(todo), 4):
+            chunk = todo[k: k + 4]
+            rec = {"key": f"s{chunk[0]:010d}", "files": [], "rejected_files": [],
+                   "samples": [[i, f"id{i}", "train", "procedural", []] for i in chunk if i % 3],
+                   "rejects": [[i, f"id{i}", ["blank: flat"]] for i in chunk if not i % 3]}
+            U.write_bytes(U.join(staging, "_shards", rec["key"] + ".json"), json.dumps(rec).encode())
+            yield rec
+
+    monkeypatch.setattr(job, "_run_round", fake_round)
+    spec = load_spec(tiny_spec(tmp_path, count=30, shard=4))
+    spec.output.formats = ["parquet"]
+    r = run_dataset(spec, RunOptions(out=str(tmp_path), overprovision=1.0, report=False))
+    c = r.manifest["counts"]
+    assert r.manifest["rounds"] >= 2 and c["accepted"] == 30
+    assert c["rejected"] == r.manifest["reject_reasons"]["blank"] >= 10
+
+
+def test_select_cuts_last_shard_and_skips_duplicates():
+    from factory.pipeline.job import select
+
+    recs = [
+        {"key": "s0000000004", "samples": [[4, "d", "", "", []], [5, "e", "", "", []]], "rejects": [[6, "f", ["x"]]]},
+        {"key": "s0000000000", "samples": [[0, "a", "", "", []], [2, "c", "", "", []], [1, "b", "", "", []]], "rejects": []},
+        {"key": "s0000000005", "samples": [[5, "e", "", "", []]], "rejects": []},  # repeats index 5
+    ]
+    chosen, surplus, dup = select(recs, 4)
+    assert [[s[1] for s in t] for _, t in chosen] == [["a", "b", "c"], ["d"]]
+    assert surplus == 1 and [d["key"] for d in dup] == ["s0000000005"]
+
+
+def test_generator_failures_become_rejects(tmp_path, monkeypatch):
+    """A generator that fails once for every batch and always for one item: the
+    retries recover the rest and the bad item is a reject with its error."""
+    import factory.generators.base as gb
+    from factory.pipeline.stages import GenerateStage, ScoreStage, expand_ranges, write_shard
+
+    spec = load_spec(tiny_spec(tmp_path, count=6))
+    real = gb.load_generator("procedural", None, {})
+
+    class Flaky:
+        calls = 0
+
+        def generate(self, items):
+            Flaky.calls += 1
+            if Flaky.calls == 1 or any(it.index == 3 for it in items):
+                raise RuntimeError("CUDA out of memory (simulated)")
+            return real.generate(items)
+
+    monkeypatch.setattr(gb, "load_generator", lambda *a, **k: Flaky())
+    batch = expand_ranges({"start": np.array([0]), "stop": np.array([6])}, spec)
+    gen = GenerateStage("procedural", None, {}, "cpu", retries=1)
+    out = ScoreStage(spec)(gen(batch))
+    reasons = [json.loads(r) for r in out["reasons"]]
+    assert [bool(r) for r in reasons] == [False, False, False, True, False, False]
+    assert reasons[3][0].startswith("generator_error: RuntimeError: CUDA out of memory")
+    staging = U.to_uri(tmp_path / "st")
+    rec = json.loads(write_shard(out, staging, spec.spec_hash(), ["parquet", "yolo"], (None, None))["record"][0])
+    assert len(rec["samples"]) == 5 and rec["rejects"][0][0] == 3
+    t = pq.read_table(tmp_path / "st" / rec["rejected_files"][0]["path"])
+    assert "CUDA out of memory" in t.column("error")[0].as_py()
