@@ -178,25 +178,30 @@ def _jobs(client, prefix: str = "retrain-"):
 
 
 @pytest.mark.ray
-def test_publish_submits_exactly_one_job_and_the_watcher_fills_in(tmp_path, real_yolo, job_server, offline):
+def test_publish_submits_exactly_one_job_and_the_watcher_fills_in(tmp_path, real_yolo, ray_local, job_server, offline):
     from ray.job_submission import JobSubmissionClient
+
+    from factory.pipeline import RunOptions, run_dataset
 
     client = JobSubmissionClient(job_server)
     root = tmp_path / "reg"
-    text = yaml.safe_dump({**SYN_SPEC, "retrain": {"on": "publish", "real_train": real_yolo, "real_eval": real_yolo,
-                                                    "epochs": 1, "imgsz": 64, "address": job_server}})
-    spec = parse_spec(text.replace("'on':", "on:"))  # a bare `on:` key, as users write it (YAML reads it as True)
+    spec_dict = {**SYN_SPEC, "count": 4, "defects": SYN_SPEC["defects"][:2], "output": {"shard_size": 4},
+                 "retrain": {"on": "publish", "real_train": real_yolo, "real_eval": real_yolo, "epochs": 1, "imgsz": 64,
+                             "address": job_server}}
+    text = yaml.safe_dump(spec_dict).replace("'on':", "on:")
+    spec = parse_spec(text)  # a bare `on:` key, as users write it (YAML 1.1 reads it as True)
     assert spec.retrain.on == "publish"
-    version = _publish_synthetic(root, spec.model_dump(mode="json", by_alias=True))
-    manifest = json.loads((root / "syn-el" / "v1" / "manifest.json").read_text())
 
-    job_id = D.on_publish(spec, version, manifest)
-    assert job_id and D.on_publish(spec, version, manifest) == job_id  # the same trigger again: no second job
+    result = run_dataset(spec, RunOptions(out=str(root), actors=1, report=False))  # the real publish step
     jobs = _jobs(client)
-    assert [j.submission_id for j in jobs] == [job_id]
-    assert "jobs.retrain" in jobs[0].entrypoint and jobs[0].metadata["version"] == version
+    assert len(jobs) == 1, [j.submission_id for j in jobs]
+    job_id = jobs[0].submission_id
+    assert result.notes == [f"retrain: submitted Ray job {job_id} (results under {result.uri}/retrain/)"]
+    assert "jobs.retrain" in jobs[0].entrypoint and jobs[0].metadata["version"] == result.uri
     record = json.loads(next((root / "syn-el" / "v1" / "retrain").glob("*/trigger.json")).read_text())
     assert record["job_id"] == job_id and record["reason"] == "publish"
+    assert D.on_publish(spec, result.uri, result.manifest) == job_id  # the same trigger again: no second job
+    assert len(_jobs(client)) == 1
 
     # no retrain section: publishing submits nothing; the watcher picks the version up, once
     plain = {**SYN_SPEC, "name": "plain-el"}
@@ -209,3 +214,12 @@ def test_publish_submits_exactly_one_job_and_the_watcher_fills_in(tmp_path, real
     assert len(_jobs(client)) == 2
     for j in _jobs(client):  # the training itself is covered above; do not spend the CPU twice
         client.stop_job(j.submission_id)
+
+
+def test_publish_without_a_job_server_is_a_note_not_a_failure(tmp_path, real_yolo):
+    spec = spec_from_dict({**SYN_SPEC, "retrain": {"real_train": real_yolo, "real_eval": real_yolo,
+                                                    "address": f"http://127.0.0.1:{_free_port()}"}})
+    version = _publish_synthetic(tmp_path / "reg", spec.model_dump(mode="json", by_alias=True))
+    notes = D.publish_hook(spec, version)
+    assert len(notes) == 1 and "job not submitted" in notes[0] and "factory retrain" in notes[0]
+    assert not list((tmp_path / "reg" / "syn-el" / "v1").glob("retrain/*/trigger.json"))  # the watcher can still pick it up

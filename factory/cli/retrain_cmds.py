@@ -51,7 +51,7 @@ def retrain_cmd(
     seed: Optional[int] = typer.Option(None, "--seed"),
     synthetic_ratio: Optional[float] = typer.Option(None, "--synthetic-ratio", help="synthetic images per real train image"),
     class_map: Optional[list[str]] = typer.Option(None, "--class-map", help="SYNTHETIC=REAL, repeatable; SYNTHETIC= drops a class"),
-    gpus: Optional[int] = typer.Option(None, "--gpus", help="GPUs per trainer worker (one worker per arm)"),
+    gpus: Optional[float] = typer.Option(None, "--gpus", help="GPUs per arm (one worker per arm; 0.5 = both arms share one GPU)"),
     workers: Optional[int] = typer.Option(None, "--workers", help="dataloader workers"),
     min_gain: Optional[float] = typer.Option(None, "--min-gain", help="flag the run when the mAP50 gain is below this"),
     config: Optional[str] = typer.Option(None, "--config", help="settings as a JSON object (options given override it)"),

@@ -116,13 +116,15 @@ class RetrainConfig:
     synthetic_ratio: float = 1.0  # synthetic images per real train image in the mixed arm
     class_map: dict[str, str | None] = field(default_factory=dict)  # synthetic class -> real class (None drops it)
     workers: int = 2  # dataloader workers per trainer
-    gpus: int = 0  # GPUs per trainer worker; > 1 lets ultralytics run its own DDP
+    gpus: float = 0  # GPUs per arm's worker: 0.5 shares one GPU between both arms; > 1 = ultralytics' own DDP
     min_gain: float | None = None  # flag the run when mAP50 gains less than this
     train_args: dict[str, Any] = field(default_factory=dict)  # any other ultralytics train() argument
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.imgsz < 32 or self.batch < 1:
             raise ValueError(f"epochs >= 1, imgsz >= 32 and batch >= 1 needed, got {self.epochs}, {self.imgsz}, {self.batch}")
+        if self.gpus > 1 and self.gpus != int(self.gpus):
+            raise ValueError(f"gpus above 1 must be whole, got {self.gpus}")
         if self.synthetic_ratio <= 0:
             raise ValueError(f"synthetic_ratio must be > 0, got {self.synthetic_ratio}")
         if not (self.model.endswith((".yaml", ".yml", ".pt"))):
@@ -372,8 +374,8 @@ def train_arm(arm: str, work: Path, data_yaml: Path, cfg: RetrainConfig) -> dict
 
         if cfg.model.endswith(".pt") and not Path(cfg.model).exists():
             raise RetrainError(f"{cfg.model}: weights not found; give a local .pt or a model .yaml (nothing is downloaded)")
-        if cfg.gpus and torch.cuda.is_available():
-            device: Any = ",".join(str(i) for i in range(min(cfg.gpus, torch.cuda.device_count())))
+        if cfg.gpus and torch.cuda.is_available():  # Ray has set CUDA_VISIBLE_DEVICES to this worker's GPUs
+            device: Any = ",".join(str(i) for i in range(min(max(1, int(cfg.gpus)), torch.cuda.device_count())))
         else:
             device = "cpu"
         runs = work / "runs"
@@ -404,7 +406,6 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
     parallel, one worker group). It fetches the data (any node, any URI), trains,
     uploads weights/plots/metrics into the registry and reports to Ray Train."""
     import ray.train
-    from ray.train import Checkpoint
 
     from factory.storage.uri import as_local_dir, join, upload_dir, write_bytes
 
@@ -431,11 +432,9 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
                 if p.is_file():  # plots, results.csv, args.yaml
                     write_bytes(join(out, arm, sub, p.name), p.read_bytes())
         write_bytes(join(out, arm, "metrics.json"), json.dumps(metrics, indent=2).encode())
-        ckpt = work / "checkpoint" / arm  # per-arm subfolder: both workers share one checkpoint
-        ckpt.mkdir(parents=True)
-        shutil.copy(runs / arm / "weights" / "last.pt", ckpt / "last.pt")
-        flat = {f"{arm}/{k}": metrics[k] for k in ("map50", "map50_95", "precision", "recall")}
-        ray.train.report(flat, checkpoint=Checkpoint.from_directory(str(work / "checkpoint")))
+        # no Ray checkpoint: the weights already live in the registry, and a checkpoint
+        # would need storage shared by every node; the driver reads metrics.json
+        ray.train.report({f"{arm}/{k}": metrics[k] for k in ("map50", "map50_95", "precision", "recall")})
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -451,7 +450,7 @@ def _fit(common: dict[str, Any], cfg: RetrainConfig, storage_path: str) -> None:
         train_loop_config=common,
         scaling_config=ScalingConfig(num_workers=len(ARMS), use_gpu=use_gpu,
                                      resources_per_worker={"GPU": cfg.gpus} if use_gpu else {"CPU": 1}),
-        run_config=RunConfig(name=f"retrain-{common['run_id']}", storage_path=storage_path),
+        run_config=RunConfig(name=f"retrain-{common['run_id']}-{int(time.time())}", storage_path=storage_path),
     )
     try:
         result = trainer.fit()
@@ -625,6 +624,33 @@ def on_publish(spec, version_uri: str, manifest: dict | None = None, *, client=N
     _, job_id, _ = submit_retrain(version_uri, r.real_train, r.real_eval, config_from_spec(r), address=r.address,
                                   client=client, reason="publish")
     return job_id
+
+
+def publish_hook(spec, version_uri: str) -> list[str]:
+    """What the publish step calls once the manifest is written: submit the
+    retraining job if the spec asks for it, and say what happened. Never raises:
+    the version is published either way; a failed submission is a note naming
+    the way out (`factory retrain` by hand, or the watcher)."""
+    import logging
+
+    log = logging.getLogger("factory.retrain")
+    try:
+        job_id = on_publish(spec, version_uri)
+    except (RetrainTriggerError, RetrainError, ValueError) as e:
+        note = f"retrain: job not submitted: {e}"
+        log.warning(note)
+        return [note]
+    if job_id is None:
+        return []
+    note = f"retrain: submitted Ray job {job_id} (results under {join_uri(version_uri, 'retrain')}/)"
+    log.info(note)
+    return [note]
+
+
+def join_uri(uri: str, *parts: str) -> str:
+    from factory.storage.uri import join
+
+    return join(uri, *parts)
 
 
 def published_versions(root: str) -> list[str]:
