@@ -406,7 +406,10 @@ def _publish(spec, reg: Registry, version: int, staging: str, records, state, o:
     uri = reg.publish(spec.name, version, moves, extra, manifest)
     if o.report:
         report_uri, grid_uri = U.join(uri, "report.html"), U.join(uri, "grid.png")
-    return RunResult(spec.name, version, uri, reg.manifest(spec.name, version), seconds, report_uri, grid_uri)
+    from factory.training.detector import publish_hook  # spec `retrain: {on: publish}` -> one Ray job
+
+    return RunResult(spec.name, version, uri, reg.manifest(spec.name, version), seconds, report_uri, grid_uri,
+                     notes=publish_hook(spec, uri))
 
 
 def _grid_samples(staging: str, chosen, records, n: int = 16):
