@@ -33,11 +33,24 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
-from factory import __version__
 from serve.checkpoints import CheckpointRefused, inside_roots, normalize_roots, resolve_checkpoint
 from serve.schemas import MAX_N, ErrorResponse, GenerateRequest, GenerateResponse
 
 logger = logging.getLogger("ray.serve")
+
+
+def _package_version() -> str:
+    # from the installed metadata, not `factory.__version__`: an editable install made
+    # before factory/__init__.py existed maps `factory` as a namespace package
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("defect-factory")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+__version__ = _package_version()
 
 MAX_PIXELS_PER_REQUEST = 16 * 512 * 512  # n * width * height: bounds one response's size
 APP_NAME = "factory"
@@ -61,7 +74,8 @@ class GeneratorConfig(_Cfg):
     family wants one and the cluster has GPUs, else 0."""
 
     import_path: Any = Field(None, description="module:Class (or, from Python, the class); default: the kind's entry in KINDS")
-    num_cpus: float = Field(1.0, ge=0)
+    # a scheduling share, not a thread limit: small so every family fits on a 2-core machine
+    num_cpus: float = Field(0.25, ge=0)
     num_gpus: float | None = Field(None, ge=0)
     max_models_per_replica: int = Field(3, ge=1)
     batching: bool = True
@@ -215,16 +229,17 @@ _ERRORS = {400: {"model": ErrorResponse}, 413: {"model": ErrorResponse}, 422: {"
 
 
 class _LoadedModel:
-    """A loaded generator as the multiplexer holds it; Serve calls __del__ when it
-    evicts the model (LRU), which drops it from the replica's listing."""
+    """A loaded generator as the multiplexer holds it. Serve calls __del__ when it
+    evicts the model (LRU): that drops it from the replica's listing. The generator
+    itself is freed by reference counting once no in-flight request still uses it."""
 
     def __init__(self, registry: dict, key: str, generator: Any, info: dict) -> None:
-        self.registry, self.key, self.generator = registry, key, generator
+        self.registry, self.key, self.generator, self.info = registry, key, generator, info
         registry[key] = info
 
     def __del__(self):
-        self.registry.pop(self.key, None)
-        self.generator = None
+        if self.registry.get(self.key) is self.info:  # not a newer load of the same key
+            del self.registry[self.key]
 
 
 def _batch_size(jobs: list[dict]) -> int:
@@ -362,7 +377,7 @@ class GeneratorServer:
     def _load_failure(self, e: Exception, job: dict) -> dict:
         from factory.generators.base import CheckpointError
 
-        if isinstance(e, (CheckpointRefused, CheckpointError, ValueError, TypeError)):
+        if isinstance(e, (CheckpointRefused, CheckpointError, ValueError)):  # the request's fault: 422
             message = str(e)
             for root in self.roots:  # never echo server paths
                 message = message.replace(str(root), "<checkpoint root>")
@@ -505,6 +520,23 @@ def _cluster_has_gpu() -> bool:
     return ray.is_initialized() and ray.cluster_resources().get("GPU", 0) > 0
 
 
+def deployment_options(kind: str, gc: GeneratorConfig, has_gpu: bool) -> dict[str, Any]:
+    """Serve options of one family's deployment: a GPU per replica when the family
+    wants one and the cluster has one (unless the config says how many)."""
+    cls = _import(gc.import_path)
+    num_gpus = gc.num_gpus if gc.num_gpus is not None else (1.0 if has_gpu and getattr(cls, "wants_gpu", False) else 0.0)
+    options: dict[str, Any] = {
+        "name": f"generator-{kind}",
+        "ray_actor_options": {"num_cpus": gc.num_cpus, "num_gpus": num_gpus},
+        "max_ongoing_requests": gc.max_ongoing_requests,
+    }
+    if gc.autoscaling is not None:
+        options["autoscaling_config"] = gc.autoscaling.model_dump()
+    else:
+        options["num_replicas"] = gc.num_replicas
+    return options
+
+
 def build_app(args: dict | None = None):
     """Application builder for `serve run serve/config.yaml` (and `factory serve`)."""
     cfg = AppConfig.model_validate(args or {})
@@ -512,17 +544,7 @@ def build_app(args: dict | None = None):
     has_gpu = _cluster_has_gpu()
     generators = {}
     for kind, gc in cfg.kinds().items():
-        cls = _import(gc.import_path)
-        num_gpus = gc.num_gpus if gc.num_gpus is not None else (1.0 if has_gpu and getattr(cls, "wants_gpu", False) else 0.0)
-        options: dict[str, Any] = {
-            "name": f"generator-{kind}",
-            "ray_actor_options": {"num_cpus": gc.num_cpus, "num_gpus": num_gpus},
-            "max_ongoing_requests": gc.max_ongoing_requests,
-        }
-        if gc.autoscaling is not None:
-            options["autoscaling_config"] = gc.autoscaling.model_dump()
-        else:
-            options["num_replicas"] = gc.num_replicas
+        options = deployment_options(kind, gc, has_gpu)
         generators[kind] = GeneratorServer.options(**options).bind(kind, gc.model_dump(), cfg.checkpoint_roots, [s.model_dump() for s in cfg.scorers])
     ing = cfg.ingress
     return Ingress.options(

@@ -72,6 +72,29 @@ class MaskScorer:
         return out
 
 
+class GpuToy(ToyGenerator):
+    wants_gpu = True
+
+
+def test_app_serves_every_kind_with_a_gpu_per_replica_when_there_is_one():
+    from factory.generators.base import KINDS
+    from serve.app import AppConfig, GeneratorConfig, deployment_options
+
+    cfg = AppConfig.model_validate({"generators": {"procedural": {"max_models_per_replica": 5}}})
+    kinds = cfg.kinds()
+    assert sorted(kinds) == sorted(KINDS) and kinds["procedural"].max_models_per_replica == 5
+    assert all(k.import_path == KINDS[name] for name, k in kinds.items())
+    with pytest.raises(ValueError, match="not a registered kind"):
+        AppConfig.model_validate({"generators": {"nope": {}}}).kinds()
+
+    gpu = GeneratorConfig(import_path=GpuToy)
+    assert deployment_options("toy", gpu, has_gpu=True)["ray_actor_options"]["num_gpus"] == 1
+    assert deployment_options("toy", gpu, has_gpu=False)["ray_actor_options"]["num_gpus"] == 0
+    assert deployment_options("toy", GeneratorConfig(import_path=ToyGenerator), has_gpu=True)["ray_actor_options"]["num_gpus"] == 0
+    opts = deployment_options("toy", GeneratorConfig(import_path=GpuToy, num_gpus=0.5), has_gpu=True)
+    assert opts["ray_actor_options"]["num_gpus"] == 0.5 and opts["autoscaling_config"]["max_replicas"] == 2
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -99,8 +122,10 @@ def server(ray_local, tmp_path_factory):
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     args = {
         "checkpoint_roots": [str(root)],
+        "serve_all_kinds": False,  # the torch families' replicas would only slow this down; see test_app_serves_every_kind_*
+
         "defaults": {"num_cpus": 0.25, "autoscaling": None, "batch_wait_timeout_s": 0.005},
-        "generators": {"toy": {"import_path": ToyGenerator, "max_models_per_replica": 2}},
+        "generators": {"procedural": {}, "toy": {"import_path": ToyGenerator, "max_models_per_replica": 2}},
         "scorers": [{"import_path": MaskScorer}],
         "max_request_bytes": 8192,
         "ingress": {"num_cpus": 0.1},

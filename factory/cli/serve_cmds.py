@@ -24,6 +24,7 @@ def serve_cmd(
 ) -> None:
     """Start the online generation API (docs at /docs). Embedded: runs until Ctrl-C.
     With --address the app is deployed on that cluster and keeps running there."""
+    import signal
     import time
 
     import ray
@@ -37,17 +38,18 @@ def serve_cmd(
     if no_batching:
         args.setdefault("defaults", {})["batching"] = False
     ray.init(address=address, include_dashboard=False, configure_logging=False, log_to_driver=False)
-    try:
-        ray_serve.start(http_options={"host": host, "port": port})
-        ray_serve.run(build_app(args), name=APP_NAME, route_prefix="/")
-    except Exception as e:  # noqa: BLE001 - a bad config or a busy port: say it in one line
-        fail(f"could not start the serve app: {type(e).__name__}: {e}")
-    console.print(f"serving on [bold]http://{host}:{port}[/] (API docs at /docs, health at /healthz)")
-    if address:
+
+    def _stop(signum, frame):  # SIGTERM (containers, `kill`) stops it like Ctrl-C
+        raise KeyboardInterrupt
+
+    if address:  # a cluster: deploy, and leave it running there
+        _deploy(ray_serve, build_app(args), host, port)
         console.print(f"deployed as application {APP_NAME!r} on {address}; stop it with `serve shutdown`")
         return
-    console.print("Ctrl-C to stop")
+    signal.signal(signal.SIGTERM, _stop)
     try:
+        _deploy(ray_serve, build_app(args), host, port)
+        console.print("Ctrl-C to stop")
         while True:
             time.sleep(1.0)
     except KeyboardInterrupt:
@@ -55,6 +57,17 @@ def serve_cmd(
     finally:
         ray_serve.shutdown()
         ray.shutdown()
+
+
+def _deploy(ray_serve, application, host: str, port: int) -> None:
+    from serve.app import APP_NAME
+
+    try:
+        ray_serve.start(http_options={"host": host, "port": port})
+        ray_serve.run(application, name=APP_NAME, route_prefix="/")
+    except Exception as e:  # noqa: BLE001 - a bad config or a busy port: say it in one line
+        fail(f"could not start the serve app: {type(e).__name__}: {e}")
+    console.print(f"serving on [bold]http://{host}:{port}[/] (API docs at /docs, health at /healthz)")
 
 
 def _pairs(values: list[str], what: str, parse_json: bool) -> dict:
