@@ -33,7 +33,15 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
-from serve.checkpoints import CheckpointRefused, inside_roots, normalize_roots, resolve_checkpoint
+from serve.checkpoints import (
+    CheckpointRefused,
+    ParamPathRefused,
+    check_param_paths,
+    inside_roots,
+    normalize_roots,
+    resolve_checkpoint,
+    resolve_param_paths,
+)
 from serve.schemas import MAX_N, ErrorResponse, GenerateRequest, GenerateResponse
 
 logger = logging.getLogger("ray.serve")
@@ -74,6 +82,7 @@ class GeneratorConfig(_Cfg):
     family wants one and the cluster has GPUs, else 0."""
 
     import_path: Any = Field(None, description="module:Class (or, from Python, the class); default: the kind's entry in KINDS")
+    params: dict[str, Any] = Field(default_factory=dict, description="operator params (trusted), under each request's params")
     # a scheduling share, not a thread limit: small so every family fits on a 2-core machine
     num_cpus: float = Field(0.25, ge=0)
     num_gpus: float | None = Field(None, ge=0)
@@ -280,9 +289,11 @@ class GeneratorServer:
         checkpoint = key["checkpoint"] or None
         if checkpoint is not None and not inside_roots(checkpoint, self.roots):  # defence in depth
             raise CheckpointRefused("checkpoint outside the configured checkpoint roots")
+        check_param_paths(key["params"], self.roots)
         t0 = time.perf_counter()
-        generator = await asyncio.to_thread(self.cls.load, checkpoint, dict(key["params"]), self.device)
-        info = {"checkpoint": key["name"], "params": key["params"], "load_s": round(time.perf_counter() - t0, 3), "loaded_at": time.time()}
+        params = {**self.cfg.params, **key["params"]}
+        generator = await asyncio.to_thread(self.cls.load, checkpoint, params, self.device)
+        info = {"checkpoint": key["name"], "params": key["shown"], "load_s": round(time.perf_counter() - t0, 3), "loaded_at": time.time()}
         return _LoadedModel(self.loaded, model_key, generator, info)
 
     async def ping(self) -> str:
@@ -321,6 +332,9 @@ class GeneratorServer:
             groups.setdefault(job["model"], []).append(i)
         for key, idx in groups.items():
             try:
+                for i in idx:  # items carry params too: same rule as the model's
+                    for item in jobs[i]["items"]:
+                        check_param_paths(item.params, self.roots)
                 model = await self.get_model(key)
             except Exception as e:  # noqa: BLE001 - every load failure becomes an answer
                 for i in idx:
@@ -381,8 +395,12 @@ class GeneratorServer:
             message = str(e)
             for root in self.roots:  # never echo server paths
                 message = message.replace(str(root), "<checkpoint root>")
-            field = "checkpoint" if isinstance(e, (CheckpointRefused, CheckpointError)) or not job["params"] else (
-                "params" if not job["checkpoint_name"] else "checkpoint")
+            if isinstance(e, ParamPathRefused):
+                field = e.loc
+            elif isinstance(e, (CheckpointRefused, CheckpointError)) or not job["params"]:
+                field = "checkpoint"
+            else:
+                field = "params" if not job["checkpoint_name"] else "checkpoint"
             return {"ok": False, "status": 422, "field": field, "message": f"{self.kind} could not load: {message}"}
         return self._failure(e, job)
 
@@ -420,7 +438,7 @@ def draw_style(style: dict[str, Any], seed: int) -> dict[str, float]:
     return {k: float(style[k]) if style.get(k) is not None else v for k, v in drawn.items()}
 
 
-def build_items(req: GenerateRequest, class_id: int, checkpoint_name: str | None) -> list:
+def build_items(req: GenerateRequest, class_id: int, checkpoint_name: str | None, params: dict) -> list:
     from factory.planning.work import Box, WorkItem
 
     canonical = json.dumps(req.model_dump(mode="json", by_alias=True, exclude={"n", "seed"}), sort_keys=True)
@@ -432,7 +450,7 @@ def build_items(req: GenerateRequest, class_id: int, checkpoint_name: str | None
         items.append(WorkItem(
             item_id=f"serve-{digest}-{seed}", index=i, generator=req.generator, checkpoint=checkpoint_name,
             width=req.image.width, height=req.image.height, channels=req.image.channels, seed=seed, boxes=boxes,
-            style=draw_style(req.style.model_dump(), seed), params=dict(req.params), domain=req.domain,
+            style=draw_style(req.style.model_dump(), seed), params=dict(params), domain=req.domain,
         ))
     return items
 
@@ -498,8 +516,14 @@ class Ingress:
                 path = str(resolve_checkpoint(req.checkpoint, self.roots))
             except CheckpointRefused as e:
                 raise ApiError(422, "checkpoint", str(e)) from None
-        model_key = json.dumps({"checkpoint": path or "", "name": req.checkpoint or "", "params": req.params}, sort_keys=True)
-        job = {"model": model_key, "checkpoint_name": req.checkpoint, "params": req.params, "items": build_items(req, class_id, req.checkpoint)}
+        try:
+            params = resolve_param_paths(req.params, self.roots)
+        except ParamPathRefused as e:
+            raise ApiError(422, e.loc, str(e)) from None
+        # the key names the model: resolved paths for the replica, the request's names for listings
+        model_key = json.dumps({"checkpoint": path or "", "name": req.checkpoint or "", "params": params, "shown": req.params}, sort_keys=True)
+        items = build_items(req, class_id, req.checkpoint, params)
+        job = {"model": model_key, "checkpoint_name": req.checkpoint, "params": req.params, "items": items}
         try:
             result = await self.handles[req.generator].options(multiplexed_model_id=model_key).generate.remote(job)
         except Exception as e:  # noqa: BLE001 - the replica died or the call failed: an id, not a trace

@@ -43,7 +43,8 @@ class ToyGenerator:
 
         if checkpoint is None:
             raise CheckpointError("the toy generator needs a checkpoint (a JSON file with a grey level)")
-        return cls(int(json.loads(open(checkpoint).read())["level"]))
+        # params.level_file (a path-valued param) overrides the checkpoint's level
+        return cls(int(json.loads(open(params.get("level_file", checkpoint)).read())["level"]))
 
     def generate(self, items):
         out = []
@@ -194,6 +195,9 @@ def test_same_seed_same_image(server):
         ({"generator": "toy", "checkpoint": "toy/missing.json"}, 422, "checkpoint"),
         ({"generator": "toy"}, 422, "checkpoint"),  # the family needs one: CheckpointError -> 422
         ({"checkpoint": "toy/a.json"}, 422, "checkpoint"),  # procedural refuses checkpoints at load
+        ({"generator": "toy", "checkpoint": "toy/a.json", "params": {"level_file": "/etc/passwd"}}, 422, "params.level_file"),
+        ({"generator": "toy", "checkpoint": "toy/a.json", "params": {"x": ["ok", "../../x"]}}, 422, "params.x[1]"),
+        ({"generator": "toy", "checkpoint": "toy/a.json", "params": {"level_file": "escape/secret.json"}}, 422, "params.level_file"),
         ({"class": "rainbow"}, 422, "class"),  # procedural cannot draw it
         ({"class": None}, 422, "boxes"),
         ({"n": 17}, 422, "n"),
@@ -244,9 +248,34 @@ def test_multiplexed_checkpoints_with_lru_unloading(server):
         assert r.status_code == 200, r.text
         levels[name] = int(decode(r.json()["images"][0])[0, 0])
     assert levels == {"a": 40, "b": 80, "c": 120}
+    # a path-valued param names a file under the root: resolved there, and a distinct model
+    r = gen(server, generator="toy", checkpoint="toy/a.json", params={"level_file": "toy/b.json"})
+    assert r.status_code == 200, r.text
+    assert decode(r.json()["images"][0])[0, 0] == 80
+    levels["a+b"] = 80
     toy = next(g for g in server.get("/v1/generators").json()["generators"] if g["kind"] == "toy")
-    # max 2 models per replica: b was evicted when a came back, c and a remain
-    assert sorted(m["checkpoint"] for m in toy["loaded"]) == ["toy/a.json", "toy/c.json"]
+    # max 2 models per replica, LRU: the last two loaded remain, listed by request names (no server paths)
+    assert sorted((m["checkpoint"], json.dumps(m["params"])) for m in toy["loaded"]) == sorted([
+        ("toy/a.json", "{}"), ("toy/a.json", '{"level_file": "toy/b.json"}')])
+
+
+def test_replica_refuses_params_naming_paths_outside_the_roots(tmp_path, monkeypatch):
+    """The replica-side rule catches bare names relative to its working folder."""
+    from serve.checkpoints import ParamPathRefused, check_param_paths, resolve_param_paths
+
+    root = tmp_path / "root"
+    (root / "m").mkdir(parents=True)
+    (tmp_path / "secrets").mkdir()
+    monkeypatch.chdir(tmp_path)
+    check_param_paths({"mode": "bilinear", "n": 3, "f": str(root / "m")}, [root])
+    with pytest.raises(ParamPathRefused) as e:
+        check_param_paths({"refs": ["secrets"]}, [root])
+    assert e.value.loc == "params.refs[0]"
+    (root / "m" / "w.pt").write_bytes(b"w")
+    assert resolve_param_paths({"a": "m", "b": {"c": "m/w.pt"}}, [root]) == {"a": "m", "b": {"c": str(root / "m" / "w.pt")}}
+    for bad in ["./m", "~/x", "s3://bucket/w.pt", "m/missing.pt"]:
+        with pytest.raises(ParamPathRefused):
+            resolve_param_paths({"a": bad}, [root])
 
 
 def test_listing_health_and_docs(server):
