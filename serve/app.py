@@ -329,12 +329,15 @@ class GeneratorServer:
         results: list[dict | None] = [None] * len(jobs)
         groups: dict[str, list[int]] = {}
         for i, job in enumerate(jobs):
+            try:  # items carry params too: the same rule as the model's
+                for item in job["items"]:
+                    check_param_paths(item.params, self.roots)
+            except ParamPathRefused as e:
+                results[i] = self._load_failure(e, job)
+                continue
             groups.setdefault(job["model"], []).append(i)
         for key, idx in groups.items():
             try:
-                for i in idx:  # items carry params too: same rule as the model's
-                    for item in jobs[i]["items"]:
-                        check_param_paths(item.params, self.roots)
                 model = await self.get_model(key)
             except Exception as e:  # noqa: BLE001 - every load failure becomes an answer
                 for i in idx:
@@ -374,7 +377,7 @@ class GeneratorServer:
             scores = {k: float(v) for k, v in sample.meta.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
             if verdict is not None:
                 scores.update({k: float(v) for k, v in verdict.scores.items()})
-            meta = {k: v for k, v in sample.meta.items() if isinstance(v, str) and k != "checkpoint"}
+            meta = {k: self._hide_roots(v) for k, v in sample.meta.items() if isinstance(v, str) and k != "checkpoint" and len(v) <= 256}
             out.append({
                 "seed": sample.item.seed,
                 "height": int(image.shape[0]),
@@ -388,13 +391,17 @@ class GeneratorServer:
             })
         return out
 
+    def _hide_roots(self, text: str) -> str:
+        """Server paths never leave the server: checkpoint roots become a placeholder."""
+        for root in self.roots:
+            text = text.replace(str(root), "<checkpoint root>")
+        return text
+
     def _load_failure(self, e: Exception, job: dict) -> dict:
         from factory.generators.base import CheckpointError
 
         if isinstance(e, (CheckpointRefused, CheckpointError, ValueError)):  # the request's fault: 422
-            message = str(e)
-            for root in self.roots:  # never echo server paths
-                message = message.replace(str(root), "<checkpoint root>")
+            message = self._hide_roots(str(e))
             if isinstance(e, ParamPathRefused):
                 field = e.loc
             elif isinstance(e, (CheckpointRefused, CheckpointError)) or not job["params"]:
@@ -564,17 +571,19 @@ def deployment_options(kind: str, gc: GeneratorConfig, has_gpu: bool) -> dict[st
 def build_app(args: dict | None = None):
     """Application builder for `serve run serve/config.yaml` (and `factory serve`)."""
     cfg = AppConfig.model_validate(args or {})
-    normalize_roots(cfg.checkpoint_roots)  # refuse unsupported roots at deploy time
+    # refuse unsupported roots at deploy time, and resolve relative ones here, once, so
+    # every replica (whatever its working folder) checks against the same folders
+    roots = [str(p) for p in normalize_roots(cfg.checkpoint_roots)]
     has_gpu = _cluster_has_gpu()
     generators = {}
     for kind, gc in cfg.kinds().items():
         options = deployment_options(kind, gc, has_gpu)
-        generators[kind] = GeneratorServer.options(**options).bind(kind, gc.model_dump(), cfg.checkpoint_roots, [s.model_dump() for s in cfg.scorers])
+        generators[kind] = GeneratorServer.options(**options).bind(kind, gc.model_dump(), roots, [s.model_dump() for s in cfg.scorers])
     ing = cfg.ingress
     return Ingress.options(
         name="ingress", num_replicas=ing.num_replicas, max_ongoing_requests=ing.max_ongoing_requests,
         ray_actor_options={"num_cpus": ing.num_cpus},
-    ).bind(generators, cfg.checkpoint_roots, cfg.max_request_bytes)
+    ).bind(generators, roots, cfg.max_request_bytes)
 
 
 def config_args(path: str | None = None) -> dict:
