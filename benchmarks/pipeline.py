@@ -56,8 +56,8 @@ def bench_spec(count: int, size: int, shard: int):
     })
 
 
-def plain_loop(spec, out: str, generator_only: bool = False) -> float:
-    """The same work in one process, no Ray: images/s accepted."""
+def plain_loop(spec, out: str, generator_only: bool = False) -> tuple[float, float]:
+    """The same work in one process, no Ray: (images/s accepted, CPU ms per image)."""
     from factory.generators.base import load_generator
     from factory.pipeline.checks import scorers_for
     from factory.pipeline.stages import split_of
@@ -69,7 +69,7 @@ def plain_loop(spec, out: str, generator_only: bool = False) -> float:
     gen = load_generator("procedural", None, {})
     scorers = scorers_for(spec)
     sinks = sinks_for(spec.output.formats)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     accepted, buf, items = 0, [], list(iter_plan(spec, 0, spec.count))
     for k in range(0, len(items), 16):
         samples = gen.generate(items[k: k + 16])
@@ -89,18 +89,43 @@ def plain_loop(spec, out: str, generator_only: bool = False) -> float:
             for sink in sinks:
                 sink.write(out, f"s{accepted:08d}", rows)
             accepted += len(rows)
-    return accepted / (time.perf_counter() - t0)
+    return accepted / (time.perf_counter() - t0), (time.process_time() - c0) / accepted * 1000
 
 
-def ray_job(spec, out: str, actors: int) -> tuple[float, float]:
-    """(images/s end to end incl. actor start and publish, seconds)."""
+class CpuMeter:
+    """CPU seconds used by this process and all its descendants (the embedded Ray:
+    GCS, raylet, workers), sampled as the job runs, so workers that exit at the
+    end still count (up to their last sample)."""
+
+    def __init__(self):
+        import psutil
+
+        self.me = psutil.Process()
+        self.seen: dict[int, float] = {}
+        self.base = self.sample()
+
+    def sample(self) -> float:
+        for p in [self.me, *self.me.children(recursive=True)]:
+            try:
+                t = p.cpu_times()
+                self.seen[p.pid] = t.user + t.system + t.children_user + t.children_system
+            except Exception:  # noqa: BLE001 - a process that just exited keeps its last sample
+                pass
+        return sum(self.seen.values())
+
+
+def ray_job(spec, out: str, actors: int) -> dict[str, float]:
+    """Images/s end to end (Ray start excluded; actor start, rounds and publish
+    included) and CPU seconds over all Ray processes."""
     from factory.pipeline import RunOptions, run_dataset
 
+    meter = CpuMeter()
     t0 = time.perf_counter()
-    r = run_dataset(spec, RunOptions(out=out, actors=actors, report=False))
+    r = run_dataset(spec, RunOptions(out=out, actors=actors, report=False), on_progress=lambda p: meter.sample())
     dt = time.perf_counter() - t0
+    cpu = meter.sample() - meter.base
     assert r.manifest["counts"]["accepted"] == spec.count
-    return spec.count / dt, dt
+    return {"e2e": spec.count / dt, "seconds": dt, "cpu": cpu}
 
 
 def shard_rows(n: int, size: int):
@@ -138,6 +163,7 @@ def write_mb_s(rows, root_uri: str, repeat: int = 3) -> dict[str, float]:
             times.append(time.perf_counter() - t0)
         return mb / min(times)
 
+    fs.create_dir(f"{base}/plain", recursive=True)
     out["plain write_table"] = best(lambda i: pq.write_table(table, f"{base}/plain/p{i}.parquet", filesystem=fs))
     out["ParquetSink (rows -> table -> sha256 -> put)"] = best(lambda i: ParquetSink().write(U.join(root_uri, "sink"), f"s{i}", rows))
     out["YoloSink (2 files per image)"] = best(lambda i: YoloSink().write(U.join(root_uri, f"yolo{i}"), "s", rows))
@@ -161,24 +187,32 @@ def main() -> None:
     print(f"machine: {machine()}")
     print(f"job: procedural {a.size}x{a.size}, {a.count} images, shards of {a.shard}, Parquet + YOLO on file://")
     rows = []
-    gen_only = plain_loop(spec, str(tmp / "g"), generator_only=True)
-    rows.append(("bare generator, 1 process", f"{gen_only:.1f}", ""))
-    plain = plain_loop(spec, str(tmp / "plain"))
-    rows.append(("plain loop, 1 process (generate+check+PNG+shards)", f"{plain:.1f}", "baseline"))
+    gen_only, gen_cpu = plain_loop(spec, str(tmp / "g"), generator_only=True)
+    rows.append(("bare generator, 1 process", f"{gen_only:.1f}", "", f"{gen_cpu:.1f}", ""))
+    plain, plain_cpu = plain_loop(spec, str(tmp / "plain"))
+    rows.append(("plain loop, 1 process (generate+check+PNG+shards)", f"{plain:.1f}", "", f"{plain_cpu:.1f}", ""))
     if not a.skip_ray:
         from factory.pipeline import ensure_ray
 
         ensure_ray()
         import ray
 
+        small = bench_spec(max(1, a.count // 3), a.size, a.shard)
         for n in (1, 2):
-            ips, dt = ray_job(spec, str(tmp / f"ray{n}"), n)
-            rows.append((f"Ray Data job, {n} generator actor{'s' * (n > 1)} ({dt:.1f} s end to end)", f"{ips:.1f}",
-                         f"{ips / plain:.2f}x plain, {ips / n / plain:.2f} per actor"))
+            big = ray_job(spec, str(tmp / f"ray{n}"), n)
+            little = ray_job(small, str(tmp / f"ray{n}s"), n)
+            # the CPU an extra image costs, with the fixed start-up cost (worker imports) taken out
+            marginal = (big["cpu"] - little["cpu"]) / (spec.count - small.count) * 1000
+            fixed = little["cpu"] - marginal / 1000 * small.count
+            rows.append((f"Ray Data job, {n} actor{'s' * (n > 1)} ({big['seconds']:.1f} s; start-up CPU {fixed:.1f} s)",
+                         f"{big['e2e']:.1f}", f"{big['e2e'] / plain:.2f}x", f"{big['cpu'] / spec.count * 1000:.1f}",
+                         f"{marginal:.1f}"))
         ray.shutdown()
-    print(f"\n{'accepted images/s':<70} {'img/s':>8}  vs plain")
-    for name, v, note in rows:
-        print(f"{name:<70} {v:>8}  {note}")
+    print(f"\n{'accepted images/s (wall clock, Ray start excluded)':<66} {'img/s':>7} {'vs plain':>9} "
+          f"{'CPU ms/img':>11} {'marginal':>9}")
+    for name, v, note, cpu, marg in rows:
+        print(f"{name:<66} {v:>7} {note:>9} {cpu:>11} {marg:>9}")
+    sys.stdout.flush()
 
     from s3_server import start_moto, stop_moto
 

@@ -107,7 +107,7 @@ def test_run_file_publishes_exact_count(ray_local, tmp_path):
     r = run_dataset(spec, RunOptions(out=str(tmp_path / "reg"), actors=1))
     assert r.version == 1 and r.uri == f"file://{tmp_path}/reg/tiny/v1"
     m = check_version(r.uri, 12, spec.class_names)
-    assert m["counts"]["rejected"] == 0 and m["gate"][:2] == ["sanity", "boxes"]
+    assert m["counts"]["rejected"] == 0 and {"sanity", "boxes"} <= set(m["gate"])
     check_ultralytics(tmp_path / "reg" / "tiny" / "v1" / "yolo" / "data.yaml", 12)
     assert open_dataset(f"{tmp_path}/reg/tiny@1").count() == 12
     # published versions are immutable: the same version is refused before any work
@@ -145,8 +145,8 @@ def test_run_s3_and_pull(ray_local, s3_bucket, tmp_path):
 def test_resume_after_kill_9(ray_local, tmp_path):
     """kill -9 the driver of a running `factory run`; --resume reuses its shards and
     publishes exactly `count`, each plan item once."""
-    count = 240
-    spec_path = tiny_spec(tmp_path, count=count, size=256, shard=8, name="killed")
+    count = 160
+    spec_path = tiny_spec(tmp_path, count=count, size=128, shard=8, name="killed")
     out = tmp_path / "reg"
     shards = out / "killed" / "_staging" / "v1" / "_shards"
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
@@ -223,7 +223,7 @@ def test_generator_failures_become_rejects(tmp_path, monkeypatch):
     """A generator that fails once for every batch and always for one item: the
     retries recover the rest and the bad item is a reject with its error."""
     import factory.generators.base as gb
-    from factory.pipeline.stages import GenerateStage, ScoreStage, expand_ranges, write_shard
+    from factory.pipeline.stages import GenerateStage, ScoreStage, generator_key, write_shard
 
     spec = load_spec(tiny_spec(tmp_path, count=6))
     real = gb.load_generator("procedural", None, {})
@@ -238,14 +238,13 @@ def test_generator_failures_become_rejects(tmp_path, monkeypatch):
             return real.generate(items)
 
     monkeypatch.setattr(gb, "load_generator", lambda *a, **k: Flaky())
-    batch = expand_ranges({"start": np.array([0]), "stop": np.array([6])}, spec)
-    gen = GenerateStage("procedural", None, {}, "cpu", retries=1)
-    out = ScoreStage(spec)(gen(batch))
+    gen = GenerateStage(spec, generator_key("procedural", None, {}), "cpu", retries=1)
+    out = ScoreStage(spec)(gen({"start": np.array([0]), "stop": np.array([6])}))
     reasons = [json.loads(r) for r in out["reasons"]]
     assert [bool(r) for r in reasons] == [False, False, False, True, False, False]
     assert reasons[3][0].startswith("generator_error: RuntimeError: CUDA out of memory")
     staging = U.to_uri(tmp_path / "st")
-    rec = json.loads(write_shard(out, staging, spec.spec_hash(), ["parquet", "yolo"], (None, None))["record"][0])
+    rec = json.loads(write_shard(out, staging, spec.spec_hash(), ["parquet", "yolo"])["record"][0])
     assert len(rec["samples"]) == 5 and rec["rejects"][0][0] == 3
     t = pq.read_table(tmp_path / "st" / rec["rejected_files"][0]["path"])
     assert "CUDA out of memory" in t.column("error")[0].as_py()

@@ -73,20 +73,29 @@ def run(
     console.print(f"[green]published[/] {s.name}@{result.version} at {result.uri}")
     if result.report_uri:
         console.print(f"report: {result.report_uri}\nimage grid: {result.grid_uri}")
+    for note in result.notes:
+        console.print(note)
 
 
 def summary_table(m: dict, seconds: float | None = None) -> Table:
+    """Per-class counts, then one row per headline number."""
     c = m["counts"]
-    rate = f"{c['accepted'] / seconds:.1f} img/s, " if seconds else ""
-    reasons = ", ".join(f"{k} {v}" for k, v in m.get("reject_reasons", {}).items()) or "none"
-    t = Table(title=(f"{m['name']}@{m['version']}: {c['accepted']} published, {c['rejected']} rejected ({reasons}), "
-                     f"{c['surplus']} surplus; {rate}spec {m['spec_hash'][:12]}"))
+    t = Table(title=f"{m['name']}@{m['version']}", title_justify="left")
     t.add_column("class")
     t.add_column("images", justify="right")
     t.add_column("boxes", justify="right")
     for name in m["classes"]:
         t.add_row(name, str(c["images_per_class"].get(name, 0)), str(c["boxes_per_class"].get(name, 0)))
-    t.add_row("(no defect)", str(c["negatives"]), "0", style="dim")
+    t.add_row("(no defect)", str(c["negatives"]), "0", style="dim", end_section=True)
+    reasons = ", ".join(f"{k} {v}" for k, v in m.get("reject_reasons", {}).items()) or "none"
+    rate = f"{c['pass_rate']:.0%}" if c.get("pass_rate") is not None else "-"
+    t.add_row("published", str(c["accepted"]), "", style="bold")
+    t.add_row("rejected", str(c["rejected"]), reasons)
+    t.add_row("surplus", str(c["surplus"]), "accepted, not needed")
+    t.add_row("pass rate", rate, "")
+    if seconds:
+        t.add_row("time", f"{seconds:.0f} s", f"{c['accepted'] / seconds:.1f} img/s")
+    t.add_row("spec hash", m["spec_hash"][:12], "")
     return t
 
 

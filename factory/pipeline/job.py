@@ -16,6 +16,7 @@ published twice.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -25,13 +26,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from factory.pipeline.stages import GenerateStage, ScoreStage, expand_ranges, generator_key, split_of, write_shard
+from factory.pipeline.stages import GenerateStage, ScoreStage, generator_key, split_of, write_shard
 from factory.spec import DatasetSpec
 from factory.storage import uri as U
 from factory.storage.registry import Registry, code_version
 
 RUN_STATE = "_run.json"
-RANGE_CHUNK = 16  # plan indices per input row (and input block: the unit the actor pools share out)
 MAX_ROUNDS = 10
 
 log = logging.getLogger("factory.pipeline")
@@ -94,25 +94,13 @@ def ensure_ray(address: str | None = None) -> None:
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
     ctx.enable_auto_log_stats = False
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
 
 
 def _is_local_cluster() -> bool:
     import ray
 
     return ray.util.get_node_ip_address() in {n["NodeManagerAddress"] for n in ray.nodes()} and len(ray.nodes()) == 1
-
-
-def _writer_env() -> dict[str, str]:
-    """AWS settings the writers need. The endpoint and region always travel; the
-    driver's credential variables only to a one-node cluster on this machine (an
-    embedded one may have been started before they were set); a real cluster uses
-    its own credentials."""
-    keys = ["AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION"]
-    if _is_local_cluster():
-        keys += ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
-                 "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE", "AWS_EC2_METADATA_DISABLED"]
-    return {k: os.environ[k] for k in keys if k in os.environ}
 
 
 def run_dataset(spec: DatasetSpec, options: RunOptions | None = None,
@@ -224,10 +212,10 @@ def _top_reasons(records: list[dict[str, Any]]) -> str:
 
 
 # --- the Ray Data graph -----------------------------------------------------
-def _ranges(todo: list[int]) -> list[dict[str, int]]:
-    """Contiguous runs of indices, cut into chunks of at most RANGE_CHUNK (smaller for
-    small rounds, so that every actor gets work)."""
-    chunk = max(1, min(RANGE_CHUNK, len(todo) // 8))
+def _ranges(todo: list[int], batch_size: int) -> list[dict[str, int]]:
+    """Contiguous runs of indices, cut into chunks of at most `batch_size` (smaller
+    for small rounds, so that every actor gets work)."""
+    chunk = max(1, min(batch_size, len(todo) // 8))
     out: list[dict[str, int]] = []
     for i in todo:
         if out and out[-1]["stop"] == i and i - out[-1]["start"] < chunk:
@@ -246,37 +234,40 @@ def _run_round(spec: DatasetSpec, o: RunOptions, staging: str, spec_hash: str, t
 
     cpus = float(ray.cluster_resources().get("CPU", 1))
     gpus = float(ray.cluster_resources().get("GPU", 0))
-    ranges = _ranges(todo)
-    items = ray.data.from_items(ranges, override_num_blocks=max(1, min(len(ranges), 2000)))
-    items = items.map_batches(expand_ranges, fn_kwargs={"spec": spec}, batch_size=None, num_cpus=0)
-    pools = {}
-    for g in spec.generators:
-        if g.weight > 0:
-            pools.setdefault(generator_key(g.kind, g.checkpoint, g.params), g)
-    generated = []
-    for key, g in pools.items():
-        src = items if len(pools) == 1 else items.filter(lambda r, k=key: r["gen_key"] == k)
-        use_gpu = generator_class(g.kind).wants_gpu and gpus >= 1
-        size = o.actors or (int(gpus) if use_gpu else max(1, int(cpus)))
-        resources = {"num_gpus": 1} if use_gpu else {"num_cpus": 1}
-        generated.append(src.map_batches(
-            GenerateStage, fn_constructor_kwargs={
-                "kind": g.kind, "checkpoint": g.checkpoint, "params": g.params,
-                "device": "cuda" if use_gpu else "cpu", "retries": o.retries,
-            },
-            batch_size=o.batch_size, compute=ray.data.ActorPoolStrategy(size=size), **resources,
+    ranges = _ranges(todo, o.batch_size)
+    # one input block per range: the unit of work the generator actors share out
+    items = ray.data.from_items(ranges, override_num_blocks=max(1, min(len(ranges), 5000)))
+    keys = list(dict.fromkeys(generator_key(g.kind, g.checkpoint, g.params) for g in spec.generators if g.weight > 0))
+    generated, n_actors = [], 0
+    for key in keys:
+        use_gpu = generator_class(json.loads(key)[0]).wants_gpu and gpus >= 1
+        size = o.actors or (int(gpus) if use_gpu else max(1, int(cpus) // len(keys)))
+        n_actors += size
+        generated.append(items.map_batches(
+            GenerateStage, fn_constructor_kwargs={"spec": spec, "key": key, "device": "cuda" if use_gpu else "cpu",
+                                                  "retries": o.retries},
+            batch_size=1, compute=ray.data.ActorPoolStrategy(size=size),
+            **({"num_gpus": 1} if use_gpu else {"num_cpus": 1}),
         ))
     ds = generated[0] if len(generated) == 1 else generated[0].union(*generated[1:])
-    # Scoring and writing are light next to generating: no CPU reserved for them, so
-    # the generator pools can take every core (the OS shares what is left).
-    total_gen = sum(1 for _ in generated) * (o.actors or max(1, int(cpus)))
-    ds = ds.map_batches(ScoreStage, fn_constructor_kwargs={"spec": spec}, batch_size=o.batch_size,
-                        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, total_gen)), num_cpus=0)
+    # Scoring and writing are light next to generating: no CPU is reserved for them
+    # (the generator pools take every core; the OS shares the rest), and their
+    # pools are bounded so Ray does not start a worker process per block.
+    helpers = max(1, n_actors // 2)
+    ds = ds.map_batches(ScoreStage, fn_constructor_kwargs={"spec": spec}, batch_size=o.batch_size, num_cpus=0,
+                        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=helpers))
+    storage = U.storage_config()
+    if U.is_s3(staging) and _is_local_cluster() and not storage.access_key:
+        # an embedded cluster may predate the credential variables: hand them over
+        storage = dataclasses.replace(
+            storage, endpoint_url=U.s3_endpoint(), access_key=os.environ.get("AWS_ACCESS_KEY_ID"),
+            secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY"), session_token=os.environ.get("AWS_SESSION_TOKEN"))
+    else:
+        storage = dataclasses.replace(storage, endpoint_url=U.s3_endpoint())
     ds = ds.map_batches(
-        write_shard, batch_size=spec.output.shard_size, num_cpus=0,
+        write_shard, batch_size=spec.output.shard_size, num_cpus=0, compute=ray.data.TaskPoolStrategy(size=helpers),
         fn_kwargs={"staging": staging, "spec_hash": spec_hash, "formats": list(spec.output.formats),
-                   "storage": (U.s3_endpoint(), U._config.region)},
-        **({"runtime_env": {"env_vars": env}} if (env := _writer_env()) and U.is_s3(staging) else {}),
+                   "storage": storage},
     )
     it = iter(ds.iter_rows())
     try:

@@ -2,7 +2,7 @@
 `map_batches` runs. Rows between stages are flat columns (ints, strings, bytes,
 one uint8 image tensor), so nothing needs custom serialization:
 
-  plan ranges --expand--> work items --generate--> images + boxes (+ errors)
+  plan ranges --plan + generate--> images + boxes (+ errors)
   --score--> PNG + verdict --write--> one shard record per shard (the driver's view)
 """
 
@@ -30,38 +30,33 @@ def split_of(index: int) -> str:
     return "val" if index % VAL_EVERY == VAL_EVERY - 1 else "train"
 
 
-# --- stage 1: plan ranges -> work items ----------------------------------------
-def expand_ranges(batch: dict[str, np.ndarray], spec: DatasetSpec) -> dict[str, Any]:
-    """{"start", "stop"} ranges of plan indices -> one row per WorkItem (planned here,
-    on the workers, so the driver never holds the whole plan)."""
-    index, key, item = [], [], []
-    for start, stop in zip(batch["start"], batch["stop"]):
-        for w in iter_plan(spec, int(start), int(stop - start)):
-            index.append(w.index)
-            key.append(generator_key(w.generator, w.checkpoint, w.params))
-            item.append(json.dumps(w.to_row()))
-    return {"index": np.array(index, np.int64), "gen_key": np.array(key, object), "item": np.array(item, object)}
-
-
-def _item(text: str) -> WorkItem:
-    return WorkItem.from_row(json.loads(text))
+# --- stage 1: plan ranges -> generate --------------------------------------------
+def plan_items(batch: dict[str, np.ndarray], spec: DatasetSpec) -> list[WorkItem]:
+    """{"start", "stop"} ranges of plan indices -> their WorkItems (planned on the
+    workers, so the driver never holds the whole plan)."""
+    return [w for a, b in zip(batch["start"], batch["stop"]) for w in iter_plan(spec, int(a), int(b - a))]
 
 
 def _boxes_json(boxes: list[Box]) -> str:
     return json.dumps([b.to_dict() for b in boxes])
 
 
-# --- stage 2: generate ---------------------------------------------------------
-class GenerateStage:
-    """Holds one loaded generator per actor. A failing batch is retried, then
-    retried item by item; an item that still fails becomes a row with `error`
-    set (recorded as a reject later), never a lost row."""
+def _item(text: str) -> WorkItem:
+    return WorkItem.from_row(json.loads(text))
 
-    def __init__(self, kind: str, checkpoint: str | None, params: dict[str, Any], device: str, retries: int):
+
+class GenerateStage:
+    """Holds one loaded generator per actor and makes the planned items that are
+    its own (a spec with several generators runs one pool per generator over the
+    same ranges). A failing batch is retried, then retried item by item; an item
+    that still fails becomes a row with `error` set (a reject later), never a lost row."""
+
+    def __init__(self, spec: DatasetSpec, key: str, device: str, retries: int):
         from factory.generators.base import load_generator
 
-        self.generator = load_generator(kind, checkpoint, params, device=device)
-        self.retries = retries
+        kind, checkpoint, params = json.loads(key)
+        self.spec, self.key, self.retries = spec, key, retries
+        self.generator = load_generator(kind, checkpoint or None, params, device=device)
 
     def _try(self, items: list[WorkItem]):
         err = None
@@ -77,23 +72,26 @@ class GenerateStage:
         return None, err
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        items = [_item(t) for t in batch["item"]]
-        samples, err = self._try(items)
+        items = [w for w in plan_items(batch, self.spec)
+                 if generator_key(w.generator, w.checkpoint, w.params) == self.key]
         results: list[tuple[Any, str]] = []
-        if samples is not None:
-            results = [(s, "") for s in samples]
-        else:  # isolate the bad items
-            for it in items:
-                one, e = self._try([it])
-                results.append((one[0], "") if one else (None, e or err or "unknown error"))
-        H, W, C = items[0].height, items[0].width, items[0].channels
+        if items:
+            samples, err = self._try(items)
+            if samples is not None:
+                results = [(s, "") for s in samples]
+            else:  # isolate the bad items
+                for it in items:
+                    one, e = self._try([it])
+                    results.append((one[0], "") if one else (None, e or err or "unknown error"))
+        img = self.spec.image
+        H, W, C = img.height, img.width, img.channels
         images = np.zeros((len(items), H, W, C), np.uint8)
         masks = np.zeros((len(items), H, W), np.uint8)
         has_mask, boxes, ckpt, errors = [], [], [], []
         for i, (s, e) in enumerate(results):
             if s is not None and np.asarray(s.image).shape == (H, W, C):
                 images[i] = s.image
-            elif s is not None:  # keep the row; the sanity check rejects it with its shape
+            elif s is not None:
                 e = e or f"generator returned an image of shape {np.asarray(s.image).shape}, expected {(H, W, C)}"
             if s is not None and s.mask is not None:
                 masks[i] = s.mask
@@ -102,8 +100,8 @@ class GenerateStage:
             ckpt.append(str((s.meta or {}).get("checkpoint") or items[i].checkpoint or "") if s is not None else "")
             errors.append(e)
         return {
-            "index": np.asarray(batch["index"], np.int64),
-            "item": batch["item"],
+            "index": np.array([w.index for w in items], np.int64),
+            "item": np.array([json.dumps(w.to_row()) for w in items], object),
             "image": images,
             "mask": masks,
             "has_mask": np.array(has_mask, bool),
@@ -113,7 +111,7 @@ class GenerateStage:
         }
 
 
-# --- stage 3: score ------------------------------------------------------------
+# --- stage 2: score ------------------------------------------------------------
 class ScoreStage:
     """Runs every Scorer (basic checks + the quality gate when present) and encodes
     the PNG kept for accepted and rejected samples alike."""
@@ -165,17 +163,19 @@ class ScoreStage:
         }
 
 
-# --- stage 4: write ------------------------------------------------------------
+# --- stage 3: write ------------------------------------------------------------
 def write_shard(batch: dict[str, np.ndarray], staging: str, spec_hash: str, formats: list[str],
-                storage: tuple[str | None, str | None]) -> dict[str, Any]:
+                storage: Any = None) -> dict[str, Any]:
     """Write one shard (accepted rows through the format sinks, rejected rows to
     `rejected/`), then its record `_shards/<key>.json` LAST: a shard without a
     record is ignored by publish and redone by a resumed run."""
     from factory.storage import uri as U
     from factory.storage.shards import REJECT_SCHEMA, ParquetSink, sinks_for
 
-    if storage != (U._config.endpoint_url, U._config.region):
-        U.configure_storage(*storage)
+    if not len(batch["index"]):
+        return {"record": np.array([], object)}
+    if storage is not None:  # the driver's endpoint (and, on a local cluster, credentials)
+        U.set_storage_config(storage)
     accepted, rejected = [], []
     for i in range(len(batch["index"])):
         item = json.loads(batch["item"][i])

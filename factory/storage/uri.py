@@ -27,16 +27,34 @@ class StorageError(RuntimeError):
 class StorageConfig:
     endpoint_url: str | None = None
     region: str | None = None
+    # explicit credentials (else boto3's usual chain: AWS_* variables, files, roles)
+    access_key: str | None = None
+    secret_key: str | None = None
+    session_token: str | None = None
 
 
 _config = StorageConfig()
 
 
-def configure_storage(endpoint_url: str | None = None, region: str | None = None) -> None:
-    """Override the S3 endpoint (otherwise AWS_ENDPOINT_URL / boto3 defaults apply)."""
+def configure_storage(endpoint_url: str | None = None, region: str | None = None, access_key: str | None = None,
+                      secret_key: str | None = None, session_token: str | None = None) -> None:
+    """Override the S3 endpoint (otherwise AWS_ENDPOINT_URL / boto3 defaults apply)
+    and, optionally, the credentials."""
     global _config
-    _config = StorageConfig(endpoint_url, region)
+    _config = StorageConfig(endpoint_url, region, access_key, secret_key, session_token)
     _s3_client.cache_clear()
+
+
+def storage_config() -> StorageConfig:
+    return _config
+
+
+def set_storage_config(config: StorageConfig) -> None:
+    """Install a config captured elsewhere (a driver's, inside a Ray worker)."""
+    global _config
+    if config != _config:
+        _config = config
+        _s3_client.cache_clear()
 
 
 def is_s3(uri: str) -> bool:
@@ -84,11 +102,17 @@ def _s3_client():
     from botocore.config import Config
 
     endpoint = _config.endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")
+    creds = {}
+    if _config.access_key and _config.secret_key:
+        creds = dict(aws_access_key_id=_config.access_key, aws_secret_access_key=_config.secret_key,
+                     aws_session_token=_config.session_token)
     return boto3.client(
         "s3",
         endpoint_url=endpoint,
+        **creds,
         region_name=_config.region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
-        config=Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=60),
+        config=Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=60,
+                      max_pool_connections=32),
     )
 
 
@@ -267,10 +291,11 @@ def arrow_filesystem(uri: str):
     bucket, key = split_s3(uri)
     endpoint = s3_endpoint()
     kwargs = {"region": _config.region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"}
-    if os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY"):
-        # explicit, so Ray's read tasks use the same credentials as this process
-        kwargs.update(access_key=os.environ["AWS_ACCESS_KEY_ID"], secret_key=os.environ["AWS_SECRET_ACCESS_KEY"],
-                      session_token=os.environ.get("AWS_SESSION_TOKEN"))
+    access = _config.access_key or os.environ.get("AWS_ACCESS_KEY_ID")
+    secret = _config.secret_key or os.environ.get("AWS_SECRET_ACCESS_KEY")
+    if access and secret:  # explicit, so Ray's read tasks use the same credentials as this process
+        kwargs.update(access_key=access, secret_key=secret,
+                      session_token=_config.session_token or os.environ.get("AWS_SESSION_TOKEN"))
     if endpoint:
         parsed = urlparse(endpoint)
         kwargs["endpoint_override"] = parsed.netloc or parsed.path
