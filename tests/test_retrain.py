@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
@@ -129,6 +130,7 @@ def test_one_epoch_retrain_through_ray_train(tmp_path, real_yolo, ray_local, off
     assert saved["flagged"] is (saved["gain"]["map50"] < 0.5)
     html = (out / "report.html").read_text()
     assert "real + synthetic" in html and "Learning curves" in html and "data:image/png;base64," in html
+    assert f'href="{c["run_id"]}/report.html"' in (out.parent / "index.html").read_text()
 
     # the same trigger again (here: the job's own command line, run in-process) does not train twice
     stamp = (out / "comparison.json").stat().st_mtime_ns
@@ -144,33 +146,43 @@ def test_one_epoch_retrain_through_ray_train(tmp_path, real_yolo, ray_local, off
 
 @pytest.fixture(scope="module")
 def job_server():
-    """A second, real Ray cluster with its job server (dashboard) on 127.0.0.1,
-    in a subprocess: the session's embedded cluster runs without one."""
-    port = _free_port()
-    script = (
-        "import signal, sys, ray\n"
-        "signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})\n"
-        "ray.init(num_cpus=1, include_dashboard=True, dashboard_host='127.0.0.1', dashboard_port=int(sys.argv[1]),"
-        " log_to_driver=False, configure_logging=False)\n"
-        "print('READY', flush=True)\n"
-        "signal.sigwait({signal.SIGTERM, signal.SIGINT})\n"
-        "ray.shutdown()\n"
-    )
+    """A second, real Ray cluster with its job server (dashboard) on 127.0.0.1:
+    the session's embedded cluster runs without one. `ray start --block` so that
+    every port can be chosen free (other Ray clusters share this machine) and
+    SIGTERM takes the whole cluster down."""
+    gcs, dash, agent, client_port = (_free_port() for _ in range(4))
+    # its own temp dir: `ray start` records "the current cluster" there, and in the
+    # shared /tmp/ray every other ray.init() on this machine would join it
+    temp = tempfile.mkdtemp(prefix="rjs", dir="/tmp")
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update(RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled")
-    proc = subprocess.Popen([sys.executable, "-c", script, str(port)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            text=True, env=env)
+    ray_cli = str(Path(sys.executable).parent / "ray")
+    proc = subprocess.Popen(
+        [ray_cli, "start", "--head", "--block", "--num-cpus=1", f"--port={gcs}", "--include-dashboard=true",
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", f"--dashboard-agent-listen-port={agent}",
+         f"--ray-client-server-port={client_port}", f"--temp-dir={temp}", "--disable-usage-stats"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    address = f"http://127.0.0.1:{dash}"
     try:
-        line = proc.stdout.readline()
-        if "READY" not in line:
-            pytest.fail(f"the Ray job server did not start (exit code {proc.poll()})")
-        yield f"http://127.0.0.1:{port}"
+        from ray.job_submission import JobSubmissionClient
+
+        deadline = time.time() + 120
+        while True:
+            try:
+                JobSubmissionClient(address)
+                break
+            except Exception:
+                if proc.poll() is not None or time.time() > deadline:
+                    pytest.fail(f"the Ray job server did not start (exit code {proc.poll()})")
+                time.sleep(0.5)
+        yield address
     finally:
         proc.terminate()
         try:
-            proc.wait(timeout=30)
+            proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             proc.kill()
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def _jobs(client, prefix: str = "retrain-"):

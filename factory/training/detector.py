@@ -468,7 +468,12 @@ def ensure_ray(address: str | None = None) -> None:
 
     if not ray.is_initialized():
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        ray.init(address=address, log_to_driver=False, configure_logging=False)
+        address = address or os.environ.get("RAY_ADDRESS")
+        if address:  # a real cluster (or the one a Ray job runs on)
+            ray.init(address=address, log_to_driver=False, configure_logging=False)
+        else:  # an embedded one for this process
+            os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+            ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
 
 
 def retrain(
@@ -485,7 +490,7 @@ def retrain(
     """Train both arms through Ray Train, compare them on the real eval set, write
     `comparison.json` + `report.html` into `<version>/retrain/<run-id>/`. A run
     already finished is returned without training (unless `force`)."""
-    from factory.storage.uri import exists, join, read_bytes, to_uri, write_bytes
+    from factory.storage.uri import exists, is_s3, join, local_path, read_bytes, to_uri, write_bytes
 
     version_uri = to_uri(version_uri)
     real_train, real_eval = yolo_uri(resolve(real_train)), yolo_uri(resolve(real_eval))
@@ -498,6 +503,8 @@ def retrain(
         comparison = json.loads(read_bytes(done))
         comparison["skipped"] = True  # already trained: the same trigger never trains twice
         return comparison
+    if cfg.model.endswith(".pt") and (is_s3(cfg.model) or not local_path(cfg.model).exists()):
+        raise RetrainError(f"{cfg.model}: weights not found; give a local .pt or a model .yaml (nothing is downloaded)")
     ensure_ray(address)
     common = {"run_id": run_id, "out_uri": out, "real_train": real_train, "real_eval": real_eval, "synthetic": synthetic,
               "cfg": asdict(cfg), "no_network": os.environ.get("FACTORY_NO_NETWORK") == "1"}
@@ -513,8 +520,20 @@ def retrain(
 
     write_bytes(join(out, "report.html"), render_report(comparison).encode())
     write_bytes(done, json.dumps(comparison, indent=2).encode())  # last: its presence means "done"
+    write_index(version_uri)
     comparison["skipped"] = False
     return comparison
+
+
+def write_index(version_uri: str) -> str:
+    """Rewrite `<version>/retrain/index.html` from the finished runs' comparison.json."""
+    from factory.storage.uri import join, list_files, read_bytes, write_bytes
+    from factory.training.retrain_report import render_index
+
+    root = join(version_uri, "retrain")
+    runs = [json.loads(read_bytes(join(root, f))) for f in list_files(root) if f.count("/") == 1 and f.endswith("/comparison.json")]
+    write_bytes(join(root, "index.html"), render_index(runs).encode())
+    return join(root, "index.html")
 
 
 def compare(arms: dict[str, dict], cfg: RetrainConfig) -> dict[str, Any]:

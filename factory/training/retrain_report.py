@@ -110,3 +110,20 @@ seed {cfg.get('seed')}; both arms use the same settings and are scored with thei
 <a href="real_plus_synthetic/train/results.png">real + synthetic</a>; eval PR curves and confusion matrices under
 <code>&lt;arm&gt;/eval/</code>; weights under <code>&lt;arm&gt;/weights/</code>.</p>
 </body></html>"""
+
+
+def render_index(runs: list[dict[str, Any]]) -> str:
+    """`<version>/retrain/index.html`: every finished run of this version, newest
+    first; the version's own report (immutable once published) links here."""
+    e = html.escape
+    rows = "".join(
+        f"<tr><td><a href=\"{e(c['run_id'])}/report.html\">{e(c['run_id'])}</a></td><td>{e(str(c.get('created_at', '')))}</td>"
+        f"<td>{e(str(c.get('config', {}).get('model')))}</td><td>{c.get('config', {}).get('epochs')}</td>"
+        f"<td>{_fmt(c['arms']['real_only']['map50'])}</td><td>{_fmt(c['arms']['real_plus_synthetic']['map50'])}</td>"
+        f"<td>{c['gain']['map50']:+.4f}</td><td>{'flagged' if c.get('flagged') else ''}</td></tr>"
+        for c in sorted(runs, key=lambda c: str(c.get("created_at", "")), reverse=True))
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>detector retraining runs</title>
+<style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto}}td,th{{padding:3px 10px;border-bottom:1px solid #ddd}}</style>
+</head><body><h1>Detector retraining runs</h1><p>mAP50 on the held-out real eval set of each run.</p>
+<table><tr><th>run</th><th>finished</th><th>model</th><th>epochs</th><th>real only</th><th>real + synthetic</th><th>gain</th><th></th></tr>
+{rows}</table></body></html>"""
