@@ -74,9 +74,9 @@ def _prepare(example, size: int, rng: np.random.Generator):
     from PIL import Image
 
     from factory.generators.pdig.image_prompt import crop_and_align
-    from factory.training.images import read_image
+    from factory.generators.pdig.data import read_image
 
-    img = read_image(example.image, channels=3)
+    img = read_image(example.image)
     x = np.asarray(Image.fromarray(img).resize((size, size), Image.BICUBIC), dtype=np.float32) / 127.5 - 1.0
     cls, *box = example.boxes[int(rng.integers(len(example.boxes)))]
     crop = crop_and_align(img, tuple(box))
@@ -89,7 +89,7 @@ def build_bank(base, examples, classes, bank_size: int, device):
     import torch
 
     from factory.generators.pdig.image_prompt import crop_and_align, encode_crops
-    from factory.training.images import read_image
+    from factory.generators.pdig.data import read_image
 
     crops: dict[str, list] = {c: [] for c in classes}
     for ex in examples:
@@ -98,7 +98,7 @@ def build_bank(base, examples, classes, bank_size: int, device):
         img = None
         for c, *box in ex.boxes:
             if len(crops[c]) < bank_size:
-                img = read_image(ex.image, channels=3) if img is None else img
+                img = read_image(ex.image) if img is None else img
                 crops[c].append(crop_and_align(img, tuple(box)))
     return {c: encode_crops(base.image_encoder, v, base.image_size, base.image_mean, base.image_std, device).float().cpu()
             for c, v in crops.items() if v} if crops else {}

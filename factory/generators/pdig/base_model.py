@@ -19,6 +19,7 @@ same layout, so every path below is the production path.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import json
 import os
@@ -216,7 +217,15 @@ SCHEDULER = dict(
 
 def clip_tokenizer():
     """A transformers CLIPTokenizer built from open_clip's packaged BPE (identical to
-    OpenAI CLIP's vocabulary), so no hub access is ever needed."""
+    OpenAI CLIP's vocabulary), so no hub access is ever needed. Building it costs
+    seconds, so it is built once and each caller gets its own copy (SCE adds tokens)."""
+    import copy
+
+    return copy.deepcopy(_clip_tokenizer())
+
+
+@functools.lru_cache(maxsize=1)
+def _clip_tokenizer():
     import open_clip.tokenizer as oct
     from transformers import CLIPTokenizer
 

@@ -1,8 +1,9 @@
 """Training examples for PDIG: images with class-labelled boxes, from class-valued
 masks (connected components per value) or YOLO label files.
 
-Finding images and masks reuses `factory.training.images.scan`; the class values
-differ per data set, so the caller names them (`mask_classes`, e.g. pv_vision:
+Layouts: `*/img/X.jpg` + `*/ann/X.png` (pv_vision; channel 0), `X.jpg` + `X.png`
+beside it, and YOLO `images/X.jpg` + `labels/X.txt` (+ data.yaml names). Mask class
+values differ per data set, so the caller names them (`mask_classes`, e.g. pv_vision:
 {1: "dark", 2: "cross_crack", 3: "crack"}; 4 is the busbar structure, not a defect).
 """
 
@@ -14,6 +15,10 @@ from pathlib import Path
 import numpy as np
 
 PV_VISION_CLASSES = {1: "dark", 2: "cross_crack", 3: "crack"}
+
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
+LABEL_DIRS = {"ann", "labels", "masks"}
 
 
 @dataclass(frozen=True)
@@ -51,19 +56,42 @@ def _yolo_label(image: Path) -> Path | None:
     return p if p.is_file() else None
 
 
+def read_image(path: str | Path) -> np.ndarray:
+    """HxWx3 uint8."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def _find_mask(image: Path) -> Path | None:
+    for c in (image.parent.parent / "ann" / f"{image.stem}.png", image.parent.parent / "masks" / f"{image.stem}.png",
+              image.with_suffix(".png") if image.suffix.lower() != ".png" else None):
+        if c is not None and c.is_file():
+            return c
+    return None
+
+
+def _images(root: Path) -> list[Path]:
+    if not root.exists():
+        raise FileNotFoundError(f"training data folder not found: {root}")
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    files = [p for p in files if not (LABEL_DIRS & set(p.relative_to(root).parts[:-1]))]
+    jpg_stems = {(p.parent, p.stem) for p in files if p.suffix.lower() != ".png"}
+    return [p for p in files if not (p.suffix.lower() == ".png" and (p.parent, p.stem) in jpg_stems)]
+
+
 def load_examples(root: str | Path, mask_classes: dict[int, str] | None = None, min_area: int = 16, limit: int | None = None) -> list[Example]:
     """Examples with at least one box, sorted by path."""
     from PIL import Image
 
-    from factory.training.images import scan
-
     root = Path(root)
     names = _yolo_names(root)
     out = []
-    for rec in scan(root):
-        label = _yolo_label(rec.image)
+    for image in _images(root):
+        label, mask = _yolo_label(image), _find_mask(image)
         if label is not None:
-            with Image.open(rec.image) as im:
+            with Image.open(image) as im:
                 w, h = im.size
             boxes = []
             for line in label.read_text().split("\n"):
@@ -72,16 +100,16 @@ def load_examples(root: str | Path, mask_classes: dict[int, str] | None = None, 
                     c, cx, cy, bw, bh = int(f[0]), *map(float, f[1:5])
                     boxes.append(((names or {}).get(c, f"class{c}"), int((cx - bw / 2) * w), int((cy - bh / 2) * h),
                                   int(np.ceil((cx + bw / 2) * w)), int(np.ceil((cy + bh / 2) * h))))
-        elif rec.mask is not None and rec.mask.suffix.lower() == ".png":
+        elif mask is not None:
             if mask_classes is None:
-                raise ValueError(f"{rec.mask}: masks need a value -> class mapping (mask_classes)")
-            with Image.open(rec.mask) as im:
+                raise ValueError(f"{mask}: masks need a value -> class mapping (mask_classes)")
+            with Image.open(mask) as im:
                 m = np.asarray(im)
             boxes = mask_boxes(m[..., 0] if m.ndim == 3 else m, mask_classes, min_area)
         else:
             continue
         if boxes:
-            out.append(Example(rec.image, tuple(boxes)))
+            out.append(Example(image, tuple(boxes)))
         if limit and len(out) >= limit:
             break
     if not out:
