@@ -194,9 +194,22 @@ class GeneratorSpec(StrictModel):
 
 
 class QualitySpec(StrictModel):
-    """Quality gate thresholds. The anomaly gate adds its settings here."""
+    """Quality gate settings (`factory.quality.build_scorers` turns them into scorers).
+
+    Without `anomaly_checkpoint` the gate runs sanity, near-duplicate and mask-based
+    spillover checks only; with one it also runs the UIIDD anomaly gate."""
 
     spillover_max: Annotated[float, Field(ge=0, le=1)] = 0.2
+    anomaly_checkpoint: str | None = Field(None, description="URI written by `factory train anomaly --out`")
+    threshold_rule: Literal["f1", "youden", "recall90"] = "f1"
+    pixel_threshold: float | None = Field(None, description="override the checkpoint's heat-map threshold")
+    image_threshold: float | None = Field(None, description="override the checkpoint's image-score threshold")
+    use_generator_masks: bool = True
+    box_margin: Annotated[float, Field(ge=0, le=2)] = 0.25
+    max_outside_fraction: Annotated[float, Field(ge=0, le=1)] = 0.005
+    min_std: Annotated[float, Field(ge=0)] = 2.0
+    max_saturated: Annotated[float, Field(ge=0, le=1)] = 0.5
+    duplicate_distance: Annotated[int, Field(ge=-1, le=64)] = 4  # -1 disables near-duplicate rejection
 
 
 class OutputSpec(StrictModel):

@@ -1,0 +1,197 @@
+"""Inference wrapper: preprocessing + UIIDD model + heat map (eq. 15) + calibration
+(per-term normalization and thresholds), saved and loaded as one checkpoint file.
+
+Heat map (eq. 15, our reading of it): per pixel,
+    A(p) = w_rec * n(|x - x_hat|^2)
+         + w_feat * n(1 - SSIM(Z, Z_hat))                 (eq. 7, on the fused features)
+         + lambda_d * n(sum_l |phi_l(x) - phi_l(x_hat)|^2 * N diag(A_D))
+where n() standardizes each term with its mean/std on defect-free calibration
+images (so the weights mean the same on every data set), the discriminator term
+is weighted at the attention level by the diagonal of the discriminator's
+self-attention (N diag(A) = 1 for uniform attention), then Gaussian smoothing.
+The image score is the maximum of the smoothed map.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import asdict, dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from factory.quality.anomaly.model import ModelConfig, UIIDDModel
+from factory.quality.anomaly.postprocess import gaussian_smooth
+from factory.quality.anomaly.preprocess import PreprocessConfig, preprocess_batch
+
+FORMAT = "uiidd-v1"
+TERMS = ("rec", "feat", "disc")
+
+
+@dataclass
+class ScoreConfig:
+    w_rec: float = 1.0
+    w_feat: float = 1.0
+    lambda_d: float = 0.5  # eq. 15's discriminator weight
+    sigma: float = 2.0  # Gaussian smoothing, in model pixels (image_size)
+    ssim_window: int = 5
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Calibration:
+    """Per-term normalization and the thresholds chosen by each rule."""
+
+    term_mean: dict[str, float] = field(default_factory=lambda: {t: 0.0 for t in TERMS})
+    term_std: dict[str, float] = field(default_factory=lambda: {t: 1.0 for t in TERMS})
+    image_thresholds: dict[str, float] = field(default_factory=dict)  # rule -> threshold on image scores
+    pixel_thresholds: dict[str, float] = field(default_factory=dict)  # rule -> threshold on heat-map values
+    source: str = ""  # what the thresholds were chosen on
+
+
+def local_ssim(a: torch.Tensor, b: torch.Tensor, window: int = 5, c1: float = 1e-4, c2: float = 9e-4) -> torch.Tensor:
+    """Eq. 7's local structural similarity per position, averaged over channels: B x 1 x H x W."""
+    pad = window // 2
+    mu_a = F.avg_pool2d(a, window, 1, pad, count_include_pad=False)
+    mu_b = F.avg_pool2d(b, window, 1, pad, count_include_pad=False)
+    var_a = F.avg_pool2d(a * a, window, 1, pad, count_include_pad=False) - mu_a**2
+    var_b = F.avg_pool2d(b * b, window, 1, pad, count_include_pad=False) - mu_b**2
+    cov = F.avg_pool2d(a * b, window, 1, pad, count_include_pad=False) - mu_a * mu_b
+    s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+    return s.mean(1, keepdim=True)
+
+
+def raw_terms(model: UIIDDModel, x: torch.Tensor, window: int = 5) -> dict[str, torch.Tensor]:
+    """The three un-normalized per-pixel terms of eq. 15, each B x 1 x S x S."""
+    S = x.shape[-1]
+    out = model.generator(x)
+    x_hat = out["x_hat"]
+    rec = (x - x_hat).pow(2).mean(1, keepdim=True)
+    feat = 1.0 - local_ssim(out["z"], out["z_hat"], window)
+    feat = F.interpolate(feat, size=(S, S), mode="bilinear", align_corners=False)
+    _, fr, attn = model.discriminator(x)
+    _, ff, _ = model.discriminator(x_hat)
+    disc = torch.zeros_like(rec)
+    for i, (a, b) in enumerate(zip(fr, ff)):
+        d = (F.group_norm(a, 1) - F.group_norm(b, 1)).pow(2).mean(1, keepdim=True)
+        if i == len(fr) - 1:  # attention level: weight by N * diag(attention)
+            n = attn.shape[-1]
+            diag = torch.diagonal(attn, dim1=1, dim2=2).reshape(d.shape) * n
+            d = d * diag
+        disc = disc + F.interpolate(d, size=(S, S), mode="bilinear", align_corners=False)
+    return {"rec": rec, "feat": feat, "disc": disc / len(fr)}
+
+
+class AnomalyDetector:
+    """A trained UIIDD model ready to score images (numpy HxW[xC] uint8 in, heat maps out)."""
+
+    def __init__(self, model: UIIDDModel, pre: PreprocessConfig, score: ScoreConfig | None = None,
+                 calib: Calibration | None = None, meta: dict | None = None, device: str = "cpu"):
+        self.model = model.to(device).eval()
+        self.pre = pre
+        self.score_cfg = score or ScoreConfig()
+        self.calib = calib or Calibration()
+        self.meta = meta or {}
+        self.device = device
+
+    # --- scoring --------------------------------------------------------------
+    def to_tensor(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        return torch.from_numpy(preprocess_batch(images, self.pre)).to(self.device)
+
+    @torch.no_grad()
+    def terms(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return raw_terms(self.model, x, self.score_cfg.ssim_window)
+
+    @torch.no_grad()
+    def heat_from_tensor(self, x: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
+        """Smoothed, normalized heat maps B x S x S for preprocessed inputs."""
+        c, s = self.calib, self.score_cfg
+        w = {"rec": s.w_rec, "feat": s.w_feat, "disc": s.lambda_d}
+        maps = []
+        for i in range(0, len(x), batch_size):
+            t = self.terms(x[i : i + batch_size])
+            heat = sum(w[k] * (t[k] - c.term_mean[k]) / max(c.term_std[k], 1e-8) for k in TERMS if w[k])
+            maps.append(gaussian_smooth(heat, s.sigma)[:, 0])
+        return torch.cat(maps).cpu()
+
+    def heat_maps(self, images: Sequence[np.ndarray], original_size: bool = False) -> list[np.ndarray]:
+        """Heat maps (normalized units) at the model's resolution, or resized back to each image's size."""
+        heat = self.heat_from_tensor(self.to_tensor(images))
+        if not original_size:
+            return list(heat.numpy())
+        out = []
+        for h, im in zip(heat, images):
+            H, W = im.shape[:2]
+            out.append(F.interpolate(h[None, None], size=(H, W), mode="bilinear", align_corners=False)[0, 0].numpy())
+        return out
+
+    def image_scores(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        return np.array([float(h.max()) for h in self.heat_maps(images)])
+
+    def threshold(self, level: str, rule: str) -> float:
+        table = self.calib.image_thresholds if level == "image" else self.calib.pixel_thresholds
+        if rule not in table:
+            raise ValueError(f"the anomaly checkpoint has no {level} threshold for rule {rule!r}; it has {sorted(table)}")
+        return table[rule]
+
+    # --- persistence ----------------------------------------------------------
+    def state(self) -> dict:
+        return {
+            "format": FORMAT,
+            "model_config": self.model.cfg.to_dict(),
+            "state_dict": {k: v.cpu() for k, v in self.model.state_dict().items()},
+            "preprocess": self.pre.to_dict(),
+            "score": self.score_cfg.to_dict(),
+            "calibration": asdict(self.calib),
+            "meta": self.meta,
+        }
+
+    def to_bytes(self) -> bytes:
+        buf = io.BytesIO()
+        torch.save(self.state(), buf)
+        return buf.getvalue()
+
+    def save(self, uri: str) -> str:
+        """Write `<uri>/model.pt` (+ a readable `thresholds.json`); returns the model URI."""
+        import json
+
+        from factory.storage.uri import join, write_bytes
+
+        target = join(uri, "model.pt")
+        write_bytes(target, self.to_bytes())
+        info = {"calibration": asdict(self.calib), "preprocess": self.pre.to_dict(), "score": self.score_cfg.to_dict(),
+                "model_config": self.model.cfg.to_dict(), "meta": self.meta}
+        write_bytes(join(uri, "thresholds.json"), json.dumps(info, indent=2, sort_keys=True).encode())
+        return target
+
+    @classmethod
+    def from_state(cls, state: dict, device: str = "cpu") -> "AnomalyDetector":
+        if state.get("format") != FORMAT:
+            raise ValueError(f"not a UIIDD anomaly checkpoint (format {state.get('format')!r}, expected {FORMAT!r})")
+        model = UIIDDModel(ModelConfig(**state["model_config"]))
+        model.load_state_dict(state["state_dict"])
+        return cls(model, PreprocessConfig.from_dict(state["preprocess"]), ScoreConfig(**state["score"]),
+                   Calibration(**state["calibration"]), state.get("meta", {}), device)
+
+    @classmethod
+    def load(cls, uri: str, device: str = "cpu") -> "AnomalyDetector":
+        """Load from a checkpoint folder (with model.pt) or the model.pt file itself."""
+        from factory.generators.base import CheckpointError
+        from factory.storage.uri import StorageError, exists, join, read_bytes
+
+        uri = str(uri)
+        target = uri if uri.endswith(".pt") else join(uri, "model.pt")
+        try:
+            if not exists(target):
+                raise CheckpointError(
+                    f"anomaly checkpoint not found at {target}: train one with "
+                    "`factory train anomaly --normal DIR --out URI` and set quality.anomaly_checkpoint to that URI"
+                )
+            data = read_bytes(target)
+        except StorageError as e:
+            raise CheckpointError(f"cannot read anomaly checkpoint: {e}") from e
+        return cls.from_state(torch.load(io.BytesIO(data), map_location="cpu", weights_only=False), device)

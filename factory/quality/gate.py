@@ -1,0 +1,111 @@
+"""The quality gate: a generated defect should be anomalous inside its box and
+normal outside it, and should not leak out of its box.
+
+Per sample, from the UIIDD heat map (normalized units; thresholds from the checkpoint):
+- every box must contain a defect: max heat inside >= the pixel threshold;
+- spillover (see `spillover.py`) of every box <= `spillover_max`; the defect's extent
+  is the generator's own mask when it has one, else the heat map's components;
+- outside the boxes the image looks normal: anomalous components that touch no box
+  cover at most `max_outside_fraction` of the image;
+- a negative (no boxes) must score below the image threshold.
+Reasons are short `code: detail` strings ("spillover: 0.31 > 0.20") that the
+pipeline's report counts by code.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from factory.generators.base import Sample
+from factory.planning.work import Box
+from factory.quality.base import Verdict
+from factory.quality.spillover import box_mask, extents_from_binary, sample_extents, spillover, spillover_reasons
+
+
+class AnomalyGate:
+    name = "anomaly"
+
+    def __init__(self, detector, spillover_max: float = 0.2, rule: str = "f1", use_sample_masks: bool = True,
+                 margin: float = 0.25, max_outside_fraction: float = 0.005, pixel_threshold: float | None = None,
+                 image_threshold: float | None = None, min_area: int = 4, batch_size: int = 16,
+                 mask_spillover_reasons: bool = True):
+        self.detector = detector
+        self.spillover_max = spillover_max
+        self.rule = rule
+        self.use_sample_masks = use_sample_masks
+        self.margin = margin
+        self.max_outside_fraction = max_outside_fraction
+        self.min_area = min_area
+        self.batch_size = batch_size
+        self.mask_spillover_reasons = mask_spillover_reasons  # off where another check already rejects mask spillover
+        self.pixel_threshold = pixel_threshold if pixel_threshold is not None else detector.threshold("pixel", rule)
+        self.image_threshold = image_threshold if image_threshold is not None else detector.threshold("image", rule)
+
+    @property
+    def tolerance_px(self) -> float:
+        """Heat-map extents are blurred by the smoothing; spillover from them ignores
+        pixels within this many model pixels of the box (scaled to the image in `assess`)."""
+        return float(self.detector.score_cfg.sigma)
+
+    def assess(self, heat: np.ndarray, boxes: Sequence[Box], extents: list[np.ndarray] | None = None) -> Verdict:
+        """Judge one sample from its heat map (HxW, the image's size) and boxes;
+        `extents` are the generator's exact per-box defect extents when known."""
+        H, W = heat.shape
+        thr, ithr = self.pixel_threshold, self.image_threshold
+        binary = heat >= thr
+        image_score = float(heat.max())
+        scores = {"anomaly.image_score": image_score}
+        reasons: list[str] = []
+        if not boxes:
+            if image_score >= ithr:
+                reasons.append(f"anomalous_negative: {image_score:.2f} >= {ithr:.2f}")
+            return Verdict(scores, reasons)
+
+        heat_extents, stray = extents_from_binary(binary, boxes, self.margin, self.min_area)
+        from_mask = extents is not None
+        if extents is None:
+            extents = heat_extents
+        inside = [float(heat[b.y1 : b.y2, b.x1 : b.x2].max()) for b in boxes]
+        for k, s in enumerate(inside):
+            if s < thr:
+                reasons.append(f"no_defect: box {k} {s:.2f} < {thr:.2f}")
+                break
+        scale = (H / self.detector.pre.image_size + W / self.detector.pre.image_size) / 2
+        tol = 0 if from_mask else int(round(self.tolerance_px * scale))
+        spills = [spillover(e, _grow(b, tol, W, H)) for e, b in zip(extents, boxes)]
+        if self.mask_spillover_reasons or not from_mask:
+            reasons += spillover_reasons(spills, self.spillover_max)
+        grown = np.zeros((H, W), bool)
+        for b in boxes:
+            grown |= box_mask(b, H, W, self.margin)
+        outside_frac = float(stray.mean())
+        if outside_frac > self.max_outside_fraction:
+            reasons.append(f"outside_anomaly: {outside_frac:.3f} > {self.max_outside_fraction:.3f}")
+        valid = [v for v in spills if v == v]
+        scores.update({
+            "anomaly.inside_min": min(inside),
+            "anomaly.outside_max": float(heat[~grown].max()) if (~grown).any() else float("nan"),
+            "anomaly.outside_fraction": outside_frac,
+            "spillover.max": max(valid, default=float("nan")),
+            "spillover.mean": float(np.mean(valid)) if valid else float("nan"),
+            "spillover.from_mask": float(from_mask),
+        })
+        return Verdict(scores, reasons)
+
+    def score(self, samples: Sequence[Sample]) -> list[Verdict]:
+        out: list[Verdict] = []
+        for i in range(0, len(samples), self.batch_size):
+            batch = samples[i : i + self.batch_size]
+            heats = self.detector.heat_maps([s.image for s in batch], original_size=True)
+            for s, h in zip(batch, heats):
+                ext = sample_extents(s) if self.use_sample_masks else None
+                out.append(self.assess(h, s.boxes, ext))
+        return out
+
+
+def _grow(b: Box, px: int, width: int, height: int) -> Box:
+    if px <= 0:
+        return b
+    return Box(b.class_id, b.class_name, max(0, b.x1 - px), max(0, b.y1 - px), min(width, b.x2 + px), min(height, b.y2 + px))

@@ -1,0 +1,236 @@
+"""Dataset metrics for a published version: pass rate, spillover rate, per-class
+counts, reject reasons, and distribution distances (FID/KID, IS) to real images
+via torch-fidelity.
+
+Feature extractor, always named in the output:
+- `inception-v3-compat` with a local weights file (`inception_weights=`), the
+  standard FID; IS is computed only then (it needs Inception's class logits);
+- otherwise `uiidd-backbone`: the backbone of a UIIDD anomaly checkpoint trained on
+  the domain's defect-free images (global-average-pooled multi-level features,
+  112-d for the default width). These numbers compare runs within one domain;
+  they are not comparable with published Inception FIDs.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections import Counter
+from typing import Any, Sequence
+
+import numpy as np
+
+UIIDD_EXTRACTOR = "uiidd-backbone"
+
+
+# --- gate statistics ---------------------------------------------------------------
+
+
+def _code(reason: str) -> str:
+    return reason.split(":", 1)[0].strip()
+
+
+def gate_summary(accepted: Sequence[dict], rejected: Sequence[dict]) -> dict[str, Any]:
+    """Rows are dicts with `boxes` (list of {class_name, ...}), `scores` (dict or list of
+    (key, value) pairs), and for rejected rows `reasons` (list of `code: detail`)."""
+    n_acc, n_rej = len(accepted), len(rejected)
+    total = n_acc + n_rej
+    reasons = Counter(_code(r) for row in rejected for r in set(row.get("reasons") or []))
+    spill_vals = []
+    for row in [*accepted, *rejected]:
+        sc = dict(row.get("scores") or {})
+        v = sc.get("spillover.max", sc.get("mask_spillover"))
+        if v is not None and v == v:
+            spill_vals.append(float(v))
+    images, boxes = Counter(), Counter()
+    for row in accepted:
+        names = [b["class_name"] for b in row.get("boxes") or []]
+        boxes.update(names)
+        images.update(set(names) or {"(negative)"})
+    return {
+        "samples": total,
+        "accepted": n_acc,
+        "rejected": n_rej,
+        "pass_rate": n_acc / total if total else float("nan"),
+        # share of all samples rejected for spillover (the PDIG paper's Table IV rate)
+        "spillover_rate": reasons.get("spillover", 0) / total if total else float("nan"),
+        "spillover_mean": float(np.mean(spill_vals)) if spill_vals else float("nan"),
+        "spillover_measured": len(spill_vals),
+        "reject_reasons": dict(reasons.most_common()),
+        "images_per_class": dict(sorted(images.items())),
+        "boxes_per_class": dict(sorted(boxes.items())),
+    }
+
+
+def _read_parquets(base: str, prefix: str, files: Sequence[str], columns: list[str]) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    from factory.storage import uri as U
+
+    rows: list[dict] = []
+    for p in sorted(f for f in files if f.startswith(prefix) and f.endswith(".parquet")):
+        t = pq.read_table(io.BytesIO(U.read_bytes(U.join(base, p))))
+        cols = [c for c in columns if c in t.column_names]
+        rows += t.select(cols).to_pylist()
+    return rows
+
+
+def _version(ref: str, root: str | None):
+    from factory.storage.registry import DatasetRef, Registry
+
+    r = DatasetRef.parse(ref, default_root=root)
+    reg = Registry(r.root)
+    name, version = reg.resolve(r)
+    return reg, name, version, reg.version_uri(name, version), reg.manifest(name, version)
+
+
+# --- images for torch-fidelity --------------------------------------------------------
+
+
+class ImageList:
+    """A torch Dataset of uint8 3 x S x S tensors (torch-fidelity's input contract)
+    from encoded bytes or local files, resized to one size so batches stack."""
+
+    def __init__(self, items: Sequence[bytes | str], size: int):
+        self.items, self.size = list(items), size
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        import torch
+        from PIL import Image
+
+        it = self.items[i]
+        im = Image.open(io.BytesIO(it) if isinstance(it, bytes) else it).convert("RGB").resize((self.size, self.size), Image.BILINEAR)
+        return torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1)
+
+
+def _uiidd_extractor_class():
+    import torch
+    import torch.nn.functional as F
+    from torch_fidelity.feature_extractor_base import FeatureExtractorBase
+
+    class UIIDDBackboneExtractor(FeatureExtractorBase):
+        """torch-fidelity extractor over a UIIDD checkpoint's backbone (weights path = the checkpoint)."""
+
+        def __init__(self, name, features_list, feature_extractor_weights_path=None, **kwargs):
+            super().__init__(name, features_list)
+            if not feature_extractor_weights_path:
+                raise ValueError(f"{UIIDD_EXTRACTOR} needs a UIIDD checkpoint as feature_extractor_weights_path")
+            from factory.quality.anomaly.detector import AnomalyDetector
+
+            det = AnomalyDetector.load(feature_extractor_weights_path)
+            self.backbone = det.model.generator.backbone
+            self.size = det.pre.image_size
+
+        @staticmethod
+        def get_provided_features_list():
+            return ("pool",)
+
+        @staticmethod
+        def get_default_feature_layer_for_metric(metric):
+            return "pool"
+
+        @staticmethod
+        def can_be_compiled():
+            return False
+
+        @staticmethod
+        def get_dummy_input_for_compile():
+            return torch.zeros(1, 3, 64, 64, dtype=torch.uint8)
+
+        def forward(self, x):
+            x = x.float().mean(1, keepdim=True) / 255.0
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
+            feats = self.backbone(x)
+            pooled = torch.cat([f.mean((2, 3)) for f in feats], 1).double()
+            return (pooled,)
+
+    return UIIDDBackboneExtractor
+
+
+def _register_uiidd() -> None:
+    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
+
+    if UIIDD_EXTRACTOR not in FEATURE_EXTRACTORS_REGISTRY:
+        register_feature_extractor(UIIDD_EXTRACTOR, _uiidd_extractor_class())
+
+
+def fidelity(generated: Sequence[bytes | str], real: Sequence[bytes | str], size: int = 128,
+             inception_weights: str | None = None, extractor_checkpoint: str | None = None,
+             kid_subsets: int = 50) -> dict[str, Any]:
+    """FID/KID (and IS with Inception) between two image lists, on the CPU unless CUDA is there."""
+    import torch
+    import torch_fidelity
+
+    if len(generated) < 2 or len(real) < 2:
+        raise ValueError(f"FID/KID need at least 2 images on each side (got {len(generated)} generated, {len(real)} real)")
+    kw: dict[str, Any] = dict(cuda=torch.cuda.is_available(), verbose=False, fid=True, kid=True,
+                              kid_subset_size=min(1000, len(generated), len(real)), kid_subsets=kid_subsets,
+                              save_cpu_ram=True, batch_size=32)
+    if inception_weights:
+        from pathlib import Path
+
+        if not Path(inception_weights).exists():
+            raise FileNotFoundError(f"Inception weights not found: {inception_weights} (torch-fidelity's "
+                                    "weights-inception-2015-12-05-6726825d.pth)")
+        kw.update(feature_extractor="inception-v3-compat", feature_extractor_weights_path=inception_weights, isc=True)
+        extractor = f"inception-v3-compat ({inception_weights})"
+    elif extractor_checkpoint:
+        _register_uiidd()
+        kw.update(feature_extractor=UIIDD_EXTRACTOR, feature_extractor_weights_path=extractor_checkpoint)
+        extractor = f"{UIIDD_EXTRACTOR} ({extractor_checkpoint})"
+    else:
+        raise ValueError("FID/KID need a feature extractor: give Inception weights (--inception-weights FILE) or a "
+                         "UIIDD anomaly checkpoint (--extractor URI, or quality.anomaly_checkpoint in the spec)")
+    res = torch_fidelity.calculate_metrics(input1=ImageList(generated, size), input2=ImageList(real, size), **kw)
+    out = {"extractor": extractor, "generated_images": len(generated), "real_images": len(real),
+           "fid": float(res["frechet_inception_distance"]),
+           "kid_mean": float(res["kernel_inception_distance_mean"]), "kid_std": float(res["kernel_inception_distance_std"])}
+    if "inception_score_mean" in res:
+        out["is_mean"], out["is_std"] = float(res["inception_score_mean"]), float(res["inception_score_std"])
+    else:
+        out["is"] = "not computed: IS needs Inception's class logits (give --inception-weights)"
+    return out
+
+
+def list_real_images(uri: str, limit: int | None = None) -> list[str]:
+    """Image files under a local folder (masks beside JPGs skipped); s3 is downloaded by the caller."""
+    from factory.storage.uri import local_path
+    from factory.training.anomaly import list_images
+
+    paths = [str(p) for p in list_images(local_path(uri))]
+    if not paths:
+        raise FileNotFoundError(f"no images under {uri}")
+    if limit and len(paths) > limit:
+        idx = np.random.default_rng(0).choice(len(paths), limit, replace=False)
+        paths = [paths[i] for i in sorted(idx)]
+    return paths
+
+
+def dataset_metrics(ref: str, real: str | None = None, root: str | None = None, inception_weights: str | None = None,
+                    extractor_checkpoint: str | None = None, size: int = 128, max_images: int | None = 2000,
+                    write: bool = True) -> dict[str, Any]:
+    """All metrics of a published version; written to `<version>/metrics/quality.json`
+    (beside the manifest: a published manifest is immutable)."""
+    from factory.storage import uri as U
+
+    reg, name, version, base, manifest = _version(ref, root)
+    files = list(manifest.get("files", {}))
+    accepted = _read_parquets(base, "parquet/", files, ["boxes", "scores", "image"])
+    rej_files = [f for f in U.list_files(base) if f.startswith("rejected/")]
+    rejected = _read_parquets(base, "rejected/", rej_files, ["boxes", "scores", "reasons"])
+    out: dict[str, Any] = {"dataset": f"{name}@{version}", "version_uri": base, **gate_summary(accepted, rejected)}
+    if real:
+        ckpt = extractor_checkpoint or ((manifest.get("spec") or {}).get("quality") or {}).get("anomaly_checkpoint")
+        gen = [r["image"] for r in accepted if r.get("image")]
+        if max_images and len(gen) > max_images:
+            gen = gen[:max_images]
+        with U.as_local_dir(real) as d:
+            reals = list_real_images(str(d), max_images)
+            out["fidelity"] = fidelity(gen, reals, size, inception_weights, None if inception_weights else ckpt)
+    if write:
+        U.write_bytes(U.join(base, "metrics", "quality.json"), json.dumps(out, indent=2, sort_keys=True, default=str).encode())
+        out["written_to"] = U.join(base, "metrics", "quality.json")
+    return out
