@@ -98,9 +98,14 @@ def main() -> None:
     ap.add_argument("--batches", default=None, help="comma-separated batch sizes (default: 1,4 small; 1,2,4,8 full)")
     ap.add_argument("--reps", type=int, default=None)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--steps", type=int, default=None, help="override the DDIM steps (smoke tests)")
+    ap.add_argument("--size", type=int, default=None, help="override the image side (smoke tests)")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: run one case, print JSON
     a = ap.parse_args()
     steps, tidsc_steps, size = (60, 30, 512) if a.full else (10, 5, 64)
+    if a.steps:
+        steps, tidsc_steps = a.steps, a.steps // 2
+    size = a.size or size
     reps = a.reps or (2 if a.full else 3)
     if a.one:
         variant, batch = a.one.split(":")
@@ -115,7 +120,8 @@ def main() -> None:
     rows = []
     for batch in batches:
         for variant in VARIANTS:
-            cmd = [sys.executable, __file__, "--one", f"{variant}:{batch}", "--reps", str(reps), "--threads", str(a.threads)]
+            cmd = [sys.executable, __file__, "--one", f"{variant}:{batch}", "--reps", str(reps), "--threads", str(a.threads),
+                   "--steps", str(steps), "--size", str(size)]
             cmd += ["--full"] if a.full else []
             proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ | {"HF_HUB_OFFLINE": "1"})
             if proc.returncode != 0:
