@@ -187,7 +187,7 @@ class PDIGPipeline(DiffusionPipeline):
                 ctx.image_token_mask = keep
                 with torch.enable_grad():
                     x = latents.detach().requires_grad_(True)
-                    self.unet(x, t, encoder_hidden_states=cond).sample
+                    self.unet(self.scheduler.scale_model_input(x, t), t, encoder_hidden_states=cond)  # fills ctx.store
                     text_p, image_p = ctx.store.mean(hw)
                     per_image = self.defect_maps(text_p, image_p, boxes, prompt, map_hw, (height, width))
                     total, terms = None, {}
