@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     def show(p) -> None:
         if time.time() - last[0] > 2 or p.phase == "publishing" or p.accepted >= p.count:
             last[0] = time.time()
-            print(f"[{spec.name}] round {p.round}: {p.accepted}/{p.count} accepted, {p.rejected} rejected ({p.phase})",
+            print(f"[{spec.name}] round {p.round}: {min(p.accepted, p.count)}/{p.count} accepted, {p.rejected} rejected ({p.phase})",
                   flush=True)
 
     try:
