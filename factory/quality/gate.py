@@ -30,7 +30,7 @@ class AnomalyGate:
     def __init__(self, detector, spillover_max: float = 0.2, rule: str = "f1", use_sample_masks: bool = True,
                  margin: float = 0.25, max_outside_fraction: float = 0.005, pixel_threshold: float | None = None,
                  image_threshold: float | None = None, min_area: int = 4, batch_size: int = 16,
-                 mask_spillover_reasons: bool = True):
+                 mask_spillover_reasons: bool = True, extent_rel: float = 0.5):
         self.detector = detector
         self.spillover_max = spillover_max
         self.rule = rule
@@ -39,6 +39,7 @@ class AnomalyGate:
         self.max_outside_fraction = max_outside_fraction
         self.min_area = min_area
         self.batch_size = batch_size
+        self.extent_rel = extent_rel  # heat-map extent = pixels >= extent_rel x the defect's peak
         self.mask_spillover_reasons = mask_spillover_reasons  # off where another check already rejects mask spillover
         self.pixel_threshold = pixel_threshold if pixel_threshold is not None else detector.threshold("pixel", rule)
         self.image_threshold = image_threshold if image_threshold is not None else detector.threshold("image", rule)
@@ -63,7 +64,7 @@ class AnomalyGate:
                 reasons.append(f"anomalous_negative: {image_score:.2f} >= {ithr:.2f}")
             return Verdict(scores, reasons)
 
-        heat_extents, stray = extents_from_binary(binary, boxes, self.margin, self.min_area)
+        heat_extents, stray = extents_from_binary(binary, boxes, self.margin, self.min_area, heat, self.extent_rel)
         from_mask = extents is not None
         if extents is None:
             extents = heat_extents

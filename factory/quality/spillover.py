@@ -55,12 +55,14 @@ def extents_from_maps(maps: Sequence[np.ndarray], rel: float = 0.5) -> list[np.n
     return out
 
 
-def extents_from_binary(binary: np.ndarray, boxes: Sequence[Box], margin: float = 0.25,
-                        min_area: int = 1) -> tuple[list[np.ndarray], np.ndarray]:
+def extents_from_binary(binary: np.ndarray, boxes: Sequence[Box], margin: float = 0.25, min_area: int = 1,
+                        heat: np.ndarray | None = None, rel: float = 0.0) -> tuple[list[np.ndarray], np.ndarray]:
     """Assign the connected components of an anomaly map to boxes.
 
-    A component belongs to every box (grown by `margin`) it touches. Returns
-    (extent per box, stray: the components that touch no box)."""
+    A component belongs to every box (grown by `margin`) it touches. With `heat` and
+    `rel` > 0, a box's extent keeps only pixels >= rel x the peak heat of its
+    components (a half-maximum width: the smoothed heat map spreads wider than the
+    defect). Returns (extent per box, stray: the components that touch no box)."""
     from factory.quality.anomaly.postprocess import connected_components
 
     H, W = binary.shape
@@ -71,7 +73,10 @@ def extents_from_binary(binary: np.ndarray, boxes: Sequence[Box], margin: float 
         ids = np.unique(labels[box_mask(b, H, W, margin)])
         ids = ids[ids > 0]
         claimed[ids] = True
-        extents.append(np.isin(labels, ids) if len(ids) else np.zeros((H, W), bool))
+        ext = np.isin(labels, ids) if len(ids) else np.zeros((H, W), bool)
+        if heat is not None and rel > 0 and ext.any():
+            ext &= heat >= rel * float(heat[ext].max())
+        extents.append(ext)
     claimed[0] = True
     stray = ~claimed[labels]
     return extents, stray
