@@ -306,3 +306,10 @@ def test_registered_as_a_generator_kind(generator):
 
     assert generator_class("dg2gan") is DG2GANGenerator
     assert isinstance(generator, Generator)
+
+
+def test_missing_data_folder_fails_before_ray(tmp_path):
+    from factory.training.dg2gan import check_sources
+
+    with pytest.raises(FileNotFoundError, match="defective images"):
+        check_sources(TrainConfig(str(tmp_path), str(tmp_path / "missing"), str(tmp_path / "out")))

@@ -48,7 +48,7 @@ def train_dg2gan(
             raise ValueError(f"--image-size must be a multiple of 4, got {image_size}")
         import ray
 
-        from factory.training.dg2gan import TrainConfig, train
+        from factory.training.dg2gan import TrainConfig, check_sources, train
 
         tc = TrainConfig(
             defect_free=defect_free, defective=defective, out=out, class_name=class_name, image_size=image_size,
@@ -57,6 +57,7 @@ def train_dg2gan(
             use_djs=not no_djs, holdout=holdout, max_images=max_images, ngf=ngf, n_blocks=n_blocks, ndf=ndf,
             n_layers=n_layers, seed=seed,
         )
+        check_sources(tc)
         if not ray.is_initialized():
             ray.init(address=address, include_dashboard=False)
         c, d = tc.epochs

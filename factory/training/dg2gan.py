@@ -212,6 +212,16 @@ def train_loop_per_worker(config: dict) -> None:
         ray.train.report(metrics)
 
 
+def check_sources(tc: TrainConfig) -> None:
+    """Fail before any Ray worker starts when a data folder is missing."""
+    from factory.storage import uri as U
+
+    for what, src in (("defect-free", tc.defect_free), ("defective", tc.defective)):
+        found = bool(U.list_files(src)) if U.is_s3(src) else U.local_path(src).is_dir()
+        if not found:
+            raise FileNotFoundError(f"{what} images: no such folder or prefix: {src}")
+
+
 def train(tc: TrainConfig, storage_path: str | None = None) -> dict[str, Any]:
     """Run training with a Ray Train TorchTrainer; returns the last checkpoint's URI, epoch and metrics.
 
@@ -223,6 +233,7 @@ def train(tc: TrainConfig, storage_path: str | None = None) -> dict[str, Any]:
     from factory.generators.dg2gan.checkpoint import read_config, resolve
     from factory.storage.uri import to_uri
 
+    check_sources(tc)
     if tc.out and "://" not in tc.out:
         tc.out = to_uri(tc.out)
     if not ray.is_initialized():
