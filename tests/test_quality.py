@@ -332,6 +332,35 @@ def test_train_anomaly_under_ray_train(ray_local, tmp_path):
     assert "anomaly.image_score" in v.scores and v.scores["spillover.from_mask"] == 1.0
     with pytest.raises(CheckpointError, match="factory train anomaly"):
         AnomalyDetector.load(str(tmp_path / "missing"))
+    # FID/KID through torch-fidelity with the checkpoint's backbone as the registered extractor
+    from factory.quality.metrics import fidelity
+
+    pngs = sorted(str(p) for p in normal.glob("*.png"))
+    same = fidelity(pngs[:5], pngs[5:], size=32, extractor_checkpoint=str(out), kid_subsets=5)
+    blank = tmp_path / "blank.png"
+    Image.fromarray(np.zeros((48, 48), np.uint8)).save(blank)
+    noise = []
+    for i in range(5):
+        noise.append(str(tmp_path / f"noise{i}.png"))
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (48, 48), dtype=np.uint8)).save(noise[-1])
+    far = fidelity(noise, pngs[5:], size=32, extractor_checkpoint=str(out), kid_subsets=5)
+    assert same["extractor"].startswith("uiidd-backbone") and far["fid"] > same["fid"]
+    with pytest.raises(ValueError, match="feature extractor"):
+        fidelity(pngs[:5], pngs[5:])
+
+
+def test_gate_summary_counts():
+    from factory.quality.metrics import gate_summary
+
+    acc = [{"boxes": [{"class_name": "crack"}, {"class_name": "crack"}], "scores": {"spillover.max": 0.1}},
+           {"boxes": [], "scores": {}}]
+    rej = [{"boxes": [{"class_name": "black_spot"}], "scores": {"spillover.max": 0.5},
+            "reasons": ["spillover: 0.50 > 0.20", "no_defect: box 0 0.1 < 1.0"]},
+           {"boxes": [], "scores": {}, "reasons": ["blank: std 0.00 < 2.00"]}]
+    s = gate_summary(acc, rej)
+    assert s["pass_rate"] == 0.5 and s["spillover_rate"] == 0.25 and s["spillover_mean"] == pytest.approx(0.3)
+    assert s["reject_reasons"] == {"spillover": 1, "no_defect": 1, "blank": 1}
+    assert s["boxes_per_class"] == {"crack": 2} and s["images_per_class"] == {"(negative)": 1, "crack": 1}
 
 
 # --- the spillover estimate against procedural ground truth -------------------------------------

@@ -87,7 +87,17 @@ def _version(ref: str, root: str | None):
 # --- images for torch-fidelity --------------------------------------------------------
 
 
-class ImageList:
+def ImageList(items: Sequence[bytes | str], size: int):
+    """A torch Dataset of uint8 3 x S x S tensors (torch-fidelity's input contract)."""
+    from torch.utils.data import Dataset
+
+    class _ImageList(_ImageListBase, Dataset):
+        pass
+
+    return _ImageList(items, size)
+
+
+class _ImageListBase:
     """A torch Dataset of uint8 3 x S x S tensors (torch-fidelity's input contract)
     from encoded bytes or local files, resized to one size so batches stack."""
 
