@@ -219,6 +219,9 @@ def test_publish_submits_exactly_one_job_and_the_watcher_fills_in(tmp_path, real
     plain = {**SYN_SPEC, "name": "plain-el"}
     assert D.on_publish(spec_from_dict(plain), "unused", {}) is None
     _publish_synthetic(root, plain)
+    from factory.data.adapters import load_real, publish_real
+
+    publish_real(load_real("yolo", real_yolo), str(root), "real-pv")  # real data in the same registry: not retrained
     cfg = D.RetrainConfig(epochs=1, imgsz=64)
     first = D.watch_once(str(root), real_yolo, real_yolo, cfg, address=job_server)
     assert [(Path(e["version"]).parent.name, e["submitted"]) for e in first] == [("plain-el", True)]

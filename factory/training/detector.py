@@ -674,24 +674,23 @@ def join_uri(uri: str, *parts: str) -> str:
 
 def published_versions(root: str) -> list[str]:
     """Version URIs under a registry root that have a manifest (= published)."""
-    from factory.storage.uri import join, list_files
+    from factory.storage.registry import Registry
 
-    out = []
-    for rel in list_files(root):
-        parts = rel.split("/")
-        if len(parts) == 3 and parts[2] == "manifest.json" and parts[1].startswith("v") and parts[1][1:].isdigit():
-            out.append(join(root, parts[0], parts[1]))
-    return sorted(out)
+    reg = Registry(root)
+    return [reg.version_uri(n, v) for n in reg.names() for v in reg.versions(n)]
 
 
 def watch_once(root: str, real_train: str, real_eval: str, cfg: RetrainConfig, *, address: str | None = None,
                client=None) -> list[dict[str, Any]]:
     """One pass of the watcher: submit a job for each published version that has
     none for this configuration yet. Versions whose spec has its own
-    `retrain: {on: publish}` are left to their publish trigger."""
+    `retrain: {on: publish}` are left to their publish trigger; imported real
+    data sets are not synthetic versions and are skipped."""
     events = []
     for v in published_versions(root):
         manifest = read_manifest(v) or {}
+        if manifest.get("kind") == "real":  # an imported real data set, not synthetic data
+            continue
         spec_retrain = (manifest.get("spec") or {}).get("retrain") or {}
         if spec_retrain.get("on") == "publish":
             continue
