@@ -57,7 +57,7 @@ def cached(path: Path, fn):
 def magnetic_tile(root: Path, pre, cache: Path):
     from factory.training.anomaly import load_folder
 
-    S = pre.image_size
+    S = f"{pre.image_size}{'_lcn' if pre.lcn else ''}{'_hom' if pre.homomorphic else ''}"
     (free,) = cached(cache / f"mt_free_{S}.npz", lambda: (load_folder(str(root / "MT_Free"), pre),))
     anomalies = {}
     for c in CLASSES:
@@ -75,7 +75,7 @@ def elpv(pre, cache: Path):
         keep = (probs == 0) | (probs == 1)
         return preprocess_batch(list(images[keep]), pre), probs[keep]
 
-    return cached(cache / f"elpv_{pre.image_size}.npz", load)
+    return cached(cache / f"elpv_{pre.image_size}{'_lcn' if pre.lcn else ''}{'_hom' if pre.homomorphic else ''}.npz", load)
 
 
 def f1_iou(pred: np.ndarray, gt: np.ndarray) -> tuple[float, float]:
@@ -95,6 +95,8 @@ def main() -> None:
     ap.add_argument("--cache", default="/tmp/factory-bench-cache")
     ap.add_argument("--skip-elpv", action="store_true")
     ap.add_argument("--elpv-max", type=int, default=800, help="at most this many defect-free ELPV cells for training")
+    ap.add_argument("--lcn", action="store_true", help="local contrast normalization (section 5.4)")
+    ap.add_argument("--homomorphic", action="store_true", help="homomorphic filtering (section 5.4)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
@@ -108,7 +110,8 @@ def main() -> None:
     from factory.training.anomaly import AnomalyTrainConfig, train_anomaly
 
     cache = Path(args.cache)
-    cfg = AnomalyTrainConfig(image_size=args.size, epochs=args.epochs, width=args.width, threads=args.threads)
+    cfg = AnomalyTrainConfig(image_size=args.size, epochs=args.epochs, width=args.width, threads=args.threads,
+                             lcn=args.lcn, homomorphic=args.homomorphic)
     pre = cfg.preprocess_config()
     rows: dict[str, dict] = {}
 
@@ -181,7 +184,8 @@ def main() -> None:
     rows["spillover_validation"] = {k: v[k] for k in ("n", "mae", "corr", "missed")} | {"seconds": round(time.time() - t0, 1)}
 
     # --- table ---------------------------------------------------------------------------
-    print(f"\nUIIDD quality gate benchmark on {machine()}; {args.size}px, {args.epochs} epochs, width {args.width}, {args.threads} thread(s)")
+    print(f"\nUIIDD quality gate benchmark on {machine()}; {args.size}px, {args.epochs} epochs, width {args.width}, "
+          f"{args.threads} thread(s), lcn={args.lcn}, homomorphic={args.homomorphic}")
     print(f"| data | metric | value |\n|---|---|---|")
     print(f"| magnetic tile ({mt['train_images']} train) | image AUROC | {mt['image_auroc']:.3f} |")
     print(f"| magnetic tile | pixel AUROC | {mt['pixel_auroc']:.3f} |")
