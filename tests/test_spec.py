@@ -183,3 +183,13 @@ def test_cli_validate_exit_codes(tmp_path, demo_spec_path):
 def test_every_example_spec_validates():
     for path in sorted(Path(__file__).resolve().parents[1].joinpath("specs").glob("*.yaml")):
         load_spec(path)
+
+
+def test_dg2gan_takes_domain_references_or_refuses():
+    d = with_("generators", [{"kind": "dg2gan", "checkpoint": "file:///models/dg2gan"}])
+    found = problems(d)
+    assert found[0][0] == "domain.references" and "translates real defect-free images" in found[0][1]
+    d["domain"] = {"references": ["file:///data/MT_Free"]}
+    assert spec_from_dict(d).generators[0].params["references"] == ["file:///data/MT_Free"]
+    d["generators"][0]["params"] = {"references": "file:///elsewhere"}
+    assert spec_from_dict(d).generators[0].params["references"] == "file:///elsewhere"

@@ -80,6 +80,11 @@ FIXED_CLASSES: dict[str, str] = {
 }
 
 
+# kinds that translate real images of the target domain: their `params.references`
+# defaults to the spec's `domain.references`, and a spec must give one or the other.
+USES_DOMAIN_REFERENCES: set[str] = {"dg2gan"}
+
+
 def supported_classes(kind: str) -> list[str] | None:
     """The classes a kind can draw, or None when it draws whatever its checkpoint learned."""
     if kind not in FIXED_CLASSES:

@@ -321,6 +321,7 @@ class DatasetSpec(StrictModel):
         for i, d in enumerate(self.defects):
             _check_boxes_fit(d.boxes, self.image, f"defects[{i}].boxes")
         _check_classes_drawable(self)
+        _fill_domain_references(self)
         return self
 
     # --- derived values -------------------------------------------------------
@@ -353,6 +354,23 @@ def _field_error(loc: str, msg: str) -> SpecFieldError:
 
 
 MIN_BOX_SIDE_PX = 2
+
+
+def _fill_domain_references(spec: DatasetSpec) -> None:
+    """Generators that translate real images get `domain.references` unless their
+    params name their own; with neither, the spec cannot run."""
+    from factory.generators.base import USES_DOMAIN_REFERENCES
+
+    for gi, g in enumerate(spec.generators):
+        if g.kind not in USES_DOMAIN_REFERENCES or g.params.get("references"):
+            continue
+        if not spec.domain.references:
+            raise _field_error(
+                "domain.references",
+                f"generators[{gi}] ({g.kind}) translates real defect-free images: list them here "
+                f"(folders or URIs) or set generators[{gi}].params.references",
+            )
+        g.params = {**g.params, "references": list(spec.domain.references)}
 
 
 def _check_classes_drawable(spec: DatasetSpec) -> None:
