@@ -238,24 +238,30 @@ def _run_round(spec: DatasetSpec, o: RunOptions, staging: str, spec_hash: str, t
     # one input block per range: the unit of work the generator actors share out
     items = ray.data.from_items(ranges, override_num_blocks=max(1, min(len(ranges), 5000)))
     keys = list(dict.fromkeys(generator_key(g.kind, g.checkpoint, g.params) for g in spec.generators if g.weight > 0))
-    generated, n_actors = [], 0
+    pools = []
     for key in keys:
         use_gpu = generator_class(json.loads(key)[0]).wants_gpu and gpus >= 1
         size = o.actors or (int(gpus) if use_gpu else max(1, int(cpus) // len(keys)))
-        n_actors += size
-        generated.append(items.map_batches(
-            GenerateStage, fn_constructor_kwargs={"spec": spec, "key": key, "device": "cuda" if use_gpu else "cpu",
-                                                  "retries": o.retries},
-            batch_size=1, compute=ray.data.ActorPoolStrategy(size=size),
-            **({"num_gpus": 1} if use_gpu else {"num_cpus": 1}),
-        ))
-    ds = generated[0] if len(generated) == 1 else generated[0].union(*generated[1:])
+        pools.append((key, use_gpu, size))
     # Scoring and writing are light next to generating: no CPU is reserved for them
     # (the generator pools take every core; the OS shares the rest), and their
     # pools are bounded so Ray does not start a worker process per block.
-    helpers = max(1, n_actors // 2)
-    ds = ds.map_batches(ScoreStage, fn_constructor_kwargs={"spec": spec}, batch_size=o.batch_size, num_cpus=0,
-                        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=helpers))
+    helpers = max(1, sum(size for _, _, size in pools) // 2)
+    generated = []
+    for key, use_gpu, size in pools:
+        # A CPU generator scores its own batch (no extra process hop for the images);
+        # a GPU generator hands scoring to a CPU pool so the GPU never waits for it.
+        g = items.map_batches(
+            GenerateStage, fn_constructor_kwargs={"spec": spec, "key": key, "device": "cuda" if use_gpu else "cpu",
+                                                  "retries": o.retries, "fuse_scoring": not use_gpu},
+            batch_size=1, compute=ray.data.ActorPoolStrategy(size=size),
+            **({"num_gpus": 1} if use_gpu else {"num_cpus": 1}),
+        )
+        if use_gpu:
+            g = g.map_batches(ScoreStage, fn_constructor_kwargs={"spec": spec}, batch_size=o.batch_size, num_cpus=0,
+                              compute=ray.data.ActorPoolStrategy(min_size=1, max_size=helpers))
+        generated.append(g)
+    ds = generated[0] if len(generated) == 1 else generated[0].union(*generated[1:])
     storage = U.storage_config()
     if U.is_s3(staging) and _is_local_cluster() and not storage.access_key:
         # an embedded cluster may predate the credential variables: hand them over

@@ -51,12 +51,14 @@ class GenerateStage:
     same ranges). A failing batch is retried, then retried item by item; an item
     that still fails becomes a row with `error` set (a reject later), never a lost row."""
 
-    def __init__(self, spec: DatasetSpec, key: str, device: str, retries: int):
+    def __init__(self, spec: DatasetSpec, key: str, device: str, retries: int, fuse_scoring: bool = False):
         from factory.generators.base import load_generator
 
         kind, checkpoint, params = json.loads(key)
         self.spec, self.key, self.retries = spec, key, retries
         self.generator = load_generator(kind, checkpoint or None, params, device=device)
+        # CPU generators score in the same actor: the image is not copied to another process
+        self.score = ScoreStage(spec) if fuse_scoring else None
 
     def _try(self, items: list[WorkItem]):
         err = None
@@ -99,7 +101,7 @@ class GenerateStage:
             boxes.append(_boxes_json(s.boxes) if s is not None else "[]")
             ckpt.append(str((s.meta or {}).get("checkpoint") or items[i].checkpoint or "") if s is not None else "")
             errors.append(e)
-        return {
+        out = {
             "index": np.array([w.index for w in items], np.int64),
             "item": np.array([json.dumps(w.to_row()) for w in items], object),
             "image": images,
@@ -109,6 +111,7 @@ class GenerateStage:
             "checkpoint": np.array(ckpt, object),
             "error": np.array(errors, object),
         }
+        return self.score(out) if self.score else out
 
 
 # --- stage 2: score ------------------------------------------------------------
