@@ -8,7 +8,7 @@ import subprocess
 
 
 def machine() -> str:
-    """One line: CPU model, cores, memory, GPU (if any), Python and torch versions."""
+    """One line: CPU model, cores, memory, GPU (if any), Python, load average now."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -27,7 +27,8 @@ def machine() -> str:
             gpu = out.stdout.strip().splitlines()[0]
     except (OSError, subprocess.TimeoutExpired):
         pass
-    return f"{cpu}, {os.cpu_count()} cores, {mem} RAM, {gpu}, Python {platform.python_version()}"
+    load = "/".join(f"{x:.1f}" for x in os.getloadavg())
+    return f"{cpu}, {os.cpu_count()} cores, {mem} RAM, {gpu}, Python {platform.python_version()}, load average {load}"
 
 
 def table(headers: list[str], rows: list[list[object]]) -> str:

@@ -23,10 +23,10 @@ defect-free inputs (what "no generator" scores).
 
 from __future__ import annotations
 
+from common import machine  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -185,14 +185,6 @@ def translate(ck: str, crops: np.ndarray, device: str) -> np.ndarray:
             y = gens.G(to_tensor(crops[i : i + 64]).to(device)).cpu()
             out.append(((y + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy())
     return np.concatenate(out)
-
-
-def machine() -> str:
-    import torch
-
-    if torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name(0)} GPU"
-    return f"CPU, {os.cpu_count()} cores ({platform.processor() or platform.machine()}), torch threads {torch.get_num_threads()}"
 
 
 def main(argv: list[str] | None = None) -> None:

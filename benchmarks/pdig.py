@@ -12,28 +12,15 @@ is the steadier cost measure there.
 
 from __future__ import annotations
 
+from common import machine  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 
 VARIANTS = ("pdig+tidsc", "pdig", "diffusers-sd")
-
-
-def machine(threads: int) -> str:
-    import torch
-
-    if torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda}), torch {torch.__version__}"
-    cpu = platform.processor() or "cpu"
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, torch threads {threads}, torch {torch.__version__}"
 
 
 def run_one(variant: str, full: bool, batch: int, steps: int, tidsc_steps: int, size: int, reps: int, threads: int) -> dict:
@@ -128,7 +115,7 @@ def main() -> None:
                 rows.append({"variant": variant, "batch": batch, "error": proc.stderr.strip().splitlines()[-1]})
                 continue
             rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    print(f"machine: {machine(a.threads)}")
+    print(f"machine: {machine()}, torch threads {a.threads}")
     print(f"config: {'SD1.5-sized random' if a.full else 'tiny random'}, {size}x{size}, {steps} DDIM steps, "
           f"TIDSC on the first {tidsc_steps} (pdig+tidsc), guidance 7.5, {reps} timed calls after 1 warm-up")
     print(f"{'variant':<14} {'batch':>5} {'images/s':>10} {'s/image':>9} {'cpu s/image':>12} {'peak MiB':>10}  peak")

@@ -14,32 +14,16 @@ busy machine).
 
 from __future__ import annotations
 
+from common import machine  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 import argparse
-import io
 import os
-import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-
-def machine() -> str:
-    cpu = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = os.getloadavg()
-    return (f"{platform.node()}: {cpu}, {os.cpu_count()} cores, python {platform.python_version()}, "
-            f"load average {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f}")
 
 
 def bench_spec(count: int, size: int, shard: int):

@@ -11,10 +11,10 @@ to 127.0.0.1 only. Prints a table naming the machine; --json writes the numbers.
 
 from __future__ import annotations
 
+from common import machine  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 import argparse
 import json
 import os
-import platform
 import socket
 import subprocess
 import sys
@@ -83,19 +83,6 @@ def client(port: int, requests: int, concurrency: int, size: int, time_limit: fl
 
 
 # --- server side (this process) ---------------------------------------------------------
-
-
-def machine() -> str:
-    cpu = platform.processor() or "cpu"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return f"{platform.node()}: {cpu}, {os.cpu_count()} cores, no GPU used (procedural generator), load avg {load:.1f} at start"
 
 
 def free_port() -> int:

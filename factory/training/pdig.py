@@ -86,8 +86,6 @@ def _prepare(example, size: int, rng: np.random.Generator):
 def build_bank(base, examples, classes, bank_size: int, device):
     """Up to `bank_size` CLIP embeddings of defect crops per class: the image prompts
     the generator draws from, so generation needs no extra files."""
-    import torch
-
     from factory.generators.pdig.image_prompt import crop_and_align, encode_crops
     from factory.generators.pdig.data import read_image
 
