@@ -1,7 +1,8 @@
 """Checkpoint names (and path-valued params) in requests -> paths inside the
 configured roots, never outside.
 
-A request names a checkpoint relative to a root (`dg2gan/line2.pt`). The name's
+A request names a checkpoint relative to a root (`dg2gan/line2`: for DG2GAN a run
+folder, or a folder of per-class run folders; for PDIG an adapter folder). The name's
 characters already rule out `..` and absolute paths (see schemas.CHECKPOINT_PATTERN);
 here the joined path is resolved (following symlinks) and must still lie inside
 the resolved root, so a symlink planted under a root cannot lead out of it either.
