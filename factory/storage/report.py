@@ -102,6 +102,9 @@ def build_report(spec, manifest: dict[str, Any], box_rows: Sequence[tuple],
         parts += ["<h2>Rejected samples</h2>", _img_tag(rej_png, "rejected samples")]
     style = ("body{font-family:sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse;margin:.5em 0}"
              "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#eee}img{max-width:100%}")
+    parts += ["<h2>Detector retraining</h2>",
+              "<p><a href='retrain/index.html'>real-only vs real + this version</a> "
+              "(there once <code>factory retrain</code> or a publish trigger has run)</p>"]
     doc = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
            f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
     return doc.encode(), grid_png
