@@ -16,17 +16,24 @@ from factory.quality.anomaly.detector import TERMS, AnomalyDetector
 from factory.quality.anomaly.thresholds import select_thresholds
 
 
+STD_FLOOR = 0.25  # per-position std >= this fraction of the term's global std (few calibration images)
+
+
 @torch.no_grad()
 def fit_normalization(det: AnomalyDetector, x_normal: torch.Tensor, batch_size: int = 32) -> None:
-    """Set each term's mean/std from defect-free inputs (B x C x S x S, preprocessed)."""
+    """Set each term's global mean/std and its per-position mean/std maps (S x S) from
+    defect-free inputs (B x C x S x S, preprocessed)."""
     sums = {t: [] for t in TERMS}
     for i in range(0, len(x_normal), batch_size):
         for k, v in det.terms(x_normal[i : i + batch_size].to(det.device)).items():
-            sums[k].append(v.flatten().cpu())
+            sums[k].append(v[:, 0].cpu())
     for k in TERMS:
-        v = torch.cat(sums[k])
+        v = torch.cat(sums[k])  # N x S x S
         det.calib.term_mean[k] = float(v.mean())
         det.calib.term_std[k] = float(v.std()) or 1.0
+        std_map = v.std(0) if len(v) > 1 else torch.zeros_like(v[0])
+        det.calib.term_mean_map[k] = v.mean(0).tolist()
+        det.calib.term_std_map[k] = std_map.clamp(min=STD_FLOOR * det.calib.term_std[k]).tolist()
 
 
 def synthetic_anomalies(x: torch.Tensor, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
