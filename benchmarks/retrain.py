@@ -10,7 +10,7 @@ no pretrained weights). Prints mAP50 per seed and the mean +- std of the gain.
     python benchmarks/retrain.py                 # CPU-sized (default): 500 real cells, 160 px, 16 epochs, 1 seed
     python benchmarks/retrain.py --full          # all images, 416 px, 100 epochs, 5 seeds, both arms on one GPU
 
-CPU-sized numbers (~500 real cells, ~500-1000 optimizer steps per arm, ~20-30 min on
+CPU-sized numbers (~500 real cells, ~500-1000 optimizer steps per arm, ~11-17 min per seed on
 2 cores) are small but non-zero: they show whether the loop learns and which way a
 change moves a weak, early detector on one seed. They cannot say whether the
 synthetic data helps a converged detector; that needs --full on a GPU.
