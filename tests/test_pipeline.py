@@ -84,12 +84,9 @@ def check_version(uri: str, count: int, class_names: list[str]) -> dict:
 def check_ultralytics(data_yaml: Path, count: int) -> None:
     """ultralytics' own dataset check loads the tree as is (offline)."""
     cfg = data_yaml.parent.parent / "yolo-cfg"
-    (cfg / "Ultralytics").mkdir(parents=True, exist_ok=True)
-    import matplotlib
-
-    font = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
-    (cfg / "Ultralytics" / "Arial.ttf").write_bytes(font.read_bytes())
     code = (
+        "from factory.training.detector import setup_ultralytics_offline; "
+        f"setup_ultralytics_offline({str(cfg)!r}); "
         "from ultralytics.data.utils import check_det_dataset; import glob, sys; "
         f"d = check_det_dataset({str(data_yaml)!r}, autodownload=False); "
         "n = sum(len(glob.glob(str(d[s]) + '/*.png')) for s in ('train', 'val') if d[s] != d['train'] or s == 'train'); "

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
+from factory.training.images import IMAGE_SUFFIXES
 
 
 @dataclass

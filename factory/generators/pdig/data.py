@@ -14,10 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
+from factory.training.images import IMAGE_SUFFIXES
+
 PV_VISION_CLASSES = {1: "dark", 2: "cross_crack", 3: "crack"}
 
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
 LABEL_DIRS = {"ann", "labels", "masks"}
 
 
@@ -28,17 +29,12 @@ class Example:
 
 
 def mask_boxes(mask: np.ndarray, mask_classes: dict[int, str], min_area: int = 16) -> list[tuple[str, int, int, int, int]]:
-    """Boxes of the connected components of each class value (8-connectivity)."""
-    from scipy import ndimage
+    """Boxes of the connected components of each class value (8-connectivity), as
+    (class, x1, y1, x2, y2): the shared masks -> boxes converter, in this loader's tuple form."""
+    from factory.data.masks import mask_to_boxes
 
-    out = []
-    for value, name in sorted(mask_classes.items()):
-        labels, n = ndimage.label(mask == value, structure=np.ones((3, 3)))
-        for i, sl in enumerate(ndimage.find_objects(labels), start=1):
-            if sl is None or (labels[sl] == i).sum() < min_area:
-                continue
-            out.append((name, sl[1].start, sl[0].start, sl[1].stop, sl[0].stop))
-    return out
+    classes = {value: (i, name) for i, (value, name) in enumerate(sorted(mask_classes.items()))}
+    return [(b.class_name, b.x1, b.y1, b.x2, b.y2) for b in mask_to_boxes(mask, classes, min_area=min_area)]
 
 
 def _yolo_names(root: Path) -> dict[int, str] | None:
