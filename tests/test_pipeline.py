@@ -218,9 +218,11 @@ def test_select_cuts_last_shard_and_skips_duplicates():
 
 def test_generator_failures_become_rejects(tmp_path, monkeypatch):
     """A generator that fails once for every batch and always for one item: the
-    retries recover the rest and the bad item is a reject with its error."""
+    retries recover the rest and the bad item is a reject with its error. The
+    fused stage (CPU generators) and the split one (GPU generator -> scoring pool)
+    write the same shard."""
     import factory.generators.base as gb
-    from factory.pipeline.stages import GenerateStage, ScoreStage, generator_key, write_shard
+    from factory.pipeline.stages import GenerateStage, ScoreWriteStage, ShardTarget, generator_key
 
     spec = load_spec(tiny_spec(tmp_path, count=6))
     real = gb.load_generator("procedural", None, {})
@@ -235,13 +237,20 @@ def test_generator_failures_become_rejects(tmp_path, monkeypatch):
             return real.generate(items)
 
     monkeypatch.setattr(gb, "load_generator", lambda *a, **k: Flaky())
-    gen = GenerateStage(spec, generator_key("procedural", None, {}), "cpu", retries=1)
-    out = ScoreStage(spec)(gen({"start": np.array([0]), "stop": np.array([6])}))
-    reasons = [json.loads(r) for r in out["reasons"]]
-    assert [bool(r) for r in reasons] == [False, False, False, True, False, False]
-    assert reasons[3][0].startswith("generator_error: RuntimeError: CUDA out of memory")
-    staging = U.to_uri(tmp_path / "st")
-    rec = json.loads(write_shard(out, staging, spec.spec_hash(), ["parquet", "yolo"])["record"][0])
-    assert len(rec["samples"]) == 5 and rec["rejects"][0][0] == 3
-    t = pq.read_table(tmp_path / "st" / rec["rejected_files"][0]["path"])
+    key, rng = generator_key("procedural", None, {}), {"start": np.array([0]), "stop": np.array([6])}
+    fused = ShardTarget(U.to_uri(tmp_path / "fused"), spec.spec_hash(), ("parquet", "yolo"))
+    rec = json.loads(GenerateStage(spec, key, "cpu", retries=1, target=fused, batch_size=4)(rng)["record"][0])
+    assert [s[0] for s in rec["samples"]] == [0, 1, 2, 4, 5]
+    assert [r[0] for r in rec["rejects"]] == [3]
+    assert rec["rejects"][0][2][0].startswith("generator_error: RuntimeError: CUDA out of memory")
+    t = pq.read_table(tmp_path / "fused" / rec["rejected_files"][0]["path"])
     assert "CUDA out of memory" in t.column("error")[0].as_py()
+
+    Flaky.calls = 0
+    split = ShardTarget(U.to_uri(tmp_path / "split"), spec.spec_hash(), ("parquet", "yolo"))
+    raw = GenerateStage(spec, key, "cpu", retries=1)(rng)
+    assert raw["image"].shape == (6, 64, 64, 1)
+    rec2 = json.loads(ScoreWriteStage(spec, split)(raw)["record"][0])
+    assert rec2["samples"] == rec["samples"] and rec2["rejects"] == rec["rejects"]
+    same = [f["sha256"] for f in rec["files"]] == [f["sha256"] for f in rec2["files"]]
+    assert same, "the fused and the split path wrote different shards"

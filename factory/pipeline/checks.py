@@ -88,14 +88,12 @@ class BoxScorer:
         return v
 
 
-def scorers_for(spec: DatasetSpec) -> list[Scorer]:
-    """The basic checks, then the quality gate's scorers when that package provides
-    `build_scorers(spec)` (a scorer of the same name replaces the basic one)."""
-    basic: list[Scorer] = [SanityScorer(), BoxScorer(spec.class_names, spec.quality.spillover_max)]
-    try:
-        from factory.quality import build_scorers  # type: ignore[attr-defined]
-    except ImportError:
-        return basic
-    gate = list(build_scorers(spec))
+def scorers_for(spec: DatasetSpec, device: str = "cpu") -> list[Scorer]:
+    """The basic checks, then the quality gate's scorers (`build_scorers(spec)`; a
+    scorer of the same name replaces the basic one)."""
+    from factory.quality import build_scorers
+
+    gate = list(build_scorers(spec, device=device))
     names = {s.name for s in gate}
+    basic: list[Scorer] = [SanityScorer(), BoxScorer(spec.class_names, spec.quality.spillover_max)]
     return [s for s in basic if s.name not in names] + gate

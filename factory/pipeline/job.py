@@ -26,7 +26,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from factory.pipeline.stages import GenerateStage, ScoreStage, generator_key, split_of, write_shard
+from factory.pipeline.stages import GenerateStage, ScoreWriteStage, ShardTarget, generator_key, split_of
 from factory.spec import DatasetSpec
 from factory.storage import uri as U
 from factory.storage.registry import Registry, code_version
@@ -72,7 +72,7 @@ class RunOptions:
     resume: bool = False
     address: str | None = None  # Ray address; default: RAY_ADDRESS, else an embedded cluster
     actors: int | None = None  # generator actors per pool; default: fill the cluster's CPUs (1 per GPU)
-    batch_size: int = 64  # work items per block (one generator call); fewer, larger blocks cost Ray Data less CPU
+    batch_size: int = 64  # work items per generator call (a shard is made in calls of this many)
     overprovision: float = 1.1  # 1 / expected pass rate of the first round
     retries: int = 2  # retries of a failing generator call before it becomes a reject
     report: bool = True
@@ -212,10 +212,10 @@ def _top_reasons(records: list[dict[str, Any]]) -> str:
 
 
 # --- the Ray Data graph -----------------------------------------------------
-def _ranges(todo: list[int], batch_size: int) -> list[dict[str, int]]:
-    """Contiguous runs of indices, cut into chunks of at most `batch_size` (smaller
-    for small rounds, so that every actor gets work)."""
-    chunk = max(1, min(batch_size, len(todo) // 8))
+def _ranges(todo: list[int], shard_size: int, workers: int) -> list[dict[str, int]]:
+    """Contiguous runs of indices, cut into ranges of at most `shard_size` (one range
+    = one shard); smaller for small rounds, so that every worker gets a few."""
+    chunk = max(1, min(shard_size, len(todo) // (4 * workers)))
     out: list[dict[str, int]] = []
     for i in todo:
         if out and out[-1]["stop"] == i and i - out[-1]["start"] < chunk:
@@ -225,43 +225,7 @@ def _ranges(todo: list[int], batch_size: int) -> list[dict[str, int]]:
     return out
 
 
-def _run_round(spec: DatasetSpec, o: RunOptions, staging: str, spec_hash: str, todo: list[int]):
-    """Yield shard records as the streaming job writes them; closing the generator
-    (the caller stops at `count`) shuts the executor down."""
-    import ray
-
-    from factory.generators.base import generator_class
-
-    cpus = float(ray.cluster_resources().get("CPU", 1))
-    gpus = float(ray.cluster_resources().get("GPU", 0))
-    ranges = _ranges(todo, o.batch_size)
-    # one input block per range: the unit of work the generator actors share out
-    items = ray.data.from_items(ranges, override_num_blocks=max(1, min(len(ranges), 5000)))
-    keys = list(dict.fromkeys(generator_key(g.kind, g.checkpoint, g.params) for g in spec.generators if g.weight > 0))
-    pools = []
-    for key in keys:
-        use_gpu = generator_class(json.loads(key)[0]).wants_gpu and gpus >= 1
-        size = o.actors or (int(gpus) if use_gpu else max(1, int(cpus) // len(keys)))
-        pools.append((key, use_gpu, size))
-    # Scoring and writing are light next to generating: no CPU is reserved for them
-    # (the generator pools take every core; the OS shares the rest), and their
-    # pools are bounded so Ray does not start a worker process per block.
-    helpers = max(1, sum(size for _, _, size in pools) // 2)
-    generated = []
-    for key, use_gpu, size in pools:
-        # A CPU generator scores its own batch (no extra process hop for the images);
-        # a GPU generator hands scoring to a CPU pool so the GPU never waits for it.
-        g = items.map_batches(
-            GenerateStage, fn_constructor_kwargs={"spec": spec, "key": key, "device": "cuda" if use_gpu else "cpu",
-                                                  "retries": o.retries, "fuse_scoring": not use_gpu},
-            batch_size=1, compute=ray.data.ActorPoolStrategy(size=size),
-            **({"num_gpus": 1} if use_gpu else {"num_cpus": 1}),
-        )
-        if use_gpu:
-            g = g.map_batches(ScoreStage, fn_constructor_kwargs={"spec": spec}, batch_size=o.batch_size, num_cpus=0,
-                              compute=ray.data.ActorPoolStrategy(min_size=1, max_size=helpers))
-        generated.append(g)
-    ds = generated[0] if len(generated) == 1 else generated[0].union(*generated[1:])
+def _shard_target(staging: str, spec_hash: str, spec: DatasetSpec) -> ShardTarget:
     storage = U.storage_config()
     if U.is_s3(staging) and _is_local_cluster() and not storage.access_key:
         # an embedded cluster may predate the credential variables: hand them over
@@ -270,11 +234,63 @@ def _run_round(spec: DatasetSpec, o: RunOptions, staging: str, spec_hash: str, t
             secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY"), session_token=os.environ.get("AWS_SESSION_TOKEN"))
     else:
         storage = dataclasses.replace(storage, endpoint_url=U.s3_endpoint())
-    ds = ds.map_batches(
-        write_shard, batch_size=spec.output.shard_size, num_cpus=0, compute=ray.data.TaskPoolStrategy(size=helpers),
-        fn_kwargs={"staging": staging, "spec_hash": spec_hash, "formats": list(spec.output.formats),
-                   "storage": storage},
-    )
+    return ShardTarget(staging, spec_hash, tuple(spec.output.formats), storage)
+
+
+def _run_round(spec: DatasetSpec, o: RunOptions, staging: str, spec_hash: str, todo: list[int]):
+    """Yield shard records as the streaming job writes them; closing the generator
+    (the caller stops at `count`) shuts the executor down.
+
+    One actor pool per generator. A CPU generator's actor does everything for its
+    ranges (generate, score, PNG, write), so an image never crosses a process. A
+    GPU generator hands its images to a CPU pool that scores and writes, and so
+    does every generator when the gate's scorers get a GPU of their own."""
+    import ray
+
+    from factory.generators.base import generator_class
+    from factory.quality import gate_gpus
+
+    cpus = float(ray.cluster_resources().get("CPU", 1))
+    gpus = float(ray.cluster_resources().get("GPU", 0))
+    target = _shard_target(staging, spec_hash, spec)
+    keys = list(dict.fromkeys(generator_key(g.kind, g.checkpoint, g.params) for g in spec.generators if g.weight > 0))
+    pools = []
+    for key in keys:
+        use_gpu = generator_class(json.loads(key)[0]).wants_gpu and gpus >= 1
+        size = o.actors or (int(gpus) if use_gpu else max(1, int(cpus) // len(keys)))
+        pools.append((key, use_gpu, size))
+    free_gpus = gpus - sum(size for _, use_gpu, size in pools if use_gpu)
+    score_gpus = gate_gpus(spec)
+    score_gpus = score_gpus if 0 < score_gpus <= free_gpus else 0.0
+    if gate_gpus(spec) and not score_gpus and gpus:
+        log.info("the anomaly gate scores on CPU: the generators hold every GPU (lower --actors to share)")
+    ranges = _ranges(todo, spec.output.shard_size, sum(size for *_, size in pools))
+    # one input block per range: the unit of work the generator actors share out
+    items = ray.data.from_items(ranges, override_num_blocks=max(1, min(len(ranges), 5000)))
+    # Scoring after a GPU generator is light next to generating: its pool reserves
+    # no CPU (the generator pools take every core) and is bounded, so Ray does not
+    # start a worker process per block.
+    helpers = max(1, sum(size for *_, size in pools) // 2)
+    outputs = []
+    for key, use_gpu, size in pools:
+        fused = not use_gpu and not score_gpus
+        ds = items.map_batches(
+            GenerateStage, fn_constructor_kwargs={"spec": spec, "key": key, "device": "cuda" if use_gpu else "cpu",
+                                                  "retries": o.retries, "target": target if fused else None,
+                                                  "batch_size": o.batch_size},
+            batch_size=1, compute=ray.data.ActorPoolStrategy(size=size),
+            **({"num_gpus": 1} if use_gpu else {"num_cpus": 1}),
+        )
+        if not fused:
+            scorers = max(1, int(free_gpus // score_gpus)) if score_gpus else helpers
+            ds = ds.map_batches(
+                ScoreWriteStage, fn_constructor_kwargs={"spec": spec, "target": target,
+                                                        "device": "cuda" if score_gpus else "cpu"},
+                batch_size=None, num_cpus=0, **({"num_gpus": score_gpus} if score_gpus else {}),
+                compute=ray.data.ActorPoolStrategy(min_size=1, max_size=min(scorers, helpers)),
+            )
+        outputs.append(ds)
+    ds = outputs[0] if len(outputs) == 1 else outputs[0].union(*outputs[1:])
     it = iter(ds.iter_rows())
     try:
         for row in it:

@@ -1,9 +1,12 @@
-"""The stages of the Ray Data job, each a plain function or callable class that
-`map_batches` runs. Rows between stages are flat columns (ints, strings, bytes,
-one uint8 image tensor), so nothing needs custom serialization:
+"""The stages of the Ray Data job, callable classes that `map_batches` runs. A
+range of plan indices is the unit of work and becomes one shard:
 
-  plan ranges --plan + generate--> images + boxes (+ errors)
-  --score--> PNG + verdict --write--> one shard record per shard (the driver's view)
+  CPU generator, one actor:  range --plan, generate, score, PNG, write--> shard record
+  GPU generator:             range --generate (GPU actor)--> images + boxes
+                             --score, PNG, write (CPU actor)--> shard record
+
+Rows between stages are flat columns (ints, strings, bytes, one uint8 image
+tensor), so nothing needs custom serialization; the driver only sees records.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import json
 import time
 import traceback
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -30,13 +34,7 @@ def split_of(index: int) -> str:
     return "val" if index % VAL_EVERY == VAL_EVERY - 1 else "train"
 
 
-# --- stage 1: plan ranges -> generate --------------------------------------------
-def plan_items(batch: dict[str, np.ndarray], spec: DatasetSpec) -> list[WorkItem]:
-    """{"start", "stop"} ranges of plan indices -> their WorkItems (planned on the
-    workers, so the driver never holds the whole plan)."""
-    return [w for a, b in zip(batch["start"], batch["stop"]) for w in iter_plan(spec, int(a), int(b - a))]
-
-
+# --- stage 1: plan ranges -> generate (-> score -> write) -----------------------
 def _boxes_json(boxes: list[Box]) -> str:
     return json.dumps([b.to_dict() for b in boxes])
 
@@ -45,20 +43,41 @@ def _item(text: str) -> WorkItem:
     return WorkItem.from_row(json.loads(text))
 
 
-class GenerateStage:
-    """Holds one loaded generator per actor and makes the planned items that are
-    its own (a spec with several generators runs one pool per generator over the
-    same ranges). A failing batch is retried, then retried item by item; an item
-    that still fails becomes a row with `error` set (a reject later), never a lost row."""
+def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
-    def __init__(self, spec: DatasetSpec, key: str, device: str, retries: int, fuse_scoring: bool = False):
+
+@dataclass(frozen=True)
+class ShardTarget:
+    """Where and how shards are written (handed to the actors that write them)."""
+
+    staging: str
+    spec_hash: str
+    formats: tuple[str, ...]
+    storage: Any = None  # the driver's StorageConfig (endpoint; credentials on a local cluster)
+
+
+class GenerateStage:
+    """Holds one loaded generator per actor and makes the planned items of each
+    range that are its own (a spec with several generators runs one pool per
+    generator over the same ranges). A failing call is retried, then retried item
+    by item; an item that still fails becomes a row with `error` set (a reject
+    later), never a lost row.
+
+    With a `target` (CPU generators) the actor also scores, PNG-encodes and writes
+    each range as one shard, `batch_size` items at a time, so an image never leaves
+    the process that drew it and only PNG bytes are held until the shard is
+    written. Without one (GPU generators) it returns the raw images for a CPU
+    `ScoreWriteStage` pool, so the GPU never waits for PNG encoding."""
+
+    def __init__(self, spec: DatasetSpec, key: str, device: str, retries: int, target: ShardTarget | None = None,
+                 batch_size: int = 64):
         from factory.generators.base import load_generator
 
         kind, checkpoint, params = json.loads(key)
-        self.spec, self.key, self.retries = spec, key, retries
+        self.spec, self.key, self.retries, self.batch_size = spec, key, retries, max(1, batch_size)
         self.generator = load_generator(kind, checkpoint or None, params, device=device)
-        # CPU generators score in the same actor: the image is not copied to another process
-        self.score = ScoreStage(spec) if fuse_scoring else None
+        self.finish = ScoreWriteStage(spec, target) if target else None
 
     def _try(self, items: list[WorkItem]):
         err = None
@@ -73,9 +92,8 @@ class GenerateStage:
                 time.sleep(min(0.1 * 2**attempt, 2.0))
         return None, err
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        items = [w for w in plan_items(batch, self.spec)
-                 if generator_key(w.generator, w.checkpoint, w.params) == self.key]
+    def generate(self, items: list[WorkItem], shard: int) -> dict[str, np.ndarray]:
+        """Generate `items` (one call, then one by one if it fails) -> raw columns."""
         results: list[tuple[Any, str]] = []
         if items:
             samples, err = self._try(items)
@@ -101,7 +119,8 @@ class GenerateStage:
             boxes.append(_boxes_json(s.boxes) if s is not None else "[]")
             ckpt.append(str((s.meta or {}).get("checkpoint") or items[i].checkpoint or "") if s is not None else "")
             errors.append(e)
-        out = {
+        return {
+            "shard": np.full(len(items), shard, np.int64),
             "index": np.array([w.index for w in items], np.int64),
             "item": np.array([json.dumps(w.to_row()) for w in items], object),
             "image": images,
@@ -111,20 +130,50 @@ class GenerateStage:
             "checkpoint": np.array(ckpt, object),
             "error": np.array(errors, object),
         }
-        return self.score(out) if self.score else out
-
-
-# --- stage 2: score ------------------------------------------------------------
-class ScoreStage:
-    """Runs every Scorer (basic checks + the quality gate when present) and encodes
-    the PNG kept for accepted and rejected samples alike."""
-
-    def __init__(self, spec: DatasetSpec):
-        from factory.pipeline.checks import scorers_for
-
-        self.scorers = scorers_for(spec)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        records, raw = [], []
+        for a, b in zip(batch["start"], batch["stop"]):
+            items = [w for w in iter_plan(self.spec, int(a), int(b - a))
+                     if generator_key(w.generator, w.checkpoint, w.params) == self.key]
+            if not items:
+                continue
+            if self.finish is None:
+                raw.append(self.generate(items, int(a)))
+                continue
+            bs = self.batch_size
+            scored = [self.finish.score(self.generate(items[k: k + bs], int(a))) for k in range(0, len(items), bs)]
+            records.append(self.finish.write(_concat(scored)))
+        if self.finish is None:
+            return _concat(raw) if raw else self.generate([], 0)
+        return {"record": np.array(records, object)}
+
+
+# --- stage 2: score + write -------------------------------------------------------
+class ScoreWriteStage:
+    """Runs every Scorer (basic checks + the quality gate when present), encodes the
+    PNG kept for accepted and rejected samples alike, and writes one shard per
+    range. In the generator's actor for CPU generators; a pool of its own after a
+    GPU generator (or when the gate's scorers want a GPU: `device="cuda"`)."""
+
+    def __init__(self, spec: DatasetSpec, target: ShardTarget, device: str = "cpu"):
+        from factory.pipeline.checks import scorers_for
+
+        self.scorers = scorers_for(spec, device=device)
+        self.target = target
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        scored = self.score(batch)
+        shards = scored["shard"]
+        records = [self.write({k: v[shards == s] for k, v in scored.items()}) for s in np.unique(shards)]
+        return {"record": np.array(records, object)}
+
+    def write(self, scored: dict[str, np.ndarray]) -> str:
+        t = self.target
+        return write_shard(scored, t.staging, t.spec_hash, list(t.formats), t.storage)["record"][0]
+
+    def score(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Raw generator columns -> verdicts + PNG bytes (the raw images are dropped)."""
         from factory.generators.base import Sample
         from factory.quality.base import Verdict, score_all
         from factory.viz import png_bytes
@@ -155,6 +204,7 @@ class ScoreStage:
                 traceback.print_exc()
         png = [png_bytes(batch["image"][i]) if not batch["error"][i] else b"" for i in range(n)]
         return {
+            "shard": np.asarray(batch["shard"], np.int64),
             "index": np.asarray(batch["index"], np.int64),
             "item": batch["item"],
             "png": np.array(png, object),
@@ -166,7 +216,7 @@ class ScoreStage:
         }
 
 
-# --- stage 3: write ------------------------------------------------------------
+# --- writing a shard --------------------------------------------------------------
 def write_shard(batch: dict[str, np.ndarray], staging: str, spec_hash: str, formats: list[str],
                 storage: Any = None) -> dict[str, Any]:
     """Write one shard (accepted rows through the format sinks, rejected rows to

@@ -38,4 +38,10 @@ def build_scorers(spec, device: str = "cpu", mask_spillover: bool = False) -> li
     return scorers
 
 
-__all__ = ["NearDuplicateScorer", "SanityScorer", "Scorer", "SpilloverScorer", "Verdict", "build_scorers", "score_all"]
+def gate_gpus(spec) -> float:
+    """GPUs one scoring actor asks for: the anomaly gate's network can use one; the
+    other checks are numpy and never do."""
+    return float(spec.quality.gpus) if spec.quality.anomaly_checkpoint else 0.0
+
+
+__all__ = ["gate_gpus", "NearDuplicateScorer", "SanityScorer", "Scorer", "SpilloverScorer", "Verdict", "build_scorers", "score_all"]

@@ -210,6 +210,8 @@ class QualitySpec(StrictModel):
     min_std: Annotated[float, Field(ge=0)] = 2.0
     max_saturated: Annotated[float, Field(ge=0, le=1)] = 0.5
     duplicate_distance: Annotated[int, Field(ge=-1, le=64)] = 4  # -1 disables near-duplicate rejection
+    gpus: Annotated[float, Field(ge=0, le=8)] = Field(
+        0.25, description="GPUs per scoring actor for the anomaly gate, used when the cluster has them free (0: CPU)")
 
 
 class OutputSpec(StrictModel):
