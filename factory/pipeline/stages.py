@@ -2,11 +2,12 @@
 range of plan indices is the unit of work and becomes one shard:
 
   CPU generator, one actor:  range --plan, generate, score, PNG, write--> shard record
-  GPU generator:             range --generate (GPU actor)--> images + boxes
+  GPU generator:             range --generate (GPU actor)--> raw image columns
                              --score, PNG, write (CPU actor)--> shard record
 
-Rows between stages are flat columns (ints, strings, bytes, one uint8 image
-tensor), so nothing needs custom serialization; the driver only sees records.
+Inside an actor samples stay Python objects; only the GPU hop turns them into
+flat columns (ints, strings, one uint8 image tensor), so nothing needs custom
+serialization. The driver only ever sees shard records.
 """
 
 from __future__ import annotations
@@ -15,14 +16,18 @@ import json
 import time
 import traceback
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
+from factory.generators.base import Sample
 from factory.planning import Box, WorkItem, iter_plan
 from factory.spec import DatasetSpec
 
 VAL_EVERY = 10  # plan index % VAL_EVERY == VAL_EVERY - 1 -> the YOLO "val" split
+
+# what generating one item gave: the sample, or None and the error that stopped it
+Result = tuple[WorkItem, "Sample | None", str]
 
 
 def generator_key(kind: str, checkpoint: str | None, params: dict[str, Any]) -> str:
@@ -32,19 +37,6 @@ def generator_key(kind: str, checkpoint: str | None, params: dict[str, Any]) -> 
 
 def split_of(index: int) -> str:
     return "val" if index % VAL_EVERY == VAL_EVERY - 1 else "train"
-
-
-# --- stage 1: plan ranges -> generate (-> score -> write) -----------------------
-def _boxes_json(boxes: list[Box]) -> str:
-    return json.dumps([b.to_dict() for b in boxes])
-
-
-def _item(text: str) -> WorkItem:
-    return WorkItem.from_row(json.loads(text))
-
-
-def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
 @dataclass(frozen=True)
@@ -57,17 +49,18 @@ class ShardTarget:
     storage: Any = None  # the driver's StorageConfig (endpoint; credentials on a local cluster)
 
 
+# --- stage 1: plan ranges -> generate (-> score -> write) -----------------------
 class GenerateStage:
     """Holds one loaded generator per actor and makes the planned items of each
     range that are its own (a spec with several generators runs one pool per
     generator over the same ranges). A failing call is retried, then retried item
-    by item; an item that still fails becomes a row with `error` set (a reject
-    later), never a lost row.
+    by item; an item that still fails becomes a reject with its error, never a
+    lost row.
 
     With a `target` (CPU generators) the actor also scores, PNG-encodes and writes
     each range as one shard, `batch_size` items at a time, so an image never leaves
     the process that drew it and only PNG bytes are held until the shard is
-    written. Without one (GPU generators) it returns the raw images for a CPU
+    written. Without one (GPU generators) it returns raw image columns for a CPU
     `ScoreWriteStage` pool, so the GPU never waits for PNG encoding."""
 
     def __init__(self, spec: DatasetSpec, key: str, device: str, retries: int, target: ShardTarget | None = None,
@@ -92,44 +85,21 @@ class GenerateStage:
                 time.sleep(min(0.1 * 2**attempt, 2.0))
         return None, err
 
-    def generate(self, items: list[WorkItem], shard: int) -> dict[str, np.ndarray]:
-        """Generate `items` (one call, then one by one if it fails) -> raw columns."""
-        results: list[tuple[Any, str]] = []
-        if items:
-            samples, err = self._try(items)
-            if samples is not None:
-                results = [(s, "") for s in samples]
-            else:  # isolate the bad items
-                for it in items:
-                    one, e = self._try([it])
-                    results.append((one[0], "") if one else (None, e or err or "unknown error"))
-        img = self.spec.image
-        H, W, C = img.height, img.width, img.channels
-        images = np.zeros((len(items), H, W, C), np.uint8)
-        masks = np.zeros((len(items), H, W), np.uint8)
-        has_mask, boxes, ckpt, errors = [], [], [], []
-        for i, (s, e) in enumerate(results):
-            if s is not None and np.asarray(s.image).shape == (H, W, C):
-                images[i] = s.image
-            elif s is not None:
-                e = e or f"generator returned an image of shape {np.asarray(s.image).shape}, expected {(H, W, C)}"
-            if s is not None and s.mask is not None:
-                masks[i] = s.mask
-            has_mask.append(s is not None and s.mask is not None)
-            boxes.append(_boxes_json(s.boxes) if s is not None else "[]")
-            ckpt.append(str((s.meta or {}).get("checkpoint") or items[i].checkpoint or "") if s is not None else "")
-            errors.append(e)
-        return {
-            "shard": np.full(len(items), shard, np.int64),
-            "index": np.array([w.index for w in items], np.int64),
-            "item": np.array([json.dumps(w.to_row()) for w in items], object),
-            "image": images,
-            "mask": masks,
-            "has_mask": np.array(has_mask, bool),
-            "boxes": np.array(boxes, object),
-            "checkpoint": np.array(ckpt, object),
-            "error": np.array(errors, object),
-        }
+    def generate(self, items: list[WorkItem]) -> list[Result]:
+        """One call for all `items`, then one call per item if that fails."""
+        if not items:
+            return []
+        samples, err = self._try(items)
+        if samples is not None:
+            out = [(it, s, "") for it, s in zip(items, samples)]
+        else:  # isolate the bad items
+            out = []
+            for it in items:
+                one, e = self._try([it])
+                out.append((it, one[0], "") if one else (it, None, e or err or "unknown error"))
+        want = (self.spec.image.height, self.spec.image.width, self.spec.image.channels)
+        return [(it, None, f"generator returned an image of shape {np.shape(s.image)}, expected {want}")
+                if s is not None and np.shape(s.image) != want else (it, s, e) for it, s, e in out]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         records, raw = [], []
@@ -139,14 +109,51 @@ class GenerateStage:
             if not items:
                 continue
             if self.finish is None:
-                raw.append(self.generate(items, int(a)))
+                raw.append(to_columns(self.generate(items), int(a), self.spec))
                 continue
-            bs = self.batch_size
-            scored = [self.finish.score(self.generate(items[k: k + bs], int(a))) for k in range(0, len(items), bs)]
-            records.append(self.finish.write(_concat(scored)))
+            bs, rows = self.batch_size, []
+            for k in range(0, len(items), bs):
+                rows += self.finish.rows(self.generate(items[k: k + bs]))
+            records.append(self.finish.write(rows))
         if self.finish is None:
-            return _concat(raw) if raw else self.generate([], 0)
+            return {k: np.concatenate([r[k] for r in raw]) for k in raw[0]} if raw else to_columns([], 0, self.spec)
         return {"record": np.array(records, object)}
+
+
+def to_columns(results: Sequence[Result], shard: int, spec: DatasetSpec) -> dict[str, np.ndarray]:
+    """Results -> flat columns for the hop from a GPU generator to its scoring pool."""
+    H, W, C = spec.image.height, spec.image.width, spec.image.channels
+    images = np.zeros((len(results), H, W, C), np.uint8)
+    masks = np.zeros((len(results), H, W), np.uint8)
+    for i, (_, s, _) in enumerate(results):
+        if s is not None:
+            images[i] = s.image
+            if s.mask is not None:
+                masks[i] = s.mask
+    return {
+        "shard": np.full(len(results), shard, np.int64),
+        "item": np.array([json.dumps(it.to_row()) for it, _, _ in results], object),
+        "image": images,
+        "mask": masks,
+        "has_mask": np.array([s is not None and s.mask is not None for _, s, _ in results], bool),
+        "boxes": np.array([json.dumps([b.to_dict() for b in s.boxes]) if s else "[]" for _, s, _ in results], object),
+        "meta": np.array([json.dumps({"checkpoint": str((s.meta or {}).get("checkpoint") or "")}) if s else "{}"
+                          for _, s, _ in results], object),
+        "error": np.array([e for _, _, e in results], object),
+    }
+
+
+def from_columns(batch: dict[str, np.ndarray]) -> list[Result]:
+    out: list[Result] = []
+    for i in range(len(batch["item"])):
+        item = WorkItem.from_row(json.loads(batch["item"][i]))
+        if batch["error"][i]:
+            out.append((item, None, str(batch["error"][i])))
+            continue
+        boxes = [Box.from_dict(b) for b in json.loads(batch["boxes"][i])]
+        mask = batch["mask"][i] if batch["has_mask"][i] else None
+        out.append((item, Sample(item, batch["image"][i], boxes, mask, json.loads(batch["meta"][i])), ""))
+    return out
 
 
 # --- stage 2: score + write -------------------------------------------------------
@@ -154,7 +161,7 @@ class ScoreWriteStage:
     """Runs every Scorer (basic checks + the quality gate when present), encodes the
     PNG kept for accepted and rejected samples alike, and writes one shard per
     range. In the generator's actor for CPU generators; a pool of its own after a
-    GPU generator (or when the gate's scorers want a GPU: `device="cuda"`)."""
+    GPU generator (or when the gate's scorers get a GPU: `device="cuda"`)."""
 
     def __init__(self, spec: DatasetSpec, target: ShardTarget, device: str = "cpu"):
         from factory.pipeline.checks import scorers_for
@@ -163,101 +170,69 @@ class ScoreWriteStage:
         self.target = target
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        scored = self.score(batch)
-        shards = scored["shard"]
-        records = [self.write({k: v[shards == s] for k, v in scored.items()}) for s in np.unique(shards)]
+        shards = batch["shard"]
+        records = [self.write(self.rows(from_columns({k: v[shards == s] for k, v in batch.items()})))
+                   for s in np.unique(shards)]
         return {"record": np.array(records, object)}
 
-    def write(self, scored: dict[str, np.ndarray]) -> str:
-        t = self.target
-        return write_shard(scored, t.staging, t.spec_hash, list(t.formats), t.storage)["record"][0]
-
-    def score(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Raw generator columns -> verdicts + PNG bytes (the raw images are dropped)."""
-        from factory.generators.base import Sample
+    def rows(self, results: Sequence[Result]) -> list[dict[str, Any]]:
+        """Score the samples -> shard rows (PNG bytes; `reasons` empty = accepted)."""
         from factory.quality.base import Verdict, score_all
         from factory.viz import png_bytes
 
-        n = len(batch["index"])
-        verdicts: list[Verdict] = [Verdict() for _ in range(n)]
-        ok = [i for i in range(n) if not batch["error"][i]]
-        for i in range(n):
-            if batch["error"][i]:
-                verdicts[i].reasons.append(f"generator_error: {batch['error'][i]}")
-        samples = [
-            Sample(
-                item=_item(batch["item"][i]),
-                image=batch["image"][i],
-                boxes=[Box.from_dict(b) for b in json.loads(batch["boxes"][i])],
-                mask=batch["mask"][i] if batch["has_mask"][i] else None,
-                meta={"checkpoint": batch["checkpoint"][i]},
-            )
-            for i in ok
-        ]
-        if samples:
+        made = [s for _, s, _ in results if s is not None]
+        verdicts: list[Verdict] = [Verdict() for _ in made]
+        if made:
             try:
-                for i, v in zip(ok, score_all(self.scorers, samples)):
-                    verdicts[i] = v
+                verdicts = score_all(self.scorers, made)
             except Exception as e:  # noqa: BLE001 - a broken scorer rejects, with its error, not silently
-                for i in ok:
-                    verdicts[i].reasons.append(f"scorer_error: {type(e).__name__}: {e}")
+                verdicts = [Verdict(reasons=[f"scorer_error: {type(e).__name__}: {e}"]) for _ in made]
                 traceback.print_exc()
-        png = [png_bytes(batch["image"][i]) if not batch["error"][i] else b"" for i in range(n)]
-        return {
-            "shard": np.asarray(batch["shard"], np.int64),
-            "index": np.asarray(batch["index"], np.int64),
-            "item": batch["item"],
-            "png": np.array(png, object),
-            "boxes": batch["boxes"],
-            "checkpoint": batch["checkpoint"],
-            "error": batch["error"],
-            "scores": np.array([json.dumps(v.scores) for v in verdicts], object),
-            "reasons": np.array([json.dumps(v.reasons) for v in verdicts], object),
-        }
+        verdict = iter(verdicts)
+        rows = []
+        for item, s, err in results:
+            v = next(verdict) if s is not None else Verdict(reasons=[f"generator_error: {err}"])
+            rows.append({
+                "sample_id": item.item_id,
+                "image": png_bytes(s.image) if s is not None else None,
+                "width": item.width,
+                "height": item.height,
+                "boxes": [b.to_dict() for b in s.boxes] if s is not None else [],
+                "generator": item.generator,
+                "checkpoint": str((s.meta or {}).get("checkpoint") or item.checkpoint or "") if s is not None else "",
+                "seed": item.seed,
+                "item_id": item.item_id,
+                "item_index": item.index,
+                "spec_hash": self.target.spec_hash,
+                "scores": v.scores,
+                "split": split_of(item.index),
+                "work_item": json.dumps(item.to_row()),
+                "reasons": v.reasons,
+                "error": err,
+            })
+        return rows
+
+    def write(self, rows: list[dict[str, Any]]) -> str:
+        return write_shard(rows, self.target)
 
 
 # --- writing a shard --------------------------------------------------------------
-def write_shard(batch: dict[str, np.ndarray], staging: str, spec_hash: str, formats: list[str],
-                storage: Any = None) -> dict[str, Any]:
+def write_shard(rows: list[dict[str, Any]], target: ShardTarget) -> str:
     """Write one shard (accepted rows through the format sinks, rejected rows to
     `rejected/`), then its record `_shards/<key>.json` LAST: a shard without a
-    record is ignored by publish and redone by a resumed run."""
+    record is ignored by publish and redone by a resumed run. Returns the record."""
     from factory.storage import uri as U
     from factory.storage.shards import REJECT_SCHEMA, ParquetSink, sinks_for
 
-    if not len(batch["index"]):
-        return {"record": np.array([], object)}
-    if storage is not None:  # the driver's endpoint (and, on a local cluster, credentials)
-        U.set_storage_config(storage)
-    accepted, rejected = [], []
-    for i in range(len(batch["index"])):
-        item = json.loads(batch["item"][i])
-        reasons = json.loads(batch["reasons"][i])
-        row = {
-            "sample_id": item["item_id"],
-            "image": batch["png"][i] or None,
-            "width": item["width"],
-            "height": item["height"],
-            "boxes": json.loads(batch["boxes"][i]),
-            "generator": item["generator"],
-            "checkpoint": batch["checkpoint"][i],
-            "seed": item["seed"],
-            "item_id": item["item_id"],
-            "item_index": int(batch["index"][i]),
-            "spec_hash": spec_hash,
-            "scores": json.loads(batch["scores"][i]),
-            "split": split_of(int(batch["index"][i])),
-            "work_item": batch["item"][i],
-        }
-        if reasons:
-            rejected.append({**row, "reasons": reasons, "error": batch["error"][i]})
-        else:
-            accepted.append(row)
-    key = f"s{int(np.min(batch['index'])):010d}"
+    if target.storage is not None:  # the driver's endpoint (and, on a local cluster, credentials)
+        U.set_storage_config(target.storage)
+    accepted = [r for r in rows if not r["reasons"]]
+    rejected = [r for r in rows if r["reasons"]]
+    key = f"s{min(r['item_index'] for r in rows):010d}"
     files = []
-    for sink in sinks_for(formats):
-        files += sink.write(staging, key, accepted)
-    rejected_files = ParquetSink("rejected", REJECT_SCHEMA).write(staging, key, rejected)
+    for sink in sinks_for(target.formats):
+        files += sink.write(target.staging, key, accepted)
+    rejected_files = ParquetSink("rejected", REJECT_SCHEMA).write(target.staging, key, rejected)
     record = {
         "key": key,
         "files": files,
@@ -270,5 +245,6 @@ def write_shard(batch: dict[str, np.ndarray], staging: str, spec_hash: str, form
         ],
         "rejects": [[r["item_index"], r["sample_id"], r["reasons"]] for r in rejected],
     }
-    U.write_bytes(U.join(staging, "_shards", f"{key}.json"), json.dumps(record).encode())
-    return {"record": np.array([json.dumps(record)], object)}
+    text = json.dumps(record)
+    U.write_bytes(U.join(target.staging, "_shards", f"{key}.json"), text.encode())
+    return text
