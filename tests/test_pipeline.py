@@ -179,6 +179,51 @@ def test_resume_after_kill_9(ray_local, tmp_path):
     assert m["duplicate_shards_skipped"] == 0
 
 
+@pytest.mark.ray
+def test_worker_kill_9_mid_run_loses_nothing(ray_local, tmp_path):
+    """kill -9 the generator actor's process while it writes shards: Ray restarts
+    it, the range it held is redone (its shard rewritten whole, under the same key)
+    and the run still publishes exactly `count`, each plan item once."""
+    import threading
+
+    import psutil
+
+    count = 480
+    spec = load_spec(tiny_spec(tmp_path, count=count, size=160, shard=8, name="wkill"))
+    out = tmp_path / "reg"
+    shards = out / "wkill" / "_staging" / "v1" / "_shards"
+    result: dict = {}
+
+    def run() -> None:
+        try:
+            result["r"] = run_dataset(spec, RunOptions(out=str(out), actors=1))
+        except BaseException as e:  # noqa: BLE001 - re-raised below, in the test's thread
+            result["e"] = e
+
+    t = threading.Thread(target=run)
+    t.start()
+    deadline = time.time() + 120
+    while time.time() < deadline and not (shards.exists() and len(list(shards.glob("*.json"))) >= 2):
+        assert t.is_alive(), f"the run ended before a worker could be killed: {result}"
+        time.sleep(0.01)
+    workers = [p for p in psutil.Process().children(recursive=True)
+               if "GenerateStage" in " ".join(p.cmdline())]
+    assert len(workers) == 1, [w.cmdline() for w in workers]
+    done_at_kill = len(list(shards.glob("*.json")))
+    workers[0].kill()  # SIGKILL
+    t.join(180)
+    assert not t.is_alive(), "the run hung after its worker was killed"
+    if "e" in result:
+        raise result["e"]
+    assert done_at_kill < count // 8, "the worker was killed after the work was done"
+    assert not workers[0].is_running()
+    r = result["r"]
+    m = check_version(r.uri, count, spec.class_names)
+    assert m["duplicate_shards_skipped"] == 0
+    ids = read_table(f"{out}/wkill@1", columns=["sample_id", "item_index"])
+    assert sorted(ids["item_index"].to_pylist()) == sorted(set(ids["item_index"].to_pylist()))
+
+
 # --- driver logic without Ray workers -------------------------------------------
 def test_top_up_rounds_until_exact_count(ray_local, tmp_path, monkeypatch):
     """A gate rejecting every third item: the job plans further rounds and still
