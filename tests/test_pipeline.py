@@ -299,3 +299,34 @@ def test_generator_failures_become_rejects(tmp_path, monkeypatch):
     assert rec2["samples"] == rec["samples"] and rec2["rejects"] == rec["rejects"]
     same = [f["sha256"] for f in rec["files"]] == [f["sha256"] for f in rec2["files"]]
     assert same, "the fused and the split path wrote different shards"
+
+
+def test_plan_pools_fuses_on_cpu_and_splits_for_gpus(tmp_path):
+    """Which actor pools a round starts: CPU generators score and write in their own
+    actor; a GPU generator gets a CPU scoring pool; a GPU-hungry gate gets GPU
+    scoring actors only where the generators leave GPU free."""
+    from factory.pipeline import plan_pools
+    from factory.spec import spec_from_dict
+
+    base = {"name": "p", "count": 4, "image": {"width": 64, "height": 64, "channels": 1},
+            "domain": {"references": [tmp_path.as_uri()]},
+            "defects": [{"class": "crack", "boxes": {"size": {"min": 0.2, "max": 0.3}}}]}
+    both = [{"kind": "procedural"}, {"kind": "dg2gan", "checkpoint": (tmp_path / "g").as_uri()}]
+    gate = {"anomaly_checkpoint": (tmp_path / "a").as_uri(), "gpus": 0.5}
+    procedural = spec_from_dict(base)
+    mixed = spec_from_dict({**base, "generators": both})
+    gated = spec_from_dict({**base, "generators": both, "quality": gate})
+
+    (p,) = plan_pools(procedural, cpus=8, gpus=0)
+    assert (p.actors, p.gpu, p.score_actors) == (8, False, 0)  # fused: one actor does all
+    cpu, gpu = plan_pools(mixed, cpus=8, gpus=2)
+    assert (cpu.actors, cpu.gpu, cpu.score_actors) == (4, False, 0)
+    assert (gpu.actors, gpu.gpu, gpu.score_gpus) == (2, True, 0.0) and gpu.score_actors >= 1
+    cpu, gpu = plan_pools(mixed, cpus=8, gpus=0)  # no GPU: dg2gan runs on CPU, fused
+    assert not gpu.gpu and gpu.score_actors == 0
+    # the gate's GPU share: none free while the generators hold both GPUs ...
+    assert all(p.score_gpus == 0 for p in plan_pools(gated, cpus=8, gpus=2))
+    # ... one GPU left over -> scoring actors of half a GPU, for every pool
+    pools = plan_pools(gated, cpus=8, gpus=2, actors=1)
+    assert all(p.score_gpus == 0.5 and 1 <= p.score_actors <= 2 for p in pools)
+    assert plan_pools(procedural, cpus=8, gpus=1)[0].score_gpus == 0  # no gate, no GPU scoring

@@ -237,57 +237,75 @@ def _shard_target(staging: str, spec_hash: str, spec: DatasetSpec) -> ShardTarge
     return ShardTarget(staging, spec_hash, tuple(spec.output.formats), storage)
 
 
-def _run_round(spec: DatasetSpec, o: RunOptions, staging: str, spec_hash: str, todo: list[int]):
-    """Yield shard records as the streaming job writes them; closing the generator
-    (the caller stops at `count`) shuts the executor down.
+@dataclass(frozen=True)
+class Pool:
+    """One generator's actor pool, and where its samples are scored and written."""
 
-    One actor pool per generator. A CPU generator's actor does everything for its
-    ranges (generate, score, PNG, write), so an image never crosses a process. A
-    GPU generator hands its images to a CPU pool that scores and writes, and so
-    does every generator when the gate's scorers get a GPU of their own."""
-    import ray
+    key: str  # generator_key(kind, checkpoint, params)
+    actors: int
+    gpu: bool  # each generator actor holds one GPU
+    score_actors: int = 0  # 0: the generator's own actor scores and writes (fused)
+    score_gpus: float = 0.0  # per scoring actor
 
+
+def plan_pools(spec: DatasetSpec, cpus: float, gpus: float, actors: int | None = None) -> list[Pool]:
+    """How a round uses the cluster. A CPU generator's actor does everything for its
+    ranges (generate, score, PNG, write), so an image never crosses a process; by
+    default the CPU generators share the cores. A GPU generator (one GPU per actor)
+    hands its images to a CPU scoring pool so the GPU never waits for PNG encoding.
+    When the anomaly gate asks for a GPU (`quality.gpus`) and the generators leave
+    that much free, every pool scores in GPU actors of that share."""
     from factory.generators.base import generator_class
     from factory.quality import gate_gpus
 
-    cpus = float(ray.cluster_resources().get("CPU", 1))
-    gpus = float(ray.cluster_resources().get("GPU", 0))
-    target = _shard_target(staging, spec_hash, spec)
     keys = list(dict.fromkeys(generator_key(g.kind, g.checkpoint, g.params) for g in spec.generators if g.weight > 0))
-    pools = []
+    base = []
     for key in keys:
-        use_gpu = generator_class(json.loads(key)[0]).wants_gpu and gpus >= 1
-        size = o.actors or (int(gpus) if use_gpu else max(1, int(cpus) // len(keys)))
-        pools.append((key, use_gpu, size))
-    free_gpus = gpus - sum(size for _, use_gpu, size in pools if use_gpu)
-    score_gpus = gate_gpus(spec)
-    score_gpus = score_gpus if 0 < score_gpus <= free_gpus else 0.0
-    if gate_gpus(spec) and not score_gpus and gpus:
+        gpu = generator_class(json.loads(key)[0]).wants_gpu and gpus >= 1
+        base.append((key, gpu, actors or (int(gpus) if gpu else max(1, int(cpus) // len(keys)))))
+    free_gpus = gpus - sum(n for _, gpu, n in base if gpu)
+    want = gate_gpus(spec)
+    score_gpus = want if 0 < want <= free_gpus else 0.0
+    if want and gpus and not score_gpus:
         log.info("the anomaly gate scores on CPU: the generators hold every GPU (lower --actors to share)")
-    ranges = _ranges(todo, spec.output.shard_size, sum(size for *_, size in pools))
+    # CPU scoring after a GPU generator is light next to generating: those pools
+    # reserve no CPU and stay small, so Ray does not start a process per block
+    helpers = max(1, sum(n for *_, n in base) // 2)
+    pools = []
+    for key, gpu, n in base:
+        if score_gpus:
+            pools.append(Pool(key, n, gpu, max(1, min(helpers, int(free_gpus // score_gpus))), score_gpus))
+        else:
+            pools.append(Pool(key, n, gpu, helpers if gpu else 0))
+    return pools
+
+
+def _run_round(spec: DatasetSpec, o: RunOptions, staging: str, spec_hash: str, todo: list[int]):
+    """Yield shard records as the streaming job writes them; closing the generator
+    (the caller stops at `count`) shuts the executor down."""
+    import ray
+
+    res = ray.cluster_resources()
+    pools = plan_pools(spec, float(res.get("CPU", 1)), float(res.get("GPU", 0)), o.actors)
+    target = _shard_target(staging, spec_hash, spec)
+    ranges = _ranges(todo, spec.output.shard_size, sum(p.actors for p in pools))
     # one input block per range: the unit of work the generator actors share out
     items = ray.data.from_items(ranges, override_num_blocks=max(1, min(len(ranges), 5000)))
-    # Scoring after a GPU generator is light next to generating: its pool reserves
-    # no CPU (the generator pools take every core) and is bounded, so Ray does not
-    # start a worker process per block.
-    helpers = max(1, sum(size for *_, size in pools) // 2)
     outputs = []
-    for key, use_gpu, size in pools:
-        fused = not use_gpu and not score_gpus
+    for p in pools:
         ds = items.map_batches(
-            GenerateStage, fn_constructor_kwargs={"spec": spec, "key": key, "device": "cuda" if use_gpu else "cpu",
-                                                  "retries": o.retries, "target": target if fused else None,
+            GenerateStage, fn_constructor_kwargs={"spec": spec, "key": p.key, "device": "cuda" if p.gpu else "cpu",
+                                                  "retries": o.retries, "target": None if p.score_actors else target,
                                                   "batch_size": o.batch_size},
-            batch_size=1, compute=ray.data.ActorPoolStrategy(size=size),
-            **({"num_gpus": 1} if use_gpu else {"num_cpus": 1}),
+            batch_size=1, compute=ray.data.ActorPoolStrategy(size=p.actors),
+            **({"num_gpus": 1} if p.gpu else {"num_cpus": 1}),
         )
-        if not fused:
-            scorers = max(1, int(free_gpus // score_gpus)) if score_gpus else helpers
+        if p.score_actors:
             ds = ds.map_batches(
                 ScoreWriteStage, fn_constructor_kwargs={"spec": spec, "target": target,
-                                                        "device": "cuda" if score_gpus else "cpu"},
-                batch_size=None, num_cpus=0, **({"num_gpus": score_gpus} if score_gpus else {}),
-                compute=ray.data.ActorPoolStrategy(min_size=1, max_size=min(scorers, helpers)),
+                                                        "device": "cuda" if p.score_gpus else "cpu"},
+                batch_size=None, num_cpus=0, **({"num_gpus": p.score_gpus} if p.score_gpus else {}),
+                compute=ray.data.ActorPoolStrategy(min_size=1, max_size=p.score_actors),
             )
         outputs.append(ds)
     ds = outputs[0] if len(outputs) == 1 else outputs[0].union(*outputs[1:])
@@ -450,4 +468,5 @@ def _grid_samples(staging: str, chosen, records, n: int = 16):
     return acc, rej
 
 
-__all__ = ["Progress", "RunError", "RunOptions", "RunResult", "ensure_ray", "run_dataset", "select", "split_of"]
+__all__ = ["Pool", "Progress", "RunError", "RunOptions", "RunResult", "ensure_ray", "plan_pools", "run_dataset",
+           "select", "split_of"]
