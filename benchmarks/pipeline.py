@@ -8,7 +8,8 @@
    "steady" is the rate and CPU per image between the first and the last shard
    record, without the fixed start-up (actor processes, imports, the first
    shard) and publish; the start-up is reported on its own.
-2. Shard write MB/s: our Parquet sink against a plain `pyarrow.parquet.write_table`
+2. The driver's memory at two counts: it should not grow with the count.
+3. Shard write MB/s: our Parquet sink against a plain `pyarrow.parquet.write_table`
    of the same rows, on file:// and on a local moto S3 server (127.0.0.1).
 
 Prints a table naming the machine (and its load: the numbers mean little on a
@@ -127,6 +128,33 @@ def ray_job(spec, out: str, actors: int) -> dict[str, float]:
             "steady_cpu_ms": (cb - ca) / (nb - na) * 1000, "first": ta - t0, "startup": ta - t0 - na / steady}
 
 
+def driver_memory(count: int, out: str) -> tuple[float, float]:
+    """The driver's Python heap (tracemalloc) for a whole run at 64x64: what it
+    holds when generation ends, and its peak (publish included), in MB."""
+    import tracemalloc
+
+    import factory.pipeline.job as job
+    from factory.pipeline import RunOptions, run_dataset
+
+    held = {}
+    publish = job._publish
+
+    def measured(*a, **k):
+        held["mb"] = (tracemalloc.get_traced_memory()[0] - base) / 1e6
+        return publish(*a, **k)
+
+    job._publish = measured
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    try:
+        run_dataset(bench_spec(count, 64, 256), RunOptions(out=out, report=False))
+        peak = (tracemalloc.get_traced_memory()[1] - base) / 1e6
+    finally:
+        tracemalloc.stop()
+        job._publish = publish
+    return held["mb"], peak
+
+
 def shard_rows(n: int, size: int):
     from factory.generators.base import load_generator
     from factory.planning import iter_plan
@@ -204,12 +232,17 @@ def main() -> None:
             rows.append((f"Ray Data job, {n} actor{'s' * (n > 1)} ({j['seconds']:.1f} s, start-up {j['startup']:.1f} s)",
                          f"{j['e2e']:.1f}", f"{j['steady']:.1f}", f"{j['steady'] / (n * plain):.2f}x",
                          f"{j['cpu'] / spec.count * 1000:.1f}", f"{j['steady_cpu_ms']:.1f}"))
+        memory = [(n, *driver_memory(n, str(tmp / f"mem{n}"))) for n in (2000, 20000)]
         ray.shutdown()
     print(f"\n{'accepted images/s (Ray start excluded)':<58} {'e2e':>7} {'steady':>7} {'per actor':>10} "
           f"{'CPU ms/img':>11} {'steady':>9}")
     print(f"{'':<58} {'img/s':>7} {'img/s':>7} {'vs plain':>10} {'':>11} {'CPU ms':>9}")
     for name, v, st, note, cpu, marg in rows:
         print(f"{name:<58} {v:>7} {st:>7} {note:>10} {cpu:>11} {marg:>9}")
+    if not a.skip_ray:
+        print(f"\n{'driver memory (Python heap, tracemalloc), 64x64, shards of 256':<64} {'held MB':>9} {'peak MB':>9}")
+        for n, held, peak in memory:
+            print(f"{f'{n} images':<64} {held:>9.1f} {peak:>9.1f}")
     sys.stdout.flush()
 
     from s3_server import start_moto, stop_moto

@@ -231,6 +231,7 @@ def test_top_up_rounds_until_exact_count(ray_local, tmp_path, monkeypatch):
     from factory.pipeline import job
 
     def fake_round(spec, o, staging, spec_hash, todo):
+        todo = [i for a, b in todo for i in range(a, b)]  # runs of plan indices
         for k in range(0, len(todo), 4):
             chunk = todo[k: k + 4]
             rec = {"key": f"s{chunk[0]:010d}", "files": [], "rejected_files": [],
@@ -249,16 +250,22 @@ def test_top_up_rounds_until_exact_count(ray_local, tmp_path, monkeypatch):
 
 
 def test_select_cuts_last_shard_and_skips_duplicates():
-    from factory.pipeline.job import select
+    from factory.pipeline.job import Shard, _missing, select
 
     recs = [
-        {"key": "s0000000004", "samples": [[4, "d", "", "", []], [5, "e", "", "", []]], "rejects": [[6, "f", ["x"]]]},
+        {"key": "s0000000004", "samples": [[4, "d", "", "", []], [5, "e", "", "", []]], "rejects": [[6, "f", ["x: y"]]]},
         {"key": "s0000000000", "samples": [[0, "a", "", "", []], [2, "c", "", "", []], [1, "b", "", "", []]], "rejects": []},
         {"key": "s0000000005", "samples": [[5, "e", "", "", []]], "rejects": []},  # repeats index 5
+        {"key": "s0000000009", "samples": [[9, "j", "", "", []], [11, "l", "", "", []]], "rejects": []},
     ]
-    chosen, surplus, dup = select(recs, 4)
-    assert [[s[1] for s in t] for _, t in chosen] == [["a", "b", "c"], ["d"]]
-    assert surplus == 1 and [d["key"] for d in dup] == ["s0000000005"]
+    shards = [Shard.of(r) for r in recs]
+    assert shards[0].runs == [(4, 7)] and shards[0].reasons == {"x": 1} and shards[3].runs == [(9, 10), (11, 12)]
+    chosen, surplus, dup = select(shards, 4)
+    assert [(s.key, t) for s, t in chosen] == [("s0000000000", 3), ("s0000000004", 1)]
+    assert surplus == 1 + 2 and [d.key for d in dup] == ["s0000000005"]
+    # what a resumed run still has to make: the gaps, as runs
+    assert _missing(shards, 14) == [(3, 4), (7, 9), (10, 11), (12, 14)]
+    assert _missing([], 5) == [(0, 5)] and _missing(shards[1:2], 3) == []
 
 
 def test_generator_failures_become_rejects(tmp_path, monkeypatch):

@@ -1,9 +1,11 @@
 """`run_dataset(spec)`: the whole job, from a spec to a published version.
 
-The driver only plans ranges of plan indices and collects one small record per
-written shard; everything heavy (planning items, generating, scoring, encoding,
-writing) runs in Ray Data stages, streaming, so memory stays bounded whatever
-`count` is. Rounds: the first runs `ceil(count * overprovision)` items and stops
+The driver only plans ranges of plan indices and keeps one small summary per
+written shard (`Shard`); everything heavy (planning items, generating, scoring,
+encoding, writing) runs in Ray Data stages, streaming. The shard records stay in
+staging and publish reads them back one at a time, spooling the manifest's file
+list to disk, so the driver's memory grows with the number of shards, not of
+samples. Rounds: the first runs `ceil(count * overprovision)` items and stops
 as soon as `count` are accepted; if the gate rejected too many, a top-up round
 plans the next items, sized by the pass rate seen so far. Publishing picks whole
 shards in plan order and cuts the last one, so exactly `count` are published.
@@ -16,7 +18,9 @@ published twice.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
+import io
 import json
 import logging
 import math
@@ -115,11 +119,11 @@ def run_dataset(spec: DatasetSpec, options: RunOptions | None = None,
     staging = reg.staging_uri(spec.name, version)
     spec_hash = spec.spec_hash()
     state = _start_state(spec, version, staging, spec_hash, o.resume)
-    records = _load_records(staging) if o.resume else []
-    resumed = len(records)
+    shards = _load_shards(staging) if o.resume else []
+    resumed = len(shards)
 
     prog = Progress(count=spec.count)
-    _tally(prog, records)
+    _tally(prog, shards)
     if on_progress:
         on_progress(prog)
     if prog.accepted < spec.count:
@@ -127,21 +131,20 @@ def run_dataset(spec: DatasetSpec, options: RunOptions | None = None,
     while prog.accepted < spec.count:
         prog.round += 1
         if prog.round > MAX_ROUNDS:
-            raise RunError(f"{prog.accepted}/{spec.count} accepted after {MAX_ROUNDS} rounds; {_top_reasons(records)}")
-        done = {i for r in records for i in _indices(r)}
-        todo = [i for i in range(state["planned_until"]) if i not in done]
+            raise RunError(f"{prog.accepted}/{spec.count} accepted after {MAX_ROUNDS} rounds; {_top_reasons(shards)}")
+        todo = _missing(shards, state["planned_until"])
         if not todo:  # the planned range is used up: plan more (top-up)
             if prog.processed and not prog.accepted and prog.processed >= 8:
-                raise RunError(f"the quality gate rejected all {prog.processed} samples; {_top_reasons(records)}")
+                raise RunError(f"the quality gate rejected all {prog.processed} samples; {_top_reasons(shards)}")
             n = _round_size(spec.count, prog, o.overprovision)
-            todo = list(range(state["planned_until"], state["planned_until"] + n))
+            todo = [(state["planned_until"], state["planned_until"] + n)]
             state["planned_until"] += n
             state["rounds"] = prog.round
             U.write_bytes(U.join(staging, RUN_STATE), json.dumps(state).encode())
-        log.info("round %d: %d items", prog.round, len(todo))
+        log.info("round %d: %d items", prog.round, sum(b - a for a, b in todo))
         for rec in _run_round(spec, o, staging, spec_hash, todo):
-            records.append(rec)
-            _tally(prog, [rec])
+            shards.append(Shard.of(rec))
+            _tally(prog, shards[-1:])
             if on_progress:
                 on_progress(prog)
             if prog.accepted >= spec.count:
@@ -149,7 +152,7 @@ def run_dataset(spec: DatasetSpec, options: RunOptions | None = None,
     prog.phase = "publishing"
     if on_progress:
         on_progress(prog)
-    result = _publish(spec, reg, version, staging, records, state, o, spec_hash, time.time() - t0)
+    result = _publish(spec, reg, version, staging, shards, state, o, spec_hash, time.time() - t0)
     result.resumed_shards = resumed
     return result
 
@@ -178,20 +181,62 @@ def _start_state(spec: DatasetSpec, version: int, staging: str, spec_hash: str, 
     return state
 
 
-def _load_records(staging: str) -> list[dict[str, Any]]:
+@dataclass
+class Shard:
+    """The driver's view of one written shard. Its record (every sample's id, split
+    and boxes, every file's sha256) stays in staging as `_shards/<key>.json` and is
+    read again, one at a time, at publish, so the driver's memory grows with the
+    number of shards, not of samples."""
+
+    key: str
+    accepted: int
+    rejected: int
+    runs: list[tuple[int, int]]  # the plan indices it covers, as [start, stop) runs
+    reasons: Counter  # reject reason codes
+
+    @classmethod
+    def of(cls, rec: dict[str, Any]) -> "Shard":
+        codes = Counter(_reason_code(x) for _, _, reasons in rec["rejects"] for x in reasons)
+        idx = sorted([s[0] for s in rec["samples"]] + [r[0] for r in rec["rejects"]])
+        return cls(rec["key"], len(rec["samples"]), len(rec["rejects"]), _runs(idx), codes)
+
+
+def _runs(sorted_indices: list[int]) -> list[tuple[int, int]]:
+    runs: list[tuple[int, int]] = []
+    for i in sorted_indices:
+        if runs and runs[-1][1] == i:
+            runs[-1] = (runs[-1][0], i + 1)
+        else:
+            runs.append((i, i + 1))
+    return runs
+
+
+def _missing(shards: list[Shard], until: int) -> list[tuple[int, int]]:
+    """The plan indices below `until` that no shard covers, as runs."""
+    out, pos = [], 0
+    for a, b in sorted(r for s in shards for r in s.runs):
+        if a > pos:
+            out.append((pos, min(a, until)))
+        pos = max(pos, b)
+    if pos < until:
+        out.append((pos, until))
+    return [(a, b) for a, b in out if a < b]
+
+
+def _record(staging: str, key: str) -> dict[str, Any]:
+    return json.loads(U.read_bytes(U.join(staging, "_shards", f"{key}.json")))
+
+
+def _load_shards(staging: str) -> list[Shard]:
     prefix = U.join(staging, "_shards")
-    return [json.loads(U.read_bytes(U.join(prefix, n))) for n in U.list_files(prefix) if n.endswith(".json")]
+    return [Shard.of(_record(staging, n[:-5])) for n in U.list_files(prefix) if n.endswith(".json")]
 
 
-def _indices(rec: dict[str, Any]) -> list[int]:
-    return [s[0] for s in rec["samples"]] + [r[0] for r in rec["rejects"]]
-
-
-def _tally(prog: Progress, records: list[dict[str, Any]]) -> None:
-    for r in records:
-        prog.accepted += len(r["samples"])
-        prog.rejected += len(r["rejects"])
-        prog.processed += len(r["samples"]) + len(r["rejects"])
+def _tally(prog: Progress, shards: list[Shard]) -> None:
+    for s in shards:
+        prog.accepted += s.accepted
+        prog.rejected += s.rejected
+        prog.processed += s.accepted + s.rejected
 
 
 def _round_size(count: int, prog: Progress, overprovision: float) -> int:
@@ -206,23 +251,17 @@ def _reason_code(reason: str) -> str:
     return reason.split(":", 1)[0].strip()
 
 
-def _top_reasons(records: list[dict[str, Any]]) -> str:
-    c = Counter(_reason_code(x) for r in records for _, _, reasons in r["rejects"] for x in reasons)
+def _top_reasons(shards: list[Shard]) -> str:
+    c = sum((s.reasons for s in shards), Counter())
     return "reject reasons: " + (", ".join(f"{k} {v}" for k, v in c.most_common(5)) or "none")
 
 
 # --- the Ray Data graph -----------------------------------------------------
-def _ranges(todo: list[int], shard_size: int, workers: int) -> list[dict[str, int]]:
-    """Contiguous runs of indices, cut into ranges of at most `shard_size` (one range
-    = one shard); smaller for small rounds, so that every worker gets a few."""
-    chunk = max(1, min(shard_size, len(todo) // (4 * workers)))
-    out: list[dict[str, int]] = []
-    for i in todo:
-        if out and out[-1]["stop"] == i and i - out[-1]["start"] < chunk:
-            out[-1]["stop"] = i + 1
-        else:
-            out.append({"start": i, "stop": i + 1})
-    return out
+def _ranges(todo: list[tuple[int, int]], shard_size: int, workers: int) -> list[dict[str, int]]:
+    """Runs of plan indices cut into ranges of at most `shard_size` (one range = one
+    shard); smaller for small rounds, so that every worker gets a few."""
+    chunk = max(1, min(shard_size, sum(b - a for a, b in todo) // (4 * workers)))
+    return [{"start": i, "stop": min(i + chunk, b)} for a, b in todo for i in range(a, b, chunk)]
 
 
 def _shard_target(staging: str, spec_hash: str, spec: DatasetSpec) -> ShardTarget:
@@ -280,7 +319,7 @@ def plan_pools(spec: DatasetSpec, cpus: float, gpus: float, actors: int | None =
     return pools
 
 
-def _run_round(spec: DatasetSpec, o: RunOptions, staging: str, spec_hash: str, todo: list[int]):
+def _run_round(spec: DatasetSpec, o: RunOptions, staging: str, spec_hash: str, todo: list[tuple[int, int]]):
     """Yield shard records as the streaming job writes them; closing the generator
     (the caller stops at `count`) shuts the executor down."""
     import ray
@@ -320,89 +359,109 @@ def _run_round(spec: DatasetSpec, o: RunOptions, staging: str, spec_hash: str, t
 
 
 # --- publishing -------------------------------------------------------------
-def select(records: list[dict[str, Any]], count: int):
-    """Pick shards in plan order until `count` samples; cut the last one.
+def select(shards: list[Shard], count: int):
+    """Pick shards in plan order until `count` samples; the last one is cut.
 
-    Returns (chosen: list of (record, kept sample rows)), surplus count, and the
-    records whose indices repeat an earlier record (skipped)."""
-    chosen, seen, dup, total, surplus = [], set(), [], 0, 0
-    for rec in sorted(records, key=lambda r: r["key"]):
-        idx = _indices(rec)
-        if seen.intersection(idx):
-            dup.append(rec)
+    Returns (chosen: list of (shard, how many of its samples to take, in plan
+    order)), the surplus count, and the shards whose plan indices repeat an
+    earlier shard's (skipped)."""
+    chosen, dup, total, surplus = [], [], 0, 0
+    starts: list[int] = []  # covered plan indices so far: sorted, disjoint runs
+    stops: list[int] = []
+    for s in sorted(shards, key=lambda s: s.key):
+        if any(_overlaps(starts, stops, a, b) for a, b in s.runs):
+            dup.append(s)
             continue
-        seen.update(idx)
-        samples = sorted(rec["samples"], key=lambda s: s[0])
-        take = samples[: max(0, count - total)]
-        surplus += len(samples) - len(take)
-        total += len(take)
+        for a, b in s.runs:
+            k = bisect.bisect(starts, a)
+            starts.insert(k, a)
+            stops.insert(k, b)
+        take = min(s.accepted, max(0, count - total))
+        surplus += s.accepted - take
+        total += take
         if take:
-            chosen.append((rec, take))
+            chosen.append((s, take))
     return chosen, surplus, dup
 
 
-def _publish(spec, reg: Registry, version: int, staging: str, records, state, o: RunOptions, spec_hash: str,
-             seconds: float) -> RunResult:
+def _overlaps(starts: list[int], stops: list[int], a: int, b: int) -> bool:
+    k = bisect.bisect(starts, a)
+    return (k > 0 and stops[k - 1] > a) or (k < len(starts) and starts[k] < b)
+
+
+MAX_REPORT_BOXES = 50_000  # the report's box histograms use the first this many boxes (plan order is random)
+
+
+def _publish(spec, reg: Registry, version: int, staging: str, shards: list[Shard], state, o: RunOptions,
+             spec_hash: str, seconds: float) -> RunResult:
+    """Move the chosen shards' files into the version, one shard at a time (the
+    records are read back from staging), then write the manifest last."""
+    import pyarrow.parquet as pq
+
+    from factory.pipeline.checks import scorers_for
     from factory.storage.report import build_report
     from factory.storage.shards import rows_to_table, table_bytes, yolo_data_yaml
 
-    chosen, surplus, dup = select(records, spec.count)
-    published = sum(len(t) for _, t in chosen)
-    if published != spec.count:
-        raise RunError(f"internal: selected {published} samples, expected {spec.count}")
-    kept_records = [r for r in records if r not in dup]
-    moves: list[tuple[str, dict[str, Any]]] = []
-    extra: dict[str, bytes] = {}
+    chosen, surplus, dup = select(shards, spec.count)
+    if sum(t for _, t in chosen) != spec.count:
+        raise RunError(f"internal: selected {sum(t for _, t in chosen)} samples, expected {spec.count}")
+    take = {s.key: t for s, t in chosen}
+    skipped = {id(s) for s in dup}
+    kept = sorted((s for s in shards if id(s) not in skipped), key=lambda s: s.key)
+    names = spec.class_names
     per_class_images: Counter = Counter()
     per_class_boxes: Counter = Counter()
     per_generator: Counter = Counter()
     splits: Counter = Counter()
-    negatives = 0
-    box_rows = []  # (class_id, x1, y1, x2, y2) for the report's histograms
-    names = spec.class_names
-    for part, (rec, take) in enumerate(chosen):
+    negatives, box_rows, grid_ok, grid_bad = 0, [], [], []
+    pub = reg.begin(spec.name, version)
+    part = rejected_part = 0
+    for shard in kept:
+        rec = _record(staging, shard.key)
         files = {f["path"]: f for f in rec["files"]}
-        dst = f"parquet/part-{part:05d}.parquet"
-        src = f"parquet/{rec['key']}.parquet"
-        if src in files:
-            if len(take) == len(rec["samples"]):
-                moves.append((src, {**files[src], "path": dst}))
-            else:  # the cut shard: rewrite it with the kept rows only
-                import io
-
-                import pyarrow.parquet as pq
-
-                keep = {s[1] for s in take}
+        moves: list[tuple[str, dict[str, Any]]] = []
+        if shard.key in take:
+            samples = sorted(rec["samples"], key=lambda x: x[0])[: take[shard.key]]
+            src, dst = f"parquet/{shard.key}.parquet", f"parquet/part-{part:05d}.parquet"
+            part += 1
+            if src in files and (len(samples) < len(rec["samples"]) or len(grid_ok) < 16):
                 table = pq.read_table(io.BytesIO(U.read_bytes(U.join(staging, src))))
+                keep = {x[1] for x in samples}
                 rows = [r for r in table.to_pylist() if r["sample_id"] in keep]
+                grid_ok += rows[: 16 - len(grid_ok)]
+            if src in files and len(samples) < len(rec["samples"]):  # the cut shard: rewrite it with the kept rows
                 for r in rows:
                     r["scores"] = dict(r["scores"] or [])
-                extra[dst] = table_bytes(rows_to_table(rows))
-        for index, sid, split, gen, boxes in take:
-            for kind in ("images", "labels"):
-                ext = "png" if kind == "images" else "txt"
-                p = f"yolo/{kind}/{split}/{sid}.{ext}"
-                if p in files:
-                    moves.append((p, files[p]))
-            splits[split] += 1
-            per_generator[gen] += 1
-            classes = {names[b[0]] for b in boxes}
-            per_class_images.update(classes)
-            per_class_boxes.update(names[b[0]] for b in boxes)
-            negatives += not boxes
-            box_rows += [tuple(b) for b in boxes]
-    for part, rec in enumerate(sorted(kept_records, key=lambda r: r["key"])):
+                pub.put(dst, table_bytes(rows_to_table(rows)))
+            elif src in files:
+                moves.append((src, {**files[src], "path": dst}))
+            for index, sid, split, gen, boxes in samples:
+                for kind, ext in (("images", "png"), ("labels", "txt")):
+                    p = f"yolo/{kind}/{split}/{sid}.{ext}"
+                    if p in files:
+                        moves.append((p, files[p]))
+                splits[split] += 1
+                per_generator[gen] += 1
+                per_class_images.update({names[b[0]] for b in boxes})
+                per_class_boxes.update(names[b[0]] for b in boxes)
+                negatives += not boxes
+                box_rows += [tuple(b) for b in boxes][: MAX_REPORT_BOXES - len(box_rows)]
         for f in rec["rejected_files"]:
-            moves.append((f["path"], {**f, "path": f"rejected/part-{part:05d}.parquet"}))
+            if len(grid_bad) < 8:
+                t = pq.read_table(io.BytesIO(U.read_bytes(U.join(staging, f["path"]))),
+                                  columns=["sample_id", "image", "boxes", "reasons"])
+                grid_bad += [r for r in t.to_pylist() if r["image"]][: 8 - len(grid_bad)]
+            moves.append((f["path"], {**f, "path": f"rejected/part-{rejected_part:05d}.parquet"}))
+            rejected_part += 1
+        pub.move(moves)
     if "yolo" in spec.output.formats:
-        extra["yolo/data.yaml"] = yolo_data_yaml(names, ["train", "val"] if splits["val"] else ["train"])
+        data_yaml = yolo_data_yaml(names, ["train", "val"] if splits["val"] else ["train"])
         if not splits["val"]:  # ultralytics needs a val split: point it at train, and say so
-            extra["yolo/data.yaml"] += b"val: images/train  # no sample fell in the val split\n"
-    reasons = Counter(_reason_code(x) for r in kept_records for _, _, rs in r["rejects"] for x in rs)
-    rejected = sum(len(r["rejects"]) for r in kept_records)
-    processed = rejected + sum(len(r["samples"]) for r in kept_records)
-    from factory.pipeline.checks import scorers_for
-
+            data_yaml += b"val: images/train  # no sample fell in the val split\n"
+        pub.put("yolo/data.yaml", data_yaml)
+    reasons = sum((s.reasons for s in kept), Counter())
+    rejected = sum(s.rejected for s in kept)
+    processed = rejected + sum(s.accepted for s in kept)
     manifest = {
         "version": version,
         "spec_hash": spec_hash,
@@ -412,11 +471,11 @@ def _publish(spec, reg: Registry, version: int, staging: str, records, state, o:
         "formats": list(spec.output.formats),
         "image": {"width": spec.image.width, "height": spec.image.height, "channels": spec.image.channels},
         "counts": {
-            "accepted": published,
+            "accepted": spec.count,
             "rejected": rejected,
             "surplus": surplus,  # accepted but not needed (over-provisioning)
             "processed": processed,
-            "pass_rate": round((published + surplus) / processed, 4) if processed else None,
+            "pass_rate": round((spec.count + surplus) / processed, 4) if processed else None,
             "negatives": negatives,
             "images_per_class": {n: per_class_images[n] for n in names},
             "boxes_per_class": {n: per_class_boxes[n] for n in names},
@@ -432,40 +491,16 @@ def _publish(spec, reg: Registry, version: int, staging: str, records, state, o:
     }
     report_uri = grid_uri = None
     if o.report:
-        html, grid_png = build_report(spec, manifest, box_rows, _grid_samples(staging, chosen, kept_records))
-        extra["report.html"], extra["grid.png"] = html, grid_png
-    uri = reg.publish(spec.name, version, moves, extra, manifest)
+        html, grid_png = build_report(spec, manifest, box_rows, (grid_ok, grid_bad))
+        pub.put("report.html", html)
+        pub.put("grid.png", grid_png)
+    uri = pub.commit(manifest)
     if o.report:
         report_uri, grid_uri = U.join(uri, "report.html"), U.join(uri, "grid.png")
     from factory.training.detector import publish_hook  # spec `retrain: {on: publish}` -> one Ray job
 
-    return RunResult(spec.name, version, uri, reg.manifest(spec.name, version), seconds, report_uri, grid_uri,
+    return RunResult(spec.name, version, uri, pub.manifest, seconds, report_uri, grid_uri,
                      notes=publish_hook(spec, uri))
-
-
-def _grid_samples(staging: str, chosen, records, n: int = 16):
-    """A few accepted and rejected samples (from the first shards) for the report."""
-    import io
-
-    import pyarrow.parquet as pq
-
-    acc, rej = [], []
-    for rec, take in chosen:
-        keep = {s[1] for s in take}
-        src = f"parquet/{rec['key']}.parquet"
-        if any(f["path"] == src for f in rec["files"]):
-            t = pq.read_table(io.BytesIO(U.read_bytes(U.join(staging, src))), columns=["sample_id", "image", "boxes"])
-            acc += [r for r in t.to_pylist() if r["sample_id"] in keep][: n - len(acc)]
-        if len(acc) >= n:
-            break
-    for rec in records:
-        for f in rec["rejected_files"]:
-            t = pq.read_table(io.BytesIO(U.read_bytes(U.join(staging, f["path"]))),
-                              columns=["sample_id", "image", "boxes", "reasons"])
-            rej += [r for r in t.to_pylist() if r["image"]][: n // 2 - len(rej)]
-        if len(rej) >= n // 2:
-            break
-    return acc, rej
 
 
 __all__ = ["Pool", "Progress", "RunError", "RunOptions", "RunResult", "ensure_ray", "plan_pools", "run_dataset",

@@ -118,56 +118,91 @@ class Registry:
             )
 
     # --- publishing -----------------------------------------------------------
-    def publish(
-        self,
-        name: str,
-        version: int,
-        moves: Iterable[tuple[str, dict[str, Any]]],
-        extra: dict[str, bytes],
-        manifest: dict[str, Any],
-    ) -> str:
-        """Move staged files into the version folder, write `extra` files, then the
-        manifest (with every file's sha256) LAST, then drop the staging prefix.
-
-        `moves` is (source path relative to staging, file entry with the destination
-        `path`, `sha256` and `bytes`). A crash before the manifest leaves an
-        unpublished folder that a resumed run overwrites.
-        """
-        from factory.storage.shards import file_entry
-
+    def begin(self, name: str, version: int) -> "Publication":
+        """Start publishing `name@version` from its staging prefix (see Publication)."""
         self.refuse_published(name, version)
-        staging, final = self.staging_uri(name, version), self.version_uri(name, version)
-        moves = list(moves)
-        files: dict[str, dict[str, Any]] = {}
+        return Publication(self, name, version)
 
-        def move(m: tuple[str, dict[str, Any]]) -> None:
-            U.move(U.join(staging, m[0]), U.join(final, m[1]["path"]))
+    def publish(self, name: str, version: int, moves: Iterable[tuple[str, dict[str, Any]]],
+                extra: dict[str, bytes], manifest: dict[str, Any]) -> str:
+        """All at once: move `moves`, write `extra`, commit `manifest`."""
+        pub = self.begin(name, version)
+        pub.move(moves)
+        for path, data in extra.items():
+            pub.put(path, data)
+        return pub.commit(manifest)
+
+
+class Publication:
+    """Publishing one version, in as many steps as the caller likes, in constant
+    memory: staged files are moved in batches and each file's entry (sha256, bytes)
+    is spooled to a local temp file, so a version of millions of files never sits
+    in memory. `commit` writes manifest.json LAST (streamed from the spool), then
+    drops the staging prefix. A crash before the manifest leaves an unpublished
+    folder that a resumed run overwrites."""
+
+    GROUPS = ("parquet/", "rejected/", "yolo/")  # the manifest lists files grouped so, each in the order moved
+
+    def __init__(self, registry: Registry, name: str, version: int):
+        import tempfile
+
+        self.registry, self.name, self.version = registry, name, version
+        self.staging, self.uri = registry.staging_uri(name, version), registry.version_uri(name, version)
+        self._dir = tempfile.TemporaryDirectory(prefix="publish-")
+        self._spools = {g: open(Path(self._dir.name) / f"{i}.jsonl", "w") for i, g in enumerate((*self.GROUPS, ""))}
+        self.files = 0
+        self.manifest: dict[str, Any] = {}  # after commit: the manifest without its file list
+
+    def _add(self, path: str, sha256: str, size: int) -> None:
+        group = next((g for g in self.GROUPS if path.startswith(g)), "")
+        self._spools[group].write(f"{json.dumps(path)}: {json.dumps({'sha256': sha256, 'bytes': size})}\n")
+        self.files += 1
+
+    def move(self, moves: Iterable[tuple[str, dict[str, Any]]]) -> None:
+        """Move staged files (source path relative to staging, entry with the
+        destination `path`, `sha256`, `bytes`) into the version."""
+        moves = list(moves)
+
+        def one(m: tuple[str, dict[str, Any]]) -> None:
+            U.move(U.join(self.staging, m[0]), U.join(self.uri, m[1]["path"]))
 
         # I/O bound: S3 copies are one request each, so overlap them.
-        with ThreadPoolExecutor(max_workers=16 if U.is_s3(final) else 1) as pool:
-            list(pool.map(move, moves))
-        for _, entry in moves:
-            files[entry["path"]] = {"sha256": entry["sha256"], "bytes": entry["bytes"]}
-        for path, data in extra.items():
-            U.write_bytes(U.join(final, path), data)
-            e = file_entry(path, data)
-            files[path] = {"sha256": e["sha256"], "bytes": e["bytes"]}
-        manifest = {
-            "format": MANIFEST_FORMAT,
-            "name": name,
-            "version": version,
-            "uri": final,
-            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            **manifest,
-            "files": dict(sorted(files.items())),
-        }
-        self.refuse_published(name, version)  # someone else may have published meanwhile
-        U.write_bytes(U.join(final, MANIFEST), json.dumps(manifest, indent=1).encode())
-        U.delete_prefix(staging)
-        if not U.is_s3(staging):  # drop an empty `_staging` folder too
+        with ThreadPoolExecutor(max_workers=16 if U.is_s3(self.uri) else 1) as pool:
+            list(pool.map(one, moves))
+        for _, e in moves:
+            self._add(e["path"], e["sha256"], e["bytes"])
+
+    def put(self, path: str, data: bytes) -> None:
+        from factory.storage.shards import file_entry
+
+        U.write_bytes(U.join(self.uri, path), data)
+        e = file_entry(path, data)
+        self._add(path, e["sha256"], e["bytes"])
+
+    def commit(self, manifest: dict[str, Any]) -> str:
+        head = {"format": MANIFEST_FORMAT, "name": self.name, "version": self.version, "uri": self.uri,
+                "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **manifest}
+        out = Path(self._dir.name) / MANIFEST
+        with open(out, "w") as f:
+            text = json.dumps({**head, "files": None}, indent=1)
+            f.write(text[: text.rindex("null")] + "{")
+            first = True
+            for spool in self._spools.values():
+                spool.close()
+                with open(spool.name) as lines:
+                    for line in lines:
+                        f.write(("\n  " if first else ",\n  ") + line.rstrip("\n"))
+                        first = False
+            f.write("\n }\n}")
+        self.registry.refuse_published(self.name, self.version)  # someone else may have published meanwhile
+        U.write_file(U.join(self.uri, MANIFEST), out)
+        self._dir.cleanup()
+        U.delete_prefix(self.staging)
+        if not U.is_s3(self.staging):  # drop an empty `_staging` folder too
             with contextlib.suppress(OSError):
-                U.local_path(U.join(self.root, name, STAGING)).rmdir()
-        return final
+                U.local_path(U.join(self.registry.root, self.name, STAGING)).rmdir()
+        self.manifest = head
+        return self.uri
 
 
 def code_version() -> str:

@@ -174,6 +174,21 @@ def write_bytes(uri: str, data: bytes) -> None:
         os.replace(tmp, path)  # a reader never sees half a file
 
 
+def write_file(uri: str, local: str | Path) -> None:
+    """Write a local file's contents to `uri` without reading it into memory
+    (multipart upload on S3; an atomic replace on disk)."""
+    with _errors(uri):
+        if is_s3(uri):
+            bucket, key = split_s3(uri)
+            _s3_client().upload_file(str(local), bucket, key)
+            return
+        path = local_path(uri)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        shutil.copyfile(local, tmp)
+        os.replace(tmp, path)
+
+
 def exists(uri: str) -> bool:
     with _errors(uri):
         if is_s3(uri):
