@@ -72,6 +72,13 @@ def local_path(uri: str | Path) -> Path:
     return Path(uri).expanduser()
 
 
+def _local_str(uri: str) -> str:
+    """`local_path` as a plain string, for per-file calls: pathlib interns every path
+    part it parses, a table that grows with every distinct file name (millions of
+    sample files would pin hundreds of MB)."""
+    return uri[7:] if uri.startswith("file:///") else os.fspath(local_path(uri))
+
+
 def to_uri(path_or_uri: str | Path) -> str:
     """Normalize a path or URI: local paths become absolute `file://` URIs."""
     s = str(path_or_uri)
@@ -158,7 +165,8 @@ def read_bytes(uri: str) -> bytes:
         if is_s3(uri):
             bucket, key = split_s3(uri)
             return _s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
-        return local_path(uri).read_bytes()
+        with open(_local_str(uri), "rb") as f:
+            return f.read()
 
 
 def write_bytes(uri: str, data: bytes) -> None:
@@ -167,11 +175,11 @@ def write_bytes(uri: str, data: bytes) -> None:
             bucket, key = split_s3(uri)
             _s3_client().put_object(Bucket=bucket, Key=key, Body=data)
             return
-        path = local_path(uri)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)  # a reader never sees half a file
+        path = _local_str(uri)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path + ".tmp", "wb") as f:
+            f.write(data)
+        os.replace(path + ".tmp", path)  # a reader never sees half a file
 
 
 def write_file(uri: str, local: str | Path) -> None:
@@ -243,9 +251,9 @@ def move(src: str, dst: str) -> None:
             _s3_client().copy_object(Bucket=db, Key=dk, CopySource={"Bucket": sb, "Key": sk})
             _s3_client().delete_object(Bucket=sb, Key=sk)
         else:
-            d = local_path(dst)
-            d.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(local_path(src), d)
+            d = _local_str(dst)
+            os.makedirs(os.path.dirname(d), exist_ok=True)
+            os.replace(_local_str(src), d)
 
 
 def delete(uri: str) -> None:
