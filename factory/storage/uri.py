@@ -231,10 +231,17 @@ def list_files(uri: str) -> list[str]:
 
 def delete_prefix(uri: str) -> None:
     with _errors(uri):
-        if is_s3(uri):
+        if is_s3(uri):  # a page of up to 1000 keys at a time, one DeleteObjects request each
             bucket, key = split_s3(uri)
-            for name in list_files(uri):
-                _s3_client().delete_object(Bucket=bucket, Key=join(key, name))
+            client = _s3_client()
+            prefix = key.rstrip("/") + "/" if key else ""
+            for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+                keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+                if keys:
+                    out = client.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
+                    if out.get("Errors"):
+                        e = out["Errors"][0]
+                        raise StorageError(f"s3://{bucket}/{e['Key']}: delete failed: {e.get('Message', e.get('Code'))}")
             return
         shutil.rmtree(local_path(uri), ignore_errors=True)
 
