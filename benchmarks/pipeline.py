@@ -1,6 +1,6 @@
 """Benchmark of the Ray Data job against plain single-process code.
 
-    python benchmarks/pipeline.py [--count 600] [--size 256] [--shard 64]
+    python benchmarks/pipeline.py [--count 1200] [--size 256] [--shard 64]
 
 1. Accepted images/s: the full job (`run_dataset`: plan, generate, score, PNG,
    Parquet + YOLO shards, publish) with 1 and 2 generator actors, against a plain
@@ -199,7 +199,7 @@ def write_mb_s(rows, root_uri: str, repeat: int = 3) -> dict[str, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--count", type=int, default=600)
+    ap.add_argument("--count", type=int, default=1200)
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--shard", type=int, default=64)
     ap.add_argument("--skip-ray", action="store_true")

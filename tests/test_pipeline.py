@@ -5,6 +5,7 @@ top-up rounds and generator failures recorded as rejects."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -177,6 +178,27 @@ def test_resume_after_kill_9(ray_local, tmp_path):
     assert ids.num_rows == count == m["counts"]["accepted"]
     assert len(set(ids["sample_id"].to_pylist())) == count
     assert m["duplicate_shards_skipped"] == 0
+
+
+@pytest.mark.ray
+def test_split_scoring_pool_writes_the_same_shards(ray_local, tmp_path, monkeypatch):
+    """The GPU layout (generator actors hand raw images to a scoring + writing pool)
+    run on CPU through the real Ray Data graph: it publishes the very shards the
+    fused layout does."""
+    from factory.pipeline import job
+
+    spec = load_spec(tiny_spec(tmp_path, count=12))
+    fused = run_dataset(spec, RunOptions(out=str(tmp_path / "fused"), actors=1, report=False))
+    real = job.plan_pools
+    monkeypatch.setattr(job, "plan_pools", lambda *a, **k: [dataclasses.replace(p, score_actors=1) for p in real(*a, **k)])
+    split = run_dataset(spec, RunOptions(out=str(tmp_path / "split"), actors=1))
+    check_version(split.uri, 12, spec.class_names)
+
+    def parquet(uri: str) -> dict:
+        m = json.loads(U.read_bytes(U.join(uri, "manifest.json")))
+        return {p: f["sha256"] for p, f in m["files"].items() if p.startswith(("parquet/", "yolo/images"))}
+
+    assert parquet(split.uri) == parquet(fused.uri)
 
 
 @pytest.mark.ray
