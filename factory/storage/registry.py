@@ -150,13 +150,11 @@ class Publication:
         self.staging, self.uri = registry.staging_uri(name, version), registry.version_uri(name, version)
         self._dir = tempfile.TemporaryDirectory(prefix="publish-")
         self._spools = {g: open(Path(self._dir.name) / f"{i}.jsonl", "w") for i, g in enumerate((*self.GROUPS, ""))}
-        self.files = 0
         self.manifest: dict[str, Any] = {}  # after commit: the manifest without its file list
 
     def _add(self, path: str, sha256: str, size: int) -> None:
         group = next((g for g in self.GROUPS if path.startswith(g)), "")
         self._spools[group].write(f"{json.dumps(path)}: {json.dumps({'sha256': sha256, 'bytes': size})}\n")
-        self.files += 1
 
     def move(self, moves: Iterable[tuple[str, dict[str, Any]]]) -> None:
         """Move staged files (source path relative to staging, entry with the
