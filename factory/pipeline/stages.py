@@ -82,7 +82,8 @@ class GenerateStage:
                 return samples, None
             except Exception as e:  # noqa: BLE001 - recorded with the sample, not swallowed
                 err = f"{type(e).__name__}: {e}"
-                time.sleep(min(0.1 * 2**attempt, 2.0))
+                if attempt < self.retries:
+                    time.sleep(min(0.1 * 2**attempt, 2.0))
         return None, err
 
     def generate(self, items: list[WorkItem]) -> list[Result]:
