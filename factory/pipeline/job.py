@@ -398,7 +398,6 @@ def _publish(spec, reg: Registry, version: int, staging: str, shards: list[Shard
     records are read back from staging), then write the manifest last."""
     import pyarrow.parquet as pq
 
-    from factory.pipeline.checks import scorers_for
     from factory.storage.report import build_report
     from factory.storage.shards import rows_to_table, table_bytes, yolo_data_yaml
 
@@ -413,27 +412,29 @@ def _publish(spec, reg: Registry, version: int, staging: str, shards: list[Shard
     per_class_boxes: Counter = Counter()
     per_generator: Counter = Counter()
     splits: Counter = Counter()
-    negatives, box_rows, grid_ok, grid_bad = 0, [], [], []
+    negatives, box_rows, grid_ok, grid_bad, gate = 0, [], [], [], []
     pub = reg.begin(spec.name, version)
     part = rejected_part = 0
     for shard in kept:
         rec = _record(staging, shard.key)
+        gate = gate or rec.get("gate", [])  # the scorers' names, as the actors built them
         files = {f["path"]: f for f in rec["files"]}
         moves: list[tuple[str, dict[str, Any]]] = []
         if shard.key in take:
             samples = sorted(rec["samples"], key=lambda x: x[0])[: take[shard.key]]
             src, dst = f"parquet/{shard.key}.parquet", f"parquet/part-{part:05d}.parquet"
             part += 1
-            if src in files and (len(samples) < len(rec["samples"]) or len(grid_ok) < 16):
+            cut = len(samples) < len(rec["samples"])
+            if src in files and (cut or len(grid_ok) < 16):
                 table = pq.read_table(io.BytesIO(U.read_bytes(U.join(staging, src))))
                 keep = {x[1] for x in samples}
                 rows = [r for r in table.to_pylist() if r["sample_id"] in keep]
                 grid_ok += rows[: 16 - len(grid_ok)]
-            if src in files and len(samples) < len(rec["samples"]):  # the cut shard: rewrite it with the kept rows
-                for r in rows:
-                    r["scores"] = dict(r["scores"] or [])
-                pub.put(dst, table_bytes(rows_to_table(rows)))
-            elif src in files:
+                if cut:  # the last shard: rewrite it with the kept rows only
+                    for r in rows:
+                        r["scores"] = dict(r["scores"] or [])
+                    pub.put(dst, table_bytes(rows_to_table(rows)))
+            if src in files and not cut:
                 moves.append((src, {**files[src], "path": dst}))
             for index, sid, split, gen, boxes in samples:
                 for kind, ext in (("images", "png"), ("labels", "txt")):
@@ -483,7 +484,7 @@ def _publish(spec, reg: Registry, version: int, staging: str, shards: list[Shard
             "splits": dict(splits),
         },
         "reject_reasons": dict(reasons.most_common()),
-        "gate": [s.name for s in scorers_for(spec)],
+        "gate": gate,
         "rounds": state.get("rounds", 0),
         "duplicate_shards_skipped": len(dup),
         "seconds": round(seconds, 2),

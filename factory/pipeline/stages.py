@@ -169,6 +169,10 @@ class ScoreWriteStage:
 
         self.scorers = scorers_for(spec, device=device)
         self.target = target
+        if target.storage is not None:  # the driver's endpoint (and, on a local cluster, credentials)
+            from factory.storage import uri as U
+
+            U.set_storage_config(target.storage)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         shards = batch["shard"]
@@ -214,19 +218,17 @@ class ScoreWriteStage:
         return rows
 
     def write(self, rows: list[dict[str, Any]]) -> str:
-        return write_shard(rows, self.target)
+        return write_shard(rows, self.target, [s.name for s in self.scorers])
 
 
 # --- writing a shard --------------------------------------------------------------
-def write_shard(rows: list[dict[str, Any]], target: ShardTarget) -> str:
+def write_shard(rows: list[dict[str, Any]], target: ShardTarget, gate: list[str]) -> str:
     """Write one shard (accepted rows through the format sinks, rejected rows to
     `rejected/`), then its record `_shards/<key>.json` LAST: a shard without a
     record is ignored by publish and redone by a resumed run. Returns the record."""
     from factory.storage import uri as U
     from factory.storage.shards import REJECT_SCHEMA, ParquetSink, sinks_for
 
-    if target.storage is not None:  # the driver's endpoint (and, on a local cluster, credentials)
-        U.set_storage_config(target.storage)
     accepted = [r for r in rows if not r["reasons"]]
     rejected = [r for r in rows if r["reasons"]]
     key = f"s{min(r['item_index'] for r in rows):010d}"
@@ -245,6 +247,7 @@ def write_shard(rows: list[dict[str, Any]], target: ShardTarget) -> str:
             for r in accepted
         ],
         "rejects": [[r["item_index"], r["sample_id"], r["reasons"]] for r in rejected],
+        "gate": gate,  # the scorers that judged these samples
     }
     text = json.dumps(record)
     U.write_bytes(U.join(target.staging, "_shards", f"{key}.json"), text.encode())
