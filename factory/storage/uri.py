@@ -213,16 +213,19 @@ def exists(uri: str) -> bool:
         return local_path(uri).exists()
 
 
+def _s3_pages(uri: str, **kwargs) -> Iterator[tuple[str, str, dict]]:
+    """(bucket, the listed key prefix ending in "/", page) for each ListObjectsV2 page under `uri`."""
+    bucket, key = split_s3(uri)
+    prefix = key.rstrip("/") + "/" if key else ""
+    for page in _s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, **kwargs):
+        yield bucket, prefix, page
+
+
 def list_files(uri: str) -> list[str]:
     """All files under a prefix, as paths relative to it, sorted."""
     with _errors(uri):
         if is_s3(uri):
-            bucket, key = split_s3(uri)
-            prefix = key.rstrip("/") + "/" if key else ""
-            names: list[str] = []
-            for page in _s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-                names += [o["Key"][len(prefix):] for o in page.get("Contents", [])]
-            return sorted(names)
+            return sorted(o["Key"][len(prefix):] for _, prefix, page in _s3_pages(uri) for o in page.get("Contents", []))
         root = local_path(uri)
         if not root.exists():
             return []
@@ -232,13 +235,10 @@ def list_files(uri: str) -> list[str]:
 def delete_prefix(uri: str) -> None:
     with _errors(uri):
         if is_s3(uri):  # a page of up to 1000 keys at a time, one DeleteObjects request each
-            bucket, key = split_s3(uri)
-            client = _s3_client()
-            prefix = key.rstrip("/") + "/" if key else ""
-            for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for bucket, _, page in _s3_pages(uri):
                 keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
                 if keys:
-                    out = client.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
+                    out = _s3_client().delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
                     if out.get("Errors"):
                         e = out["Errors"][0]
                         raise StorageError(f"s3://{bucket}/{e['Key']}: delete failed: {e.get('Message', e.get('Code'))}")
@@ -297,13 +297,8 @@ def list_dirs(uri: str) -> list[str]:
     """Names of the immediate sub-folders (S3: common prefixes) under a prefix, sorted."""
     with _errors(uri):
         if is_s3(uri):
-            bucket, key = split_s3(uri)
-            prefix = key.rstrip("/") + "/" if key else ""
-            names: list[str] = []
-            pages = _s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, Delimiter="/")
-            for page in pages:
-                names += [p["Prefix"][len(prefix):].rstrip("/") for p in page.get("CommonPrefixes", [])]
-            return sorted(names)
+            return sorted(p["Prefix"][len(prefix):].rstrip("/")
+                          for _, prefix, page in _s3_pages(uri, Delimiter="/") for p in page.get("CommonPrefixes", []))
         root = local_path(uri)
         if not root.is_dir():
             return []
