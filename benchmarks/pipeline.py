@@ -123,6 +123,8 @@ def ray_job(spec, out: str, actors: int) -> dict[str, float]:
     # from the record by which every actor has delivered a shard (all at a shard
     # boundary) to the last; work in flight at the end goes uncounted (conservative)
     (ta, na, ca), (tb, nb, cb) = marks[min(actors, len(marks) - 1) - 1], marks[-1]
+    if len(marks) - actors < 8:  # records reach the driver in bursts: a few shards say little
+        sys.exit(f"only {len(marks)} shard records: too few for a steady rate; raise --count (1200 at shards of 64)")
     steady = (nb - na) / (tb - ta)
     return {"e2e": spec.count / dt, "seconds": dt, "cpu": cpu, "steady": steady,
             "steady_cpu_ms": (cb - ca) / (nb - na) * 1000, "startup": ta - t0 - na / steady}
