@@ -47,7 +47,7 @@ def bench_spec(count: int, size: int, shard: int):
 def plain_loop(spec, out: str, generator_only: bool = False) -> tuple[float, float]:
     """The same work in one process, no Ray: (images/s accepted, CPU ms per image)."""
     from factory.generators.base import load_generator
-    from factory.pipeline.checks import scorers_for
+    from factory.quality import build_scorers
     from factory.pipeline.stages import split_of
     from factory.planning import iter_plan
     from factory.quality.base import score_all
@@ -55,7 +55,7 @@ def plain_loop(spec, out: str, generator_only: bool = False) -> tuple[float, flo
     from factory.viz import png_bytes
 
     gen = load_generator("procedural", None, {})
-    scorers = scorers_for(spec)
+    scorers = build_scorers(spec)
     sinks = sinks_for(spec.output.formats)
     t0, c0 = time.perf_counter(), time.process_time()
     accepted, buf, items = 0, [], list(iter_plan(spec, 0, spec.count))

@@ -10,7 +10,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from factory.planning.work import Box
+from factory.core import Box
 
 # distinct, colour-blind-friendly colours (Okabe-Ito + extras), one per class id
 PALETTE = [

@@ -8,7 +8,7 @@
 The ingress refuses every bad request (4xx naming the field) before a generator
 sees it; a generator that raises costs its caller a 5xx with an error id (logged
 with the traceback on the replica) and nothing else. Every kind in
-`factory.generators.base.KINDS` is served the same way, so families that land
+every registered generator kind (`factory.generators.base.registered_kinds()`) is served the same way, so families that land
 later are served without changes here.
 
 Start it with `serve run serve/config.yaml` or `factory serve`; `build_app(args)`
@@ -81,7 +81,7 @@ class GeneratorConfig(_Cfg):
     """How one family is deployed. `num_gpus: null` = 1 GPU per replica when the
     family wants one and the cluster has GPUs, else 0."""
 
-    import_path: Any = Field(None, description="module:Class (or, from Python, the class); default: the kind's entry in KINDS")
+    import_path: Any = Field(None, description="module:Class (or, from Python, the class); default: the registered kind's class")
     params: dict[str, Any] = Field(default_factory=dict, description="operator params (trusted), under each request's params")
     # a scheduling share, not a thread limit: small so every family fits on a 2-core machine
     num_cpus: float = Field(0.25, ge=0)
@@ -108,7 +108,7 @@ class IngressConfig(_Cfg):
 
 class AppConfig(_Cfg):
     checkpoint_roots: list[str] = Field(default_factory=list)
-    serve_all_kinds: bool = Field(True, description="serve every kind registered in KINDS")
+    serve_all_kinds: bool = Field(True, description="serve every registered generator kind")
     defaults: GeneratorConfig = GeneratorConfig()
     generators: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per-kind overrides of defaults")
     scorers: list[ScorerConfig] = Field(default_factory=list)
@@ -116,18 +116,19 @@ class AppConfig(_Cfg):
     ingress: IngressConfig = IngressConfig()
 
     def kinds(self) -> dict[str, GeneratorConfig]:
-        from factory.generators.base import KINDS
+        from factory.generators.base import registered_kinds
 
-        names = sorted(KINDS) if self.serve_all_kinds else []
+        kinds = registered_kinds()
+        names = sorted(kinds) if self.serve_all_kinds else []
         names += [k for k in self.generators if k not in names]
         out = {}
         for kind in names:
             merged = {**self.defaults.model_dump(), **self.generators.get(kind, {})}
             cfg = GeneratorConfig.model_validate(merged)
             if cfg.import_path is None:
-                if kind not in KINDS:
+                if kind not in kinds:
                     raise ValueError(f"generators.{kind}: not a registered kind; give its import_path (module:Class)")
-                cfg.import_path = KINDS[kind]
+                cfg.import_path = kinds[kind]
             out[kind] = cfg
         if not out:
             raise ValueError("no generator kinds to serve")
@@ -263,13 +264,10 @@ class GeneratorServer:
     def __init__(self, kind: str, config: dict, checkpoint_roots: list[str], scorers: list[dict]):
         import ray
 
-        from factory.generators.base import supported_classes
-
         cfg = GeneratorConfig.model_validate(config)
         self.kind = kind
         self.cls = _import(cfg.import_path)
-        registered = isinstance(cfg.import_path, str) and cfg.import_path == _registered(kind)
-        self.classes = supported_classes(kind) if registered else getattr(self.cls, "classes", None)
+        self.classes = getattr(self.cls, "classes", None)
         self.device = "cuda" if ray.get_gpu_ids() else "cpu"
         self.roots = normalize_roots(checkpoint_roots)
         self.scorers = [_import(s["import_path"])(**s.get("kwargs", {})) for s in scorers]
@@ -386,7 +384,7 @@ class GeneratorServer:
                 "png_base64": base64.b64encode(png_bytes(image)).decode("ascii"),
                 "boxes": [{"class_id": b.class_id, "class_name": b.class_name, "x1": b.x1, "y1": b.y1, "x2": b.x2, "y2": b.y2} for b in sample.boxes],
                 "scores": scores,
-                "verdict": None if verdict is None else {"accepted": verdict.accepted, "reasons": list(verdict.reasons), "scores": dict(verdict.scores)},
+                "verdict": None if verdict is None else {"accepted": verdict.accepted, "reasons": [str(r) for r in verdict.reasons], "scores": dict(verdict.scores)},
                 "meta": {**meta, "item_id": sample.item.item_id, "device": self.device, "checkpoint": checkpoint_name or ""},
             })
         return out
@@ -418,12 +416,6 @@ class GeneratorServer:
                 "message": f"generator {self.kind!r} failed ({type(e).__name__}); error id {error_id} is in the server log"}
 
 
-def _registered(kind: str) -> str | None:
-    from factory.generators.base import KINDS
-
-    return KINDS.get(kind)
-
-
 # --- the ingress ---------------------------------------------------------------------
 
 
@@ -446,7 +438,7 @@ def draw_style(style: dict[str, Any], seed: int) -> dict[str, float]:
 
 
 def build_items(req: GenerateRequest, class_id: int, checkpoint_name: str | None, params: dict) -> list:
-    from factory.planning.work import Box, WorkItem
+    from factory.core import Box, WorkItem
 
     canonical = json.dumps(req.model_dump(mode="json", by_alias=True, exclude={"n", "seed"}), sort_keys=True)
     digest = hashlib.sha256(canonical.encode()).hexdigest()[:12]
@@ -501,12 +493,9 @@ class Ingress:
     @api.post("/v1/generate", response_model=GenerateResponse, responses=_ERRORS)
     async def generate(self, req: GenerateRequest) -> GenerateResponse:
         """Generate `n` images of `class` inside `boxes`; the same inputs and seed give the same image."""
-        from factory.generators.base import PLANNED_KINDS
-
         request_id = uuid.uuid4().hex[:12]
         if req.generator not in self.handles:
-            why = f": {PLANNED_KINDS[req.generator]}" if req.generator in PLANNED_KINDS else ""
-            raise ApiError(422, "generator", f"generator {req.generator!r} is not served here{why}; served: {', '.join(sorted(self.handles))}")
+            raise ApiError(422, "generator", f"generator {req.generator!r} is not served here; served: {', '.join(sorted(self.handles))}")
         if req.n * req.image.width * req.image.height > MAX_PIXELS_PER_REQUEST:
             raise ApiError(422, "n", f"n * width * height = {req.n * req.image.width * req.image.height} exceeds {MAX_PIXELS_PER_REQUEST} pixels per request")
         info = await self._kind_info(req.generator)

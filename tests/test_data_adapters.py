@@ -16,7 +16,7 @@ from factory.data.adapters import (
     yolo_layout,
 )
 from factory.data.masks import binary_to_boxes, mask_to_boxes, parse_yolo_lines, yolo_lines
-from factory.planning.work import Box
+from factory.core import Box
 from factory.training.detector import network_attempts
 
 

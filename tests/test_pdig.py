@@ -248,7 +248,7 @@ def test_mask_components_become_class_boxes():
 
 def test_ray_train_run_writes_a_small_checkpoint_the_generator_loads(ray_local, shared_data, tiny_dir, tmp_path):
     from factory.generators.base import load_generator
-    from factory.planning.work import Box, WorkItem
+    from factory.core import Box, WorkItem
     from factory.training.pdig import PDIGTrainConfig, train_pdig
 
     out = tmp_path / "ckpt"

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from factory.planning import WorkItem, plan, planned_count
+from factory.core import WorkItem
+from factory.planning import plan, planned_count
 from factory.spec import spec_from_dict
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from factory.generators.base import Sample
+from factory.core import Sample
 from factory.quality.base import Verdict
 
 pytestmark = pytest.mark.ray
@@ -78,7 +78,9 @@ class GpuToy(ToyGenerator):
 
 
 def test_app_serves_every_kind_with_a_gpu_per_replica_when_there_is_one():
-    from factory.generators.base import KINDS
+    from factory.generators.base import registered_kinds
+
+    KINDS = registered_kinds()
     from serve.app import AppConfig, GeneratorConfig, deployment_options
 
     cfg = AppConfig.model_validate({"generators": {"procedural": {"max_models_per_replica": 5}}})

@@ -10,6 +10,7 @@ from typing import Iterator
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 console = Console()
 err_console = Console(stderr=True)
@@ -19,19 +20,21 @@ EXIT_FAILED = 1  # the work itself failed
 
 
 def fail(message: str, code: int = EXIT_FAILED) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
 def load_spec_or_exit(path: Path):
-    """Load a spec; on a bad spec print every problem as `file: field: reason` and exit 2."""
+    """Load a spec and check it against its generator families; on a bad spec print
+    every problem as `file: field: reason` and exit 2."""
+    from factory.generators.checks import check_spec
     from factory.spec import SpecError, load_spec
 
     try:
-        return load_spec(path)
+        return check_spec(load_spec(path), str(path))
     except SpecError as e:
         for line in e.lines():
-            err_console.print(f"[bold red]invalid spec[/] {line}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]invalid spec[/] {escape(line)}", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_INVALID) from None
 
 

@@ -12,6 +12,7 @@ import typer
 
 from factory.cli.app import train_app
 from factory.cli.common import console, friendly_errors
+from factory.ray_runtime import ensure_ray
 
 
 @train_app.command("dg2gan")
@@ -46,8 +47,6 @@ def train_dg2gan(
             raise ValueError(f"--channels must be 1 or 3, got {channels}")
         if image_size % 4:
             raise ValueError(f"--image-size must be a multiple of 4, got {image_size}")
-        import ray
-
         from factory.training.dg2gan import TrainConfig, check_sources, train
 
         tc = TrainConfig(
@@ -58,8 +57,7 @@ def train_dg2gan(
             n_layers=n_layers, seed=seed,
         )
         check_sources(tc)
-        if not ray.is_initialized():
-            ray.init(address=address, include_dashboard=False)
+        ensure_ray(address)
         c, d = tc.epochs
         console.print(f"training DG2GAN [bold]{class_name}[/] for {c}+{d} epochs on {workers} worker(s) -> {out}")
         result = train(tc)

@@ -10,6 +10,7 @@ import typer
 
 from factory.cli.app import train_app
 from factory.cli.common import console, friendly_errors
+from factory.ray_runtime import ensure_ray
 
 
 def _mask_classes(text: str) -> dict[int, str]:
@@ -43,8 +44,6 @@ def train_pdig_cmd(
 ) -> None:
     """Train PDIG's SCE tokens and LISA adapter (frozen base) with a Ray Train TorchTrainer."""
     with friendly_errors():
-        import ray
-
         from factory.training.pdig import PDIGTrainConfig, train_pdig
 
         cfg = PDIGTrainConfig(
@@ -52,8 +51,7 @@ def train_pdig_cmd(
             batch_size=batch_size, lr=lr, weight_decay=weight_decay, num_tokens=num_tokens, resolution=resolution,
             limit=max_images, num_workers=workers, use_gpu=gpu, seed=seed,
         )
-        if not ray.is_initialized():
-            ray.init(address=address, include_dashboard=False)
+        ensure_ray(address)
         console.print(f"training PDIG (SCE + LISA) on {data} over base {base}, {workers} worker(s) -> {out}")
         m = train_pdig(cfg)
         console.print(f"done: {m.get('steps')} steps, loss {m.get('loss', float('nan')):.4f}, classes {m.get('classes')}; checkpoint {out}")

@@ -11,6 +11,7 @@ import typer
 
 from factory.cli.app import app, train_app
 from factory.cli.common import console, friendly_errors
+from factory.ray_runtime import ensure_ray
 
 
 @train_app.command("anomaly")
@@ -35,12 +36,9 @@ def train_anomaly_cmd(
 ) -> None:
     """Train the UIIDD anomaly model on defect-free images (Ray Train), calibrate its thresholds, save it."""
     with friendly_errors():
-        import ray
-
         from factory.training.anomaly import AnomalyTrainConfig, train_anomaly
 
-        if address:
-            ray.init(address=address)
+        ensure_ray(address)
         cfg = AnomalyTrainConfig(image_size=image_size, epochs=epochs, batch_size=batch_size, lr=lr, width=width,
                                  lcn=lcn, homomorphic=homomorphic, backbone=str(backbone) if backbone else None,
                                  seed=seed, threads=threads, max_images=max_images)

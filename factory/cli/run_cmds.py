@@ -101,13 +101,12 @@ def summary_table(m: dict, seconds: float | None = None) -> Table:
 
 # --- cluster jobs -----------------------------------------------------------
 def _job_client(address: str | None):
-    from ray.job_submission import JobSubmissionClient
+    from factory.ray_runtime import JobServerError, job_client
 
-    address = address or os.environ.get("RAY_ADDRESS") or "http://127.0.0.1:8265"
     try:
-        return JobSubmissionClient(address)
-    except Exception as e:  # noqa: BLE001 - ray raises ConnectionError/RuntimeError variants
-        fail(f"cannot reach the Ray job server at {address}: {e}")
+        return job_client(address)
+    except JobServerError as e:
+        fail(str(e))
 
 
 AddressOpt = typer.Option(None, "--address", help="Ray dashboard address, e.g. http://HEAD:8265 (default: RAY_ADDRESS).")

@@ -25,7 +25,7 @@ import yaml
 from PIL import Image
 
 from factory.data.masks import binary_to_boxes, mask_to_boxes, parse_yolo_lines, yolo_lines
-from factory.planning.work import Box
+from factory.core import Box
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 

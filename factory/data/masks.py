@@ -14,7 +14,7 @@ from typing import Mapping
 import numpy as np
 from scipy import ndimage
 
-from factory.planning.work import Box
+from factory.core import Box
 
 EIGHT_CONNECTED = np.ones((3, 3), bool)
 

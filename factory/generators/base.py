@@ -1,47 +1,48 @@
 """The one protocol every generator family implements, and the registry of kinds.
 
-The pipeline, the serve app and the CLI only ever talk to this protocol, so adding
-a family means: a subpackage with a class that implements `Generator`, and one
-line in `KINDS` below. Kinds are registered as import strings so that validating
-a spec never imports torch or diffusers.
+A family is a class that describes itself (`kind`, the `classes` it can draw,
+whether it `uses_references`, whether it `wants_gpu`, and a pydantic `Params`
+model of its spec `params`) and implements `load` + `generate`. The pipeline, the
+serve app and the CLI only ever talk to this protocol. Built-in families are
+listed in `BUILTIN_KINDS`; a third-party package adds one through the
+`factory.generators` entry-point group (`kind = "pkg.module:Class"`). A family's
+class module must stay light (numpy, pydantic): heavy imports (torch, diffusers)
+happen in `load`, so validating a spec never imports them.
 """
 
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib.metadata import entry_points
 from typing import Any, ClassVar, Protocol, Sequence, runtime_checkable
 
-import numpy as np
+from pydantic import BaseModel, ConfigDict
 
-from factory.planning.work import Box, WorkItem
+from factory.core import Sample, WorkItem
+
+ENTRY_POINT_GROUP = "factory.generators"
 
 
-@dataclass
-class Sample:
-    """What a generator returns for one WorkItem.
+class GeneratorParams(BaseModel):
+    """Base of every family's `Params`: unknown keys are errors, so a typo in a spec's
+    `params` is refused by `factory validate`, not inside a Ray worker."""
 
-    `boxes` are the annotations the generator vouches for (they may be tighter than
-    the requested ones, or measured, as DG2GAN does). `mask` is an HxW uint8 map of
-    defect pixels (0 = background, k = 1 + index of the box in `boxes`) when the
-    generator knows it exactly, else None. `meta` carries provenance (checkpoint,
-    extra per-sample info) and optional debugging arrays (e.g. attention maps).
-    """
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
-    item: WorkItem
-    image: np.ndarray  # HxWxC uint8
-    boxes: list[Box]
-    mask: np.ndarray | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def sample_id(self) -> str:
-        return self.item.item_id
+class NoParams(GeneratorParams):
+    """For families that take no params."""
 
 
 @runtime_checkable
 class Generator(Protocol):
     """Turn a batch of WorkItems into Samples.
+
+    Class metadata: `kind`; `classes`: the class names it can draw, or None when it
+    draws whatever its checkpoint or source holds; `uses_references`: it needs real
+    images of the target line (`params.references`, defaulting to the spec's
+    `domain.references`); `wants_gpu`; `Params`: the pydantic model of `params`.
 
     `load` gets the checkpoint URI the spec names (None when the family needs none)
     and the spec's `params`; it must raise `CheckpointError` naming what to provide
@@ -49,7 +50,10 @@ class Generator(Protocol):
     """
 
     kind: ClassVar[str]
+    classes: ClassVar[tuple[str, ...] | None]
+    uses_references: ClassVar[bool]
     wants_gpu: ClassVar[bool]
+    Params: ClassVar[type[GeneratorParams]]
 
     @classmethod
     def load(cls, checkpoint: str | None, params: dict[str, Any], device: str = "cpu") -> "Generator": ...
@@ -61,49 +65,33 @@ class CheckpointError(RuntimeError):
     """A model's weights are missing or unreadable; the message says what to provide."""
 
 
-# kind -> "module:Class". A kind listed here is accepted by spec validation.
-KINDS: dict[str, str] = {
+# kind -> "module:Class" of the families that ship with the factory.
+BUILTIN_KINDS: dict[str, str] = {
     "procedural": "factory.generators.procedural:ProceduralELGenerator",
     "pdig": "factory.generators.pdig:PDIGGenerator",
     "dg2gan": "factory.generators.dg2gan:DG2GANGenerator",
 }
 
-# kinds the product plans but this build cannot run yet, with the reason shown to users.
-PLANNED_KINDS: dict[str, str] = {
-}
 
-
-# kinds that draw a fixed set of classes: "module:attribute" of a collection of names.
-# Spec validation refuses a class such a kind cannot draw.
-FIXED_CLASSES: dict[str, str] = {
-    "procedural": "factory.generators.procedural.render:DEFECTS",
-}
-
-
-# kinds that translate real images of the target domain: their `params.references`
-# defaults to the spec's `domain.references`, and a spec must give one or the other.
-USES_DOMAIN_REFERENCES: set[str] = {"dg2gan"}
-
-
-def supported_classes(kind: str) -> list[str] | None:
-    """The classes a kind can draw, or None when it draws whatever its checkpoint learned."""
-    if kind not in FIXED_CLASSES:
-        return None
-    module_name, _, attr = FIXED_CLASSES[kind].partition(":")
-    return list(getattr(importlib.import_module(module_name), attr))
+@lru_cache(maxsize=1)
+def registered_kinds() -> dict[str, str]:
+    """Every known kind -> "module:Class": the built-ins, then entry points."""
+    kinds = dict(BUILTIN_KINDS)
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        kinds.setdefault(ep.name, ep.value)
+    return kinds
 
 
 def available_kinds() -> list[str]:
-    return sorted(KINDS)
+    return sorted(registered_kinds())
 
 
 def generator_class(kind: str) -> type[Generator]:
     """Import and return the class for a generator kind (raises ValueError if unknown)."""
-    if kind not in KINDS:
-        if kind in PLANNED_KINDS:
-            raise ValueError(f"generator kind {kind!r} is not available: {PLANNED_KINDS[kind]}")
+    kinds = registered_kinds()
+    if kind not in kinds:
         raise ValueError(f"unknown generator kind {kind!r}; available: {', '.join(available_kinds())}")
-    module_name, _, cls_name = KINDS[kind].partition(":")
+    module_name, _, cls_name = kinds[kind].partition(":")
     return getattr(importlib.import_module(module_name), cls_name)
 
 

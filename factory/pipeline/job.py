@@ -30,7 +30,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from factory.generators.checks import check_spec
 from factory.pipeline.stages import GenerateStage, ScoreWriteStage, ShardTarget, generator_key, split_of
+from factory.ray_runtime import ensure_ray
 from factory.spec import DatasetSpec
 from factory.storage import uri as U
 from factory.storage.registry import Registry, code_version
@@ -82,25 +84,6 @@ class RunOptions:
     report: bool = True
 
 
-def ensure_ray(address: str | None = None) -> None:
-    """Connect to `address` / RAY_ADDRESS, else start a quiet embedded cluster."""
-    import ray
-
-    if not ray.is_initialized():
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        address = address or os.environ.get("RAY_ADDRESS")
-        if address:
-            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
-        else:
-            os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-            ray.init(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False, configure_logging=False)
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.print_on_execution_start = False
-    ctx.enable_auto_log_stats = False
-    logging.getLogger("ray.data").setLevel(logging.ERROR)
-
-
 def _is_local_cluster() -> bool:
     import ray
 
@@ -111,6 +94,7 @@ def run_dataset(spec: DatasetSpec, options: RunOptions | None = None,
                 on_progress: Callable[[Progress], None] | None = None) -> RunResult:
     o = options or RunOptions()
     t0 = time.time()
+    check_spec(spec)  # the generator families' own checks (params, classes, references)
     root = U.to_uri(o.out or spec.output.uri)
     U.check_root(root)
     reg = Registry(root)
@@ -196,7 +180,7 @@ class Shard:
 
     @classmethod
     def of(cls, rec: dict[str, Any]) -> "Shard":
-        codes = Counter(_reason_code(x) for _, _, reasons in rec["rejects"] for x in reasons)
+        codes = Counter(code for _, _, codes in rec["rejects"] for code in codes)
         idx = sorted([s[0] for s in rec["samples"]] + [r[0] for r in rec["rejects"]])
         return cls(rec["key"], len(rec["samples"]), len(rec["rejects"]), _runs(idx), codes)
 
@@ -245,10 +229,6 @@ def _round_size(count: int, prog: Progress, overprovision: float) -> int:
         return math.ceil(count * overprovision)
     rate = max(prog.accepted / prog.processed, 0.02)
     return max(8, math.ceil(need / rate * 1.1))
-
-
-def _reason_code(reason: str) -> str:
-    return reason.split(":", 1)[0].strip()
 
 
 def _top_reasons(shards: list[Shard]) -> str:

@@ -20,8 +20,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from factory.generators.base import Sample
-from factory.planning import Box, WorkItem, iter_plan
+from factory.core import Box, Reason, Sample, WorkItem
+from factory.planning import iter_plan
 from factory.spec import DatasetSpec
 
 VAL_EVERY = 10  # plan index % VAL_EVERY == VAL_EVERY - 1 -> the YOLO "val" split
@@ -165,9 +165,9 @@ class ScoreWriteStage:
     GPU generator (or when the gate's scorers get a GPU: `device="cuda"`)."""
 
     def __init__(self, spec: DatasetSpec, target: ShardTarget, device: str = "cpu"):
-        from factory.pipeline.checks import scorers_for
+        from factory.quality import build_scorers
 
-        self.scorers = scorers_for(spec, device=device)
+        self.scorers = build_scorers(spec, device=device)
         self.target = target
         if target.storage is not None:  # the driver's endpoint (and, on a local cluster, credentials)
             from factory.storage import uri as U
@@ -191,12 +191,12 @@ class ScoreWriteStage:
             try:
                 verdicts = score_all(self.scorers, made)
             except Exception as e:  # noqa: BLE001 - a broken scorer rejects, with its error, not silently
-                verdicts = [Verdict(reasons=[f"scorer_error: {type(e).__name__}: {e}"]) for _ in made]
+                verdicts = [Verdict(reasons=[Reason("scorer_error", f"{type(e).__name__}: {e}")]) for _ in made]
                 traceback.print_exc()
         verdict = iter(verdicts)
         rows = []
         for item, s, err in results:
-            v = next(verdict) if s is not None else Verdict(reasons=[f"generator_error: {err}"])
+            v = next(verdict) if s is not None else Verdict(reasons=[Reason("generator_error", err)])
             rows.append({
                 "sample_id": item.item_id,
                 "image": png_bytes(s.image) if s is not None else None,
@@ -212,7 +212,8 @@ class ScoreWriteStage:
                 "scores": v.scores,
                 "split": split_of(item.index),
                 "work_item": json.dumps(item.to_row()),
-                "reasons": v.reasons,
+                "reasons": [str(r) for r in v.reasons],  # Parquet text: `code: detail`
+                "reason_codes": [r.code for r in v.reasons],
                 "error": err,
             })
         return rows
@@ -246,7 +247,7 @@ def write_shard(rows: list[dict[str, Any]], target: ShardTarget, gate: list[str]
              [[b["class_id"], b["x1"], b["y1"], b["x2"], b["y2"]] for b in r["boxes"]]]
             for r in accepted
         ],
-        "rejects": [[r["item_index"], r["sample_id"], r["reasons"]] for r in rejected],
+        "rejects": [[r["item_index"], r["sample_id"], r["reason_codes"]] for r in rejected],
         "gate": gate,  # the scorers that judged these samples
     }
     text = json.dumps(record)

@@ -13,7 +13,7 @@ from typing import Iterator
 
 import numpy as np
 
-from factory.planning.work import Box, WorkItem
+from factory.core import Box, WorkItem
 from factory.spec.model import BoxSpec, DatasetSpec, Distribution
 
 MAX_PLACEMENT_TRIES = 200

@@ -9,20 +9,21 @@ Heavy imports (torch) happen only when an anomaly checkpoint is configured.
 from __future__ import annotations
 
 from factory.quality.base import Scorer, Verdict, score_all
+from factory.quality.boxes import BoxScorer
 from factory.quality.sanity import NearDuplicateScorer, SanityScorer
 from factory.quality.spillover import SpilloverScorer
 
 
-def build_scorers(spec, device: str = "cpu", mask_spillover: bool = False) -> list[Scorer]:
-    """The gate's scorers for a spec: sanity (replaces the pipeline's basic one, same
-    name), near-duplicates, and the anomaly gate when `quality.anomaly_checkpoint` is set.
-
-    Mask-based spillover is already rejected by the pipeline's `BoxScorer`
-    (factory/pipeline/checks.py); pass `mask_spillover=True` when using these scorers
-    on their own, to add `SpilloverScorer` and the gate's mask-spillover reasons."""
+def build_scorers(spec, device: str = "cpu") -> list[Scorer]:
+    """Every check a sample passes, from the spec's `quality` section, in order: image
+    sanity, boxes, mask spillover (from the generator's own masks), near-duplicates,
+    and the anomaly gate when `quality.anomaly_checkpoint` is set (its heat-map
+    spillover covers samples without a generator mask)."""
     q = spec.quality
     scorers: list[Scorer] = [
         SanityScorer(spec.image.width, spec.image.height, spec.image.channels, q.min_std, q.max_saturated),
+        BoxScorer(spec.class_names),
+        SpilloverScorer(q.spillover_max),
         NearDuplicateScorer(q.duplicate_distance),
     ]
     if q.anomaly_checkpoint:
@@ -32,9 +33,7 @@ def build_scorers(spec, device: str = "cpu", mask_spillover: bool = False) -> li
         det = AnomalyDetector.load(q.anomaly_checkpoint, device=device)
         scorers.append(AnomalyGate(det, q.spillover_max, q.threshold_rule, q.use_generator_masks, q.box_margin,
                                    q.max_outside_fraction, q.pixel_threshold, q.image_threshold,
-                                   mask_spillover_reasons=mask_spillover))
-    elif mask_spillover:
-        scorers.append(SpilloverScorer(q.spillover_max))
+                                   mask_spillover_reasons=False))
     return scorers
 
 
@@ -44,4 +43,4 @@ def gate_gpus(spec) -> float:
     return float(spec.quality.gpus) if spec.quality.anomaly_checkpoint else 0.0
 
 
-__all__ = ["gate_gpus", "NearDuplicateScorer", "SanityScorer", "Scorer", "SpilloverScorer", "Verdict", "build_scorers", "score_all"]
+__all__ = ["BoxScorer", "gate_gpus", "NearDuplicateScorer", "SanityScorer", "Scorer", "SpilloverScorer", "Verdict", "build_scorers", "score_all"]

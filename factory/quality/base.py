@@ -10,13 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol, Sequence, runtime_checkable
 
-from factory.generators.base import Sample
+from factory.core import Reason, Sample
 
 
 @dataclass
 class Verdict:
     scores: dict[str, float] = field(default_factory=dict)
-    reasons: list[str] = field(default_factory=list)
+    reasons: list[Reason] = field(default_factory=list)
 
     @property
     def accepted(self) -> bool:

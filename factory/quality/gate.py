@@ -18,8 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
-from factory.generators.base import Sample
-from factory.planning.work import Box
+from factory.core import Box, Reason, Sample
 from factory.quality.base import Verdict
 from factory.quality.spillover import box_mask, extents_from_binary, sample_extents, spillover, spillover_reasons
 
@@ -58,10 +57,10 @@ class AnomalyGate:
         binary = heat >= thr
         image_score = float(heat.max())
         scores = {"anomaly.image_score": image_score}
-        reasons: list[str] = []
+        reasons: list[Reason] = []
         if not boxes:
             if image_score >= ithr:
-                reasons.append(f"anomalous_negative: {image_score:.2f} >= {ithr:.2f}")
+                reasons.append(Reason("anomalous_negative", f"{image_score:.2f} >= {ithr:.2f}"))
             return Verdict(scores, reasons)
 
         heat_extents, stray = extents_from_binary(binary, boxes, self.margin, self.min_area, heat, self.extent_rel)
@@ -71,7 +70,7 @@ class AnomalyGate:
         inside = [float(heat[b.y1 : b.y2, b.x1 : b.x2].max()) for b in boxes]
         for k, s in enumerate(inside):
             if s < thr:
-                reasons.append(f"no_defect: box {k} {s:.2f} < {thr:.2f}")
+                reasons.append(Reason("no_defect", f"box {k} {s:.2f} < {thr:.2f}"))
                 break
         scale = (H / self.detector.pre.image_size + W / self.detector.pre.image_size) / 2
         tol = 0 if from_mask else int(round(self.tolerance_px * scale))
@@ -83,7 +82,7 @@ class AnomalyGate:
             grown |= box_mask(b, H, W, self.margin)
         outside_frac = float(stray.mean())
         if outside_frac > self.max_outside_fraction:
-            reasons.append(f"outside_anomaly: {outside_frac:.3f} > {self.max_outside_fraction:.3f}")
+            reasons.append(Reason("outside_anomaly", f"{outside_frac:.3f} > {self.max_outside_fraction:.3f}"))
         valid = [v for v in spills if v == v]
         scores.update({
             "anomaly.inside_min": min(inside),

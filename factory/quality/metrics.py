@@ -20,6 +20,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from factory.core import Reason
+
 UIIDD_EXTRACTOR = "uiidd-backbone"
 
 
@@ -27,7 +29,7 @@ UIIDD_EXTRACTOR = "uiidd-backbone"
 
 
 def _code(reason: str) -> str:
-    return reason.split(":", 1)[0].strip()
+    return Reason.parse(reason).code
 
 
 def gate_summary(accepted: Sequence[dict], rejected: Sequence[dict]) -> dict[str, Any]:
@@ -39,7 +41,7 @@ def gate_summary(accepted: Sequence[dict], rejected: Sequence[dict]) -> dict[str
     spill_vals = []
     for row in [*accepted, *rejected]:
         sc = dict(row.get("scores") or {})
-        v = sc.get("spillover.max", sc.get("mask_spillover"))
+        v = sc.get("spillover.max")
         if v is not None and v == v:
             spill_vals.append(float(v))
     images, boxes = Counter(), Counter()

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 from scipy.fft import dctn
 
-from factory.generators.base import Sample
+from factory.core import Reason, Sample
 from factory.quality.base import Verdict
 
 
@@ -40,18 +40,18 @@ class SanityScorer:
         if img.ndim == 2:
             img = img[:, :, None]
         if img.ndim != 3 or img.dtype != np.uint8:
-            return Verdict({}, [f"dtype: {img.dtype} {img.shape}, expected HxWxC uint8"])
+            return Verdict({}, [Reason("dtype", f"{img.dtype} {img.shape}, expected HxWxC uint8")])
         H, W, C = img.shape
         if (width and W != width) or (height and H != height):
-            reasons.append(f"size: {W}x{H} != {width}x{height}")
+            reasons.append(Reason("size", f"{W}x{H} != {width}x{height}"))
         if channels and C != channels:
-            reasons.append(f"channels: {C} != {channels}")
+            reasons.append(Reason("channels", f"{C} != {channels}"))
         std = float(img.std())
         sat = float(((img == 0) | (img == 255)).all(axis=2).mean())
         if std < self.min_std:
-            reasons.append(f"blank: std {std:.2f} < {self.min_std:.2f}")
+            reasons.append(Reason("blank", f"std {std:.2f} < {self.min_std:.2f}"))
         if sat > self.max_saturated:
-            reasons.append(f"saturated: {sat:.2f} > {self.max_saturated:.2f}")
+            reasons.append(Reason("saturated", f"{sat:.2f} > {self.max_saturated:.2f}"))
         return Verdict({"sanity.std": std, "sanity.saturated": sat}, reasons)
 
     def score(self, samples: Sequence[Sample]) -> list[Verdict]:
@@ -104,7 +104,7 @@ class NearDuplicateScorer:
             if self.max_distance >= 0:
                 best = min(((hamming(h, o), oid) for o, oid in self.seen), default=None)
                 if best is not None and best[0] <= self.max_distance:
-                    reasons.append(f"near_duplicate: of {best[1]} (hamming {best[0]})")
+                    reasons.append(Reason("near_duplicate", f"of {best[1]} (hamming {best[0]})"))
                 else:
                     self.seen.append((h, s.sample_id))
             out.append(Verdict(scores, reasons))

@@ -16,8 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from factory.generators.base import Sample
-from factory.planning.work import Box
+from factory.core import Box, Reason, Sample
 from factory.quality.base import Verdict
 
 
@@ -92,9 +91,9 @@ def sample_extents(sample: Sample) -> list[np.ndarray] | None:
     return None
 
 
-def spillover_reasons(spills: Sequence[float], limit: float) -> list[str]:
+def spillover_reasons(spills: Sequence[float], limit: float) -> list[Reason]:
     worst = max((s for s in spills if s == s), default=float("nan"))
-    return [f"spillover: {worst:.2f} > {limit:.2f}"] if worst == worst and worst > limit else []
+    return [Reason("spillover", f"{worst:.2f} > {limit:.2f}")] if worst == worst and worst > limit else []
 
 
 class SpilloverScorer:
@@ -117,7 +116,7 @@ class SpilloverScorer:
             reasons = spillover_reasons(spills, self.spillover_max)
             empty = [k for k, e in enumerate(extents) if not e.any()]
             if empty:
-                reasons.append(f"empty_defect: box {empty[0]}")
+                reasons.append(Reason("empty_defect", f"box {empty[0]}"))
             valid = [v for v in spills if v == v]
             out.append(Verdict({"spillover.max": max(valid, default=float("nan")),
                                 "spillover.mean": float(np.mean(valid)) if valid else float("nan")}, reasons))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from factory.planning.work import Box, WorkItem
+from factory.core import Box, WorkItem
 
 CLASSES = ("black_spot", "dark_area", "crack", "cross_crack", "unjoined_weld")
 

@@ -57,7 +57,7 @@ def spec_from_dict(data: Any, source: str = "<spec>") -> DatasetSpec:
     try:
         return DatasetSpec.model_validate(data)
     except ValidationError as e:
-        raise SpecError(source, [_describe(err) for err in e.errors()]) from None
+        raise SpecError(source, [describe_error(err) for err in e.errors()]) from None
 
 
 def format_loc(loc: tuple[Any, ...]) -> str:
@@ -70,7 +70,8 @@ def format_loc(loc: tuple[Any, ...]) -> str:
     return out
 
 
-def _describe(err: dict[str, Any]) -> tuple[str, str]:
+def describe_error(err: dict[str, Any]) -> tuple[str, str]:
+    """(field path, readable reason) for one pydantic error."""
     loc = format_loc(err["loc"])
     kind = err["type"]
     ctx = err.get("ctx") or {}

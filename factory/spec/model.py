@@ -181,17 +181,6 @@ class GeneratorSpec(StrictModel):
     checkpoint: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
 
-    @field_validator("kind")
-    @classmethod
-    def _kind(cls, v: str) -> str:
-        from factory.generators.base import KINDS, PLANNED_KINDS, available_kinds
-
-        if v in KINDS:
-            return v
-        if v in PLANNED_KINDS:
-            raise ValueError(f"generator kind {v!r} is not available yet: {PLANNED_KINDS[v]}")
-        raise ValueError(f"unknown generator kind {v!r}; available: {', '.join(available_kinds())}")
-
 
 class QualitySpec(StrictModel):
     """Quality gate settings (`factory.quality.build_scorers` turns them into scorers).
@@ -322,8 +311,6 @@ class DatasetSpec(StrictModel):
             )
         for i, d in enumerate(self.defects):
             _check_boxes_fit(d.boxes, self.image, f"defects[{i}].boxes")
-        _check_classes_drawable(self)
-        _fill_domain_references(self)
         return self
 
     # --- derived values -------------------------------------------------------
@@ -356,38 +343,6 @@ def _field_error(loc: str, msg: str) -> SpecFieldError:
 
 
 MIN_BOX_SIDE_PX = 2
-
-
-def _fill_domain_references(spec: DatasetSpec) -> None:
-    """Generators that translate real images get `domain.references` unless their
-    params name their own; with neither, the spec cannot run."""
-    from factory.generators.base import USES_DOMAIN_REFERENCES
-
-    for gi, g in enumerate(spec.generators):
-        if g.kind not in USES_DOMAIN_REFERENCES or g.params.get("references"):
-            continue
-        if not spec.domain.references:
-            raise _field_error(
-                "domain.references",
-                f"generators[{gi}] ({g.kind}) translates real defect-free images: list them here "
-                f"(folders or URIs) or set generators[{gi}].params.references",
-            )
-        g.params = {**g.params, "references": list(spec.domain.references)}
-
-
-def _check_classes_drawable(spec: DatasetSpec) -> None:
-    from factory.generators.base import supported_classes
-
-    for gi, g in enumerate(spec.generators):
-        drawable = supported_classes(g.kind)
-        if drawable is None or g.weight == 0:
-            continue
-        for i, d in enumerate(spec.defects):
-            if d.weight > 0 and d.class_name not in drawable:
-                raise _field_error(
-                    f"defects[{i}].class",
-                    f"generator generators[{gi}] ({g.kind}) cannot draw {d.class_name!r}; it draws {', '.join(drawable)}",
-                )
 
 
 def _check_boxes_fit(b: BoxSpec, image: ImageSpec, where: str) -> None:

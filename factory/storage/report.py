@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from factory.planning.work import Box
+from factory.core import Box
 from factory.viz import decode_png, draw_boxes, grid, png_bytes
 
 

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from factory.training.images import IMAGE_SUFFIXES
+from factory.ray_runtime import ensure_ray
 
 
 @dataclass
@@ -213,8 +214,7 @@ def fit_anomaly_model(x_train: np.ndarray, cfg: AnomalyTrainConfig, num_workers:
 
     from factory.quality.anomaly.model import ModelConfig, UIIDDModel
 
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ensure_ray()
     cpus = max(1, min(cfg.threads, int(ray.cluster_resources().get("CPU", 1))))
     trainer = TorchTrainer(
         train_loop_per_worker,

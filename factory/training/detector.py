@@ -29,6 +29,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from factory.ray_runtime import JobServerError, ensure_ray, job_client
+
 ARMS = ("real_only", "real_plus_synthetic")
 OFFLINE_ENV = {
     "YOLO_OFFLINE": "1",
@@ -463,19 +465,6 @@ def _fit(common: dict[str, Any], cfg: RetrainConfig, storage_path: str) -> None:
 # --- the driver: both arms, the comparison, the report --------------------------------
 
 
-def ensure_ray(address: str | None = None) -> None:
-    import ray
-
-    if not ray.is_initialized():
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        address = address or os.environ.get("RAY_ADDRESS")
-        if address:  # a real cluster (or the one a Ray job runs on)
-            ray.init(address=address, log_to_driver=False, configure_logging=False)
-        else:  # an embedded one for this process
-            os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-            ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
-
-
 def retrain(
     version_uri: str,
     real_train: str,
@@ -565,22 +554,11 @@ def job_entrypoint(version_uri: str, real_train: str, real_eval: str, cfg: Retra
 
 
 def _job_client(address: str | None):
-    from ray.job_submission import JobSubmissionClient
-
-    if address is None and not os.environ.get("RAY_ADDRESS"):
-        import ray
-
-        if ray.is_initialized():  # the publishing process's own cluster, when it has a job server
-            node = getattr(ray._private.worker, "_global_node", None)
-            url = getattr(node, "webui_url", None) if node else None
-            if url:
-                address = url if "://" in url else f"http://{url}"
     try:
-        return JobSubmissionClient(address)
-    except Exception as e:  # ConnectionError, ValueError: no job server there
+        return job_client(address)
+    except JobServerError as e:
         raise RetrainTriggerError(
-            f"no Ray job server at {address or os.environ.get('RAY_ADDRESS') or 'the local cluster'} ({e}); "
-            "start Ray with its dashboard, set RAY_ADDRESS or retrain.address, or run `factory retrain` by hand") from e
+            f"{e}; start Ray with its dashboard, set RAY_ADDRESS or retrain.address, or run `factory retrain` by hand") from e
 
 
 def submit_retrain(

@@ -22,6 +22,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from factory.ray_runtime import ensure_ray
+
 
 @dataclass
 class TrainConfig:
@@ -236,8 +238,7 @@ def train(tc: TrainConfig, storage_path: str | None = None) -> dict[str, Any]:
     check_sources(tc)
     if tc.out and "://" not in tc.out:
         tc.out = to_uri(tc.out)
-    if not ray.is_initialized():
-        ray.init(include_dashboard=False, log_to_driver=True)
+    ensure_ray()
     constant, decay = tc.epochs
     ck = resolve(tc.out)
     if ck is not None and read_config(ck)["epoch"] >= constant + decay - 1:

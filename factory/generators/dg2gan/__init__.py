@@ -21,37 +21,46 @@ from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
-from factory.generators.base import CheckpointError, Sample
-from factory.planning.work import WorkItem
+from pydantic import Field
 
-PARAMS = {"references", "checkpoints", "threshold", "min_area", "context", "batch_size", "flip"}
+from factory.core import Sample, WorkItem
+from factory.generators.base import CheckpointError, GeneratorParams
+
+
+class DG2GANParams(GeneratorParams):
+    references: str | list[str] | None = None  # defect-free images; default: the spec's domain.references
+    checkpoints: dict[str, str] = Field(default_factory=dict)  # class name -> run folder, beside `checkpoint`
+    threshold: float = Field(0.06, gt=0, lt=1)  # |G(n) - n| above this is the defect
+    min_area: int = Field(4, ge=1)  # px: smaller changed components are noise
+    context: float | None = Field(None, ge=1)  # crop side / box side; default: from training
+    batch_size: int = Field(16, ge=1)
+    flip: bool = True
 
 
 class DG2GANGenerator:
     """Serves WorkItems from one DG2GAN G per defect class (fp16 on a GPU)."""
 
     kind: ClassVar[str] = "dg2gan"
+    classes: ClassVar[None] = None  # whatever its checkpoints were trained on
+    uses_references: ClassVar[bool] = True
     wants_gpu: ClassVar[bool] = True
+    Params: ClassVar[type[DG2GANParams]] = DG2GANParams
 
     def __init__(self, models: dict[str, Any], references: list[str], params: dict[str, Any], device: str):
         self.models = models  # class name ("" = any class) -> (config, G, checkpoint uri, crop context)
         self.references = references
         self.params = params
         self.device = device
-        self.threshold = float(params.get("threshold", 0.06))
-        self.min_area = int(params.get("min_area", 4))
-        self.batch_size = int(params.get("batch_size", 16))
-        self.flip = bool(params.get("flip", True))
+        p = DG2GANParams.model_validate(params)
+        self.threshold, self.min_area, self.batch_size, self.flip = p.threshold, p.min_area, p.batch_size, p.flip
 
     @classmethod
     def load(cls, checkpoint: str | None, params: dict[str, Any], device: str = "cpu") -> "DG2GANGenerator":
         from factory.generators.dg2gan.checkpoint import TRAIN_HINT, find_runs, load_generators
 
-        unknown = set(params) - PARAMS
-        if unknown:
-            raise ValueError(f"unknown dg2gan params {sorted(unknown)}; known: {sorted(PARAMS)}")
+        p = cls.Params.model_validate(params)
         runs = dict(find_runs(checkpoint)) if checkpoint else {}
-        runs.update(params.get("checkpoints") or {})
+        runs.update(p.checkpoints)
         if not runs:
             where = f"nothing found at {checkpoint}" if checkpoint else "no checkpoint given"
             raise CheckpointError(f"DG2GAN needs a trained checkpoint ({where}); {TRAIN_HINT}")
@@ -61,9 +70,9 @@ class DG2GANGenerator:
             G = gens.G
             if device.startswith("cuda"):
                 G = G.half()
-            context = float(params.get("context", config.get("train", {}).get("context", 1.5)))
+            context = float(p.context or config.get("train", {}).get("context", 1.5))
             models[cls_name] = (cfg, G, uri, context)
-        refs = params.get("references")
+        refs = p.references
         if not refs:
             raise ValueError("dg2gan needs params.references: a folder/URI (or list) of defect-free images, e.g. domain.references")
         return cls(models, reference_uris(refs), params, device)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as Fn
 
-from factory.planning.work import Box
+from factory.core import Box
 
 
 @dataclass(frozen=True)

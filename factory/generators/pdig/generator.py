@@ -14,16 +14,39 @@ from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
-from factory.generators.base import CheckpointError, Sample
-from factory.planning.work import WorkItem
+from pydantic import Field, model_validator
 
-DEFAULTS: dict[str, Any] = {
-    "steps": 60, "guidance": 7.5, "tidsc_steps": 30,  # paper: DDIM 60 steps, TIDSC on the first 30, cfg 7.5
-    "alpha": 1.0, "beta": 1.0,  # image / text branch weights (eq. 4)
-    "P": 0.2, "L": 4, "lambda1": 1.0, "lambda2": 1.0,  # TIDSC (eq. 5-18); see tidsc.py
-    "step_size": 20.0, "step_size_end": 10.0,  # latent update size, linear over the TIDSC steps
-    "attention_res": None, "base": None, "batch_size": 4, "image_prompts": True, "return_attention": False,
-}
+from factory.core import Sample, WorkItem
+from factory.generators.base import CheckpointError, GeneratorParams
+
+class PDIGParams(GeneratorParams):
+    """`generators[].params` of a pdig generator: the one place for its defaults."""
+
+    steps: int = Field(60, ge=1)  # paper: DDIM 60 steps, TIDSC on the first 30, cfg 7.5
+    guidance: float = Field(7.5, ge=0)
+    tidsc_steps: int = Field(30, ge=0)
+    alpha: float = 1.0  # image / text branch weights (eq. 4)
+    beta: float = 1.0
+    P: float = Field(0.2, gt=0)  # TIDSC (eq. 5-18); see tidsc.py
+    L: int = Field(4, ge=1)
+    lambda1: float = Field(1.0, ge=0)
+    lambda2: float = Field(1.0, ge=0)
+    step_size: float = Field(20.0, ge=0)  # latent update size, linear over the TIDSC steps
+    step_size_end: float = Field(10.0, ge=0)
+    attention_res: int | None = Field(None, ge=1)
+    base: str | None = None  # diffusers SD1.5 folder/URI; default: the one the checkpoint records
+    batch_size: int = Field(4, ge=1)
+    image_prompts: bool = True
+    return_attention: bool = False
+
+    @model_validator(mode="after")
+    def _tidsc_within_steps(self) -> "PDIGParams":
+        if self.tidsc_steps > self.steps:
+            raise ValueError(f"tidsc_steps must be in [0, steps], got {self.tidsc_steps} of {self.steps}")
+        return self
+
+
+DEFAULTS: dict[str, Any] = PDIGParams().model_dump()
 
 
 @dataclass
@@ -37,7 +60,10 @@ class PDIGGenerator:
     """Stable Diffusion + SCE + LISA + TIDSC; returns the requested boxes as annotations."""
 
     kind: ClassVar[str] = "pdig"
+    classes: ClassVar[None] = None  # whatever its checkpoint learned
+    uses_references: ClassVar[bool] = False
     wants_gpu: ClassVar[bool] = True
+    Params: ClassVar[type[PDIGParams]] = PDIGParams
 
     def __init__(self, loaded: _Loaded, params: dict[str, Any], checkpoint: str | None, device: str):
         self.loaded = loaded
@@ -53,12 +79,7 @@ class PDIGGenerator:
         from factory.generators.pdig.base_model import load_base
         from factory.generators.pdig.pipeline import PDIGPipeline
 
-        unknown = sorted(set(params) - set(DEFAULTS))
-        if unknown:
-            raise ValueError(f"unknown pdig params {unknown}; known: {sorted(DEFAULTS)}")
-        p = DEFAULTS | dict(params)
-        if not 0 <= int(p["tidsc_steps"]) <= int(p["steps"]):
-            raise ValueError(f"tidsc_steps must be in [0, steps], got {p['tidsc_steps']} of {p['steps']}")
+        p = cls.Params.model_validate(params).model_dump()
         config = read_config(checkpoint) if checkpoint else None
         base_uri = p["base"] or (config or {}).get("base")
         if not base_uri:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Sequence
 
-from factory.generators.base import Sample
+from factory.core import Sample, WorkItem
+from factory.generators.base import NoParams
 from factory.generators.procedural.render import DEFECTS, render_el
-from factory.planning.work import WorkItem
 
 CLASSES = tuple(DEFECTS)
 
@@ -16,14 +16,16 @@ class ProceduralELGenerator:
     the exact defect mask, so later stages can check themselves against truth."""
 
     kind: ClassVar[str] = "procedural"
+    classes: ClassVar[tuple[str, ...]] = CLASSES
+    uses_references: ClassVar[bool] = False
     wants_gpu: ClassVar[bool] = False
+    Params: ClassVar[type[NoParams]] = NoParams
 
     @classmethod
     def load(cls, checkpoint: str | None, params: dict[str, Any], device: str = "cpu") -> "ProceduralELGenerator":
         if checkpoint:
             raise ValueError(f"the procedural generator takes no checkpoint, got {checkpoint!r}")
-        if params:
-            raise ValueError(f"the procedural generator takes no params, got {sorted(params)}")
+        cls.Params.model_validate(params)
         return cls()
 
     def generate(self, items: Sequence[WorkItem]) -> list[Sample]:

@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 from scipy import ndimage
 
-from factory.planning.work import Box, WorkItem
+from factory.core import Box, WorkItem
 
 # threshold on a defect's darkening (0..1) above which a pixel counts as defect
 MASK_THRESHOLD = 0.12

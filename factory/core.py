@@ -1,8 +1,10 @@
-"""The unit of work every stage passes along: one planned image.
+"""The core types every layer passes along, at the bottom of the import graph.
 
-A WorkItem is plain data (ints, floats, strings) so it travels through Ray Data
-as a row, through JSON in the serve API, and into Parquet provenance columns
-without custom serialization.
+`WorkItem` (one planned image), `Box` (a pixel box), `Sample` (what a generator
+made for a WorkItem) and `Reason` (why a check rejected a sample). They are plain
+data (ints, floats, strings, numpy arrays) so they travel through Ray Data as rows,
+through JSON in the serve API, and into Parquet provenance columns without custom
+serialization. Nothing here imports another factory module.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -122,3 +126,42 @@ def _params(value: Any) -> dict[str, Any]:
     if isinstance(value, str):
         return json.loads(value)
     return dict(value)
+
+
+@dataclass
+class Sample:
+    """What a generator returns for one WorkItem.
+
+    `boxes` are the annotations the generator vouches for (they may be tighter than
+    the requested ones, or measured, as DG2GAN does). `mask` is an HxW uint8 map of
+    defect pixels (0 = background, k = 1 + index of the box in `boxes`) when the
+    generator knows it exactly, else None. `meta` carries provenance (checkpoint,
+    extra per-sample info) and optional debugging arrays (e.g. attention maps).
+    """
+
+    item: WorkItem
+    image: np.ndarray  # HxWxC uint8
+    boxes: list[Box]
+    mask: np.ndarray | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def sample_id(self) -> str:
+        return self.item.item_id
+
+
+@dataclass(frozen=True)
+class Reason:
+    """Why a check rejected a sample: a short machine `code` (counted in manifests and
+    reports) and a human `detail`. Stored as the text `code: detail`."""
+
+    code: str
+    detail: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.detail}" if self.detail else self.code
+
+    @classmethod
+    def parse(cls, text: str) -> "Reason":
+        code, _, detail = str(text).partition(":")
+        return cls(code.strip(), detail.strip())

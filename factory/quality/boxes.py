@@ -1,0 +1,38 @@
+"""Box checks every sample passes: a generator must annotate what was asked for."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from factory.core import Reason, Sample
+from factory.quality.base import Verdict
+
+MIN_BOX_SIDE = 2
+
+
+class BoxScorer:
+    """Boxes inside the image, big enough, of known classes, one box class per
+    requested class. (Spillover out of a box is `SpilloverScorer`'s job.)"""
+
+    name = "boxes"
+
+    def __init__(self, class_names: Sequence[str]):
+        self.class_names = list(class_names)
+
+    def score(self, samples: Sequence[Sample]) -> list[Verdict]:
+        return [self._one(s) for s in samples]
+
+    def _one(self, s: Sample) -> Verdict:
+        v = Verdict()
+        W, H = s.item.width, s.item.height
+        for b in s.boxes:
+            if not b.inside(W, H):
+                v.reasons.append(Reason("box_outside", f"[{b.x1},{b.y1},{b.x2},{b.y2}] not inside {W}x{H}"))
+            elif min(b.width, b.height) < MIN_BOX_SIDE:
+                v.reasons.append(Reason("box_tiny", f"{b.width}x{b.height} px"))
+            if not (0 <= b.class_id < len(self.class_names)) or self.class_names[b.class_id] != b.class_name:
+                v.reasons.append(Reason("box_class", f"unknown class {b.class_id}/{b.class_name!r}"))
+        if set(b.class_name for b in s.boxes) != set(s.item.classes):
+            v.reasons.append(Reason("box_missing", f"asked for {sorted(s.item.classes)}, got {sorted({b.class_name for b in s.boxes})}"))
+        v.scores["boxes"] = float(len(s.boxes))
+        return v
