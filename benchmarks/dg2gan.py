@@ -209,7 +209,8 @@ def main(argv: list[str] | None = None) -> None:
 
     from factory.storage.uri import to_uri
     from factory.training.dg2gan import TrainConfig, train
-    from factory.training.images import load_crops, scan, split_records
+    from factory.data.folders import scan
+    from factory.training.images import load_crops, split_records
 
     console = Console(width=160)
     preset = PRESETS[args.preset]

@@ -11,12 +11,11 @@ import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
-from factory.data.adapters import (
-    PV_VISION_CLASSES, label_path, load_real, magnetic_tile, publish_real, pv_vision_crack, read_data_yaml, write_yolo,
-    yolo_layout,
-)
-from factory.data.masks import binary_to_boxes, mask_to_boxes, parse_yolo_lines, yolo_lines
 from factory.core import Box
+from factory.data.adapters import load_real, magnetic_tile, publish_real, pv_vision_crack, write_yolo, yolo_layout
+from factory.data.masks import binary_to_boxes, mask_to_boxes
+from factory.data.vocab import PV_VISION_CLASSES
+from factory.formats import label_path, parse_yolo_lines, read_data_yaml, yolo_lines
 from factory.training.detector import network_attempts
 
 

@@ -16,7 +16,8 @@ from factory.generators.dg2gan.checkpoint import find_runs, load_generators, res
 from factory.generators.dg2gan.model import DG2GANConfig, build
 from factory.core import Box, WorkItem
 from factory.training.dg2gan import TrainConfig, fit_local, lr_factor
-from factory.training.images import clean_crops, defect_crops, load_crops, scan
+from factory.data.folders import scan
+from factory.training.images import clean_crops, defect_crops, load_crops
 
 torch.set_num_threads(2)
 TINY = dict(ngf=4, n_blocks=1, ndf=4, n_layers=2)

@@ -28,7 +28,7 @@ def train_pdig_cmd(
     data: str = typer.Option(..., "--data", help="Folder/URI of images with class masks (*/img + */ann) or YOLO labels (images/ + labels/)."),
     base: str = typer.Option(..., "--base", help="Folder/URI of the base model: diffusers SD1.5 layout + image_encoder/ (open_clip)."),
     out: str = typer.Option(..., "--out", help="Where the trained parts go (file:// or s3://)."),
-    mask_classes: str = typer.Option("1:dark,2:cross_crack,3:crack", help="Mask value -> class, VALUE:NAME,... (default: pv_vision; 4 = busbar is structure)."),
+    mask_classes: str = typer.Option("1:dark_area,2:cross_crack,3:crack", help="Mask value -> class, VALUE:NAME,... (default: pv_vision; 4 = busbar is structure)."),
     epochs: int = typer.Option(1, help="Passes over the data (the paper trains > 1000)."),
     max_steps: Optional[int] = typer.Option(None, help="Stop after this many optimizer steps (quick runs)."),
     batch_size: int = typer.Option(8, help="Batch size per worker (paper: 8)."),

@@ -117,9 +117,9 @@ def preview(
 def _real_images(folder: Path, n: int) -> list[Path]:
     if not folder.is_dir():
         fail(f"--compare-to {folder}: not a folder")
-    from factory.training.images import IMAGE_SUFFIXES
+    from factory.data.folders import list_images
 
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = list_images(folder)
     if not files:
         fail(f"--compare-to {folder}: no images found")
     step = max(1, len(files) // n)

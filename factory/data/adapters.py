@@ -24,14 +24,11 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from factory.data.masks import binary_to_boxes, mask_to_boxes, parse_yolo_lines, yolo_lines
 from factory.core import Box
+from factory.data.masks import binary_to_boxes, mask_to_boxes
+from factory.data.vocab import MAGNETIC_TILE_CLASSES, PV_VISION_CLASSES, PV_VISION_VALUES
+from factory.formats import IMAGE_SUFFIXES, label_path, parse_yolo_lines, read_data_yaml, yolo_lines
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-
-PV_VISION_CLASSES = ["crack", "cross_crack", "dark_area"]  # the procedural generator's names
-PV_VISION_VALUES = {3: "crack", 2: "cross_crack", 1: "dark_area"}  # mask value -> class; 4 = busbar
-MAGNETIC_TILE_CLASSES = ["blowhole", "break", "crack", "fray", "uneven"]
 
 
 @dataclass
@@ -86,7 +83,7 @@ def pv_vision_crack(
     for split in splits:
         img_dir = _need_dir(root / split / "img", f"pv_vision_crack split {split!r} images")
         ann_dir = _need_dir(root / split / "ann", f"pv_vision_crack split {split!r} masks")
-        for img in sorted(p for p in img_dir.iterdir() if p.suffix.lower() in IMAGE_EXTS)[:limit]:
+        for img in sorted(p for p in img_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]:
             ann = ann_dir / (img.stem + ".png")
             if not ann.exists():
                 raise FileNotFoundError(f"{ann}: mask missing for {img.name}")
@@ -126,50 +123,6 @@ def magnetic_tile(
             samples.append(RealSample(img, _split_of(img.name, seed, val_fraction), w, h, boxes))
     return RealSet("magnetic_tile", list(MAGNETIC_TILE_CLASSES), samples, str(root),
                    {"min_area": min_area, "merge_gap": merge_gap, "val_fraction": val_fraction, "seed": seed, "negatives": negatives})
-
-
-def read_data_yaml(path: str | Path) -> tuple[Path, list[str], dict[str, list[Path]]]:
-    """A YOLO data.yaml -> (root folder, class names, {split: image files}).
-    Split entries may be folders, lists of folders, or .txt lists of images."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "data.yaml"
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no data.yaml (a YOLO-layout folder needs one)")
-    data = yaml.safe_load(path.read_text()) or {}
-    root = path.parent
-    names = data.get("names")
-    if isinstance(names, dict):
-        names = [names[k] for k in sorted(names, key=int)]
-    if not names:
-        raise ValueError(f"{path}: no class `names`")
-    splits: dict[str, list[Path]] = {}
-    for split in ("train", "val", "test"):
-        entry = data.get(split)
-        if not entry:
-            continue
-        files: list[Path] = []
-        for e in entry if isinstance(entry, list) else [entry]:
-            p = root / e
-            if p.suffix == ".txt" and p.is_file():
-                files += [(root / line.strip()) if not Path(line.strip()).is_absolute() else Path(line.strip())
-                          for line in p.read_text().splitlines() if line.strip()]
-            elif p.is_dir():
-                files += sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_EXTS)
-            else:
-                raise FileNotFoundError(f"{path}: {split}: {p} not found")
-        splits[split] = files
-    return root, [str(n) for n in names], splits
-
-
-def label_path(image: Path) -> Path:
-    """Where YOLO keeps an image's labels: the last /images/ becomes /labels/."""
-    parts = list(image.parts)
-    if "images" not in parts:
-        raise ValueError(f"{image}: not inside an images/ folder, cannot find its labels")
-    i = len(parts) - 1 - parts[::-1].index("images")
-    parts[i] = "labels"
-    return Path(*parts).with_suffix(".txt")
 
 
 def yolo_layout(root: str | Path) -> RealSet:

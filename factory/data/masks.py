@@ -55,33 +55,3 @@ def mask_to_boxes(
     for value, (class_id, name) in classes.items():
         out += binary_to_boxes(mask == value, class_id, name, min_area=min_area, merge_gap=merge_gap)
     return sorted(out, key=lambda b: (b.y1, b.x1, b.class_id))
-
-
-def yolo_lines(boxes: list[Box], width: int, height: int) -> list[str]:
-    """YOLO label lines: `class cx cy w h`, normalized to the image size."""
-    lines = []
-    for b in boxes:
-        cx, cy = (b.x1 + b.x2) / 2 / width, (b.y1 + b.y2) / 2 / height
-        lines.append(f"{b.class_id} {cx:.6f} {cy:.6f} {b.width / width:.6f} {b.height / height:.6f}")
-    return lines
-
-
-def parse_yolo_lines(text: str, width: int, height: int, names: list[str]) -> list[Box]:
-    """The inverse of yolo_lines (pixel boxes, edges rounded to the nearest pixel)."""
-    out = []
-    for n, line in enumerate(text.splitlines(), start=1):
-        parts = line.split()
-        if not parts:
-            continue
-        if len(parts) != 5:
-            raise ValueError(f"line {n}: expected 5 numbers (class cx cy w h), got {len(parts)}")
-        c = int(float(parts[0]))
-        if not 0 <= c < len(names):
-            raise ValueError(f"line {n}: class id {c} outside 0..{len(names) - 1}")
-        cx, cy, w, h = (float(p) for p in parts[1:])
-        x1 = max(0, round((cx - w / 2) * width))
-        y1 = max(0, round((cy - h / 2) * height))
-        x2 = min(width, round((cx + w / 2) * width))
-        y2 = min(height, round((cy + h / 2) * height))
-        out.append(Box(c, names[c], x1, y1, max(x2, x1 + 1), max(y2, y1 + 1)))
-    return out

@@ -17,7 +17,7 @@ from functools import lru_cache
 from importlib.metadata import entry_points
 from typing import Any, ClassVar, Protocol, Sequence, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from factory.core import Sample, WorkItem
 
@@ -29,6 +29,19 @@ class GeneratorParams(BaseModel):
     `params` is refused by `factory validate`, not inside a Ray worker."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @classmethod
+    def parse(cls, kind: str, params: dict[str, Any]) -> "GeneratorParams":
+        """Validate a spec's params in `load`, with one readable error (`factory validate`
+        reports the same problems per field before a run starts)."""
+        try:
+            return cls.model_validate(params)
+        except ValidationError as e:
+            unknown = sorted(str(err["loc"][-1]) for err in e.errors() if err["type"] == "extra_forbidden")
+            if unknown:
+                raise ValueError(f"unknown {kind} params {unknown}; known: {sorted(cls.model_fields)}") from None
+            problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'params'}: {err['msg']}" for err in e.errors())
+            raise ValueError(f"invalid {kind} params: {problems}") from None
 
 
 class NoParams(GeneratorParams):

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from factory.training.images import IMAGE_SUFFIXES
+from factory.data.folders import list_images
 from factory.ray_runtime import ensure_ray
 
 
@@ -60,13 +60,6 @@ class AnomalyTrainConfig:
 
 
 # --- data ---------------------------------------------------------------------
-
-
-def list_images(root: Path) -> list[Path]:
-    """Images under a folder, recursively; a PNG beside a same-named JPG is its mask, not an image."""
-    files = sorted(p for p in Path(root).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    jpg_stems = {(p.parent, p.stem) for p in files if p.suffix.lower() != ".png"}
-    return [p for p in files if not (p.suffix.lower() == ".png" and (p.parent, p.stem) in jpg_stems)]
 
 
 def read_gray(path: Path) -> np.ndarray:

@@ -252,7 +252,7 @@ def _write_split(dst_root: Path, items: list[tuple[Path, list[str]]]) -> int:
 def _remapped(images: list[Path], names: list[str], target: dict[str, int | None]) -> tuple[list[tuple[Path, list[str]]], dict]:
     """Rewrite label class ids through a name mapping. An image with any box of a
     dropped class is left out (its defect would be an unlabeled positive)."""
-    from factory.data.adapters import label_path
+    from factory.formats import label_path
 
     items, dropped_images, boxes = [], 0, {}
     for img in images:
@@ -290,7 +290,7 @@ def prepare_datasets(
     Class names are the eval set's: that is what the detector is judged on."""
     import numpy as np
 
-    from factory.data.adapters import read_data_yaml
+    from factory.formats import read_data_yaml
 
     _, eval_names, eval_splits = read_data_yaml(real_eval)
     eval_imgs = _pick_split(eval_splits, ("val", "test"), real_eval_uri or str(real_eval))

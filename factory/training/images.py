@@ -1,80 +1,19 @@
 """Image folders for training generators: find images and their defect masks, and
 cut square crops around defects (or away from them), resized to one training size.
 
-Masks are found beside the image in the layouts of the real data sets here:
-- `X.jpg` + `X.png` in the same folder (magnetic tile; anti-aliased, >= 128 is defect),
-- `../groundTruth/X.mat` (CrackForest; `Segmentation == 2` is crack),
-- `../ann/X.png` (pv_vision; channel 0, values chosen with `defect_values`).
-A folder without masks is a plain image folder: every image is used whole.
+Folders are listed by `factory.data.folders` (images and the masks beside them);
+a folder without masks is a plain image folder: every image is used whole.
 Locations may be local paths, `file://` or `s3://` URIs (downloaded first).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 from PIL import Image
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
-MASK_DIRS = {"groundTruth", "ann", "seg", "masks", "labels"}
-
-
-@dataclass(frozen=True)
-class ImageRecord:
-    image: Path
-    mask: Path | None = None
-
-
-def scan(root: str | Path) -> list[ImageRecord]:
-    """All images under a local folder (recursively, sorted), each with its mask if one exists."""
-    root = Path(root)
-    if not root.exists():
-        raise FileNotFoundError(f"image folder not found: {root}")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    files = [p for p in files if not (MASK_DIRS & set(p.relative_to(root).parts[:-1]))]
-    stems = {(p.parent, p.stem) for p in files if p.suffix.lower() != ".png"}
-    records = []
-    for p in files:
-        if p.suffix.lower() == ".png" and (p.parent, p.stem) in stems:
-            continue  # the mask of a JPG beside it
-        records.append(ImageRecord(p, find_mask(p)))
-    return records
-
-
-def find_mask(image: Path) -> Path | None:
-    candidates = [
-        image.with_suffix(".png") if image.suffix.lower() != ".png" else None,
-        image.parent.parent / "groundTruth" / f"{image.stem}.mat",
-        image.parent.parent / "ann" / f"{image.stem}.png",
-    ]
-    return next((c for c in candidates if c is not None and c.exists()), None)
-
-
-def read_image(path: str | Path, channels: int = 1) -> np.ndarray:
-    """HxWxC uint8."""
-    with Image.open(path) as im:
-        a = np.asarray(im.convert("L" if channels == 1 else "RGB"))
-    return a[:, :, None] if a.ndim == 2 else a
-
-
-def read_mask(path: str | Path, defect_values: Iterable[int] | None = None) -> np.ndarray:
-    """HxW bool defect map."""
-    path = Path(path)
-    if path.suffix == ".mat":
-        import scipy.io
-
-        seg = scipy.io.loadmat(path)["groundTruth"][0, 0]["Segmentation"]
-        return np.asarray(seg) == 2
-    with Image.open(path) as im:
-        a = np.asarray(im)
-    if a.ndim == 3:
-        a = a[:, :, 0]
-    if defect_values is not None:
-        return np.isin(a, list(defect_values))
-    return a >= 128 if a.max() > 8 else a > 0
+from factory.data.folders import ImageRecord, read_image, read_mask
 
 
 def _resize(crop: np.ndarray, size: int) -> np.ndarray:
@@ -204,14 +143,6 @@ def load_crops(
     if not crops:
         raise ValueError(f"no {role} crops found in {len(records)} images")
     return np.stack(crops)
-
-
-def load_domain(source: str | Path, role: str, size: int, channels: int = 1, **kw) -> np.ndarray:
-    """`load_crops` over every image under a folder or URI (s3:// is downloaded first)."""
-    from factory.storage.uri import as_local_dir
-
-    with as_local_dir(str(source)) as root:
-        return load_crops(scan(root), role, size, channels, **kw)
 
 
 def to_tensor(batch: np.ndarray):

@@ -13,13 +13,15 @@ from typing import Any
 
 import numpy as np
 
+from factory.data.vocab import PV_VISION_VALUES
+
 
 @dataclass
 class PDIGTrainConfig:
     data: str
     base: str
     out: str
-    mask_classes: dict[int, str] = field(default_factory=lambda: {1: "dark", 2: "cross_crack", 3: "crack"})
+    mask_classes: dict[int, str] = field(default_factory=lambda: dict(PV_VISION_VALUES))
     epochs: int = 1
     max_steps: int | None = None
     batch_size: int = 8

@@ -58,7 +58,7 @@ class DG2GANGenerator:
     def load(cls, checkpoint: str | None, params: dict[str, Any], device: str = "cpu") -> "DG2GANGenerator":
         from factory.generators.dg2gan.checkpoint import TRAIN_HINT, find_runs, load_generators
 
-        p = cls.Params.model_validate(params)
+        p = cls.Params.parse(cls.kind, params)
         runs = dict(find_runs(checkpoint)) if checkpoint else {}
         runs.update(p.checkpoints)
         if not runs:
@@ -132,21 +132,20 @@ class DG2GANGenerator:
 
 def reference_uris(refs: str | list[str]) -> list[str]:
     """Image URIs from folders/URIs or image files (sorted, masks beside JPGs skipped)."""
+    from factory.data.folders import is_image_name, list_images
     from factory.storage import uri as U
-    from factory.training.images import IMAGE_SUFFIXES, scan
 
     out: list[str] = []
     for r in [refs] if isinstance(refs, str) else list(refs):
         r = str(r)
-        suffix = "." + r.rsplit(".", 1)[-1].lower() if "." in r.rsplit("/", 1)[-1] else ""
-        if suffix in IMAGE_SUFFIXES:
+        if is_image_name(r.rsplit("/", 1)[-1]):
             out.append(r)
         elif U.is_s3(r):
-            names = [n for n in U.list_files(r) if "." + n.rsplit(".", 1)[-1].lower() in IMAGE_SUFFIXES]
+            names = [n for n in U.list_files(r) if is_image_name(n)]
             jpg_stems = {n.rsplit(".", 1)[0] for n in names if not n.lower().endswith(".png")}
             out += [U.join(r, n) for n in names if not (n.lower().endswith(".png") and n.rsplit(".", 1)[0] in jpg_stems)]
         else:
-            out += [str(rec.image) for rec in scan(U.local_path(r))]
+            out += [str(p) for p in list_images(U.local_path(r))]
     if not out:
         raise ValueError(f"no reference images found in {refs}")
     return out

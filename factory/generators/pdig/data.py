@@ -4,7 +4,7 @@ masks (connected components per value) or YOLO label files.
 Layouts: `*/img/X.jpg` + `*/ann/X.png` (pv_vision; channel 0), `X.jpg` + `X.png`
 beside it, and YOLO `images/X.jpg` + `labels/X.txt` (+ data.yaml names). Mask class
 values differ per data set, so the caller names them (`mask_classes`, e.g. pv_vision:
-{1: "dark", 2: "cross_crack", 3: "crack"}; 4 is the busbar structure, not a defect).
+`factory.data.vocab.PV_VISION_VALUES`; 4 is the busbar structure, not a defect).
 """
 
 from __future__ import annotations
@@ -14,12 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from factory.training.images import IMAGE_SUFFIXES
-
-PV_VISION_CLASSES = {1: "dark", 2: "cross_crack", 3: "crack"}
-
-
-LABEL_DIRS = {"ann", "labels", "masks"}
+from factory.data.folders import scan
+from factory.formats import label_path, parse_yolo_lines
 
 
 @dataclass(frozen=True)
@@ -48,7 +44,10 @@ def _yolo_names(root: Path) -> dict[int, str] | None:
 
 
 def _yolo_label(image: Path) -> Path | None:
-    p = image.parent.parent / "labels" / f"{image.stem}.txt"
+    try:
+        p = label_path(image)
+    except ValueError:  # not in an images/ folder
+        return None
     return p if p.is_file() else None
 
 
@@ -60,23 +59,6 @@ def read_image(path: str | Path) -> np.ndarray:
         return np.asarray(im.convert("RGB"))
 
 
-def _find_mask(image: Path) -> Path | None:
-    for c in (image.parent.parent / "ann" / f"{image.stem}.png", image.parent.parent / "masks" / f"{image.stem}.png",
-              image.with_suffix(".png") if image.suffix.lower() != ".png" else None):
-        if c is not None and c.is_file():
-            return c
-    return None
-
-
-def _images(root: Path) -> list[Path]:
-    if not root.exists():
-        raise FileNotFoundError(f"training data folder not found: {root}")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    files = [p for p in files if not (LABEL_DIRS & set(p.relative_to(root).parts[:-1]))]
-    jpg_stems = {(p.parent, p.stem) for p in files if p.suffix.lower() != ".png"}
-    return [p for p in files if not (p.suffix.lower() == ".png" and (p.parent, p.stem) in jpg_stems)]
-
-
 def load_examples(root: str | Path, mask_classes: dict[int, str] | None = None, min_area: int = 16, limit: int | None = None) -> list[Example]:
     """Examples with at least one box, sorted by path."""
     from PIL import Image
@@ -84,18 +66,16 @@ def load_examples(root: str | Path, mask_classes: dict[int, str] | None = None, 
     root = Path(root)
     names = _yolo_names(root)
     out = []
-    for image in _images(root):
-        label, mask = _yolo_label(image), _find_mask(image)
+    if not root.exists():
+        raise FileNotFoundError(f"training data folder not found: {root}")
+    for rec in scan(root):
+        image, mask = rec.image, rec.mask
+        label = _yolo_label(image)
         if label is not None:
             with Image.open(image) as im:
                 w, h = im.size
-            boxes = []
-            for line in label.read_text().split("\n"):
-                f = line.split()
-                if len(f) >= 5:
-                    c, cx, cy, bw, bh = int(f[0]), *map(float, f[1:5])
-                    boxes.append(((names or {}).get(c, f"class{c}"), int((cx - bw / 2) * w), int((cy - bh / 2) * h),
-                                  int(np.ceil((cx + bw / 2) * w)), int(np.ceil((cy + bh / 2) * h))))
+            vocab = [(names or {}).get(c, f"class{c}") for c in range(max(names or {0: ""}) + 1)]
+            boxes = [(b.class_name, b.x1, b.y1, b.x2, b.y2) for b in parse_yolo_lines(label.read_text(), w, h, vocab)]
         elif mask is not None:
             if mask_classes is None:
                 raise ValueError(f"{mask}: masks need a value -> class mapping (mask_classes)")

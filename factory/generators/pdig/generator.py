@@ -79,7 +79,7 @@ class PDIGGenerator:
         from factory.generators.pdig.base_model import load_base
         from factory.generators.pdig.pipeline import PDIGPipeline
 
-        p = cls.Params.model_validate(params).model_dump()
+        p = cls.Params.parse(cls.kind, params).model_dump()
         config = read_config(checkpoint) if checkpoint else None
         base_uri = p["base"] or (config or {}).get("base")
         if not base_uri:

@@ -25,7 +25,7 @@ class ProceduralELGenerator:
     def load(cls, checkpoint: str | None, params: dict[str, Any], device: str = "cpu") -> "ProceduralELGenerator":
         if checkpoint:
             raise ValueError(f"the procedural generator takes no checkpoint, got {checkpoint!r}")
-        cls.Params.model_validate(params)
+        cls.Params.parse(cls.kind, params)
         return cls()
 
     def generate(self, items: Sequence[WorkItem]) -> list[Sample]:
