@@ -175,3 +175,59 @@ def test_every_example_spec_validates():
 
     for path in sorted(Path(__file__).resolve().parents[1].joinpath("specs").glob("*.yaml")):
         check_spec(load_spec(path), str(path))
+
+
+# --- bounded, finite parsing (reproducers of the reliability probe) -------------------
+def _bomb(levels: int) -> str:
+    """A billion-laughs YAML: 10**levels strings from a few hundred bytes."""
+    lines = ['l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for i in range(1, levels + 1):
+        lines.append(f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 10) + "]")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("text, loc, fragment", [
+    ("domain:\n  contrast: [.nan, .nan]\n", "domain.contrast[0]", "finite number"),
+    ("defects:\n  - class: crack\n    weight: .inf\n", "defects[0].weight", "finite number"),
+    ("defects:\n  - class: crack\n    boxes: {size: {mean: .nan}}\n", "defects[0].boxes.size.mean", "finite number"),
+    ("seed: 123456789012345678901234567890\n", "seed", "integer too large"),
+])
+def test_non_finite_and_huge_numbers_are_field_errors(text, loc, fragment):
+    head = "name: t\ncount: 10\n" + ("" if "defects" in text else "defects:\n  - class: crack\n")
+    with pytest.raises(SpecError) as e:
+        parse_spec(head + text, "s.yaml")
+    assert any(p[0] == loc and fragment in p[1] for p in e.value.problems), e.value.problems
+
+
+def test_duplicate_keys_are_refused_naming_the_key():
+    with pytest.raises(SpecError, match="duplicate key 'count'"):
+        parse_spec("name: t\ncount: 10\ndefects:\n  - class: crack\ncount: 20\n", "s.yaml")
+
+
+@pytest.mark.parametrize("where", ["top", "params"])
+def test_alias_bombs_are_refused_quickly_with_a_short_message(where):
+    bomb = _bomb(7)  # 10**7 strings once expanded; 2.4 KB of YAML
+    text = bomb + "name: t\ncount: 10\ndefects:\n  - class: crack\n"
+    if where == "params":
+        text += "generators:\n  - kind: procedural\n    params: {x: *l7}\n"
+    with pytest.raises(SpecError) as e:
+        parse_spec(text, "s.yaml")
+    assert "expands to more than" in str(e.value) and len(str(e.value)) < 300
+
+
+def test_deep_nesting_and_giant_values_are_refused_without_a_traceback():
+    deep = "name: t\ncount: 10\ndefects:\n  - class: crack\ngenerators:\n  - kind: procedural\n    params: " + "[" * 2000 + "]" * 2000
+    with pytest.raises(SpecError, match="nested too deeply"):
+        parse_spec(deep, "s.yaml")
+    with pytest.raises(SpecError, match="unreadable value"):
+        parse_spec("name: t\ncount: 10\nseed: " + "9" * 5000 + "\ndefects:\n  - class: crack\n", "s.yaml")
+    with pytest.raises(SpecError) as e:
+        parse_spec("name: " + "x" * 1_000_000 + "\ncount: 10\ndefects:\n  - class: crack\n", "s.yaml")
+    assert len(str(e.value)) < 400
+
+
+def test_cli_prints_markup_like_text_verbatim(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text('name: "[/x]"\ncount: 10\ndefects:\n  - class: crack\n')
+    r = subprocess.run([sys.executable, "-m", "factory.cli", "validate", str(bad)], capture_output=True, text=True)
+    assert r.returncode == 2 and "'[/x]'" in r.stderr and "MarkupError" not in r.stderr, r.stderr

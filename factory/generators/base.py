@@ -28,7 +28,7 @@ class GeneratorParams(BaseModel):
     """Base of every family's `Params`: unknown keys are errors, so a typo in a spec's
     `params` is refused by `factory validate`, not inside a Ray worker."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     @classmethod
     def parse(cls, kind: str, params: dict[str, Any]) -> "GeneratorParams":

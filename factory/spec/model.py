@@ -23,7 +23,7 @@ IntRange = tuple[int, int]
 
 
 class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
 
 def _check_range(value: tuple, what: str = "range") -> tuple:
