@@ -1,0 +1,38 @@
+"""The layer contract (pyproject.toml [tool.importlinter]): lower layers never import
+higher ones. Checked on the tree as it is, and shown to fail on a copy where the
+bottom layer imports the top."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+LINT = [sys.executable, "-c", "import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())"]
+
+
+def _lint(root: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(LINT, cwd=root, capture_output=True, text=True, env={"PYTHONPATH": str(root), "PATH": ""})
+
+
+def _copy_tree(dst: Path) -> Path:
+    for pkg in ("factory", "serve", "jobs"):
+        shutil.copytree(REPO / pkg, dst / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "pyproject.toml", dst / "pyproject.toml")
+    return dst
+
+
+def test_the_tree_keeps_its_layers(tmp_path):
+    r = _lint(_copy_tree(tmp_path))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    assert "1 kept, 0 broken" in r.stdout
+
+
+def test_a_lower_layer_importing_a_higher_one_breaks_the_contract(tmp_path):
+    root = _copy_tree(tmp_path)
+    core = root / "factory" / "core.py"
+    core.write_text(core.read_text() + "\nfrom factory.pipeline import job  # noqa: E402\n")
+    r = _lint(root)
+    assert r.returncode != 0 and "factory.core is not allowed to import factory.pipeline" in r.stdout, r.stdout[-3000:]
