@@ -293,6 +293,19 @@ def test_ray_train_checkpoints_and_resumes(ray_local, shared_data, tmp_path):
     assert s.meta["checkpoint"].endswith("Fray")
 
 
+def test_two_ray_train_workers_train_to_the_end_on_equal_shards(ray_local, shared_data, tmp_path):
+    """DDP over 2 CPU workers, each on its Ray Data shard of the crops, same steps per epoch."""
+    from factory.training.dg2gan import train
+
+    tc = TrainConfig(
+        defect_free=str(shared_data / "magnetic_tile" / "MT_Fray"), defective=str(shared_data / "magnetic_tile" / "MT_Fray"),
+        out=(tmp_path / "Fray2").as_uri(), class_name="Fray", image_size=32, batch_size=4, max_images=4,
+        epochs_constant=1, epochs_decay=1, max_steps_per_epoch=2, num_workers=2, **TINY,
+    )
+    r = train(tc, storage_path=str(tmp_path / "ray"))
+    assert r["trained"] and r["epoch"] == 1 and r["metrics"]["steps"] == 2 and np.isfinite(r["metrics"]["cycle"])
+
+
 def test_cli_registers_train_dg2gan():
     from typer.testing import CliRunner
 

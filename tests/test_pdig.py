@@ -272,3 +272,17 @@ def test_ray_train_run_writes_a_small_checkpoint_the_generator_loads(ray_local, 
     with pytest.raises(ValueError, match="not trained"):
         gen.generate([WorkItem(item_id="b", index=1, generator="pdig", checkpoint=str(out), width=64, height=64, channels=1,
                                seed=1, boxes=(Box(0, "scratch", 1, 1, 20, 20),))])
+
+
+def test_two_ray_train_workers_take_equal_halves_and_train_to_the_end(ray_local, shared_data, tiny_dir, tmp_path):
+    """DDP over 2 CPU workers: Ray Data gives each rank 2 of the 4 examples, so each
+    runs 2 steps per epoch (no rank waits on another that ran out), for 2 epochs."""
+    from factory.training.pdig import PDIGTrainConfig, train_pdig
+
+    out = tmp_path / "ckpt2"
+    metrics = train_pdig(PDIGTrainConfig(
+        data=str(shared_data / "pv_vision_crack" / "train"), base=str(tiny_dir), out=f"file://{out}",
+        limit=4, epochs=2, batch_size=1, bank_size=1, num_workers=2, storage_path=str(tmp_path / "ray"),
+    ))
+    assert metrics["steps"] == 4 and metrics["epochs"] == 2 and np.isfinite(metrics["loss"])
+    assert (out / "pdig_config.json").exists() and not (out / "train_state.pt").exists()

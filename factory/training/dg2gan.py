@@ -4,16 +4,21 @@ constant learning rate for the first `epochs_constant` epochs then linear decay
 to zero over `epochs_decay` epochs (the paper's 100 + 100, scaled by
 `epoch_scale`), batch 8 (global: split over the workers).
 
-Data: every worker loads the two domains itself (small image folders, held in
-memory as crops) and draws unpaired random batches from them with a seed of its
-own; an epoch is max(#defect-free, #defective) crops, as in CycleGAN.
-Checkpoints: rank 0 writes weights + the config used to `out` after every
-`checkpoint_every` epochs (layout in `factory.generators.dg2gan.checkpoint`); a
-run started again with the same `out` resumes from the last one.
+Data: the driver cuts both domains into crops (small image folders) and hands
+them to Ray Train as two Ray Datasets; each worker holds its equal shard in memory
+and draws unpaired random batches from it with a seed of its own. An epoch is
+max(#defect-free, #defective) crops, as in CycleGAN, the same number of steps on
+every rank.
+Checkpoints: rank 0 reports weights + optimizer state + the config as a Ray Train
+checkpoint after every `checkpoint_every` epochs and copies it to `out` (layout in
+`factory.generators.dg2gan.checkpoint`). A restarted worker group resumes from
+`ray.train.get_checkpoint()`; a run started again with the same `out` resumes
+from the last epoch there.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import tempfile
 import time
@@ -158,6 +163,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     from factory.generators.dg2gan.checkpoint import load_train_state, resolve, save_checkpoint
     from factory.generators.dg2gan.model import build
+    from factory.storage.uri import to_uri, upload_dir
 
     tc = TrainConfig.from_dict(config)
     ctx = ray.train.get_context()
@@ -165,14 +171,17 @@ def train_loop_per_worker(config: dict) -> None:
     device = ray.train.torch.get_device()
     torch.manual_seed(tc.seed)
     cfg = tc.model_config()
-    data_n, data_d = load_training_data(tc)
+    data_n, data_d = _shard_array(ray.train.get_dataset_shard("n")), _shard_array(ray.train.get_dataset_shard("d"))
 
     gens, discs = build(cfg, seed=tc.seed)
     opt_g, opt_d = make_optimizers(gens, discs, tc.lr)
     start_epoch, history = 0, []
-    ck = resolve(tc.out)
-    if ck is not None:  # resume
-        g_sd, d_sd, state = load_train_state(ck)
+    restored = ray.train.get_checkpoint()
+    with restored.as_directory() if restored else contextlib.nullcontext() as local:
+        ck = resolve(to_uri(local)) if local else resolve(tc.out)
+        if ck is not None:  # resume
+            g_sd, d_sd, state = load_train_state(ck)
+    if ck is not None:
         gens.load_state_dict(g_sd)
         discs.load_state_dict(d_sd)
         opt_g.load_state_dict(state["opt_g"])
@@ -188,7 +197,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     constant, decay = tc.epochs
     per_worker = max(1, tc.batch_size // world)
-    steps = math.ceil(max(len(data_n), len(data_d)) / (per_worker * world))
+    steps = math.ceil(max(config["n_total"], config["d_total"]) / (per_worker * world))  # equal on every rank
     if tc.max_steps_per_epoch:
         steps = min(steps, tc.max_steps_per_epoch)
     for epoch in range(start_epoch, constant + decay):
@@ -207,12 +216,21 @@ def train_loop_per_worker(config: dict) -> None:
         metrics.update(epoch=epoch, lr=opt_g.param_groups[0]["lr"], seconds=time.time() - t0, steps=steps)
         history.append(metrics)
         last = epoch == constant + decay - 1
-        if rank == 0 and ((epoch + 1) % tc.checkpoint_every == 0 or last):
-            state = {"opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "epoch": epoch, "history": history}
-            save_checkpoint(tc.out, epoch, cfg, unwrap(gens), unwrap(discs), state, asdict(tc), metrics)
         if rank == 0:
             print(f"[dg2gan {tc.class_name}] epoch {epoch + 1}/{constant + decay} " + " ".join(f"{k}={metrics[k]:.4f}" for k in ("G", "cycle", "D") if k in metrics), flush=True)
-        ray.train.report(metrics)
+        if rank == 0 and ((epoch + 1) % tc.checkpoint_every == 0 or last):
+            state = {"opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "epoch": epoch, "history": history}
+            with tempfile.TemporaryDirectory() as tmp:
+                save_checkpoint(to_uri(tmp), epoch, cfg, unwrap(gens), unwrap(discs), state, asdict(tc), metrics)
+                upload_dir(tmp, tc.out)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        else:
+            ray.train.report(metrics)
+
+
+def _shard_array(shard) -> np.ndarray:
+    """A worker's whole Ray Data shard of crops as one uint8 N x S x S x C array."""
+    return np.concatenate([b["data"] for b in shard.iter_batches(batch_size=4096, batch_format="numpy")])
 
 
 def check_sources(tc: TrainConfig) -> None:
@@ -244,9 +262,11 @@ def train(tc: TrainConfig, storage_path: str | None = None) -> dict[str, Any]:
     ck = resolve(tc.out)
     if ck is not None and read_config(ck)["epoch"] >= constant + decay - 1:
         return {"checkpoint": ck, **_summary(ck), "resumed": True, "trained": False}
+    data_n, data_d = load_training_data(tc)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=asdict(tc),
+        train_loop_config=asdict(tc) | {"n_total": len(data_n), "d_total": len(data_d)},
+        datasets={"n": ray.data.from_numpy(data_n), "d": ray.data.from_numpy(data_d)},
         scaling_config=ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu),
         run_config=RunConfig(
             name=f"dg2gan-{tc.class_name}-{int(time.time())}",

@@ -15,6 +15,8 @@ import numpy as np
 
 from factory.data.vocab import PV_VISION_VALUES
 
+RESUME_STATE = "train_state.pt"  # in Ray Train checkpoints only
+
 
 @dataclass
 class PDIGTrainConfig:
@@ -104,8 +106,20 @@ def build_bank(base, examples, classes, bank_size: int, device):
             for c, v in crops.items() if v} if crops else {}
 
 
+def _load_examples(cfg: PDIGTrainConfig):
+    from factory.generators.pdig.data import load_examples
+    from factory.storage import uri as storage
+
+    with storage.as_local_dir(cfg.data) as root:
+        return load_examples(root, {int(k): v for k, v in cfg.mask_classes.items()}, limit=cfg.limit)
+
+
 def train_loop(config: dict[str, Any]) -> None:
-    """One Ray Train worker: load the base, add the parts, train its shard of the data."""
+    """One Ray Train worker: load the base, add the parts, train on its Ray Data shard
+    of example indices. Ray splits the indices equally, so every rank runs the same
+    number of steps (DDP never waits on a rank that has finished). Rank 0 reports a
+    checkpoint (parts + optimizer + position) every epoch; a restarted worker group
+    resumes from `ray.train.get_checkpoint()`."""
     import ray.train
     import ray.train.torch
     import torch
@@ -113,72 +127,90 @@ def train_loop(config: dict[str, Any]) -> None:
 
     from factory.generators.pdig.adapter import create_parts, save_parts
     from factory.generators.pdig.base_model import load_base
-    from factory.generators.pdig.data import load_examples
     from factory.generators.pdig.image_prompt import encode_crops
     from factory.generators.pdig.sce import build_prompt
-    from factory.storage import uri as storage
 
     cfg = PDIGTrainConfig(**config)
     ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    rank = ctx.get_world_rank()
     device = ray.train.torch.get_device()
     torch.manual_seed(cfg.seed + rank)
     rng = np.random.default_rng([cfg.seed, rank])
-    with storage.as_local_dir(cfg.data) as root:
-        examples = load_examples(root, {int(k): v for k, v in cfg.mask_classes.items()}, limit=cfg.limit)
-        classes = sorted({c for ex in examples for c, *_ in ex.boxes})
-        base = load_base(cfg.base, device=str(device))
-        size = cfg.resolution or base.native_size
-        parts = create_parts(base, classes, cfg.num_tokens)
-        model = ray.train.torch.prepare_model(_module(base, parts))
-        opt = torch.optim.AdamW(parts.trainable_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        shard = examples[rank::world]
-        step, losses = 0, []
-        for epoch in range(cfg.epochs):
-            order = rng.permutation(len(shard))
-            for start in range(0, len(order), cfg.batch_size):
-                batch = [_prepare(shard[i], size, rng) for i in order[start : start + cfg.batch_size]]
-                pixels = torch.stack([b[0] for b in batch]).to(device)
-                prompts = ["" if rng.random() < cfg.drop_text else build_prompt(b[1]) for b in batch]
-                ids = base.tokenizer(prompts, padding="max_length", max_length=base.tokenizer.model_max_length,
-                                     truncation=True, return_tensors="pt").input_ids.to(device)
-                embeds = encode_crops(base.image_encoder, [b[2] for b in batch], base.image_size, base.image_mean,
-                                      base.image_std, device)
-                keep = torch.tensor([rng.random() >= cfg.drop_image for _ in batch], device=device)
-                embeds = embeds * keep[:, None].to(embeds.dtype)
-                loss = model(pixels, ids, embeds)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                losses.append(float(loss.detach()))
-                step += 1
-                if cfg.max_steps and step >= cfg.max_steps:
-                    break
+    examples = _load_examples(cfg)
+    classes = sorted({c for ex in examples for c, *_ in ex.boxes})
+    base = load_base(cfg.base, device=str(device))
+    size = cfg.resolution or base.native_size
+    parts = create_parts(base, classes, cfg.num_tokens)
+    opt = torch.optim.AdamW(parts.trainable_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    step, start_epoch, losses = 0, 0, []
+    restored = ray.train.get_checkpoint()
+    if restored:
+        with restored.as_directory() as d:
+            state = torch.load(Path(d) / RESUME_STATE, map_location="cpu", weights_only=True)
+        with torch.no_grad():
+            for p, v in zip(parts.trainable_parameters(), state["params"]):
+                p.copy_(v)
+        opt.load_state_dict(state["optimizer"])
+        step, start_epoch = int(state["step"]), int(state["epoch"]) + 1
+    model = ray.train.torch.prepare_model(_module(base, parts))
+    shard = ray.train.get_dataset_shard("train")
+    epoch = start_epoch - 1
+    for epoch in range(start_epoch, cfg.epochs):
+        if cfg.max_steps and step >= cfg.max_steps:
+            break
+        for batch_idx in shard.iter_batches(batch_size=cfg.batch_size, batch_format="numpy",
+                                            local_shuffle_buffer_size=max(2 * cfg.batch_size, 16),
+                                            local_shuffle_seed=cfg.seed * 1000 + epoch * 10 + rank):
+            batch = [_prepare(examples[int(i)], size, rng) for i in batch_idx["id"]]
+            pixels = torch.stack([b[0] for b in batch]).to(device)
+            prompts = ["" if rng.random() < cfg.drop_text else build_prompt(b[1]) for b in batch]
+            ids = base.tokenizer(prompts, padding="max_length", max_length=base.tokenizer.model_max_length,
+                                 truncation=True, return_tensors="pt").input_ids.to(device)
+            embeds = encode_crops(base.image_encoder, [b[2] for b in batch], base.image_size, base.image_mean,
+                                  base.image_std, device)
+            keep = torch.tensor([rng.random() >= cfg.drop_image for _ in batch], device=device)
+            embeds = embeds * keep[:, None].to(embeds.dtype)
+            loss = model(pixels, ids, embeds)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+            step += 1
             if cfg.max_steps and step >= cfg.max_steps:
                 break
+        done = epoch == cfg.epochs - 1 or bool(cfg.max_steps and step >= cfg.max_steps)
         metrics = {"loss": float(np.mean(losses[-20:])) if losses else float("nan"), "steps": step,
                    "epochs": epoch + 1, "images": len(examples), "classes": classes}
-        if rank == 0:
-            parts.bank = build_bank(base, examples, classes, cfg.bank_size, device)
+        if rank != 0:
+            ray.train.report(metrics)
+        else:
+            if done:
+                parts.bank = build_bank(base, examples, classes, cfg.bank_size, device)
             with tempfile.TemporaryDirectory() as tmp:
                 save_parts(parts, tmp, extra={"base": cfg.base, "train": asdict(cfg) | {"steps": step},
                                               "resolution": size})
+                torch.save({"params": [p.detach().cpu() for p in parts.trainable_parameters()],
+                            "optimizer": opt.state_dict(), "step": step, "epoch": epoch}, Path(tmp) / RESUME_STATE)
                 ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
-        else:
-            ray.train.report(metrics)
+        if done:
+            break
 
 
 def train_pdig(cfg: PDIGTrainConfig) -> dict[str, Any]:
     """Run the TorchTrainer and copy the trained parts to `cfg.out`; returns the metrics."""
+    import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from factory.storage import uri as storage
 
     storage_path = cfg.storage_path or tempfile.mkdtemp(prefix="pdig-train-")
+    n = len(_load_examples(cfg))
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=asdict(cfg),
+        # example indices, materialized (no read tasks competing with the workers for CPUs); Ray gives each rank an equal share
+        datasets={"train": ray.data.range(n).materialize()},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu),
         run_config=RunConfig(name="pdig", storage_path=str(Path(storage_path).resolve())),
     )
@@ -186,5 +218,6 @@ def train_pdig(cfg: PDIGTrainConfig) -> dict[str, Any]:
     if result.checkpoint is None:
         raise RuntimeError(f"PDIG training produced no checkpoint: {result.error}")
     with result.checkpoint.as_directory() as d:
+        (Path(d) / RESUME_STATE).unlink(missing_ok=True)  # training state, not part of the product
         storage.upload_dir(d, cfg.out)
     return dict(result.metrics or {}) | {"out": cfg.out}
