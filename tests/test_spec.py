@@ -231,3 +231,10 @@ def test_cli_prints_markup_like_text_verbatim(tmp_path):
     bad.write_text('name: "[/x]"\ncount: 10\ndefects:\n  - class: crack\n')
     r = subprocess.run([sys.executable, "-m", "factory.cli", "validate", str(bad)], capture_output=True, text=True)
     assert r.returncode == 2 and "'[/x]'" in r.stderr and "MarkupError" not in r.stderr, r.stderr
+
+
+def test_help_shows_no_type_after_plain_flags():
+    r = subprocess.run([sys.executable, "-m", "factory.cli", "run", "--help"], capture_output=True, text=True,
+                       env={"COLUMNS": "120", "PATH": ""})
+    assert r.returncode == 0 and "--resume" in r.stdout
+    assert "<bool>" not in r.stdout and "<int" in r.stdout, r.stdout

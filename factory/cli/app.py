@@ -4,6 +4,18 @@ command bodies import heavy libraries (torch, ray) only when they run."""
 from __future__ import annotations
 
 import typer
+from typer.core import TyperOption
+
+_display_type = TyperOption.display_type_rich
+
+
+def _flag_without_type(self, ctx):
+    """typer 0.29 shows `<bool>` after plain flags (`--resume <bool>`), which reads as if
+    the flag took a value: show no type for flags."""
+    return None if self.is_flag else _display_type(self, ctx)
+
+
+TyperOption.display_type_rich = _flag_without_type
 
 app = typer.Typer(
     name="factory",

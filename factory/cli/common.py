@@ -12,11 +12,18 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-console = Console()
-err_console = Console(stderr=True)
+# Piped output (CI logs, `| tee`) gets wide lines instead of rich's 80-column default,
+# so tables do not wrap mid-cell.
+console = Console(width=None if sys.stdout.isatty() else 200)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
 EXIT_INVALID = 2  # invalid input (spec, arguments)
 EXIT_FAILED = 1  # the work itself failed
+
+
+def plural(n: int, one: str, many: str | None = None) -> str:
+    """`1 box`, `2 boxes`."""
+    return f"{n} {one if n == 1 else (many or one + 's')}"
 
 
 def fail(message: str, code: int = EXIT_FAILED) -> None:

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from factory.cli.app import app
-from factory.cli.common import console, fail, friendly_errors, load_spec_or_exit
+from factory.cli.common import console, fail, friendly_errors, load_spec_or_exit, plural
 
 SpecArg = typer.Argument(..., help="Path to the dataset spec (YAML).", show_default=False)
 
@@ -49,7 +49,7 @@ def plan_summary(items, class_names: list[str], width: int, height: int) -> Tabl
     boxes = [b for it in items for b in it.boxes]
     per_class = Counter(b.class_name for b in boxes)
     negatives = sum(1 for it in items if it.is_negative)
-    table = Table(title=f"plan: {len(items)} items, {len(boxes)} boxes, {negatives} negatives")
+    table = Table(title=f"plan: {plural(len(items), 'item')}, {plural(len(boxes), 'box', 'boxes')}, {plural(negatives, 'negative')}")
     table.add_column("class")
     table.add_column("images", justify="right")
     table.add_column("boxes", justify="right")
