@@ -1,7 +1,5 @@
-"""Real data: image folders and their masks, class vocabularies, and adapters from
-published defect sets (masks or YOLO layout) to boxes."""
-
-from factory.data.adapters import ADAPTERS, RealSample, RealSet, load_real, write_yolo
-from factory.data.masks import binary_to_boxes, mask_to_boxes
-
-__all__ = ["ADAPTERS", "RealSample", "RealSet", "binary_to_boxes", "load_real", "mask_to_boxes", "write_yolo"]
+"""Real data: image folders and the masks beside them (`folders`), masks -> boxes
+(`masks`), class vocabularies (`vocab`), and adapters from published defect sets to
+an imported, versioned real set (`adapters`). Import the module you need: this
+package file stays empty so that listing a folder does not load scipy or Pillow's
+plugins for the importers."""
