@@ -1,7 +1,7 @@
 """The work budget: what one request may cost a generator replica, estimated
 before any generator runs.
 
-A request's cost is an estimate of replica seconds, per family:
+A request's cost is an estimate of replica CPU seconds, per family:
 
     cost_s = sum over images of (image_mpx * image_mpx_s + box_mpx * box_mpx_s)
 
@@ -12,9 +12,11 @@ work (503 + Retry-After) while its accepted backlog would exceed `max_backlog_s`
 and it checks for cancelled requests (client gone, request timeout) between
 slices of about `slice_s`, so work for a client that left stops within a slice.
 
-The defaults are the procedural family's measured costs on the 2-core reference
-machine (benchmarks/serve.py --costs prints them); families that cost more per
-image set their own in serve/config.yaml `generators.<kind>.cost`.
+The defaults are the procedural family's measured CPU costs (benchmarks/serve.py
+--costs; BENCHMARKS.md): about 0.2 s per image megapixel and up to 0.6 s per box
+megapixel (cross_crack; crack 0.4). The issue's reproducer (crack, n=4, 64 boxes of
+the whole 1024x1024 image) is estimated at about 160 s and refused; it took 67 s. Families
+with other costs set their own in serve/config.yaml `generators.<kind>.cost`.
 """
 
 from __future__ import annotations
@@ -29,8 +31,8 @@ from factory.core import WorkItem
 class WorkCost(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    image_mpx_s: float = Field(0.6, ge=0, description="replica seconds per megapixel of image")
-    box_mpx_s: float = Field(0.6, ge=0, description="replica seconds per megapixel of box (the costliest class)")
+    image_mpx_s: float = Field(0.25, ge=0, description="replica CPU seconds per megapixel of image")
+    box_mpx_s: float = Field(0.6, ge=0, description="replica CPU seconds per megapixel of box (the costliest class)")
     max_request_s: float = Field(10.0, gt=0, description="the most one request may cost (422 over it)")
     max_backlog_s: float = Field(60.0, gt=0, description="accepted work per replica before it answers 503")
     slice_s: float = Field(1.0, gt=0, description="work between checks for cancelled requests")

@@ -437,10 +437,16 @@ def _slow_counts(server) -> dict:
     return next(g for g in server.get("/v1/generators").json()["generators"] if g["kind"] == "slow")
 
 
-def test_request_timeout_cancels_the_work(server):
+def test_request_timeout_cancels_the_work_and_a_full_backlog_is_a_503(server):
     before = _slow_counts(server)
     t0 = time.perf_counter()
-    r = gen(server, generator="slow", n=16, boxes=[])  # 8 s of work, the server's timeout is 6 s
+    with ThreadPoolExecutor(1) as pool:
+        long = pool.submit(gen, server, generator="slow", n=16, boxes=[])  # 8 s of work, the server's timeout is 6 s
+        time.sleep(1.0)
+        # a second one (estimated 8.8 s) would take the replica's backlog over 12 s: refused although a slot is free
+        second = gen(server, generator="slow", n=16, boxes=[], seed=1)
+        r = long.result()
+    assert second.status_code == 503 and int(second.headers["retry-after"]) >= 8, second.text
     assert r.status_code == 408, r.text
     assert time.perf_counter() - t0 < REQUEST_TIMEOUT_S + 2
     time.sleep(2 * SLOW_S)
