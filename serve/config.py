@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from factory.generators.base import registered_kinds
 from serve.budget import WorkCost
 from serve.schemas import MAX_N
 
@@ -84,8 +85,6 @@ class AppConfig(_Cfg):
     ingress: IngressConfig = IngressConfig()
 
     def kinds(self) -> dict[str, GeneratorConfig]:
-        from factory.generators.base import registered_kinds  # the families' torch imports stay off the CLI path
-
         kinds = registered_kinds()
         names = sorted(kinds) if self.serve_all_kinds else []
         names += [k for k in self.generators if k not in names]

@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -37,7 +38,8 @@ httpx = pytest.importorskip("httpx")
 
 
 class ToyGenerator:
-    """Flat image at the checkpoint's grey level, a filled square per box; raises on class "boom"."""
+    """Flat image at the checkpoint's grey level, a filled square per box; raises on
+    class "boom", takes SLOW_S per image of class "nap"."""
 
     kind = "toy"
     wants_gpu = False
@@ -59,6 +61,8 @@ class ToyGenerator:
         for item in items:
             if any(b.class_name == "boom" for b in item.boxes):
                 raise RuntimeError("toy generator exploded")
+            if any(b.class_name == "nap" for b in item.boxes):
+                time.sleep(SLOW_S)
             img = np.full((item.height, item.width, item.channels), self.level, np.uint8)
             mask = np.zeros((item.height, item.width), np.uint8)
             for k, b in enumerate(item.boxes, 1):
@@ -163,7 +167,7 @@ def server(ray_local, tmp_path_factory):
         "defaults": {"num_cpus": 0.25, "autoscaling": None, "batch_wait_timeout_s": 0.005},
         "generators": {
             "procedural": {},
-            "toy": {"import_path": ToyGenerator, "max_models_per_replica": 2},
+            "toy": {"import_path": ToyGenerator, "max_models_per_replica": 2, "cost": {**SLOW_COST, "max_backlog_s": 60}},
             "slow": {"import_path": SlowToy, "batching": False, "max_ongoing_requests": 2, "max_queued_requests": 1,
                      "retry_after_s": 2, "cost": SLOW_COST, "num_cpus": 0.1},
         },
@@ -433,8 +437,8 @@ def test_work_over_the_budget_is_a_422_before_any_generator_runs(server):
     assert listing["slow"]["max_request_s"] == 10 and listing["procedural"]["box_mpx_s"] > 0
 
 
-def _slow_counts(server) -> dict:
-    return next(g for g in server.get("/v1/generators").json()["generators"] if g["kind"] == "slow")
+def _slow_counts(server, kind: str = "slow") -> dict:
+    return next(g for g in server.get("/v1/generators").json()["generators"] if g["kind"] == kind)
 
 
 def test_request_timeout_cancels_the_work_and_a_full_backlog_is_a_503(server):
@@ -455,12 +459,14 @@ def test_request_timeout_cancels_the_work_and_a_full_backlog_is_a_503(server):
     assert made + skipped == 16 and made <= REQUEST_TIMEOUT_S / SLOW_S + 1 and skipped >= 2, (made, skipped)
 
 
-def test_client_disconnect_cancels_the_work(server):
-    before = _slow_counts(server)
+@pytest.mark.parametrize("kind", ["slow", "toy"])  # without and with @serve.batch
+def test_client_disconnect_cancels_the_work(server, kind):
+    before = _slow_counts(server, kind)
+    body = {"generator": "slow", "boxes": []} if kind == "slow" else {"generator": "toy", "checkpoint": "toy/a.json", "class": "nap"}
     with httpx.Client(base_url=server.base_url, timeout=1.0) as impatient, pytest.raises(httpx.ReadTimeout):
-        gen(impatient, generator="slow", n=12, boxes=[])  # gives up after 1 s and closes the connection
+        gen(impatient, n=12, **body)  # gives up after 1 s and closes the connection
     time.sleep(3 * SLOW_S)
-    after = _slow_counts(server)
+    after = _slow_counts(server, kind)
     made, skipped = after["images"] - before["images"], after["cancelled_images"] - before["cancelled_images"]
     assert made + skipped == 12 and made <= 5 and skipped >= 7, (made, skipped)
     assert after["backlog_s"] == 0
@@ -523,21 +529,25 @@ def test_factory_serve_start_and_stop_print_only_its_own_lines(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
     proc = subprocess.Popen([sys.executable, "-m", "factory.cli", "serve", "--config", str(config)], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    out: list[str] = []
+
+    def read():  # every line, as it comes
+        for line in proc.stdout:
+            out.append(line)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
     try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None, proc.stdout.read()
+        deadline = time.monotonic() + 120
+        while "Ctrl-C to stop\n" not in out:  # printed once the app is deployed
+            assert proc.poll() is None and time.monotonic() < deadline, "".join(out)
             time.sleep(0.5)
         assert httpx.post(f"http://127.0.0.1:{port}/v1/generate", json={"generator": "procedural"}, timeout=30).status_code == 200
         proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=60)
+        proc.wait(timeout=60)
+        reader.join(timeout=10)
     finally:
         if proc.poll() is None:
             proc.kill()
-    lines = [line for line in out.splitlines() if line.strip()]
-    assert lines == [f"serving on http://127.0.0.1:{port} (docs /docs, health /healthz; timeout 30 s)", "Ctrl-C to stop", "stopping"], out
+    lines = [line.rstrip("\n") for line in out if line.strip()]
+    assert lines == [f"serving on http://127.0.0.1:{port} (docs /docs, health /healthz; timeout 30 s)", "Ctrl-C to stop", "stopping"], "".join(out)
