@@ -437,6 +437,22 @@ def test_work_over_the_budget_is_a_422_before_any_generator_runs(server):
     assert listing["slow"]["max_request_s"] == 10 and listing["procedural"]["box_mpx_s"] > 0
 
 
+def test_budget_estimates_and_slices():
+    from factory.core import Box, WorkItem
+    from serve.budget import WorkCost, over_budget_message, request_cost_s, slices
+
+    cost = WorkCost()  # the defaults serve/config.yaml repeats
+    heavy = [WorkItem(f"i{k}", k, "procedural", None, 1024, 1024, 1, k, tuple([Box(0, "crack", 0, 0, 1024, 1024)] * 64))
+             for k in range(4)]
+    assert 150 < request_cost_s(cost, heavy) < 170  # the reproducer: ~160 s estimated, 67 s measured
+    assert "over the 10 s allowed" in over_budget_message(cost, heavy)
+    small = [WorkItem(f"s{k}", k, "procedural", None, 128, 128, 1, k) for k in range(16)]
+    assert over_budget_message(cost, small) is None
+    assert slices(cost, small) == [list(range(16))]  # cheap items share one generate() call
+    assert slices(cost, heavy[:3]) == [[0], [1], [2]]  # each over a slice: one call each
+    assert slices(WorkCost(slice_s=0.01), small) == [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9], [10, 11], [12, 13], [14, 15]]
+
+
 def _slow_counts(server, kind: str = "slow") -> dict:
     return next(g for g in server.get("/v1/generators").json()["generators"] if g["kind"] == kind)
 
