@@ -1,6 +1,8 @@
-"""Bounded load test of the online generation API, with and without @serve.batch.
+"""Bounded load test of the online generation API, with and without @serve.batch;
+and (--costs) the procedural family's measured costs behind the work budget.
 
     python benchmarks/serve.py [--requests 200] [--concurrency 1,4,16] [--size 128]
+    python benchmarks/serve.py --costs [--seeds 3]
 
 This process starts an embedded Ray + Serve on 127.0.0.1, deploys the app (batching
 on, then off), and for each concurrency level runs the load from a *second process*
@@ -82,6 +84,47 @@ def client(port: int, requests: int, concurrency: int, size: int, time_limit: fl
             "rps": len(lat) / wall if wall else 0.0, "wall_s": wall, "timed_out": sum(statuses.values()) < requests}
 
 
+# --- the work budget's coefficients (serve/budget.py) -------------------------------------
+
+
+def costs(seeds: int) -> list[dict]:
+    """CPU seconds per megapixel of image (no boxes) and per megapixel of box for each
+    procedural class, rendered in this process; median and spread over seeds."""
+    import statistics
+
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+    from factory.core import Box, WorkItem
+    from factory.generators.procedural.render import DEFECTS, render_el
+
+    def seconds(side: int, boxes: tuple, seed: int) -> float:
+        item = WorkItem("cost", 0, "procedural", None, side, side, 1, seed, boxes, {}, {}, "")
+        t0 = time.process_time()  # CPU seconds: what a replica spends, and steady on a loaded machine
+        render_el(item)
+        return time.process_time() - t0
+
+    seconds(64, (), 0)  # imports and first-call costs
+    rows = []
+    for side in (256, 512, 1024):
+        per = [seconds(side, (), s) / (side * side / 1e6) for s in range(seeds)]
+        rows.append({"what": f"image {side}x{side}, no boxes", "per": "image", "median": statistics.median(per), "min": min(per), "max": max(per)})
+    side, box = 512, 256
+    for name in DEFECTS:
+        per = []
+        for s in range(seeds):
+            with_box = seconds(side, (Box(0, name, 0, 0, box, box),), s)
+            per.append(max(0.0, with_box - seconds(side, (), s)) / (box * box / 1e6))
+        rows.append({"what": f"{name} box {box}x{box} in {side}x{side}", "per": "box", "median": statistics.median(per), "min": min(per), "max": max(per)})
+    return rows
+
+
+def costs_table(rows: list[dict], seeds: int, where: str) -> str:
+    lines = [f"Machine: {where}", f"Procedural render_el, CPU seconds (process_time), {seeds} seeds per row", "",
+             "| what | CPU s per megapixel of | median | min | max |", "|---|---|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['what']} | {r['per']} | {r['median']:.3f} | {r['min']:.3f} | {r['max']:.3f} |")
+    return "\n".join(lines)
+
+
 # --- server side (this process) ---------------------------------------------------------
 
 
@@ -157,6 +200,8 @@ def main() -> None:
     p.add_argument("--batch-wait", type=float, default=0.01, help="batch_wait_timeout_s when batching")
     p.add_argument("--cpus", type=int, default=2, help="CPUs for the embedded Ray")
     p.add_argument("--json", type=Path, help="also write the rows here")
+    p.add_argument("--costs", action="store_true", help="measure the work budget's coefficients instead")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per row of --costs")
     p.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -164,6 +209,11 @@ def main() -> None:
         p.error("--requests must be in 1..5000")
     if args.client:
         print(json.dumps(client(args.port, args.requests, int(args.concurrency), args.size, args.time_limit)))
+        return
+    if args.costs:
+        if not 1 <= args.seeds <= 20:
+            p.error("--seeds must be in 1..20")
+        print(costs_table(costs(args.seeds), args.seeds, machine()))
         return
     args.concurrency = [int(c) for c in args.concurrency.split(",")]
     if not all(1 <= c <= 64 for c in args.concurrency):

@@ -54,11 +54,87 @@ Coord = Annotated[int, Field(ge=0, le=MAX_SIDE)]
 BoxList = Annotated[list[Coord], Field(min_length=4, max_length=4)]
 
 
+GeneratorName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_-]*$")]
+
+
+def _check_boxes(boxes: list[list[int]], width: int, height: int) -> None:
+    for i, (x1, y1, x2, y2) in enumerate(boxes):
+        if x2 - x1 < MIN_BOX_SIDE_PX or y2 - y1 < MIN_BOX_SIDE_PX:
+            raise ValueError(f"boxes[{i}] = {[x1, y1, x2, y2]}: needs x2 - x1 and y2 - y1 >= {MIN_BOX_SIDE_PX}")
+        if x2 > width or y2 > height:
+            raise ValueError(f"boxes[{i}] = {[x1, y1, x2, y2]} is outside the {width}x{height} image")
+
+
+def _check_checkpoint(v: str | None) -> str | None:
+    if v in (None, ""):
+        return None
+    if len(v) > MAX_CHECKPOINT_NAME or not CHECKPOINT_PATTERN.match(v):
+        raise ValueError(
+            "must be a name relative to a configured checkpoint root (letters, digits, '_', '-', '.', "
+            "'/' between parts; no '..', no absolute path, no URI)"
+        )
+    return v
+
+
+def _check_params(v: dict[str, Any]) -> dict[str, Any]:
+    if len(json.dumps(v, sort_keys=True)) > MAX_PARAMS_JSON:
+        raise ValueError(f"at most {MAX_PARAMS_JSON} bytes of JSON")
+    return v
+
+
+class BoxIn(_Strict):
+    class_id: Annotated[int, Field(ge=0, le=999)]
+    class_name: Annotated[str, Field(pattern=CLASS_PATTERN)]
+    x1: Coord
+    y1: Coord
+    x2: Coord
+    y2: Coord
+
+
+class WorkItemIn(_Strict):
+    """`factory.core.WorkItem.to_row()` as a dataset stores it, within the online limits."""
+
+    item_id: Annotated[str, Field(min_length=1, max_length=256)]
+    index: Annotated[int, Field(ge=0)]
+    generator: GeneratorName
+    checkpoint: str | None = None
+    width: Annotated[int, Field(ge=MIN_SIDE, le=MAX_SIDE)]
+    height: Annotated[int, Field(ge=MIN_SIDE, le=MAX_SIDE)]
+    channels: Literal[1, 3]
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED)]
+    boxes: Annotated[list[BoxIn], Field(max_length=MAX_BOXES)] = Field(default_factory=list)
+    style: StyleParams = StyleParams()
+    params: dict[str, Any] = Field(default_factory=dict)
+    domain: Annotated[str, Field(pattern=CLASS_PATTERN)] = "default"
+
+    @field_validator("checkpoint")
+    @classmethod
+    def _checkpoint(cls, v: str | None) -> str | None:
+        return _check_checkpoint(v)
+
+    @field_validator("params", mode="before")
+    @classmethod
+    def _params(cls, v: Any) -> Any:
+        if isinstance(v, str):  # to_row() stores params as JSON text
+            try:
+                v = json.loads(v) if v else {}
+            except json.JSONDecodeError:
+                raise ValueError("not valid JSON") from None
+        return _check_params(v) if isinstance(v, dict) else v
+
+    @field_validator("boxes")
+    @classmethod
+    def _boxes(cls, v: list[BoxIn], info: ValidationInfo) -> list[BoxIn]:
+        if "width" in info.data and "height" in info.data:
+            _check_boxes([[b.x1, b.y1, b.x2, b.y2] for b in v], info.data["width"], info.data["height"])
+        return v
+
+
 class GenerateRequest(_Strict):
     """`POST /v1/generate`. Image i of n is made with seed `seed + i`, so it equals
     the first image of the same request with that seed and n = 1."""
 
-    generator: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_-]*$")]
+    generator: GeneratorName | None = Field(None, description="required unless `work_item` is given")
     checkpoint: str | None = Field(None, description="name relative to a configured checkpoint root")
     params: dict[str, Any] = Field(default_factory=dict, description="the generator family's load params")
     class_name: Annotated[str, Field(pattern=CLASS_PATTERN)] | None = Field(None, alias="class")
@@ -73,25 +149,29 @@ class GenerateRequest(_Strict):
     style: StyleParams = StyleParams()
     seed: Annotated[int, Field(ge=0, le=MAX_SEED)] = 0
     n: Annotated[int, Field(ge=1, le=MAX_N)] = 1
+    work_item: WorkItemIn | None = Field(
+        None, description="a published sample's `work_item` (JSON text or object): its image, byte for byte; "
+        "give it alone (no generator, boxes, style, seed, ...)")
+
+    @field_validator("work_item", mode="before")
+    @classmethod
+    def _work_item_text(cls, v: Any) -> Any:
+        if isinstance(v, str):  # as stored in a dataset's Parquet `work_item` column
+            try:
+                return json.loads(v)
+            except json.JSONDecodeError:
+                raise ValueError("not valid JSON (give the work_item column's text, or the object)") from None
+        return v
 
     @field_validator("checkpoint")
     @classmethod
     def _checkpoint(cls, v: str | None) -> str | None:
-        if v in (None, ""):
-            return None
-        if len(v) > MAX_CHECKPOINT_NAME or not CHECKPOINT_PATTERN.match(v):
-            raise ValueError(
-                "must be a name relative to a configured checkpoint root (letters, digits, '_', '-', '.', "
-                "'/' between parts; no '..', no absolute path, no URI)"
-            )
-        return v
+        return _check_checkpoint(v)
 
     @field_validator("params")
     @classmethod
     def _params(cls, v: dict[str, Any]) -> dict[str, Any]:
-        if len(json.dumps(v, sort_keys=True)) > MAX_PARAMS_JSON:
-            raise ValueError(f"at most {MAX_PARAMS_JSON} bytes of JSON")
-        return v
+        return _check_params(v)
 
     @field_validator("boxes")
     @classmethod
@@ -99,13 +179,7 @@ class GenerateRequest(_Strict):
         image = info.data.get("image")
         if image is None:  # the image itself was invalid; that error is reported
             return v
-        for i, (x1, y1, x2, y2) in enumerate(v):
-            if x2 - x1 < MIN_BOX_SIDE_PX or y2 - y1 < MIN_BOX_SIDE_PX:
-                raise ValueError(f"boxes[{i}] = {[x1, y1, x2, y2]}: needs x2 - x1 and y2 - y1 >= {MIN_BOX_SIDE_PX}")
-            if x2 > image.width or y2 > image.height:
-                raise ValueError(
-                    f"boxes[{i}] = {[x1, y1, x2, y2]} is outside the {image.width}x{image.height} image"
-                )
+        _check_boxes(v, image.width, image.height)
         if v and "class_name" in info.data and info.data["class_name"] is None:
             raise ValueError("boxes are given but `class` is missing (say which class they are)")
         return v

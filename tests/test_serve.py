@@ -3,9 +3,11 @@
 Besides the procedural generator the app serves a test-only kind `toy` (defined
 below): it reads a real checkpoint file under the configured root (so
 multiplexing and the roots are exercised) and raises on the class "boom" (so
-failure isolation is). A test-only scorer makes every response carry a gate
-verdict computed from the sample's mask. Both reach the replicas pickled by
-value, since the replicas cannot import this module.
+failure isolation is). A second test-only kind `slow` sleeps per image, with a
+small work budget and a small replica, so the work budget, saturation (503),
+request timeouts and cancellation are exercised in seconds. A test-only scorer
+makes every response carry a gate verdict computed from the sample's mask. They
+reach the replicas pickled by value, since the replicas cannot import this module.
 """
 
 from __future__ import annotations
@@ -13,9 +15,15 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
+import signal
 import socket
+import subprocess
 import sys
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,11 +33,13 @@ from factory.core import Sample
 from factory.quality.base import Verdict
 
 pytestmark = pytest.mark.ray
+REPO = Path(__file__).resolve().parents[1]
 httpx = pytest.importorskip("httpx")
 
 
 class ToyGenerator:
-    """Flat image at the checkpoint's grey level, a filled square per box; raises on class "boom"."""
+    """Flat image at the checkpoint's grey level, a filled square per box; raises on
+    class "boom", takes SLOW_S per image of class "nap"."""
 
     kind = "toy"
     wants_gpu = False
@@ -51,6 +61,8 @@ class ToyGenerator:
         for item in items:
             if any(b.class_name == "boom" for b in item.boxes):
                 raise RuntimeError("toy generator exploded")
+            if any(b.class_name == "nap" for b in item.boxes):
+                time.sleep(SLOW_S)
             img = np.full((item.height, item.width, item.channels), self.level, np.uint8)
             mask = np.zeros((item.height, item.width), np.uint8)
             for k, b in enumerate(item.boxes, 1):
@@ -77,11 +89,36 @@ class GpuToy(ToyGenerator):
     wants_gpu = True
 
 
+class SlowToy(ToyGenerator):
+    """The toy at a fixed level that takes SLOW_S per image (no checkpoint needed)."""
+
+    kind = "slow"
+
+    @classmethod
+    def load(cls, checkpoint, params, device="cpu"):
+        return cls(60)
+
+    def generate(self, items):
+        time.sleep(SLOW_S * len(items))
+        return super().generate(items)
+
+
+SLOW_S = 0.5
+REQUEST_TIMEOUT_S = 6.0
+# `slow`'s budget: a 96x96 image is estimated at 0.55 s, so every image is its own
+# slice (a cancellation check between images); 16 images fit one request (8.8 s).
+SLOW_COST = {"image_mpx_s": 60, "box_mpx_s": 0, "max_request_s": 10, "max_backlog_s": 12, "slice_s": 0.5}
+# the issue's reproducer: one valid 1.4 KB request that cost 67 s of server CPU
+HEAVY = {"generator": "procedural", "class": "crack", "n": 4, "image": {"width": 1024, "height": 1024},
+         "boxes": [[0, 0, 1024, 1024]] * 64, "seed": 1}
+
+
 def test_app_serves_every_kind_with_a_gpu_per_replica_when_there_is_one():
     from factory.generators.base import registered_kinds
 
     KINDS = registered_kinds()
-    from serve.app import AppConfig, GeneratorConfig, deployment_options
+    from serve.app import deployment_options
+    from serve.config import AppConfig, GeneratorConfig
 
     cfg = AppConfig.model_validate({"generators": {"procedural": {"max_models_per_replica": 5}}})
     kinds = cfg.kinds()
@@ -96,6 +133,7 @@ def test_app_serves_every_kind_with_a_gpu_per_replica_when_there_is_one():
     assert deployment_options("toy", GeneratorConfig(import_path=ToyGenerator), has_gpu=True)["ray_actor_options"]["num_gpus"] == 0
     opts = deployment_options("toy", GeneratorConfig(import_path=GpuToy, num_gpus=0.5), has_gpu=True)
     assert opts["ray_actor_options"]["num_gpus"] == 0.5 and opts["autoscaling_config"]["max_replicas"] == 2
+    assert opts["max_ongoing_requests"] == 32 and opts["max_queued_requests"] == 32  # beyond them: 503
 
 
 def _free_port() -> int:
@@ -122,13 +160,17 @@ def server(ray_local, tmp_path_factory):
     (root / "escape").symlink_to(outside)  # a link planted under the root that leads out of it
 
     port = _free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.start(http_options={"host": "127.0.0.1", "port": port, "request_timeout_s": REQUEST_TIMEOUT_S})
     args = {
         "checkpoint_roots": [str(root)],
         "serve_all_kinds": False,  # the torch families' replicas would only slow this down; see test_app_serves_every_kind_*
-
         "defaults": {"num_cpus": 0.25, "autoscaling": None, "batch_wait_timeout_s": 0.005},
-        "generators": {"procedural": {}, "toy": {"import_path": ToyGenerator, "max_models_per_replica": 2}},
+        "generators": {
+            "procedural": {},
+            "toy": {"import_path": ToyGenerator, "max_models_per_replica": 2, "cost": {**SLOW_COST, "max_backlog_s": 60}},
+            "slow": {"import_path": SlowToy, "batching": False, "max_ongoing_requests": 2, "max_queued_requests": 1,
+                     "retry_after_s": 2, "cost": SLOW_COST, "num_cpus": 0.1},
+        },
         "scorers": [{"import_path": MaskScorer}],
         "max_request_bytes": 8192,
         "ingress": {"num_cpus": 0.1},
@@ -305,3 +347,223 @@ def test_cli_generate_saves_png_and_yolo_labels(server, tmp_path):
     assert 20 / 64 <= float(cy) - float(h) / 2 and float(cy) + float(h) / 2 <= 40 / 64 + 1e-6
     bad = CliRunner().invoke(app, ["generate", "--server", url, "--class", "crack", "--box", "10,20,500,40"])
     assert bad.exit_code == 2 and "outside" in bad.output
+
+
+# --- reproducing a published sample (issue 15) ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def published(ray_local, tmp_path_factory):
+    """A tiny procedural dataset, published by the real pipeline: its Parquet rows."""
+    import pyarrow.parquet as pq
+    import yaml
+
+    from factory.pipeline import RunOptions, run_dataset
+    from factory.spec import load_spec
+
+    tmp = tmp_path_factory.mktemp("published")
+    spec = {
+        "name": "servetiny", "seed": 5, "count": 4, "image": {"width": 64, "height": 48, "channels": 1},
+        "defects": [{"class": "crack", "weight": 1, "boxes": {"count": [1, 2], "size": {"min": 0.2, "max": 0.4}}},
+                    {"class": "black_spot", "weight": 1, "boxes": {"count": [1, 1], "size": {"min": 0.1, "max": 0.2}}}],
+        "domain": {"name": "line7", "brightness": [0.3, 0.4], "grid_pitch": [11, 13]},
+        "negatives": 0.0, "output": {"shard_size": 4},
+    }
+    (tmp / "spec.yaml").write_text(yaml.safe_dump(spec))
+    result = run_dataset(load_spec(tmp / "spec.yaml"), RunOptions(out=str(tmp / "reg"), actors=1, report=False))
+    rows = [r for p in sorted((Path(result.uri.removeprefix("file://")) / "parquet").glob("*.parquet"))
+            for r in pq.read_table(p).to_pylist()]
+    assert len(rows) == 4
+    return rows
+
+
+def test_serve_reproduces_a_published_sample_byte_for_byte(server, published):
+    for row in published:
+        # the work_item column's text, as stored
+        r = server.post("/v1/generate", json={"work_item": row["work_item"]})
+        assert r.status_code == 200, r.text
+        (im,) = r.json()["images"]
+        assert base64.b64decode(im["png_base64"]) == row["image"]
+        assert [(b["x1"], b["y1"], b["x2"], b["y2"]) for b in im["boxes"]] == [(b["x1"], b["y1"], b["x2"], b["y2"]) for b in row["boxes"]]
+        assert im["meta"]["item_id"] == row["item_id"] and im["seed"] == row["seed"]
+    # ... or as an object; its style (from the spec's domain, not the server's default) is what makes it match
+    item = json.loads(published[0]["work_item"])
+    assert 0.3 <= item["style"]["brightness"] <= 0.4 and 11 <= item["style"]["grid_pitch"] <= 13
+    r = server.post("/v1/generate", json={"work_item": item})
+    assert base64.b64decode(r.json()["images"][0]["png_base64"]) == published[0]["image"]
+    # a plain request with the same seed and boxes is a different image: the style is the request's own
+    plain = gen(server, seed=item["seed"], image={"width": 64, "height": 48},
+                boxes=[[b["x1"], b["y1"], b["x2"], b["y2"]] for b in item["boxes"] if b["class_name"] == "crack"] or [[0, 0, 8, 8]])
+    assert base64.b64decode(plain.json()["images"][0]["png_base64"]) != published[0]["image"]
+
+
+def test_bad_work_items_get_4xx_naming_the_field(server, published):
+    item = json.loads(published[0]["work_item"])
+
+    def post(body):
+        r = server.post("/v1/generate", json=body)
+        assert 400 <= r.status_code < 500, r.text
+        return r.status_code, r.json()["error"]["field"]
+
+    assert post({"work_item": item, "seed": 4}) == (422, "work_item")  # either a work item or a description
+    assert post({"class": "crack"}) == (422, "generator")  # neither
+    assert post({"work_item": "{not json"}) == (422, "work_item")
+    assert post({"work_item": {**item, "boxes": [{**item["boxes"][0], "x2": 500}]}}) == (422, "work_item.boxes")
+    assert post({"work_item": {**item, "boxes": [{**item["boxes"][0], "class_name": "rainbow"}]}}) == (422, "work_item.boxes[0].class_name")
+    assert post({"work_item": {**item, "generator": "nope"}}) == (422, "work_item.generator")
+    assert post({"work_item": {**item, "checkpoint": "/etc/passwd"}}) == (422, "work_item.checkpoint")
+    assert post({"work_item": {**item, "params": json.dumps({"f": "../x"})}}) == (422, "work_item.params.f")
+    assert post({"work_item": {**item, "width": 4096}}) == (422, "work_item.width")
+    assert post({"work_item": {**item, "style": {**item["style"], "glow": 1.0}}}) == (422, "work_item.style.glow")
+
+
+# --- the work budget (issue 17, point 7) --------------------------------------------------
+
+
+def test_work_over_the_budget_is_a_422_before_any_generator_runs(server):
+    assert 1300 < len(json.dumps(HEAVY)) < 1500  # the reproducer: 1.4 KB, within every documented limit
+    t0 = time.perf_counter()
+    r = server.post("/v1/generate", json=HEAVY)
+    assert r.status_code == 422, r.text
+    assert time.perf_counter() - t0 < 5  # refused up front, not after minutes of work
+    err = r.json()["error"]
+    assert err["field"] == "boxes" and "s of generator time" in err["message"] and "10 s allowed" in err["message"]
+    assert gen(server, **{**HEAVY, "n": 1}).status_code == 422  # one such image is still far over
+    # the budget is per family: 4 images of 256x256 are cheap for procedural, too much for `slow`
+    assert gen(server, n=4, boxes=[], image={"width": 256, "height": 256}).status_code == 200
+    r = gen(server, generator="slow", n=4, boxes=[], image={"width": 256, "height": 256})
+    assert r.status_code == 422 and r.json()["error"]["field"] == "n"
+    listing = {g["kind"]: g["cost"] for g in server.get("/v1/generators").json()["generators"]}
+    assert listing["slow"]["max_request_s"] == 10 and listing["procedural"]["box_mpx_s"] > 0
+
+
+def test_budget_estimates_and_slices():
+    from factory.core import Box, WorkItem
+    from serve.budget import WorkCost, over_budget_message, request_cost_s, slices
+
+    cost = WorkCost()  # the defaults serve/config.yaml repeats
+    heavy = [WorkItem(f"i{k}", k, "procedural", None, 1024, 1024, 1, k, tuple([Box(0, "crack", 0, 0, 1024, 1024)] * 64))
+             for k in range(4)]
+    assert 150 < request_cost_s(cost, heavy) < 170  # the reproducer: ~160 s estimated, 67 s measured
+    assert "over the 10 s allowed" in over_budget_message(cost, heavy)
+    small = [WorkItem(f"s{k}", k, "procedural", None, 128, 128, 1, k) for k in range(16)]
+    assert over_budget_message(cost, small) is None
+    assert slices(cost, small) == [list(range(16))]  # cheap items share one generate() call
+    assert slices(cost, heavy[:3]) == [[0], [1], [2]]  # each over a slice: one call each
+    assert slices(WorkCost(slice_s=0.01), small) == [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9], [10, 11], [12, 13], [14, 15]]
+
+
+def _slow_counts(server, kind: str = "slow") -> dict:
+    return next(g for g in server.get("/v1/generators").json()["generators"] if g["kind"] == kind)
+
+
+def test_request_timeout_cancels_the_work_and_a_full_backlog_is_a_503(server):
+    before = _slow_counts(server)
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(1) as pool:
+        long = pool.submit(gen, server, generator="slow", n=16, boxes=[])  # 8 s of work, the server's timeout is 6 s
+        time.sleep(1.0)
+        # a second one (estimated 8.8 s) would take the replica's backlog over 12 s: refused although a slot is free
+        second = gen(server, generator="slow", n=16, boxes=[], seed=1)
+        r = long.result()
+    assert second.status_code == 503 and int(second.headers["retry-after"]) >= 8, second.text
+    assert r.status_code == 408, r.text
+    assert time.perf_counter() - t0 < REQUEST_TIMEOUT_S + 2
+    time.sleep(2 * SLOW_S)
+    after = _slow_counts(server)
+    made, skipped = after["images"] - before["images"], after["cancelled_images"] - before["cancelled_images"]
+    assert made + skipped == 16 and made <= REQUEST_TIMEOUT_S / SLOW_S + 1 and skipped >= 2, (made, skipped)
+
+
+@pytest.mark.parametrize("kind", ["slow", "toy"])  # without and with @serve.batch
+def test_client_disconnect_cancels_the_work(server, kind):
+    before = _slow_counts(server, kind)
+    body = {"generator": "slow", "boxes": []} if kind == "slow" else {"generator": "toy", "checkpoint": "toy/a.json", "class": "nap"}
+    with httpx.Client(base_url=server.base_url, timeout=1.0) as impatient, pytest.raises(httpx.ReadTimeout):
+        gen(impatient, n=12, **body)  # gives up after 1 s and closes the connection
+    time.sleep(3 * SLOW_S)
+    after = _slow_counts(server, kind)
+    made, skipped = after["images"] - before["images"], after["cancelled_images"] - before["cancelled_images"]
+    assert made + skipped == 12 and made <= 5 and skipped >= 7, (made, skipped)
+    assert after["backlog_s"] == 0
+
+
+def test_saturation_is_a_503_with_retry_after_and_healthz_says_so(server):
+    assert server.get("/healthz").json()["generators"]["slow"]["status"] == "ok"
+
+    def one(i):
+        return gen(server, generator="slow", n=2, boxes=[], seed=i)  # 1 s each; 2 per replica, 1 queued
+
+    with ThreadPoolExecutor(6) as pool:
+        futures = [pool.submit(one, i) for i in range(6)]
+        time.sleep(0.5)
+        health = server.get("/healthz")
+        responses = [f.result() for f in futures]
+    codes = sorted(r.status_code for r in responses)
+    assert codes.count(200) >= 2 and codes.count(503) >= 1 and set(codes) <= {200, 503}, codes
+    refused = next(r for r in responses if r.status_code == 503)
+    assert int(refused.headers["retry-after"]) >= 1 and "saturated" in refused.json()["error"]["message"]
+    assert health.status_code == 503 and health.json()["status"] == "saturated", health.text
+    assert health.json()["generators"]["slow"]["status"] == "saturated" and "retry-after" in health.headers
+    assert health.json()["generators"]["procedural"]["status"] == "ok"
+    time.sleep(2.5)  # retry_after_s of `slow`
+    assert server.get("/healthz").json()["status"] == "ok"
+
+
+def test_factory_serve_applies_the_config_http_options(tmp_path, monkeypatch, ray_local):
+    """`factory serve` starts Serve with the file's http_options (request_timeout_s too)."""
+    from ray import serve as ray_serve
+    from typer.testing import CliRunner
+
+    from factory.cli import app
+
+    config = tmp_path / "serve.yaml"
+    config.write_text(
+        "http_options: {host: 127.0.0.1, port: 8123, request_timeout_s: 7}\n"
+        "applications:\n  - name: factory\n    import_path: serve.app:build_app\n"
+        "    args: {serve_all_kinds: false, generators: {procedural: {}}}\n")
+    seen = {}
+    monkeypatch.setattr(ray_serve, "start", lambda http_options: seen.setdefault("http", http_options))
+    monkeypatch.setattr(ray_serve, "run", lambda application, name, route_prefix: seen.setdefault("app", name))
+    res = CliRunner().invoke(app, ["serve", "--address", "auto", "--config", str(config), "--port", "8124"])
+    assert res.exit_code == 0, res.output
+    assert seen == {"http": {"host": "127.0.0.1", "port": 8124, "request_timeout_s": 7}, "app": "factory"}
+    assert "timeout 7 s" in res.output
+
+
+# --- quiet by default (issue 16, point 4) -------------------------------------------------
+
+
+def test_factory_serve_start_and_stop_print_only_its_own_lines(tmp_path):
+    """A real `factory serve` (its own embedded Ray): start, one request, Ctrl-C."""
+    port = _free_port()
+    config = tmp_path / "serve.yaml"
+    config.write_text(
+        f"http_options: {{host: 127.0.0.1, port: {port}, request_timeout_s: 30}}\n"
+        "applications:\n  - name: factory\n    import_path: serve.app:build_app\n"
+        "    args: {serve_all_kinds: false, generators: {procedural: {autoscaling: null}}, ingress: {num_cpus: 0.1}}\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
+    proc = subprocess.Popen([sys.executable, "-m", "factory.cli", "serve", "--config", str(config)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    out: list[str] = []
+
+    def read():  # every line, as it comes
+        for line in proc.stdout:
+            out.append(line)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 120
+        while "Ctrl-C to stop\n" not in out:  # printed once the app is deployed
+            assert proc.poll() is None and time.monotonic() < deadline, "".join(out)
+            time.sleep(0.5)
+        assert httpx.post(f"http://127.0.0.1:{port}/v1/generate", json={"generator": "procedural"}, timeout=30).status_code == 200
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+        reader.join(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    lines = [line.rstrip("\n") for line in out if line.strip()]
+    assert lines == [f"serving on http://127.0.0.1:{port} (docs /docs, health /healthz; timeout 30 s)", "Ctrl-C to stop", "stopping"], "".join(out)

@@ -11,63 +11,81 @@ import typer
 
 from factory.cli.app import app
 from factory.cli.common import EXIT_INVALID, console, fail
+from factory.ray_runtime import ensure_ray
 
 
 @app.command("serve")
 def serve_cmd(
     address: str | None = typer.Option(None, help="Ray cluster address (default: start an embedded local Ray)."),
-    host: str = typer.Option("127.0.0.1", help="HTTP host to bind."),
-    port: int = typer.Option(8000, help="HTTP port."),
-    config: Path | None = typer.Option(None, help="Serve config file whose app args to use (default: serve/config.yaml)."),
+    host: str | None = typer.Option(None, help="HTTP host to bind (default: the config's http_options.host)."),
+    port: int | None = typer.Option(None, help="HTTP port (default: the config's http_options.port)."),
+    config: Path | None = typer.Option(None, help="Serve config file whose http_options and app args to use (default: serve/config.yaml)."),
     checkpoint_root: list[Path] = typer.Option([], help="Checkpoint root (repeatable); replaces the config's roots."),
     no_batching: bool = typer.Option(False, "--no-batching", help="Turn @serve.batch off (one generate() per request)."),
 ) -> None:
     """Start the online generation API (docs at /docs). Embedded: runs until Ctrl-C.
-    With --address the app is deployed on that cluster and keeps running there."""
+    With --address the app is deployed on that cluster and keeps running there.
+    The config's http_options (request_timeout_s included) apply as with `serve run`."""
+    import logging
     import signal
     import time
 
     import ray
     from ray import serve as ray_serve
 
-    from serve.app import APP_NAME, build_app, config_args
+    from serve.app import APP_NAME, build_app, config_args, http_options
 
-    args = config_args(str(config) if config else None)
+    args = config_args(config)
+    options = http_options(config, host, port)
     if checkpoint_root:
         args["checkpoint_roots"] = [str(p.resolve()) for p in checkpoint_root]
     if no_batching:
         args.setdefault("defaults", {})["batching"] = False
-    ray.init(address=address, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    ensure_ray(address)
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)  # the lines below say what happened, once
 
     def _stop(signum, frame):  # SIGTERM (containers, `kill`) stops it like Ctrl-C
         raise KeyboardInterrupt
 
     if address:  # a cluster: deploy, and leave it running there
-        _deploy(ray_serve, build_app(args), host, port)
+        _deploy(ray_serve, build_app(args), options)
         console.print(f"deployed as application {APP_NAME!r} on {address}; stop it with `serve shutdown`")
         return
     signal.signal(signal.SIGTERM, _stop)
     try:
-        _deploy(ray_serve, build_app(args), host, port)
+        _deploy(ray_serve, build_app(args), options)
         console.print("Ctrl-C to stop")
         while True:
             time.sleep(1.0)
     except KeyboardInterrupt:
         console.print("stopping")
     finally:
-        ray_serve.shutdown()
-        ray.shutdown()
+        _stop_embedded(ray, ray_serve, APP_NAME)
 
 
-def _deploy(ray_serve, application, host: str, port: int) -> None:
+def _deploy(ray_serve, application, options: dict) -> None:
     from serve.app import APP_NAME
 
     try:
-        ray_serve.start(http_options={"host": host, "port": port})
+        ray_serve.start(http_options=options)
         ray_serve.run(application, name=APP_NAME, route_prefix="/")
     except Exception as e:  # noqa: BLE001 - a bad config or a busy port: say it in one line
         fail(f"could not start the serve app: {type(e).__name__}: {e}")
-    console.print(f"serving on [bold]http://{host}:{port}[/] (API docs at /docs, health at /healthz)")
+    host, port = options.get("host", "127.0.0.1"), options.get("port", 8000)
+    timeout = options.get("request_timeout_s")
+    console.print(f"serving on [bold]http://{host}:{port}[/] (docs /docs, health /healthz"
+                  + (f"; timeout {timeout:g} s)" if timeout else ")"), soft_wrap=True)
+
+
+def _stop_embedded(ray, ray_serve, app_name: str) -> None:
+    """Drain the app (in-flight requests finish), then end the embedded cluster.
+    Not `serve.shutdown()`: it kills the controller while its own graceful_shutdown
+    call is in flight, which Ray reports as a failed task on the console."""
+    try:
+        ray_serve.delete(app_name)
+    except Exception as e:  # noqa: BLE001 - stopping anyway
+        console.print(f"could not drain the app cleanly ({type(e).__name__}); stopping Ray")
+    ray.shutdown()
 
 
 def _pairs(values: list[str], what: str, parse_json: bool) -> dict:

@@ -1,5 +1,5 @@
 """Deterministic planning: a spec becomes a reproducible sequence of WorkItems."""
 
-from factory.planning.plan import iter_plan, plan, planned_count
+from factory.planning.plan import draw_style, iter_plan, plan, planned_count
 
-__all__ = ["iter_plan", "plan", "planned_count"]
+__all__ = ["draw_style", "iter_plan", "plan", "planned_count"]

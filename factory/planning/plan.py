@@ -14,7 +14,7 @@ from typing import Iterator
 import numpy as np
 
 from factory.core import Box, WorkItem
-from factory.spec.model import BoxSpec, DatasetSpec, Distribution
+from factory.spec.model import BoxSpec, DatasetSpec, Distribution, DomainSpec
 
 MAX_PLACEMENT_TRIES = 200
 
@@ -54,7 +54,7 @@ class _Planner:
         rng = np.random.default_rng(np.random.SeedSequence([spec.seed % (1 << 63), index]))
         W, H = spec.image.width, spec.image.height
         gen = spec.generators[int(rng.choice(len(spec.generators), p=self.gen_p))]
-        style = self._style(rng)
+        style = draw_style(rng, spec.domain)
         boxes: list[Box] = []
         if rng.random() >= spec.negatives:
             for class_id in self._classes(rng):
@@ -79,23 +79,27 @@ class _Planner:
             domain=spec.domain.name,
         )
 
-    def _style(self, rng: np.random.Generator) -> dict[str, float]:
-        d = self.spec.domain
-        return {
-            "brightness": float(rng.uniform(*d.brightness)),
-            "contrast": float(rng.uniform(*d.contrast)),
-            "grid_pitch": float(rng.uniform(*d.grid_pitch)),
-            "busbars": float(rng.integers(d.busbars[0], d.busbars[1] + 1)),
-            # which reference image (modulo the number of references) a generator may use
-            "reference": float(rng.integers(0, 2**31 - 1)),
-        }
-
     def _classes(self, rng: np.random.Generator) -> list[int]:
         lo, hi = self.spec.classes_per_image
         positive = int((self.class_w > 0).sum())
         k = min(int(rng.integers(lo, hi + 1)), positive)
         p = self.class_w / self.class_w.sum()
         return sorted(int(c) for c in rng.choice(len(p), size=k, replace=False, p=p))
+
+
+def draw_style(rng: np.random.Generator, domain: DomainSpec) -> dict[str, float]:
+    """One image's style knobs drawn from the domain's ranges, in a fixed order. The
+    planner draws them from an item's stream and the serve app from a request's, so
+    both make the same kind of WorkItem with the same code."""
+    d = domain
+    return {
+        "brightness": float(rng.uniform(*d.brightness)),
+        "contrast": float(rng.uniform(*d.contrast)),
+        "grid_pitch": float(rng.uniform(*d.grid_pitch)),
+        "busbars": float(rng.integers(d.busbars[0], d.busbars[1] + 1)),
+        # which reference image (modulo the number of references) a generator may use
+        "reference": float(rng.integers(0, 2**31 - 1)),
+    }
 
 
 def sample_distribution(rng: np.random.Generator, d: Distribution) -> float:
