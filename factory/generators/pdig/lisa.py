@@ -44,14 +44,23 @@ class ImageProjection(nn.Module):
         return self.norm(tokens)
 
 
+class MapsComplete(Exception):
+    """Raised by a LISA processor once its store holds every map it was asked for,
+    so a forward pass run only for those maps (a TIDSC step) skips the layers after
+    them; the pipeline catches it."""
+
+
 class AttentionStore:
     """Collects head-averaged cross-attention probabilities of the rows
     `[batch_offset:]` (the conditional half under classifier-free guidance) at the
-    spatial sizes in `sizes` (H*W), averaged over layers of the same size."""
+    spatial sizes in `sizes` (H*W), averaged over layers of the same size.
+    `stop_after`: raise `MapsComplete` once that many layers have been recorded."""
 
-    def __init__(self, sizes: set[int] | None = None, batch_offset: int = 0):
+    def __init__(self, sizes: set[int] | None = None, batch_offset: int = 0, stop_after: int | None = None):
         self.sizes = sizes
         self.batch_offset = batch_offset
+        self.stop_after = stop_after
+        self.layers = 0
         self.text: dict[int, list[torch.Tensor]] = {}
         self.image: dict[int, list[torch.Tensor]] = {}
 
@@ -63,6 +72,9 @@ class AttentionStore:
             self.text.setdefault(hw, []).append(text_probs[self.batch_offset :])
         if image_probs is not None:
             self.image.setdefault(hw, []).append(image_probs[self.batch_offset :])
+        self.layers += 1
+        if self.stop_after is not None and self.layers >= self.stop_after:
+            raise MapsComplete
 
     def mean(self, hw: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """(text (B, HW, T), image (B, HW, M)) averaged over layers, or None."""
@@ -73,6 +85,7 @@ class AttentionStore:
     def reset(self) -> None:
         self.text.clear()
         self.image.clear()
+        self.layers = 0
 
 
 @dataclass
@@ -126,17 +139,21 @@ class LISAAttnProcessor(nn.Module):
             if ctx.beta != 0:
                 out = h_text if ctx.beta == 1.0 else ctx.beta * h_text
         if ctx.alpha != 0 and image.shape[1] > 0:
-            mask = None
+            mask = has = None
             if ctx.image_token_mask is not None:
                 keep = ctx.image_token_mask.to(q.device)
+                has = keep.any(-1)[:, None, None, None]  # images of the batch without any image prompt
+                keep = keep | ~keep.any(-1, keepdim=True)  # no all -inf rows (NaN); their branch is zeroed below
                 mask = torch.zeros(keep.shape, dtype=q.dtype, device=q.device).masked_fill(~keep, float("-inf"))
                 mask = mask[:, None, None, :]
             h_img, image_probs = _attend(attn, q, split(self.to_k_ip(image)), split(self.to_v_ip(image)), mask, store is not None)
+            if has is not None:
+                h_img = torch.where(has, h_img, torch.zeros_like(h_img))
             out = ctx.alpha * h_img if out is None else out + ctx.alpha * h_img
-        if store is not None:
-            store.add(hw, text_probs, image_probs)
         if out is None:
             out = torch.zeros_like(q)
+        if store is not None:
+            store.add(hw, text_probs, image_probs)  # may raise MapsComplete: nothing after this layer is needed
         out = out.transpose(1, 2).reshape(batch, -1, heads * head_dim).to(query.dtype)
         out = attn.to_out[1](attn.to_out[0](out))
         if attn.residual_connection:
