@@ -150,11 +150,14 @@ def _train_pdig(dev, dry, work):
     import torch
 
     from factory.generators.pdig.adapter import create_parts
-    from factory.generators.pdig.base_model import SD15, TINY, build_random_base
+    from diffusers import DDIMScheduler
+
+    from factory.generators.pdig.base_model import SCHEDULER, SD15, TINY, build_random_base
     from factory.training.pdig import _module
 
     with torch.device(dev):
-        base = build_random_base(TINY if dry else SD15)  # with the image encoder (ViT-H/14 size) LISA is sized by
+        base = build_random_base(TINY if dry else SD15)  # with the image encoder: LISA is sized by its embedding
+    base.scheduler = DDIMScheduler(**SCHEDULER)
     parts = create_parts(base, ["crack"], 4)
     model = _module(base, parts).to(dev)
     opt = torch.optim.AdamW(parts.trainable_parameters(), lr=1e-4, weight_decay=0.01)
@@ -217,8 +220,10 @@ def job(dev: str, dry: bool, work: Path) -> list[dict]:
 
             with torch.device("cuda"):
                 base = build_random_base(SD15, image_encoder=False)
-            save_base(base.to("cuda", torch.float16), base_dir)
-    size, count, steps = (64, 8, 2) if dry else (512, 64, 20)
+            save_base(base.to("cuda", torch.float16), base_dir)  # loaded by the generator actor as fp16
+            del base
+            torch.cuda.empty_cache()
+    size, count, steps = (64, 8, 2) if dry else (512, 48, 20)
     spec = spec_from_dict({
         "name": "gpu-bench", "seed": 0, "count": count, "image": {"width": size, "height": size, "channels": 1},
         "defects": [{"class": "crack", "weight": 1.0, "boxes": {"count": [1, 1], "size": {"dist": "uniform", "min": 0.2, "max": 0.4}}}],

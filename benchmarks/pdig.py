@@ -8,8 +8,8 @@ On the CPU each (variant, batch) runs in a fresh subprocess so its peak memory i
 its own (peak RSS). On a GPU (or with --same-process) every case shares one process
 and one random base, and the peak is torch.cuda.max_memory_allocated, reset per case.
 On a shared CPU the wall-clock numbers swing with other load; the CPU-seconds column
-(one torch thread) is the steadier cost measure there. `--compile` adds PDIG rows
-with the UNet's guidance passes under torch.compile (GPU; compile time reported apart).
+(one torch thread) is the steadier cost measure there. `--compile` adds a PDIG + TIDSC
+row with the UNet's guidance passes under torch.compile (GPU; compile time reported apart).
 """
 
 from __future__ import annotations
@@ -28,11 +28,14 @@ VARIANTS = ("pdig+tidsc", "pdig", "diffusers-sd")
 def build(full: bool, device: str):
     import torch
 
-    from factory.generators.pdig.base_model import SD15, TINY, build_random_base
+    from diffusers import DDIMScheduler
+
+    from factory.generators.pdig.base_model import SCHEDULER, SD15, TINY, build_random_base
 
     dtype = torch.float16 if device == "cuda" else torch.float32
     with torch.device(device):  # SD1.5 size: initialize on the GPU (seconds, not a minute of CPU init)
         base = build_random_base(SD15 if full else TINY, image_encoder=False)
+    base.scheduler = DDIMScheduler(**SCHEDULER)  # its tables on the CPU, as from_pretrained makes them
     return base.to(device, dtype)
 
 
@@ -109,7 +112,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--steps", type=int, default=None, help="override the DDIM steps (TIDSC on the first half)")
     ap.add_argument("--size", type=int, default=None, help="override the image side (smoke tests)")
-    ap.add_argument("--compile", action="store_true", help="also PDIG with torch.compile (at the largest batch)")
+    ap.add_argument("--compile", action="store_true", help="also PDIG + TIDSC with torch.compile (at the largest batch)")
     ap.add_argument("--same-process", action="store_true", help="every case in this process (the default on a GPU)")
     ap.add_argument("--jsonl", default=None, help="append one JSON row per case here")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: run one case, print JSON
@@ -131,7 +134,7 @@ def main() -> None:
         sys.exit("--full needs a GPU (SD1.5 size at 512 px, 60 steps); none found")
     batches = [int(b) for b in (a.batches or ("1,4,8" if a.full else "1,4")).split(",")]
     cases = [(v, b) for b in batches for v in ("diffusers-sd", "pdig", "pdig+tidsc")]
-    cases += [(v, batches[-1]) for v in ("pdig+compile", "pdig+tidsc+compile")] if a.compile else []
+    cases += [("pdig+tidsc+compile", batches[-1])] if a.compile else []
     rows = []
     if a.same_process or device == "cuda":
         base = build(a.full, device)

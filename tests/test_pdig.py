@@ -330,7 +330,9 @@ def test_attention_is_materialized_only_in_tidsc_passes_at_the_map_size(monkeypa
     assert not any(want for _, want, _ in calls)
 
 
-def test_stopping_tidsc_passes_early_changes_nothing(monkeypatch, two_res_pipe):
+def test_early_stop_and_kv_cache_change_nothing(monkeypatch, two_res_pipe):
+    """TIDSC passes stopping after their last map-size layer, and K/V computed once per
+    call, are pure savings: the same losses and images as full passes without a cache."""
     from factory.generators.pdig import lisa
     from factory.generators.pdig.pipeline import BoxPrompt
     from factory.generators.pdig.sce import build_prompt
@@ -339,10 +341,24 @@ def test_stopping_tidsc_passes_early_changes_nothing(monkeypatch, two_res_pipe):
     boxes = [[BoxPrompt((8, 8, 40, 40), "<pdig-crack>", torch.randn(32))], [BoxPrompt((20, 4, 60, 30), "<pdig-crack>", None)]]
     run = lambda: pipe([build_prompt(["crack"])] * 2, boxes, num_inference_steps=4, tidsc_steps=3, step_size=500.0,  # noqa: E731
                        generator=[torch.Generator().manual_seed(s) for s in (0, 1)])
+    attn2 = next(m for n, m in pipe.unet.named_modules() if n.endswith("attn2"))
+    k_calls = []
+    hook = attn2.to_k.register_forward_hook(lambda *a: k_calls.append(1))
     fast = run()
+    hook.remove()
+    assert len(k_calls) == 2  # once for the TIDSC passes' states, once for the CFG passes' (4 steps)
     init = lisa.AttentionStore.__init__
     monkeypatch.setattr(lisa.AttentionStore, "__init__",  # full forward passes: never stop
                         lambda self, sizes=None, batch_offset=0, stop_after=None: init(self, sizes, batch_offset, None))
+    keys_values = lisa.LISAAttnProcessor._keys_values
+
+    def uncached(self, *args):
+        cache, self.context.kv_cache = self.context.kv_cache, None
+        try:
+            return keys_values(self, *args)
+        finally:
+            self.context.kv_cache = cache
+    monkeypatch.setattr(lisa.LISAAttnProcessor, "_keys_values", uncached)
     slow = run()
     assert [l["total"] for l in fast.losses] == pytest.approx([l["total"] for l in slow.losses])
     assert np.isfinite(fast.images).all()  # an image without image prompts next to one with them: no NaN

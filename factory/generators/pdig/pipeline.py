@@ -207,44 +207,47 @@ class PDIGPipeline(DiffusionPipeline):
         losses: list[dict[str, float]] = []
         cells = [c for *_, c in plan]
 
-        # 3. denoising loop
-        for i, t in enumerate(self.scheduler.timesteps):
-            if guided and i < tidsc_steps:
-                ctx.store = AttentionStore({hw}, stop_after=map_layers)
-                ctx.image_token_mask = keep
-                with torch.enable_grad():
-                    x = latents.detach().requires_grad_(True)
-                    try:
-                        self.unet(self.scheduler.scale_model_input(x, t), t, encoder_hidden_states=cond)
-                    except MapsComplete:
-                        pass
-                    text_p, image_p = ctx.store.mean(hw)
-                    maps = self.defect_maps(text_p, image_p, plan, map_hw)
-                    total, terms = tidsc_loss([m.float() for m in maps], cells, tidsc)
-                    grad = torch.autograd.grad(total, x)[0]
-                latents = (x - float(step_sizes[i]) * grad).detach()
-                losses.append({"step": i, "total": float(total.detach())} | terms)
-                if record is None:
-                    seen = _add(seen, [m.detach() for m in maps])
-                ctx.store = None
+        # 3. denoising loop; the encoder states are fixed for the call, so each layer's K/V are computed once
+        cache: dict = {}
+        try:
+            for i, t in enumerate(self.scheduler.timesteps):
+                if guided and i < tidsc_steps:
+                    ctx.store = AttentionStore({hw}, stop_after=map_layers)
+                    ctx.image_token_mask, ctx.kv_cache = keep, cache
+                    with torch.enable_grad():
+                        x = latents.detach().requires_grad_(True)
+                        try:
+                            self.unet(self.scheduler.scale_model_input(x, t), t, encoder_hidden_states=cond)
+                        except MapsComplete:
+                            pass
+                        text_p, image_p = ctx.store.mean(hw)
+                        maps = self.defect_maps(text_p, image_p, plan, map_hw)
+                        total, terms = tidsc_loss([m.float() for m in maps], cells, tidsc)
+                        grad = torch.autograd.grad(total, x)[0]
+                    latents = (x - float(step_sizes[i]) * grad).detach()
+                    losses.append({"step": i, "total": float(total.detach())} | terms)
+                    if record is None:
+                        seen = _add(seen, [m.detach() for m in maps])
+                    ctx.store = None
 
-            ctx.store = record
-            ctx.image_token_mask = torch.cat([keep, keep]) if (keep is not None and do_cfg) else keep
-            with torch.no_grad():
-                latent_in = torch.cat([latents] * 2) if do_cfg else latents
-                latent_in = self.scheduler.scale_model_input(latent_in, t)
-                unet = self._compiled_unet if self._compiled_unet is not None and record is None else self.unet
-                noise = unet(latent_in, t, encoder_hidden_states=embeds).sample
-                if do_cfg:
-                    noise_uncond, noise_cond = noise.chunk(2)
-                    noise = noise_uncond + guidance_scale * (noise_cond - noise_uncond)
-                latents = self.scheduler.step(noise, t, latents).prev_sample
-            if record is not None:
-                text_p, image_p = record.mean(hw)
-                seen = _add(seen, self.defect_maps(text_p, image_p, plan, map_hw))
-                record.reset()
-        ctx.store = None
-        ctx.image_token_mask = None
+                ctx.store = record
+                ctx.image_token_mask = torch.cat([keep, keep]) if (keep is not None and do_cfg) else keep
+                with torch.no_grad():
+                    latent_in = torch.cat([latents] * 2) if do_cfg else latents
+                    latent_in = self.scheduler.scale_model_input(latent_in, t)
+                    unet = self._compiled_unet if self._compiled_unet is not None and record is None else self.unet
+                    ctx.kv_cache = cache if unet is self.unet else None  # a compiled graph keeps its own
+                    noise = unet(latent_in, t, encoder_hidden_states=embeds).sample
+                    if do_cfg:
+                        noise_uncond, noise_cond = noise.chunk(2)
+                        noise = noise_uncond + guidance_scale * (noise_cond - noise_uncond)
+                    latents = self.scheduler.step(noise, t, latents).prev_sample
+                if record is not None:
+                    text_p, image_p = record.mean(hw)
+                    seen = _add(seen, self.defect_maps(text_p, image_p, plan, map_hw))
+                    record.reset()
+        finally:  # never leave a call's maps, masks or K/V on the shared context (training uses it too)
+            ctx.store = ctx.kv_cache = ctx.image_token_mask = None
 
         # 4. decode
         with torch.no_grad():
