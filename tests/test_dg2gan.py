@@ -134,6 +134,34 @@ def test_generator_losses_use_lambda_beta():
     assert g["G"].item() == pytest.approx(2 * (0.8 + 0.5) * math.log(2))
 
 
+def test_generator_terms_have_the_right_direction_per_discriminator():
+    """Logits where the two directions differ: D(G(n)) = 3/4 on every patch.
+    G wants D1 to call its output real (-log D1 = log 4/3) and D2, which rewards
+    generated images (eq. 4), to call it real too (-log(1 - D2) = log 4). A sign
+    slip on either term swaps log 4/3 and log 4."""
+    cfg = tiny_cfg(lambda_=0.8, beta=0.5, cycle_weight=10.0)
+    three_quarters = torch.full((2, 1, 3, 3), math.log(3.0))  # sigmoid(log 3) = 3/4
+    quarter = -three_quarters  # sigmoid(-log 3) = 1/4
+    n, d = torch.zeros(2, 1, 4, 4), torch.ones(2, 1, 4, 4)
+    fakes = {"rec_n": n + 0.25, "rec_d": d - 0.5}  # eq. 1: 0.25 + 0.5
+    scores = {"D1d": three_quarters, "D2d": three_quarters, "D1n": quarter, "D2n": three_quarters}
+    g = L.generator_losses(fakes, scores, n, d, cfg)
+    assert g["adv_G"].item() == pytest.approx(0.8 * math.log(4 / 3) + 0.5 * math.log(4))
+    # F: D1n says 1/4 -> -log(1/4) = log 4; D2n says 3/4 -> -log(1/4) = log 4
+    assert g["adv_F"].item() == pytest.approx(0.8 * math.log(4) + 0.5 * math.log(4))
+    assert g["cycle"].item() == pytest.approx(0.75)
+    assert g["G"].item() == pytest.approx(g["adv_G"].item() + g["adv_F"].item() + 10.0 * 0.75)
+    # The generator's gradient lowers D2d on its output (eq. 4 rewards D2 for calling it generated)
+    # and raises D1d on it: opposite signs for equal logits.
+    d1, d2 = three_quarters.clone().requires_grad_(True), three_quarters.clone().requires_grad_(True)
+    adv = L.generator_losses(fakes, {**scores, "D1d": d1, "D2d": d2}, n, d, cfg)["adv_G"]
+    g1, g2 = torch.autograd.grad(adv, [d1, d2])
+    assert (g1 < 0).all() and (g2 > 0).all()
+    # Eq. 5's exact value for reporting: lambda (log D1(real) + log(1 - D1(fake))) + beta (log D2(fake) + log(1 - D2(real)))
+    v = L.dg2_adversarial(three_quarters, quarter, quarter, three_quarters, 0.8, 0.5)
+    assert v.item() == pytest.approx(0.8 * 2 * math.log(3 / 4) + 0.5 * 2 * math.log(3 / 4))
+
+
 def test_lr_schedule_constant_then_linear_to_zero():
     assert [lr_factor(e, 2, 4) for e in range(7)] == [1.0, 1.0, 1.0, 0.75, 0.5, 0.25, 0.0]
     assert TrainConfig("a", "b", "c", epoch_scale=0.05).epochs == (5, 5)

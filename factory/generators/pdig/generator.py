@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar, Literal, Sequence
 
 import numpy as np
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from factory.core import Sample, WorkItem
 from factory.generators.base import CheckpointError, GeneratorParams
@@ -27,22 +27,34 @@ class PDIGParams(GeneratorParams):
     tidsc_steps: int = Field(30, ge=0)
     alpha: float = 1.0  # image / text branch weights (eq. 4)
     beta: float = 1.0
-    P: float = Field(0.2, gt=0)  # TIDSC (eq. 5-18); see tidsc.py
-    L: int = Field(4, ge=1)
+    P: float = 0.2  # TIDSC top-k (eq. 5, 7): a fraction in (0, 1] of the box's cells; see tidsc.py
+    P_count: int | None = Field(None, ge=1)  # or a count of cells instead of P (set one of the two)
+    L: int = Field(4, ge=1)  # edge terms of eq. 11/14, any L >= 1 (tidsc.py says how odd L is sampled)
     lambda1: float = Field(1.0, ge=0)
     lambda2: float = Field(1.0, ge=0)
     step_size: float = Field(20.0, ge=0)  # latent update size, linear over the TIDSC steps
     step_size_end: float = Field(10.0, ge=0)
     attention_res: int | None = Field(None, ge=1)
     base: str | None = None  # diffusers SD1.5 folder/URI; default: the one the checkpoint records
-    batch_size: int = Field(4, ge=1)
+    batch_size: int | None = Field(None, ge=1)  # images per pipeline call; default 8 on a GPU, 4 on the CPU
     image_prompts: bool = True
-    return_attention: bool = False
+    return_attention: bool = False  # per-box attention maps over all steps in meta (costs explicit attention)
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"  # auto: float16 on a GPU, float32 on the CPU
+    compile: bool = False  # torch.compile the UNet's guidance-free passes (pays off on a GPU over many images)
+
+    @field_validator("P")
+    @classmethod
+    def _p_is_a_fraction(cls, v: float) -> float:
+        if not 0 < v <= 1:
+            raise ValueError(f"P is a fraction of the box's cells in (0, 1], got {v}; for a number of cells set P_count")
+        return v
 
     @model_validator(mode="after")
     def _tidsc_within_steps(self) -> "PDIGParams":
         if self.tidsc_steps > self.steps:
             raise ValueError(f"tidsc_steps must be in [0, steps], got {self.tidsc_steps} of {self.steps}")
+        if self.P_count is not None and "P" in self.model_fields_set:
+            raise ValueError("set P (a fraction of the box's cells) or P_count (a number of cells), not both")
         return self
 
 
@@ -87,7 +99,11 @@ class PDIGGenerator:
                 "the pdig generator needs a base model: set generators[].params.base to a diffusers SD1.5 folder/URI "
                 "(with image_encoder/), or a checkpoint from `factory train pdig` that records one"
             )
-        dtype = torch.float16 if device.startswith("cuda") else torch.float32
+        gpu = device.startswith("cuda")
+        dtype = {"auto": torch.float16 if gpu else torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+                 "float32": torch.float32}[p["dtype"]]
+        if p["batch_size"] is None:
+            p["batch_size"] = 8 if gpu else 4
         base = load_base(base_uri, device=device, dtype=dtype, need_image_encoder=checkpoint is not None)
         if checkpoint:
             parts = load_parts(base, checkpoint)
@@ -97,6 +113,8 @@ class PDIGGenerator:
             pipe = PDIGPipeline(base.vae, base.text_encoder, base.tokenizer, base.unet, base.scheduler)
             loaded = _Loaded(pipe, None, {})
         pipe.set_progress_bar_config(disable=True)
+        if p["compile"]:
+            pipe.compile_unet()
         return cls(loaded, p, checkpoint, device)
 
     def _boxes(self, item: WorkItem, scale: tuple[float, float]):
@@ -141,16 +159,16 @@ class PDIGGenerator:
                 gens = [torch.Generator(device=pipe.device).manual_seed(int(it.seed)) for it in batch]
                 res = pipe(
                     prompts, boxes, height=gh, width=gw, num_inference_steps=int(p["steps"]), guidance_scale=float(p["guidance"]),
-                    tidsc_steps=int(p["tidsc_steps"]), tidsc=TIDSCConfig(P=float(p["P"]), L=int(p["L"]), lambda1=float(p["lambda1"]),
-                                                                          lambda2=float(p["lambda2"])),
+                    tidsc_steps=int(p["tidsc_steps"]), tidsc=TIDSCConfig(P=float(p["P"]), P_count=p["P_count"], L=int(p["L"]),
+                                                                          lambda1=float(p["lambda1"]), lambda2=float(p["lambda2"])),
                     step_size=float(p["step_size"]), step_size_end=float(p["step_size_end"]), alpha=float(p["alpha"]),
-                    beta=float(p["beta"]), attention_res=p["attention_res"], generator=gens, return_attention=True,
+                    beta=float(p["beta"]), attention_res=p["attention_res"], generator=gens, return_attention=bool(p["return_attention"]),
                 )
                 for k, it in enumerate(batch):
                     image = _to_item_image(res.images[k], it)
                     meta = {
                         "checkpoint": self.checkpoint or "", "prompt": prompts[k],
-                        "attention_inside": res.inside[k] if res.inside else [],
+                        "attention_inside": res.inside[k] if res.inside else [], "attention_inside_over": res.inside_over,
                     }
                     if p["return_attention"] and res.attention:
                         meta["attention"] = res.attention[k]

@@ -44,14 +44,23 @@ class ImageProjection(nn.Module):
         return self.norm(tokens)
 
 
+class MapsComplete(Exception):
+    """Raised by a LISA processor once its store holds every map it was asked for,
+    so a forward pass run only for those maps (a TIDSC step) skips the layers after
+    them; the pipeline catches it."""
+
+
 class AttentionStore:
     """Collects head-averaged cross-attention probabilities of the rows
     `[batch_offset:]` (the conditional half under classifier-free guidance) at the
-    spatial sizes in `sizes` (H*W), averaged over layers of the same size."""
+    spatial sizes in `sizes` (H*W), averaged over layers of the same size.
+    `stop_after`: raise `MapsComplete` once that many layers have been recorded."""
 
-    def __init__(self, sizes: set[int] | None = None, batch_offset: int = 0):
+    def __init__(self, sizes: set[int] | None = None, batch_offset: int = 0, stop_after: int | None = None):
         self.sizes = sizes
         self.batch_offset = batch_offset
+        self.stop_after = stop_after
+        self.layers = 0
         self.text: dict[int, list[torch.Tensor]] = {}
         self.image: dict[int, list[torch.Tensor]] = {}
 
@@ -63,6 +72,9 @@ class AttentionStore:
             self.text.setdefault(hw, []).append(text_probs[self.batch_offset :])
         if image_probs is not None:
             self.image.setdefault(hw, []).append(image_probs[self.batch_offset :])
+        self.layers += 1
+        if self.stop_after is not None and self.layers >= self.stop_after:
+            raise MapsComplete
 
     def mean(self, hw: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """(text (B, HW, T), image (B, HW, M)) averaged over layers, or None."""
@@ -73,6 +85,7 @@ class AttentionStore:
     def reset(self) -> None:
         self.text.clear()
         self.image.clear()
+        self.layers = 0
 
 
 @dataclass
@@ -84,6 +97,7 @@ class LISAContext:
     num_text_tokens: int = 77
     image_token_mask: torch.Tensor | None = None  # (B, M) bool, False = padding
     store: AttentionStore | None = None
+    kv_cache: dict | None = None  # set by the pipeline for one call: text/image K/V are the same at every step
     extra: dict = field(default_factory=dict)
 
 
@@ -107,41 +121,61 @@ class LISAAttnProcessor(nn.Module):
         if attn.group_norm is not None:
             hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
         query = attn.to_q(hidden_states)
-        text = encoder_hidden_states[:, : ctx.num_text_tokens]
-        image = encoder_hidden_states[:, ctx.num_text_tokens :]
-        if attn.norm_cross:
-            text = attn.norm_encoder_hidden_states(text)
         heads = attn.heads
         head_dim = query.shape[-1] // heads
-
-        def split(x):
-            return x.view(batch, -1, heads, head_dim).transpose(1, 2)
-
         store = ctx.store if ctx.store is not None and ctx.store.wants(hw) else None
-        q = split(query)
+        q = query.view(batch, -1, heads, head_dim).transpose(1, 2)
+        k_t, v_t, k_i, v_i, mask, has = self._keys_values(attn, encoder_hidden_states, heads, head_dim, q.dtype)
         out = None
         text_probs = image_probs = None
         if ctx.beta != 0 or store is not None:
-            h_text, text_probs = _attend(attn, q, split(attn.to_k(text)), split(attn.to_v(text)), None, store is not None)
+            h_text, text_probs = _attend(attn, q, k_t, v_t, None, store is not None)
             if ctx.beta != 0:
                 out = h_text if ctx.beta == 1.0 else ctx.beta * h_text
-        if ctx.alpha != 0 and image.shape[1] > 0:
-            mask = None
-            if ctx.image_token_mask is not None:
-                keep = ctx.image_token_mask.to(q.device)
-                mask = torch.zeros(keep.shape, dtype=q.dtype, device=q.device).masked_fill(~keep, float("-inf"))
-                mask = mask[:, None, None, :]
-            h_img, image_probs = _attend(attn, q, split(self.to_k_ip(image)), split(self.to_v_ip(image)), mask, store is not None)
+        if ctx.alpha != 0 and k_i.shape[2] > 0:
+            h_img, image_probs = _attend(attn, q, k_i, v_i, mask, store is not None)
+            if has is not None:
+                h_img = torch.where(has, h_img, torch.zeros_like(h_img))
             out = ctx.alpha * h_img if out is None else out + ctx.alpha * h_img
-        if store is not None:
-            store.add(hw, text_probs, image_probs)
         if out is None:
             out = torch.zeros_like(q)
+        if store is not None:
+            store.add(hw, text_probs, image_probs)  # may raise MapsComplete: nothing after this layer is needed
         out = out.transpose(1, 2).reshape(batch, -1, heads * head_dim).to(query.dtype)
         out = attn.to_out[1](attn.to_out[0](out))
         if attn.residual_connection:
             out = out + residual
         return out / attn.rescale_output_factor
+
+
+    def _keys_values(self, attn, encoder_hidden_states, heads: int, head_dim: int, dtype):
+        """Text and image K/V (B, heads, tokens, d) and the image-token mask, computed once
+        per encoder states when the pipeline provides a cache (they do not change over steps)."""
+        ctx = self.context
+        key = (id(self), encoder_hidden_states.data_ptr(), tuple(encoder_hidden_states.shape))
+        if ctx.kv_cache is not None and key in ctx.kv_cache:
+            return ctx.kv_cache[key]
+        batch = encoder_hidden_states.shape[0]
+        text = encoder_hidden_states[:, : ctx.num_text_tokens]
+        image = encoder_hidden_states[:, ctx.num_text_tokens :]
+        if attn.norm_cross:
+            text = attn.norm_encoder_hidden_states(text)
+
+        def split(x):
+            return x.view(batch, -1, heads, head_dim).transpose(1, 2)
+
+        mask = has = None
+        if ctx.image_token_mask is not None and image.shape[1] > 0:
+            keep = ctx.image_token_mask.to(encoder_hidden_states.device)
+            has = keep.any(-1)[:, None, None, None]  # images of the batch without any image prompt
+            keep = keep | ~keep.any(-1, keepdim=True)  # no all -inf rows (NaN); their branch is zeroed
+            mask = torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill(~keep, float("-inf"))[:, None, None, :]
+        if ctx.kv_cache is None:  # training: gradients reach to_k_ip / to_v_ip
+            return split(attn.to_k(text)), split(attn.to_v(text)), split(self.to_k_ip(image)), split(self.to_v_ip(image)), mask, has
+        with torch.no_grad():  # sampling: gradients go to the latent only
+            kv = (split(attn.to_k(text)), split(attn.to_v(text)), split(self.to_k_ip(image)), split(self.to_v_ip(image)), mask, has)
+        ctx.kv_cache[key] = kv
+        return kv
 
 
 def _attend(attn, q, k, v, mask, want_probs: bool):

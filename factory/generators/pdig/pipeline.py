@@ -6,6 +6,12 @@ Per denoising step t (DDIM, `num_inference_steps`):
      grad, read the defect tokens' cross-attention maps, compute the TIDSC loss
      (eq. 18) and move the latent against its gradient (BoxDiff's update);
   2. the usual classifier-free-guided noise prediction and DDIM step.
+
+What this costs: only step 1 materializes attention probabilities, and only in the
+cross-attention layers at the map size TIDSC reads (16x16 at SD1.5 scale); its
+forward stops after the last of those layers (`MapsComplete`). Every other layer
+and step runs `scaled_dot_product_attention`. `return_attention=True` (maps for
+reports) also records the CFG passes' maps at that size: opt-in, free when off.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ import numpy as np
 import torch
 from diffusers import DiffusionPipeline
 
-from factory.generators.pdig.lisa import AttentionStore, LISAAdapter, LISAContext
+from factory.generators.pdig.lisa import AttentionStore, LISAAdapter, LISAAttnProcessor, LISAContext, MapsComplete
 from factory.generators.pdig.sce import token_indices, word_indices
 from factory.generators.pdig.tidsc import TIDSCConfig, box_to_cells, inside_fraction, tidsc_loss
 
@@ -38,6 +44,7 @@ class PDIGOutput:
     boxes: list[list[BoxPrompt]]
     attention: list[list[dict[str, np.ndarray]]] | None = None  # per image, per box: {"text", "image"} maps
     inside: list[list[dict[str, float]]] = field(default_factory=list)  # share of attention inside each box
+    inside_over: str = ""  # which steps' maps `inside` averages: "TIDSC steps" (free) or "all steps" (return_attention)
     losses: list[dict[str, float]] = field(default_factory=list)  # TIDSC terms per guided step
 
 
@@ -56,14 +63,21 @@ class PDIGPipeline(DiffusionPipeline):
             self.register_modules(adapter=None)
         self.context: LISAContext = adapter.context
         self._projection = adapter.projection if self.adapter is not None else None
+        self._compiled_unet = None
+
+    def compile_unet(self, **compile_kwargs) -> None:
+        """torch.compile the UNet for the classifier-free-guided passes. TIDSC passes
+        (and passes recording maps) stay eager: they take the explicit-attention branch
+        and stop early, which a compiled graph would only re-trace."""
+        self._compiled_unet = torch.compile(self.unet, **compile_kwargs)
 
     # --- helpers -----------------------------------------------------------------
-    def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
+    def encode_prompt(self, prompts: list[str], device: torch.device) -> torch.Tensor:
         ids = self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
                              truncation=True, return_tensors="pt").input_ids
-        return self.text_encoder(ids.to(self.device))[0]
+        return self.text_encoder(ids.to(device))[0]
 
-    def image_tokens(self, boxes: list[list[BoxPrompt]], dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    def image_tokens(self, boxes: list[list[BoxPrompt]], dtype, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
         """Per image: the LISA tokens of its boxes' image prompts, concatenated and padded.
         Returns (cond tokens (B, M, C), uncond tokens (zero embeddings), keep mask (B, M))."""
         if self._projection is None or not any(b.image_embed is not None for bs in boxes for b in bs):
@@ -71,12 +85,12 @@ class PDIGPipeline(DiffusionPipeline):
         n = self._projection.num_tokens
         most = max(len(bs) for bs in boxes)
         embed_dim = self._projection.proj.in_features
-        embeds = torch.zeros(len(boxes), most, embed_dim, device=self.device, dtype=dtype)
-        keep = torch.zeros(len(boxes), most * n, dtype=torch.bool, device=self.device)
+        embeds = torch.zeros(len(boxes), most, embed_dim, device=device, dtype=dtype)
+        keep = torch.zeros(len(boxes), most * n, dtype=torch.bool, device=device)
         for i, bs in enumerate(boxes):
             for j, b in enumerate(bs):
                 if b.image_embed is not None:
-                    embeds[i, j] = b.image_embed.to(self.device, dtype).reshape(-1)
+                    embeds[i, j] = b.image_embed.to(device, dtype).reshape(-1)
                     keep[i, j * n : (j + 1) * n] = True
         cond = self._projection(embeds.flatten(0, 1)).reshape(len(boxes), most * n, -1)
         uncond = self._projection(torch.zeros_like(embeds).flatten(0, 1)).reshape(len(boxes), most * n, -1)
@@ -98,24 +112,33 @@ class PDIGPipeline(DiffusionPipeline):
             return match[0]
         return min(sizes, key=lambda s: (abs(s[0] - lh / 4), -s[0]))
 
-    def defect_maps(self, text, image, boxes, prompts, map_hw, image_hw):
-        """Per image: [(map (S, K), box cells, kind, box index)] for every defect token of every box."""
-        out = []
+    def map_plan(self, boxes, prompts, map_hw, image_hw) -> list[tuple[int, int, str, list[int] | int, tuple]]:
+        """Which attention columns belong to which box, worked out once per call:
+        [(image i, box j, "text" | "image", token positions or image-token index, box cells)]."""
+        plan = []
         n = self._projection.num_tokens if self._projection is not None else 0
         for i, (bs, prompt) in enumerate(zip(boxes, prompts)):
-            items = []
             for j, b in enumerate(bs):
                 cells = box_to_cells(b.box, image_hw, map_hw)
-                if text is not None and self.context.beta != 0:
+                if self.context.beta != 0:
                     idx = token_indices(self.tokenizer, prompt, b.token) if b.token.startswith("<") else []
                     idx = idx or word_indices(self.tokenizer, prompt, b.token)
                     if not idx:
                         raise ValueError(f"token {b.token!r} not found in prompt {prompt!r}")
-                    items.append((text[i][:, idx].mean(-1).reshape(map_hw), cells, "text", j))
-                if image is not None and b.image_embed is not None:
-                    for k in range(j * n, (j + 1) * n):
-                        items.append((image[i][:, k].reshape(map_hw), cells, "image", j))
-            out.append(items)
+                    plan.append((i, j, "text", idx, cells))
+                if self.context.alpha != 0 and b.image_embed is not None:
+                    plan += [(i, j, "image", k, cells) for k in range(j * n, (j + 1) * n)]
+        return plan
+
+    @staticmethod
+    def defect_maps(text, image, plan, map_hw) -> list[torch.Tensor]:
+        """The (S, K) map of every plan entry from head-averaged probs (B, HW, tokens)."""
+        out = []
+        for i, _, kind, idx, _ in plan:
+            if kind == "text":
+                out.append(text[i][:, idx].mean(-1).reshape(map_hw))
+            else:
+                out.append(image[i][:, idx].reshape(map_hw))
         return out
 
     # --- the pipeline --------------------------------------------------------------
@@ -146,15 +169,16 @@ class PDIGPipeline(DiffusionPipeline):
         width = width or self.unet.config.sample_size * self.vae_scale_factor
         batch = len(prompt)
         dtype = self.unet.dtype
+        device = self.device  # looked up once: diffusers scans every module for it
         ctx = self.context
         ctx.alpha, ctx.beta = float(alpha), float(beta)
 
         # 1. conditions: text tokens (+ LISA image tokens per box), and the unconditional ones
         with torch.no_grad():
-            text_cond = self.encode_prompt(prompt).to(dtype)
-            text_uncond = self.encode_prompt([""] * batch).to(dtype)
+            text_cond = self.encode_prompt(prompt, device).to(dtype)
+            text_uncond = self.encode_prompt([""] * batch, device).to(dtype)
             ctx.num_text_tokens = text_cond.shape[1]
-            img = self.image_tokens(boxes, dtype) if alpha != 0 else None
+            img = self.image_tokens(boxes, dtype, device) if alpha != 0 else None
         if img is not None:
             cond = torch.cat([text_cond, img[0]], 1)
             uncond = torch.cat([text_uncond, img[1]], 1)
@@ -165,62 +189,65 @@ class PDIGPipeline(DiffusionPipeline):
         embeds = torch.cat([uncond, cond]) if do_cfg else cond
 
         # 2. latents and schedule
-        self.scheduler.set_timesteps(num_inference_steps, device=self.device)
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
         shape = (batch, self.unet.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
         if latents is None:
             from diffusers.utils.torch_utils import randn_tensor
 
-            latents = randn_tensor(shape, generator=generator, device=self.device, dtype=dtype)
-        latents = latents.to(self.device, dtype) * self.scheduler.init_noise_sigma
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        latents = latents.to(device, dtype) * self.scheduler.init_noise_sigma
         map_hw = self.map_sizes(shape[2:], attention_res)
         hw = map_hw[0] * map_hw[1]
-        guided = tidsc_steps > 0 and any(boxes)
+        plan = self.map_plan(boxes, prompt, map_hw, (height, width))
+        guided = tidsc_steps > 0 and bool(plan)
         step_sizes = np.linspace(step_size, step_size_end, max(tidsc_steps, 1))
         record = AttentionStore({hw}, batch_offset=batch if do_cfg else 0) if return_attention else None
-        acc: list[list[tuple]] | None = None
+        seen: list[torch.Tensor] | None = None  # maps summed over the steps that read them (for `inside`)
+        map_layers = cross_attention_layers_at(self.unet, shape[2:], map_hw)  # a TIDSC pass stops after the last
         losses: list[dict[str, float]] = []
+        cells = [c for *_, c in plan]
 
-        # 3. denoising loop
-        for i, t in enumerate(self.scheduler.timesteps):
-            if guided and i < tidsc_steps:
-                ctx.store = AttentionStore({hw})
-                ctx.image_token_mask = keep
-                with torch.enable_grad():
-                    x = latents.detach().requires_grad_(True)
-                    self.unet(self.scheduler.scale_model_input(x, t), t, encoder_hidden_states=cond)  # fills ctx.store
-                    text_p, image_p = ctx.store.mean(hw)
-                    per_image = self.defect_maps(text_p, image_p, boxes, prompt, map_hw, (height, width))
-                    total, terms = None, {}
-                    for items in per_image:
-                        if items:
-                            loss, t_terms = tidsc_loss([(a.float(), c) for a, c, _, _ in items], tidsc)
-                            total = loss if total is None else total + loss
-                            terms = {k: terms.get(k, 0.0) + v for k, v in t_terms.items()}
-                    if total is not None:
+        # 3. denoising loop; the encoder states are fixed for the call, so each layer's K/V are computed once
+        cache: dict = {}
+        try:
+            for i, t in enumerate(self.scheduler.timesteps):
+                if guided and i < tidsc_steps:
+                    ctx.store = AttentionStore({hw}, stop_after=map_layers)
+                    ctx.image_token_mask, ctx.kv_cache = keep, cache
+                    with torch.enable_grad():
+                        x = latents.detach().requires_grad_(True)
+                        try:
+                            self.unet(self.scheduler.scale_model_input(x, t), t, encoder_hidden_states=cond)
+                        except MapsComplete:
+                            pass
+                        text_p, image_p = ctx.store.mean(hw)
+                        maps = self.defect_maps(text_p, image_p, plan, map_hw)
+                        total, terms = tidsc_loss([m.float() for m in maps], cells, tidsc)
                         grad = torch.autograd.grad(total, x)[0]
-                        latents = (x - float(step_sizes[i]) * grad).detach()
-                        losses.append({"step": i, "total": float(total.detach())} | terms)
-                ctx.store = None
+                    latents = (x - float(step_sizes[i]) * grad).detach()
+                    losses.append({"step": i, "total": float(total.detach())} | terms)
+                    if record is None:
+                        seen = _add(seen, [m.detach() for m in maps])
+                    ctx.store = None
 
-            ctx.store = record
-            ctx.image_token_mask = torch.cat([keep, keep]) if (keep is not None and do_cfg) else keep
-            with torch.no_grad():
-                latent_in = torch.cat([latents] * 2) if do_cfg else latents
-                latent_in = self.scheduler.scale_model_input(latent_in, t)
-                noise = self.unet(latent_in, t, encoder_hidden_states=embeds).sample
-                if do_cfg:
-                    noise_uncond, noise_cond = noise.chunk(2)
-                    noise = noise_uncond + guidance_scale * (noise_cond - noise_uncond)
-                latents = self.scheduler.step(noise, t, latents).prev_sample
-            if record is not None:
-                text_p, image_p = record.mean(hw)
-                step_maps = self.defect_maps(text_p, image_p, boxes, prompt, map_hw, (height, width))
-                acc = step_maps if acc is None else [
-                    [(a0 + a1, c, k, j) for (a0, c, k, j), (a1, *_) in zip(x0, x1)] for x0, x1 in zip(acc, step_maps)
-                ]
-                record.reset()
-        ctx.store = None
-        ctx.image_token_mask = None
+                ctx.store = record
+                ctx.image_token_mask = torch.cat([keep, keep]) if (keep is not None and do_cfg) else keep
+                with torch.no_grad():
+                    latent_in = torch.cat([latents] * 2) if do_cfg else latents
+                    latent_in = self.scheduler.scale_model_input(latent_in, t)
+                    unet = self._compiled_unet if self._compiled_unet is not None and record is None else self.unet
+                    ctx.kv_cache = cache if unet is self.unet else None  # a compiled graph keeps its own
+                    noise = unet(latent_in, t, encoder_hidden_states=embeds).sample
+                    if do_cfg:
+                        noise_uncond, noise_cond = noise.chunk(2)
+                        noise = noise_uncond + guidance_scale * (noise_cond - noise_uncond)
+                    latents = self.scheduler.step(noise, t, latents).prev_sample
+                if record is not None:
+                    text_p, image_p = record.mean(hw)
+                    seen = _add(seen, self.defect_maps(text_p, image_p, plan, map_hw))
+                    record.reset()
+        finally:  # never leave a call's maps, masks or K/V on the shared context (training uses it too)
+            ctx.store = ctx.kv_cache = ctx.image_token_mask = None
 
         # 4. decode
         with torch.no_grad():
@@ -228,27 +255,45 @@ class PDIGPipeline(DiffusionPipeline):
         images = (image.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
 
         attention, inside = None, []
-        if acc is not None:
-            attention, inside = self._summarize(acc, boxes)
-        return PDIGOutput(images=images, boxes=boxes, attention=attention, inside=inside, losses=losses)
+        if seen is not None:
+            attention, inside = self._summarize(seen, plan, boxes)
+            attention = attention if return_attention else None
+        return PDIGOutput(images=images, boxes=boxes, attention=attention, inside=inside, losses=losses,
+                          inside_over="all steps" if return_attention else "TIDSC steps")
 
     @staticmethod
-    def _summarize(acc, boxes):
+    def _summarize(seen, plan, boxes):
         """Per image, per box: the text-token map (S, K) and the image-token maps (N, S, K),
         each normalized to sum 1, and the mean share of each kind inside the box."""
+        maps: list[list[dict[str, list]]] = [[{} for _ in bs] for bs in boxes]
+        cells_of: dict[tuple[int, int], tuple] = {}
+        for a, (i, j, kind, _, cells) in zip(seen, plan):
+            maps[i][j].setdefault(kind, []).append(a.float())
+            cells_of[i, j] = cells
         attention, inside = [], []
-        for items, bs in zip(acc, boxes):
-            maps: list[dict[str, list]] = [{} for _ in bs]
-            cells_of = [None] * len(bs)
-            for a, cells, kind, j in items:
-                maps[j].setdefault(kind, []).append(a.float())
-                cells_of[j] = cells
-            per_box, per_inside = [], []
-            for j, d in enumerate(maps):
-                # image tokens share one softmax, so their mean map is flat: keep them apart
-                per_inside.append({k: float(np.mean([inside_fraction(a, cells_of[j]) for a in v])) for k, v in d.items()})
-                per_box.append({k: torch.stack([a / a.sum().clamp_min(1e-12) for a in v]).squeeze(0).cpu().numpy()
-                                for k, v in d.items()})
-            attention.append(per_box)
-            inside.append(per_inside)
+        for i, per_image in enumerate(maps):
+            # image tokens share one softmax, so their mean map is flat: keep them apart
+            inside.append([{k: float(np.mean([inside_fraction(a, cells_of[i, j]) for a in v])) for k, v in d.items()}
+                           for j, d in enumerate(per_image)])
+            attention.append([{k: torch.stack([a / a.sum().clamp_min(1e-12) for a in v]).squeeze(0).cpu().numpy()
+                               for k, v in d.items()} for d in per_image])
         return attention, inside
+
+
+def cross_attention_layers_at(unet, latent_hw: tuple[int, int], map_hw: tuple[int, int]) -> int:
+    """How many LISA cross-attention layers a UNet2DConditionModel runs at `map_hw`
+    for a latent of `latent_hw` (down block i and up block n-1-i work at latent / 2^i)."""
+    n = len(unet.down_blocks)
+    level = {f"down_blocks.{i}.": i for i in range(n)} | {f"up_blocks.{j}.": n - 1 - j for j in range(n)} | {"mid_block.": n - 1}
+    count = 0
+    for name, proc in unet.attn_processors.items():
+        if isinstance(proc, LISAAttnProcessor):
+            i = next(v for k, v in level.items() if name.startswith(k))
+            count += (latent_hw[0] >> i, latent_hw[1] >> i) == tuple(map_hw)
+    if count == 0:
+        raise ValueError(f"no cross-attention layer at {map_hw} for a {latent_hw} latent")
+    return count
+
+
+def _add(acc: list[torch.Tensor] | None, maps: list[torch.Tensor]) -> list[torch.Tensor]:
+    return maps if acc is None else [a + m for a, m in zip(acc, maps)]
