@@ -38,7 +38,7 @@ def _stage_and_publish(root: str, version: int = 1) -> Registry:
 def _check_published(reg: Registry, version: int = 1) -> None:
     m = reg.manifest("toy", version)
     base = reg.version_uri("toy", version)
-    assert set(m["files"]) == set(U.list_files(base)) - {"manifest.json"}
+    assert set(m["files"]) == set(U.list_files(base)) - {"manifest.json", "files.jsonl"}
     for path, f in m["files"].items():
         assert hashlib.sha256(U.read_bytes(U.join(base, path))).hexdigest() == f["sha256"]
     assert not U.list_files(reg.staging_uri("toy", version))  # staging is gone

@@ -12,6 +12,7 @@ import contextlib
 import os
 import shutil
 import tempfile
+import uuid
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -177,9 +178,46 @@ def write_bytes(uri: str, data: bytes) -> None:
             return
         path = _local_str(uri)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path + ".tmp", "wb") as f:
+        tmp = _tmp_name(path)
+        with open(tmp, "wb") as f:
             f.write(data)
-        os.replace(path + ".tmp", path)  # a reader never sees half a file
+        os.replace(tmp, path)  # a reader never sees half a file
+
+
+def _tmp_name(path: str) -> str:
+    """A temp name beside `path` that no other writer (process or thread) shares."""
+    return f"{path}.{uuid.uuid4().hex[:12]}.tmp"
+
+
+def create_exclusive(uri: str, data: bytes) -> bool:
+    """Write `uri` only if nothing is there yet, atomically: False if it exists.
+    S3: a conditional put (`If-None-Match: *`); on disk: a complete temp file
+    hard-linked to the name (the link fails if the name exists), so a reader
+    never sees half a file and of two writers exactly one wins."""
+    with _errors(uri):
+        if is_s3(uri):
+            from botocore.exceptions import ClientError
+
+            bucket, key = split_s3(uri)
+            try:
+                _s3_client().put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+                return True
+            except ClientError as e:
+                if e.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                    return False
+                raise
+        path = _local_str(uri)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = _tmp_name(path)
+        with open(tmp, "wb") as f:
+            f.write(data)
+        try:
+            os.link(tmp, path)
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(tmp)
 
 
 def write_file(uri: str, local: str | Path) -> None:
@@ -192,7 +230,7 @@ def write_file(uri: str, local: str | Path) -> None:
             return
         path = local_path(uri)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
+        tmp = _tmp_name(str(path))
         shutil.copyfile(local, tmp)
         os.replace(tmp, path)
 
