@@ -244,8 +244,9 @@ def pull(
 
 @datasets_app.command("list")
 def datasets_list(root: str = typer.Argument(DEFAULT_ROOT, help="Registry root URI (default: env FACTORY_ROOT or ./datasets).")) -> None:
-    """Every published version under a root, and runs that hold a version without
-    having published it (running now, or interrupted: `factory run --resume` or `--restart`)."""
+    """Every published version under a root, and "unfinished" ones: a run holds the
+    version without having published it (running now, or interrupted: finish it
+    with `factory run --resume`, or drop it with `--restart`)."""
     from datetime import datetime, timezone
 
     from factory.storage import Registry
@@ -254,7 +255,7 @@ def datasets_list(root: str = typer.Argument(DEFAULT_ROOT, help="Registry root U
         reg = Registry(root)
         t = Table(title=f"datasets in {reg.root}")
         for col in ("name", "version", "status", "images", "rejected", "classes", "created", "spec hash"):
-            t.add_column(col)
+            t.add_column(col, no_wrap=col == "status", min_width=10 if col == "status" else None)
         for name in reg.names():
             for v in reg.versions(name):
                 m = reg.manifest(name, v, files=False)
@@ -263,6 +264,9 @@ def datasets_list(root: str = typer.Argument(DEFAULT_ROOT, help="Registry root U
             for v in reg.staged(name):
                 st = reg.run_state(name, v) or {}
                 started = datetime.fromtimestamp(st.get("started_at", 0), timezone.utc).isoformat(timespec="seconds")
-                t.add_row(name, str(v), "[yellow]running or interrupted[/]", "", "", "", started,
+                t.add_row(name, str(v), "[yellow]unfinished[/]", "", "", "", started,
                           str(st.get("spec_hash", ""))[:12])
     console.print(t if t.row_count else f"no published datasets in {reg.root}")
+    if any("unfinished" in str(c) for col in t.columns for c in col._cells):
+        console.print("unfinished: a run is running or was interrupted; `factory run SPEC --resume` finishes it, "
+                      "`--restart` discards it")

@@ -48,6 +48,8 @@ def run_dataset(spec: DatasetSpec, options: RunOptions | None = None,
     U.check_root(root)
     reg = Registry(root)
     version = o.version or spec.version or reg.next_version(spec.name)
+    if reg.is_published(spec.name, version) and reg.is_sealed(spec.name, version):
+        finish(reg, spec.name, version)  # a crash hit the cleanup after the commit: clean up, then refuse
     reg.refuse_published(spec.name, version)
     spec_hash = spec.spec_hash()
     if o.restart:
@@ -98,6 +100,9 @@ def _claim(reg: Registry, spec: DatasetSpec, version: int, spec_hash: str, resum
         for name in U.list_files(staging):  # leftovers without a lock (a cleanup cut short): not ours
             if name != "_run.json":
                 U.delete(U.join(staging, name))
+        # files of an unpublished version (a publish crashed, then --restart): we hold the lock, so no one
+        # else can be publishing it, and it has no manifest (checked after taking the lock)
+        U.delete_prefix(reg.version_uri(spec.name, version))
         return state, True
     held = reg.run_state(spec.name, version)
     if held is None:  # the holder finished between our two calls
