@@ -21,7 +21,7 @@ import pytest
 from s3_server import s3_bucket, s3_server  # noqa: F401
 from test_pipeline import REPO, check_version, tiny_spec
 
-from factory.pipeline import RunError, RunOptions, job, run_dataset
+from factory.pipeline import RunError, RunOptions, graph, job, run_dataset
 from factory.pipeline.stages import GenerateStage, ShardTarget, generator_key
 from factory.spec import load_spec
 from factory.storage import PublishedError, Registry
@@ -34,14 +34,12 @@ class Crash(BaseException):
 
 
 def in_process_round(spec, o, staging, spec_hash, todo):
-    """`run_round` without Ray: the same stage, one range of 4 at a time."""
+    """`run_round` without Ray: the same ranges and the same stage, one range at a time."""
     stage = GenerateStage(spec, generator_key("procedural", None, {}), "cpu", 0,
                           ShardTarget(staging, spec_hash, tuple(spec.output.formats)))
-    for a, b in todo:
-        for i in range(a, b, 4):
-            out = stage({"start": np.array([i]), "stop": np.array([min(i + 4, b)])})
-            for rec in out["record"]:
-                yield json.loads(rec)
+    for r in graph.ranges(todo, spec, 1, o.shard_max_bytes):
+        for rec in stage({"start": np.array([r["start"]]), "stop": np.array([r["stop"]])})["record"]:
+            yield json.loads(rec)
 
 
 @pytest.fixture
@@ -253,7 +251,8 @@ def test_coco_sink_publishes_and_pulls(tmp_path, no_ray):
     assert res.exit_code == 0 and "checksums ok" in res.output, res.output
     assert (tmp_path / "c" / "annotations" / "instances_train.json").exists()
     assert len(list((tmp_path / "c" / "images").rglob("*.png"))) == 11
-    assert pq.read_table(Path(U.local_path(r.uri)) / "parquet" / "part-00000.parquet").num_rows == 4
+    parts = sorted((Path(U.local_path(r.uri)) / "parquet").glob("*.parquet"))
+    assert sum(pq.read_table(p).num_rows for p in parts) == 11
 
 
 # --- the post-publish callback --------------------------------------------------
@@ -287,3 +286,42 @@ def test_manifest_lists_files_in_files_jsonl(tmp_path, no_ray):
     check_version(r.uri, 5, spec.class_names)
     html = U.read_bytes(r.report_uri).decode()
     assert "<h1>tiny</h1>" in html and "data:image/png;base64," in html
+
+
+# --- 17.8 shards bounded by bytes as well as rows ------------------------------------
+def test_shards_are_cut_by_bytes_whatever_shard_size_says(tmp_path, no_ray):
+    """`shard_size: 100000` with a budget of 3 images' raw pixels: no shard holds
+    more than 3 samples (what an actor holds before writing stays bounded), and
+    the version is still exactly `count`."""
+    spec = load_spec(tiny_spec(tmp_path, count=40, shard=100_000))
+    per_image = 64 * 64
+    big = graph.ranges([(0, 10_000_000)], spec, 2, 256 * 2**20)
+    assert {r["stop"] - r["start"] for r in big[:-1]} == {min(100_000, 256 * 2**20 // per_image)}
+    r = run_dataset(spec, RunOptions(out=str(tmp_path / "reg"), report=False, shard_max_bytes=3 * per_image))
+    files = _files(r.uri)
+    parts = [p for p in files if p.startswith("parquet/")]
+    assert len(parts) >= 40 // 3
+    import pyarrow.parquet as pq
+
+    rows = [pq.read_table(Path(U.local_path(r.uri)) / p).num_rows for p in parts]
+    assert max(rows) <= 3 and sum(rows) == 40
+
+
+# --- 17.10 credentials never travel as task or actor arguments --------------------------
+def test_shard_target_carries_no_credentials(monkeypatch):
+    import pickle
+
+    from factory.storage import configure_storage
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIASECRETSECRET0001")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "very-secret-key-value")
+    before = U.storage_config()
+    configure_storage(endpoint_url="http://127.0.0.1:9", access_key="AKIAEXPLICIT00000001", secret_key="explicit-secret")
+    try:
+        spec = load_spec(REPO / "specs" / "demo-pv-el.yaml")
+        blob = pickle.dumps(graph._shard_target("s3://b/x/_staging/v1", "h", spec))
+    finally:
+        U.set_storage_config(before)
+    for secret in (b"AKIASECRETSECRET0001", b"very-secret-key-value", b"AKIAEXPLICIT00000001", b"explicit-secret"):
+        assert secret not in blob
+    assert b"http://127.0.0.1:9" in blob  # the endpoint is not a secret: workers need it

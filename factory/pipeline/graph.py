@@ -8,10 +8,8 @@ resources; `run_round` streams the records back to the driver.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
-import os
 from dataclasses import dataclass
 
 from factory.pipeline.options import RunOptions
@@ -22,29 +20,28 @@ from factory.storage import uri as U
 log = logging.getLogger("factory.pipeline")
 
 
-def _is_local_cluster() -> bool:
-    import ray
-
-    return ray.util.get_node_ip_address() in {n["NodeManagerAddress"] for n in ray.nodes()} and len(ray.nodes()) == 1
-
-
-def _ranges(todo: list[tuple[int, int]], shard_size: int, workers: int) -> list[dict[str, int]]:
-    """Runs of plan indices cut into ranges of at most `shard_size` (one range = one
-    shard); smaller for small rounds, so that every worker gets a few."""
-    chunk = max(1, min(shard_size, sum(b - a for a, b in todo) // (4 * workers)))
+def ranges(todo: list[tuple[int, int]], spec: DatasetSpec, workers: int, max_bytes: int) -> list[dict[str, int]]:
+    """Runs of plan indices cut into ranges (one range = one shard) of at most
+    `output.shard_size` items and at most `max_bytes` of raw pixels, so what an
+    actor holds before it writes is bounded whatever shard_size says (PNG bytes
+    are fewer than raw ones; after a GPU generator the raw images themselves
+    cross to the scoring pool, a range at a time). Smaller for small rounds, so
+    that every worker gets a few."""
+    per_image = spec.image.width * spec.image.height * spec.image.channels
+    size = max(1, min(spec.output.shard_size, max_bytes // per_image))
+    chunk = max(1, min(size, sum(b - a for a, b in todo) // (4 * workers)))
     return [{"start": i, "stop": min(i + chunk, b)} for a, b in todo for i in range(a, b, chunk)]
 
 
 def _shard_target(staging: str, spec_hash: str, spec: DatasetSpec) -> ShardTarget:
-    storage = U.storage_config()
-    if U.is_s3(staging) and _is_local_cluster() and not storage.access_key:
-        # an embedded cluster may predate the credential variables: hand them over
-        storage = dataclasses.replace(
-            storage, endpoint_url=U.s3_endpoint(), access_key=os.environ.get("AWS_ACCESS_KEY_ID"),
-            secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY"), session_token=os.environ.get("AWS_SESSION_TOKEN"))
-    else:
-        storage = dataclasses.replace(storage, endpoint_url=U.s3_endpoint())
-    return ShardTarget(staging, spec_hash, tuple(spec.output.formats), storage)
+    """What the writing actors get: where to write, and the S3 endpoint and region
+    (not secrets). Credentials never travel as task or actor arguments (they
+    would sit in Ray's object store): workers resolve them from their own
+    environment (AWS_* variables, files, instance roles) or from a `runtime_env`
+    the cluster operator sets."""
+    c = U.storage_config()
+    return ShardTarget(staging, spec_hash, tuple(spec.output.formats),
+                       U.StorageConfig(endpoint_url=U.s3_endpoint(), region=c.region))
 
 
 @dataclass(frozen=True)
@@ -98,9 +95,9 @@ def run_round(spec: DatasetSpec, o: RunOptions, staging: str, spec_hash: str, to
     res = ray.cluster_resources()
     pools = plan_pools(spec, float(res.get("CPU", 1)), float(res.get("GPU", 0)), o.actors)
     target = _shard_target(staging, spec_hash, spec)
-    ranges = _ranges(todo, spec.output.shard_size, sum(p.actors for p in pools))
+    cut = ranges(todo, spec, sum(p.actors for p in pools), o.shard_max_bytes)
     # one input block per range: the unit of work the generator actors share out
-    items = ray.data.from_items(ranges, override_num_blocks=max(1, min(len(ranges), 5000)))
+    items = ray.data.from_items(cut, override_num_blocks=max(1, min(len(cut), 5000)))
     outputs = []
     for p in pools:
         ds = items.map_batches(

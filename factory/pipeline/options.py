@@ -36,6 +36,9 @@ class RunOptions:
     address: str | None = None  # Ray address; default: RAY_ADDRESS, else an embedded cluster
     actors: int | None = None  # generator actors per pool; default: fill the cluster's CPUs (1 per GPU)
     batch_size: int = 64  # work items per generator call (a shard is made in calls of this many)
+    # a shard holds at most this many bytes of raw pixels (and output.shard_size images): the bound on
+    # what one generator actor holds before it writes (plus one batch of raw images in flight)
+    shard_max_bytes: int = 256 * 2**20
     overprovision: float = 1.1  # 1 / expected pass rate of the first round
     retries: int = 2  # retries of a failing generator call before it becomes a reject
     report: bool = True
