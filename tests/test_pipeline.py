@@ -365,3 +365,18 @@ def test_plan_pools_fuses_on_cpu_and_splits_for_gpus(tmp_path):
     pools = plan_pools(gated, cpus=8, gpus=2, actors=1)
     assert all(p.score_gpus == 0.5 and 1 <= p.score_actors <= 2 for p in pools)
     assert plan_pools(procedural, cpus=8, gpus=1)[0].score_gpus == 0  # no gate, no GPU scoring
+
+
+@pytest.mark.ray
+def test_progress_reaches_the_driver_per_shard(ray_local, tmp_path):
+    """Each shard's record is reported as it arrives (one update per shard, spread
+    over the run), not in a few bursts at the end."""
+    spec = load_spec(tiny_spec(tmp_path, count=24, size=96, shard=4, name="prog"))
+    marks: list[tuple[float, int]] = []
+    r = run_dataset(spec, RunOptions(out=str(tmp_path / "reg"), actors=1, report=False),
+                    on_progress=lambda p: marks.append((time.perf_counter(), p.accepted)))
+    updates = [(t, n) for (t, n), (_, before) in zip(marks[1:], marks) if n != before]
+    shards = len([p for p in read_file_list(r.uri, r.manifest) if p.startswith("parquet/")])
+    assert len(updates) >= shards >= 6  # the last shard may be cut: at least one update per published shard
+    times = sorted(t for t, _ in updates)
+    assert len({round(t, 3) for t in times}) >= len(times) // 2, "updates arrived in bursts"

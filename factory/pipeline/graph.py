@@ -91,6 +91,7 @@ def run_round(spec: DatasetSpec, o: RunOptions, staging: str, spec_hash: str, to
     """Yield shard records as the streaming job writes them; closing the generator
     (the caller stops at `count`) shuts the executor down."""
     import ray
+    from ray.data.block import BlockAccessor
 
     res = ray.cluster_resources()
     pools = plan_pools(spec, float(res.get("CPU", 1)), float(res.get("GPU", 0)), o.actors)
@@ -116,10 +117,13 @@ def run_round(spec: DatasetSpec, o: RunOptions, staging: str, spec_hash: str, to
             )
         outputs.append(ds)
     ds = outputs[0] if len(outputs) == 1 else outputs[0].union(*outputs[1:])
-    it = iter(ds.iter_rows())
+    # each output block as soon as its task ends (iter_rows' batching + prefetch delivered them in bursts)
+    it = iter(ds.iter_internal_ref_bundles())
     try:
-        for row in it:
-            yield json.loads(row["record"])
+        for bundle in it:
+            for ref in bundle.block_refs:
+                for text in BlockAccessor.for_block(ray.get(ref)).to_arrow().column("record").to_pylist():
+                    yield json.loads(text)
     finally:
         close = getattr(it, "close", None)
         if close:

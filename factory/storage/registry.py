@@ -105,7 +105,8 @@ class Registry:
         """Versions with a run lock in staging: running now, or interrupted."""
         out = []
         for d in U.list_dirs(U.join(self.dataset_uri(name), STAGING)):
-            if re.fullmatch(r"v\d+", d) and U.exists(U.join(self.staging_uri(name, int(d[1:])), RUN_LOCK)):
+            if (re.fullmatch(r"v\d+", d) and U.exists(U.join(self.staging_uri(name, int(d[1:])), RUN_LOCK))
+                    and not self.is_published(name, int(d[1:]))):  # (a cleanup cut short after the commit)
                 out.append(int(d[1:]))
         return sorted(out)
 
