@@ -137,11 +137,12 @@ def test_exclusive_create_has_one_winner(where, tmp_path, request):
     assert not [f for f in U.list_files(U.to_uri(root)) if f.endswith(".tmp")]
 
 
-def test_second_run_of_a_version_stops_at_the_lock(tmp_path, no_ray):
+@pytest.mark.parametrize("where", ["file", "s3"])
+def test_second_run_of_a_version_stops_at_the_lock(where, tmp_path, no_ray, request):
     """A run that finds the version's lock taken writes nothing and leaves the
     holder's staging alone; a version published meanwhile is never written into."""
     spec = load_spec(tiny_spec(tmp_path, count=5, shard=4))
-    root = str(tmp_path / "reg")
+    root = str(tmp_path / "reg") if where == "file" else f"s3://{request.getfixturevalue('s3_bucket')}/reg"
     reg = Registry(root)
     holder = {"spec_hash": spec.spec_hash(), "planned_until": 0, "rounds": 0, "run_id": "other"}
     assert reg.claim(spec.name, 1, holder) and not reg.claim(spec.name, 1, holder)

@@ -103,7 +103,7 @@ def is_sealed(registry: "Registry", name: str, version: int) -> bool:
 
 
 def _plan_lines(staging: str) -> Iterator[dict[str, Any]]:
-    for line in U.read_bytes(U.join(staging, PUBLISH_DIR, "plan.jsonl")).splitlines():
+    for line in U.iter_lines(U.join(staging, PUBLISH_DIR, "plan.jsonl")):
         if line.strip():
             yield json.loads(line)
 

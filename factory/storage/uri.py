@@ -1,15 +1,10 @@
 """One way to name every location: `file://...`, a plain local path, or `s3://bucket/prefix`.
 
-S3 goes through boto3 (storage/s3.py: endpoint, credentials, retries), so any
-S3-compatible store works through an endpoint URL: the standard
-`AWS_ENDPOINT_URL` variable or `configure_storage(endpoint_url=...)`. Every
-failure is a `StorageError` that names the URI (`_errors`, the one place that
-translates boto3 and OS errors).
-
-Why boto3 and not pyarrow.fs for our own I/O: the run lock and the manifest are
-created conditionally (`If-None-Match: *`), which pyarrow's S3 filesystem cannot
-ask for; pyarrow.fs serves only Ray Data's Parquet reader, configured from the
-same place.
+S3 goes through boto3 (storage/s3.py: endpoint, credentials, retries; any
+S3-compatible store via `AWS_ENDPOINT_URL` or `configure_storage`). Every failure
+is a `StorageError` naming the URI (`_errors`). Not pyarrow.fs: the run lock and
+the manifest are created conditionally (`If-None-Match: *`), which pyarrow's S3
+filesystem cannot ask for; it serves only Ray Data's Parquet reader.
 """
 
 from __future__ import annotations
@@ -47,9 +42,8 @@ def local_path(uri: str | Path) -> Path:
 
 
 def _local_str(uri: str) -> str:
-    """`local_path` as a plain string, for per-file calls: pathlib interns every path
-    part it parses, a table that grows with every distinct file name (millions of
-    sample files would pin hundreds of MB)."""
+    """`local_path` as a plain string for per-file calls: pathlib interns every path
+    part it parses (millions of sample files would pin hundreds of MB)."""
     return uri[7:] if uri.startswith("file:///") else os.fspath(local_path(uri))
 
 
@@ -123,6 +117,17 @@ def read_bytes(uri: str) -> bytes:
             return s3.client().get_object(Bucket=bucket, Key=key)["Body"].read()
         with open(_local_str(uri), "rb") as f:
             return f.read()
+
+
+def iter_lines(uri: str) -> Iterator[bytes]:
+    """The lines of a file, streamed (a file list of millions of lines never sits in memory)."""
+    with _errors(uri):
+        if is_s3(uri):
+            bucket, key = split_s3(uri)
+            yield from s3.client().get_object(Bucket=bucket, Key=key)["Body"].iter_lines()
+            return
+        with open(_local_str(uri), "rb") as f:
+            yield from f
 
 
 def write_bytes(uri: str, data: bytes) -> None:
