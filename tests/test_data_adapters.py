@@ -3,7 +3,6 @@ the import into a registry dataset that ultralytics-style readers understand."""
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import yaml
