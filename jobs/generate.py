@@ -21,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     from factory.pipeline import RunError, RunOptions, run_dataset
     from factory.spec import SpecError, load_spec, parse_spec
     from factory.storage import StorageError
+    from factory.training.detector import publish_hook  # spec `retrain: {on: publish}` -> one Ray job
 
     ap = argparse.ArgumentParser(prog="jobs/generate.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("spec", nargs="?", help="spec file (or use --spec-env)")
@@ -28,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", help="registry root URI")
     ap.add_argument("--version", type=int)
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--restart", action="store_true", help="discard this version's staging first")
     ap.add_argument("--actors", type=int)
     a = ap.parse_args(argv)
     try:
@@ -49,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
                   flush=True)
 
     try:
-        r = run_dataset(spec, RunOptions(out=a.out, version=a.version, resume=a.resume, actors=a.actors), show)
+        r = run_dataset(spec, RunOptions(out=a.out, version=a.version, resume=a.resume, restart=a.restart,
+                                           actors=a.actors, on_publish=publish_hook), show)
     except (StorageError, RunError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -17,6 +17,14 @@ import uuid
 
 import pytest
 
+# The test server's dummy credentials, set when this module is imported, before any
+# Ray cluster starts: Ray workers resolve credentials from their own environment
+# (the driver never hands them over), and an embedded cluster's workers inherit
+# the environment the driver had when it started them.
+for _k, _v in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
+               "AWS_EC2_METADATA_DISABLED": "true"}.items():
+    os.environ.setdefault(_k, _v)
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -58,9 +66,6 @@ def s3_server():
     """The server's endpoint URL; storage and the test credentials point at it for the session."""
     from factory.storage import configure_storage
 
-    for k, v in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
-                 "AWS_EC2_METADATA_DISABLED": "true"}.items():
-        os.environ.setdefault(k, v)
     proc, url = start_moto()
     configure_storage(endpoint_url=url)
     yield url

@@ -3,8 +3,6 @@ the import into a registry dataset that ultralytics-style readers understand."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import yaml
@@ -16,6 +14,7 @@ from factory.data.adapters import load_real, magnetic_tile, publish_real, pv_vis
 from factory.data.masks import binary_to_boxes, mask_to_boxes
 from factory.data.vocab import PV_VISION_CLASSES
 from factory.formats import label_path, parse_yolo_lines, read_data_yaml, yolo_lines
+from factory.storage.registry import Registry
 from factory.training.detector import network_attempts
 
 
@@ -138,7 +137,7 @@ def test_write_yolo_and_publish_as_registry_dataset(tmp_path):
 
     uri = publish_real(real, f"file://{tmp_path}/reg", "pv-test")
     assert uri.endswith("/pv-test/v1")
-    manifest = json.loads((tmp_path / "reg" / "pv-test" / "v1" / "manifest.json").read_text())
+    manifest = Registry(f"file://{tmp_path}/reg").manifest("pv-test", 1)  # (its file list: files.jsonl)
     assert manifest["kind"] == "real" and manifest["classes"] == PV_VISION_CLASSES
     assert "yolo/data.yaml" in manifest["files"]
     assert load_real("yolo", tmp_path / "reg" / "pv-test" / "v1" / "yolo").class_counts() == real.class_counts()

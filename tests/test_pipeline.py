@@ -27,6 +27,7 @@ from factory.pipeline import RunError, RunOptions, run_dataset
 from factory.spec import load_spec
 from factory.storage import PublishedError, Registry, open_dataset, read_table
 from factory.storage import uri as U
+from factory.storage.publish import read_file_list
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,7 +49,8 @@ def tiny_spec(tmp_path: Path, count: int = 12, size: int = 64, shard: int = 5, n
 def check_version(uri: str, count: int, class_names: list[str]) -> dict:
     """Parquet, YOLO and the manifest agree with each other and with `count`."""
     m = json.loads(U.read_bytes(U.join(uri, "manifest.json")))
-    files = set(U.list_files(uri)) - {"manifest.json"}
+    m["files"] = read_file_list(uri, m)  # the file list is its own file, files.jsonl
+    files = set(U.list_files(uri)) - {"manifest.json", "files.jsonl"}
     assert files == set(m["files"]), "published files and manifest differ"
     for p, f in m["files"].items():
         assert hashlib.sha256(U.read_bytes(U.join(uri, p))).hexdigest() == f["sha256"], p
@@ -185,17 +187,18 @@ def test_split_scoring_pool_writes_the_same_shards(ray_local, tmp_path, monkeypa
     """The GPU layout (generator actors hand raw images to a scoring + writing pool)
     run on CPU through the real Ray Data graph: it publishes the very shards the
     fused layout does."""
-    from factory.pipeline import job
+    from factory.pipeline import graph
 
     spec = load_spec(tiny_spec(tmp_path, count=12))
     fused = run_dataset(spec, RunOptions(out=str(tmp_path / "fused"), actors=1, report=False))
-    real = job.plan_pools
-    monkeypatch.setattr(job, "plan_pools", lambda *a, **k: [dataclasses.replace(p, score_actors=1) for p in real(*a, **k)])
+    real = graph.plan_pools
+    monkeypatch.setattr(graph, "plan_pools", lambda *a, **k: [dataclasses.replace(p, score_actors=1) for p in real(*a, **k)])
     split = run_dataset(spec, RunOptions(out=str(tmp_path / "split"), actors=1))
     check_version(split.uri, 12, spec.class_names)
 
     def parquet(uri: str) -> dict:
         m = json.loads(U.read_bytes(U.join(uri, "manifest.json")))
+        m["files"] = read_file_list(uri, m)
         return {p: f["sha256"] for p, f in m["files"].items() if p.startswith(("parquet/", "yolo/images"))}
 
     assert parquet(split.uri) == parquet(fused.uri)
@@ -262,7 +265,7 @@ def test_top_up_rounds_until_exact_count(ray_local, tmp_path, monkeypatch):
             U.write_bytes(U.join(staging, "_shards", rec["key"] + ".json"), json.dumps(rec).encode())
             yield rec
 
-    monkeypatch.setattr(job, "_run_round", fake_round)
+    monkeypatch.setattr(job, "run_round", fake_round)
     spec = load_spec(tiny_spec(tmp_path, count=30, shard=4))
     spec.output.formats = ["parquet"]
     r = run_dataset(spec, RunOptions(out=str(tmp_path), overprovision=1.0, report=False))
@@ -272,7 +275,9 @@ def test_top_up_rounds_until_exact_count(ray_local, tmp_path, monkeypatch):
 
 
 def test_select_cuts_last_shard_and_skips_duplicates():
-    from factory.pipeline.job import Shard, _missing, select
+    from factory.pipeline.publish import select
+    from factory.pipeline.rounds import Shard
+    from factory.pipeline.rounds import missing as _missing
 
     recs = [
         {"key": "s0000000004", "samples": [[4, "d", "", "", []], [5, "e", "", "", []]], "rejects": [[6, "f", ["x"]]]},
@@ -360,3 +365,18 @@ def test_plan_pools_fuses_on_cpu_and_splits_for_gpus(tmp_path):
     pools = plan_pools(gated, cpus=8, gpus=2, actors=1)
     assert all(p.score_gpus == 0.5 and 1 <= p.score_actors <= 2 for p in pools)
     assert plan_pools(procedural, cpus=8, gpus=1)[0].score_gpus == 0  # no gate, no GPU scoring
+
+
+@pytest.mark.ray
+def test_progress_reaches_the_driver_per_shard(ray_local, tmp_path):
+    """Each shard's record is reported as it arrives (one update per shard, spread
+    over the run), not in a few bursts at the end."""
+    spec = load_spec(tiny_spec(tmp_path, count=24, size=96, shard=4, name="prog"))
+    marks: list[tuple[float, int]] = []
+    r = run_dataset(spec, RunOptions(out=str(tmp_path / "reg"), actors=1, report=False),
+                    on_progress=lambda p: marks.append((time.perf_counter(), p.accepted)))
+    updates = [(t, n) for (t, n), (_, before) in zip(marks[1:], marks) if n != before]
+    shards = len([p for p in read_file_list(r.uri, r.manifest) if p.startswith("parquet/")])
+    assert len(updates) >= shards >= 6  # the last shard may be cut: at least one update per published shard
+    times = sorted(t for t, _ in updates)
+    assert len({round(t, 3) for t in times}) >= len(times) // 2, "updates arrived in bursts"

@@ -204,7 +204,8 @@ def test_publish_submits_exactly_one_job_and_the_watcher_fills_in(tmp_path, real
     spec = parse_spec(text)  # a bare `on:` key, as users write it (YAML 1.1 reads it as True)
     assert spec.retrain.on == "publish"
 
-    result = run_dataset(spec, RunOptions(out=str(root), actors=1, report=False))  # the real publish step
+    # the real publish step, with the hook the CLI passes (the pipeline itself never imports training)
+    result = run_dataset(spec, RunOptions(out=str(root), actors=1, report=False, on_publish=D.publish_hook))
     jobs = _jobs(client)
     assert len(jobs) == 1, [j.submission_id for j in jobs]
     job_id = jobs[0].submission_id

@@ -13,7 +13,9 @@ from s3_server import s3_bucket, s3_server, start_moto, stop_moto  # noqa: F401
 
 from factory.storage import DatasetRef, PublishedError, Registry, StorageError, configure_storage, read_table
 from factory.storage import uri as U
-from factory.storage.shards import ParquetSink, YoloSink, yolo_label
+from factory.core import Box
+from factory.formats import yolo_text
+from factory.storage.shards import ParquetSink, YoloSink
 
 
 def _row(i: int, boxes=None) -> dict:
@@ -38,7 +40,7 @@ def _stage_and_publish(root: str, version: int = 1) -> Registry:
 def _check_published(reg: Registry, version: int = 1) -> None:
     m = reg.manifest("toy", version)
     base = reg.version_uri("toy", version)
-    assert set(m["files"]) == set(U.list_files(base)) - {"manifest.json"}
+    assert set(m["files"]) == set(U.list_files(base)) - {"manifest.json", "files.jsonl"}
     for path, f in m["files"].items():
         assert hashlib.sha256(U.read_bytes(U.join(base, path))).hexdigest() == f["sha256"]
     assert not U.list_files(reg.staging_uri("toy", version))  # staging is gone
@@ -85,8 +87,8 @@ def test_refs():
 
 
 def test_yolo_label_and_rejected_schema(tmp_path):
-    assert yolo_label([{"class_id": 2, "x1": 0, "y1": 0, "x2": 50, "y2": 25}], 100, 50) == "2 0.250000 0.250000 0.500000 0.500000\n"
-    assert yolo_label([], 100, 50) == ""  # a defect-free image: empty label file
+    assert yolo_text([Box(2, "c", 0, 0, 50, 25)], 100, 50) == "2 0.250000 0.250000 0.500000 0.500000\n"
+    assert yolo_text([], 100, 50) == ""  # a defect-free image: empty label file
     from factory.storage.shards import REJECT_SCHEMA
 
     entry = ParquetSink("rejected", REJECT_SCHEMA).write(str(tmp_path), "s0", [{**_row(0), "image": None, "reasons": ["blank: x"], "error": ""}])
@@ -106,7 +108,7 @@ def test_missing_bucket_names_uri(s3_server):
 def test_unreachable_endpoint_names_uri(s3_server):
     from s3_server import free_port
 
-    configure_storage(endpoint_url=f"http://127.0.0.1:{free_port()}")
+    configure_storage(endpoint_url=f"http://127.0.0.1:{free_port()}", max_attempts=2)  # (each try backs off)
     try:
         with pytest.raises(StorageError, match=r"s3://bkt/root: cannot reach the S3 endpoint http://127\.0\.0\.1:\d+"):
             U.check_root("s3://bkt/root")

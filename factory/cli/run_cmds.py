@@ -43,7 +43,8 @@ def run(
     spec: Path = SpecArg,
     out: str | None = typer.Option(None, "--out", help="Registry root URI (file://... or s3://...); default: the spec's output.uri."),
     version: int | None = typer.Option(None, "--version", min=1, help="Version to publish; default: the spec's, else the next free one."),
-    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run of this version, reusing its written shards."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run of this version, reusing its written shards (or finish its publish)."),
+    restart: bool = typer.Option(False, "--restart", help="Discard this version's staging (an interrupted run's shards) and start over."),
     address: str | None = typer.Option(None, "--address", help="Ray cluster address; default: RAY_ADDRESS, else an embedded local Ray."),
     actors: int | None = typer.Option(None, "--actors", min=1, help="Generator actors per generator (default: one per CPU, or per GPU)."),
     overprovision: float = typer.Option(1.1, "--overprovision", min=1.0, help="Plan count x this in the first round (1 / expected pass rate)."),
@@ -52,9 +53,13 @@ def run(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from factory.pipeline import RunOptions, run_dataset
+    from factory.training.detector import publish_hook  # spec `retrain: {on: publish}` -> one Ray job
 
     s = load_spec_or_exit(spec)
-    opts = RunOptions(out=out, version=version, resume=resume, address=address, actors=actors, overprovision=overprovision)
+    if resume and restart:
+        fail("--resume and --restart exclude each other", EXIT_INVALID)
+    opts = RunOptions(out=out, version=version, resume=resume, restart=restart, address=address, actors=actors,
+                      overprovision=overprovision, on_publish=publish_hook)
     with _errors(), Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("accepted, {task.fields[rejected]} rejected, round {task.fields[round]}"), TimeElapsedColumn(),
@@ -119,12 +124,14 @@ def submit(
     out: str | None = typer.Option(None, "--out", help="Registry root URI, as seen from the cluster."),
     version: int | None = typer.Option(None, "--version", min=1),
     resume: bool = typer.Option(False, "--resume"),
+    restart: bool = typer.Option(False, "--restart"),
 ) -> None:
     """Submit `factory run` as a Ray job (jobs/generate.py) through the Job Submission API."""
     s = load_spec_or_exit(spec)
     args = [] if out is None else ["--out", out]
     args += [] if version is None else ["--version", str(version)]
     args += ["--resume"] if resume else []
+    args += ["--restart"] if restart else []
     client = _job_client(address)
     with _errors():
         job_id = client.submit_job(
@@ -200,19 +207,20 @@ def show(ref: str = RefArg, root: str = RootOpt) -> None:
 @app.command()
 def pull(
     ref: str = RefArg,
-    fmt: str = typer.Option(..., "--format", help="yolo or parquet."),
+    fmt: str = typer.Option(..., "--format", help="yolo, coco or parquet."),
     to: Path = typer.Option(..., "--to", help="Local folder to write into."),
     root: str = RootOpt,
 ) -> None:
     """Download one format of a published version and verify every file's sha256."""
     from factory.storage import uri as U
+    from factory.storage.shards import SINKS
 
-    if fmt not in ("yolo", "parquet"):
-        fail(f"--format must be yolo or parquet, got {fmt!r}", EXIT_INVALID)
+    if fmt not in SINKS:
+        fail(f"--format must be one of {', '.join(SINKS)}, got {fmt!r}", EXIT_INVALID)
     with _errors():
         reg, name, version, m = _open(ref, root)
         base = reg.version_uri(name, version)
-        paths = [p for p in m["files"] if p.startswith(fmt + "/")]
+        paths = [p for p in m["files"] if p.startswith(fmt + "/")]  # a format's files live under its name
         if not paths:
             fail(f"{base}: this version has no {fmt} files (formats: {', '.join(m['formats'])})")
         to.mkdir(parents=True, exist_ok=True)
@@ -229,23 +237,36 @@ def pull(
         (to / "manifest.json").write_text(json.dumps(m, indent=1))
     if bad:
         fail(f"{len(bad)} files do not match the manifest's sha256 (first: {base}/{bad[0]}); not written")
-    hint = f" - train with data={to / 'data.yaml'}" if fmt == "yolo" else ""
+    hint = {"yolo": f" - train with data={to / 'data.yaml'}",
+            "coco": f" - annotations in {to / 'annotations'}, images in {to / 'images'}"}.get(fmt, "")
     console.print(f"[green]pulled[/] {name}@{version} ({fmt}, {len(paths)} files, checksums ok) to {to}{hint}")
 
 
 @datasets_app.command("list")
 def datasets_list(root: str = typer.Argument(DEFAULT_ROOT, help="Registry root URI (default: env FACTORY_ROOT or ./datasets).")) -> None:
-    """Every published version under a root."""
+    """Every published version under a root, and "unfinished" ones: a run holds the
+    version without having published it (running now, or interrupted: finish it
+    with `factory run --resume`, or drop it with `--restart`)."""
+    from datetime import datetime, timezone
+
     from factory.storage import Registry
 
     with _errors():
         reg = Registry(root)
         t = Table(title=f"datasets in {reg.root}")
-        for col in ("name", "version", "images", "rejected", "classes", "created", "spec hash"):
-            t.add_column(col)
+        for col in ("name", "version", "status", "images", "rejected", "classes", "created", "spec hash"):
+            t.add_column(col, no_wrap=col == "status", min_width=10 if col == "status" else None)
         for name in reg.names():
             for v in reg.versions(name):
-                m = reg.manifest(name, v)
-                t.add_row(name, str(v), str(m["counts"]["accepted"]), str(m["counts"]["rejected"]),
+                m = reg.manifest(name, v, files=False)
+                t.add_row(name, str(v), "published", str(m["counts"]["accepted"]), str(m["counts"]["rejected"]),
                           ", ".join(m["classes"]), m["created_at"], m["spec_hash"][:12])
+            for v in reg.staged(name):
+                st = reg.run_state(name, v) or {}
+                started = datetime.fromtimestamp(st.get("started_at", 0), timezone.utc).isoformat(timespec="seconds")
+                t.add_row(name, str(v), "[yellow]unfinished[/]", "", "", "", started,
+                          str(st.get("spec_hash", ""))[:12])
     console.print(t if t.row_count else f"no published datasets in {reg.root}")
+    if any("unfinished" in str(c) for col in t.columns for c in col._cells):
+        console.print("unfinished: a run is running or was interrupted; `factory run SPEC --resume` finishes it, "
+                      "`--restart` discards it")

@@ -46,7 +46,7 @@ class ShardTarget:
     staging: str
     spec_hash: str
     formats: tuple[str, ...]
-    storage: Any = None  # the driver's StorageConfig (endpoint; credentials on a local cluster)
+    storage: Any = None  # the driver's StorageConfig: endpoint and region only, never credentials
 
 
 # --- stage 1: plan ranges -> generate (-> score -> write) -----------------------
@@ -169,7 +169,7 @@ class ScoreWriteStage:
 
         self.scorers = build_scorers(spec, device=device)
         self.target = target
-        if target.storage is not None:  # the driver's endpoint (and, on a local cluster, credentials)
+        if target.storage is not None:  # the driver's endpoint; credentials come from this worker's environment
             from factory.storage import uri as U
 
             U.set_storage_config(target.storage)

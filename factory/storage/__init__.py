@@ -2,7 +2,8 @@
 and readers of published versions."""
 
 from factory.storage.dataset import open_dataset, read_pandas, read_table
-from factory.storage.registry import DatasetRef, PublishedError, Registry
+from factory.storage.publish import PublishedError
+from factory.storage.registry import DatasetRef, Registry
 from factory.storage.uri import StorageError, configure_storage
 
 __all__ = [

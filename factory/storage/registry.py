@@ -1,36 +1,29 @@
 """The dataset registry: named, versioned, immutable datasets under a root URI.
 
 Layout: `<root>/<name>/v<version>/` holds a published version (parquet/, yolo/,
-rejected/, report.html, grid.png, manifest.json). A run writes into the staging
-prefix `<root>/<name>/_staging/v<version>/` first; publishing moves the chosen
-files into the version folder and writes `manifest.json` LAST. The manifest is
-the commit: no manifest = not published, and a version with one is never
-written again.
+coco/, rejected/, report.html, grid.png, files.jsonl, manifest.json). A run
+claims the staging prefix `<root>/<name>/_staging/v<version>/` by creating its
+lock `_run.json` there (conditionally: of two runs exactly one gets it) and
+writes into it; publishing (storage/publish.py) moves the chosen files into the
+version folder and creates `manifest.json` LAST. The manifest is the commit: no
+manifest = not published, and a version with one is never written again.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 import subprocess
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
 from factory.storage import uri as U
+from factory.storage.publish import MANIFEST, STAGING, Publication, PublishedError, is_sealed, read_file_list
 from factory.storage.uri import StorageError
 
-MANIFEST = "manifest.json"
-STAGING = "_staging"
-MANIFEST_FORMAT = "defect-factory/dataset-version/1"
+RUN_LOCK = "_run.json"  # in a staging prefix: the run that owns it (its state), created exclusively
 _REF = re.compile(r"^(?P<name>[a-z0-9][a-z0-9-]{0,62})(@(?P<version>v?\d+|latest))?$")
-
-
-class PublishedError(StorageError):
-    """The version already has a manifest: published versions are immutable."""
 
 
 @dataclass(frozen=True)
@@ -80,11 +73,16 @@ class Registry:
     def is_published(self, name: str, version: int) -> bool:
         return U.exists(U.join(self.version_uri(name, version), MANIFEST))
 
-    def manifest(self, name: str, version: int) -> dict[str, Any]:
+    def manifest(self, name: str, version: int, files: bool = True) -> dict[str, Any]:
+        """The version's manifest; with `files`, its file list (files.jsonl) read
+        into `manifest["files"]` as {path: {sha256, bytes}}."""
         where = U.join(self.version_uri(name, version), MANIFEST)
         if not U.exists(where):
             raise StorageError(f"{where}: {name}@{version} is not published (no manifest)")
-        return json.loads(U.read_bytes(where))
+        m = json.loads(U.read_bytes(where))
+        if files:
+            m["files"] = read_file_list(self.version_uri(name, version), m)
+        return m
 
     def versions(self, name: str) -> list[int]:
         """Published versions of a dataset, ascending."""
@@ -94,9 +92,6 @@ class Registry:
                 out.append(int(d[1:]))
         return sorted(out)
 
-    def names(self) -> list[str]:
-        return [n for n in U.list_dirs(self.root) if _REF.match(n)]
-
     def resolve(self, ref: DatasetRef) -> tuple[str, int]:
         """(name, version) with `latest` resolved to the newest published version."""
         if ref.version is not None:
@@ -105,6 +100,19 @@ class Registry:
         if not versions:
             raise StorageError(f"{self.dataset_uri(ref.name)}: no published versions of {ref.name!r}")
         return ref.name, versions[-1]
+
+    def staged(self, name: str) -> list[int]:
+        """Versions with a run lock in staging: running now, or interrupted."""
+        out = []
+        for d in U.list_dirs(U.join(self.dataset_uri(name), STAGING)):
+            if (re.fullmatch(r"v\d+", d) and U.exists(U.join(self.staging_uri(name, int(d[1:])), RUN_LOCK))
+                    and not self.is_published(name, int(d[1:]))):  # (a cleanup cut short after the commit)
+                out.append(int(d[1:]))
+        return sorted(out)
+
+    def names(self) -> list[str]:
+        """Dataset names (folders of the root)."""
+        return [n for n in U.list_dirs(self.root) if _REF.match(n)]
 
     def next_version(self, name: str) -> int:
         versions = self.versions(name)
@@ -117,7 +125,27 @@ class Registry:
                 f"are immutable; run with a new --version (next free: {self.next_version(name)})"
             )
 
-    # --- publishing -----------------------------------------------------------
+    # --- running and publishing ------------------------------------------------
+    def claim(self, name: str, version: int, state: dict[str, Any]) -> bool:
+        """Create the run lock of `name@version` holding `state`; False when another
+        run (live or interrupted) holds it. Atomic: of two racing runs one wins."""
+        return U.create_exclusive(U.join(self.staging_uri(name, version), RUN_LOCK), json.dumps(state).encode())
+
+    def run_state(self, name: str, version: int) -> dict[str, Any] | None:
+        where = U.join(self.staging_uri(name, version), RUN_LOCK)
+        return json.loads(U.read_bytes(where)) if U.exists(where) else None
+
+    def save_run_state(self, name: str, version: int, state: dict[str, Any]) -> None:
+        U.write_bytes(U.join(self.staging_uri(name, version), RUN_LOCK), json.dumps(state).encode())
+
+    def discard_staging(self, name: str, version: int) -> None:
+        """Drop a version's staging (its run lock included)."""
+        U.delete_prefix(self.staging_uri(name, version))
+
+    def is_sealed(self, name: str, version: int) -> bool:
+        """A publish of this version was planned and sealed: `--resume` finishes it."""
+        return is_sealed(self, name, version)
+
     def begin(self, name: str, version: int) -> "Publication":
         """Start publishing `name@version` from its staging prefix (see Publication)."""
         self.refuse_published(name, version)
@@ -133,84 +161,11 @@ class Registry:
         return pub.commit(manifest)
 
 
-class Publication:
-    """Publishing one version, in as many steps as the caller likes, in constant
-    memory: staged files are moved in batches and each file's entry (sha256, bytes)
-    is spooled to a local temp file, so a version of millions of files never sits
-    in memory. `commit` writes manifest.json LAST (streamed from the spool), then
-    drops the staging prefix. A crash before the manifest leaves an unpublished
-    folder that a resumed run overwrites."""
-
-    GROUPS = ("parquet/", "rejected/", "yolo/")  # the manifest lists files grouped so, each in the order moved
-
-    def __init__(self, registry: Registry, name: str, version: int):
-        import tempfile
-
-        self.registry, self.name, self.version = registry, name, version
-        self.staging, self.uri = registry.staging_uri(name, version), registry.version_uri(name, version)
-        self._dir = tempfile.TemporaryDirectory(prefix="publish-")
-        self._spools = {g: open(Path(self._dir.name) / f"{i}.jsonl", "w") for i, g in enumerate((*self.GROUPS, ""))}
-        self.manifest: dict[str, Any] = {}  # after commit: the manifest without its file list
-
-    def _add(self, path: str, sha256: str, size: int) -> None:
-        group = next((g for g in self.GROUPS if path.startswith(g)), "")
-        self._spools[group].write(f"{json.dumps(path)}: {json.dumps({'sha256': sha256, 'bytes': size})}\n")
-
-    def move(self, moves: Iterable[tuple[str, dict[str, Any]]]) -> None:
-        """Move staged files (source path relative to staging, entry with the
-        destination `path`, `sha256`, `bytes`) into the version."""
-        moves = list(moves)
-
-        def one(m: tuple[str, dict[str, Any]]) -> None:
-            U.move(U.join(self.staging, m[0]), U.join(self.uri, m[1]["path"]))
-
-        # I/O bound: S3 copies are one request each, so overlap them.
-        with ThreadPoolExecutor(max_workers=16 if U.is_s3(self.uri) else 1) as pool:
-            list(pool.map(one, moves))
-        for _, e in moves:
-            self._add(e["path"], e["sha256"], e["bytes"])
-
-    def put(self, path: str, data: bytes) -> None:
-        from factory.storage.shards import file_entry
-
-        U.write_bytes(U.join(self.uri, path), data)
-        e = file_entry(path, data)
-        self._add(path, e["sha256"], e["bytes"])
-
-    def commit(self, manifest: dict[str, Any]) -> str:
-        head = {"format": MANIFEST_FORMAT, "name": self.name, "version": self.version, "uri": self.uri,
-                "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **manifest}
-        out = Path(self._dir.name) / MANIFEST
-        with open(out, "w") as f:
-            text = json.dumps({**head, "files": None}, indent=1)
-            f.write(text[: text.rindex("null")] + "{")
-            first = True
-            for spool in self._spools.values():
-                spool.close()
-                with open(spool.name) as lines:
-                    for line in lines:
-                        f.write(("\n  " if first else ",\n  ") + line.rstrip("\n"))
-                        first = False
-            f.write("\n }\n}")
-        self.registry.refuse_published(self.name, self.version)  # someone else may have published meanwhile
-        U.write_file(U.join(self.uri, MANIFEST), out)
-        self._dir.cleanup()
-        U.delete_prefix(self.staging)
-        if not U.is_s3(self.staging):  # drop an empty `_staging` folder too
-            with contextlib.suppress(OSError):
-                U.local_path(U.join(self.registry.root, self.name, STAGING)).rmdir()
-        self.manifest = head
-        return self.uri
-
-
 def code_version() -> str:
     """The package version plus the git commit when running from a checkout."""
     import importlib.metadata
 
-    import factory
-
-    # (an editable install made before factory/__init__.py existed maps `factory` as a namespace package)
-    version = getattr(factory, "__version__", None) or importlib.metadata.version("defect-factory")
+    version = importlib.metadata.version("defect-factory")
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "--short=12", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
@@ -226,8 +181,9 @@ def verify_files(version_uri: str, manifest: dict[str, Any], paths: Iterable[str
     import hashlib
 
     bad = []
-    for path in paths if paths is not None else manifest["files"]:
-        want = manifest["files"][path]["sha256"]
+    files = read_file_list(version_uri, manifest)
+    for path in paths if paths is not None else files:
+        want = files[path]["sha256"]
         try:
             got = hashlib.sha256(U.read_bytes(U.join(version_uri, path))).hexdigest()
         except StorageError:

@@ -1,9 +1,16 @@
-"""Shard writers: the "sink" role. A sink writes one shard of sample rows under a
-prefix (the staging prefix of a run) and says which files it wrote, with their
-sha256, so the registry can publish exactly those files and the manifest can list
-their checksums. Two formats: Parquet (one file per shard, images as PNG bytes
-beside their boxes and provenance) and a YOLO tree (one PNG and one label file
-per sample, `data.yaml` written once at publish time).
+"""Shard writers: the "sink" role, one class per output format. A sink
+
+- `write`s one shard of sample rows under a prefix (a run's staging prefix) and
+  says which files it wrote, with their sha256 (a per-sample file's entry names
+  its `sample`), so publish can move exactly those files and list checksums;
+- `publish_shard`: puts a written shard into the version being published (all of
+  it, or only the samples in `keep` for the last, cut shard);
+- `finalize`s the version with its own layout files (YOLO `data.yaml`, COCO
+  annotation JSON), so publish knows nothing about any format.
+
+Formats: Parquet (one file per shard, images as PNG bytes beside their boxes and
+provenance), a YOLO tree, and COCO (images + one `instances_<split>.json` per
+split). `SINKS` is the one list of them.
 
 A sample row is a plain dict (see `SAMPLE_SCHEMA` for the keys); rejected
 samples use the same row plus `reasons` and `error`.
@@ -13,14 +20,19 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
+import tempfile
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, Protocol, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import yaml
 
-from factory.storage.uri import is_s3, join, write_bytes
+from factory.core import Box
+from factory.formats import yolo_data_yaml, yolo_text
+from factory.storage.uri import is_s3, join, read_bytes, write_bytes
 
 BOX_TYPE = pa.struct(
     [
@@ -61,14 +73,6 @@ def file_entry(path: str, data: bytes) -> FileEntry:
     return {"path": path, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
 
 
-class ShardSink(Protocol):
-    """Writes one shard of rows under `prefix`; returns the files written (paths relative to prefix)."""
-
-    format: str
-
-    def write(self, prefix: str, shard: str, rows: Sequence[dict[str, Any]]) -> list[FileEntry]: ...
-
-
 def rows_to_table(rows: Sequence[dict[str, Any]], schema: pa.Schema = SAMPLE_SCHEMA) -> pa.Table:
     cols = {}
     for f in schema:
@@ -87,8 +91,40 @@ def table_bytes(table: pa.Table) -> bytes:
     return buf.getvalue()
 
 
-class ParquetSink:
-    """`<subdir>/<shard>.parquet`: one file per shard, rows in the given schema."""
+class Output(Protocol):
+    """Where a sink puts files of the version being published (storage.publish.Publication)."""
+
+    def move(self, moves: Sequence[tuple[str, FileEntry]]) -> None: ...
+    def put(self, path: str, data: bytes) -> None: ...
+    def put_file(self, path: str, local: str | Path) -> None: ...
+
+
+class Sink:
+    """The base: per-sample files (entries with a `sample`) are published as they were
+    staged, only the kept ones for a cut shard; `finalize` writes nothing."""
+
+    format = ""
+
+    def write(self, prefix: str, shard: str, rows: Sequence[dict[str, Any]]) -> list[FileEntry]:
+        raise NotImplementedError
+
+    def publish_shard(self, out: Output, staging: str, files: Sequence[FileEntry], keep: set[str] | None,
+                      part: int) -> None:
+        out.move([(f["path"], f) for f in files if "sample" in f and (keep is None or f["sample"] in keep)])
+
+    def finalize(self, out: Output, class_names: Sequence[str], splits: Counter) -> None:
+        """Write the version's layout files once every shard is in."""
+
+    def _write_files(self, prefix: str, files: list[tuple[str, str, bytes]]) -> list[FileEntry]:
+        """(sample id, path, bytes) -> written; on S3 each is a request, so overlap them."""
+        with ThreadPoolExecutor(max_workers=8 if is_s3(prefix) else 1) as pool:
+            list(pool.map(lambda f: write_bytes(join(prefix, f[1]), f[2]), files))
+        return [{**file_entry(path, data), "sample": sid} for sid, path, data in files]
+
+
+class ParquetSink(Sink):
+    """`<subdir>/<shard>.parquet`: one file per shard, rows in the given schema;
+    published as `<subdir>/part-<n>.parquet`."""
 
     format = "parquet"
 
@@ -104,45 +140,122 @@ class ParquetSink:
         write_bytes(join(prefix, path), data)
         return [file_entry(path, data)]
 
+    def publish_shard(self, out: Output, staging: str, files: Sequence[FileEntry], keep: set[str] | None,
+                      part: int) -> None:
+        dst = f"{self.subdir}/part-{part:05d}.parquet"
+        for f in files:
+            if keep is None:
+                out.move([(f["path"], {**f, "path": dst})])
+                continue
+            table = pq.read_table(io.BytesIO(read_bytes(join(staging, f["path"]))))
+            rows = [r for r in table.to_pylist() if r["sample_id"] in keep]
+            for r in rows:
+                r["scores"] = dict(r["scores"] or [])
+            out.put(dst, table_bytes(rows_to_table(rows, self.schema)))
 
-class YoloSink:
+
+class YoloSink(Sink):
     """`yolo/images/<split>/<id>.png` + `yolo/labels/<split>/<id>.txt` (class cx cy w h,
-    normalized; an empty file for a defect-free image, which YOLO reads as background)."""
+    normalized; an empty file for a defect-free image, which YOLO reads as
+    background), and `yolo/data.yaml` at publish."""
 
     format = "yolo"
 
     def write(self, prefix: str, shard: str, rows: Sequence[dict[str, Any]]) -> list[FileEntry]:
-        files: list[tuple[str, bytes]] = []
+        files: list[tuple[str, str, bytes]] = []
         for r in rows:
             split, sid = r["split"], r["sample_id"]
-            files.append((f"yolo/images/{split}/{sid}.png", r["image"]))
-            files.append((f"yolo/labels/{split}/{sid}.txt", yolo_label(r["boxes"], r["width"], r["height"]).encode()))
-        # one small object per file: on S3 each is a request, so overlap them
-        with ThreadPoolExecutor(max_workers=8 if is_s3(prefix) else 1) as pool:
-            list(pool.map(lambda f: write_bytes(join(prefix, f[0]), f[1]), files))
-        return [file_entry(path, data) for path, data in files]
+            files.append((sid, f"yolo/images/{split}/{sid}.png", r["image"]))
+            files.append((sid, f"yolo/labels/{split}/{sid}.txt", yolo_text([Box.from_dict(b) for b in r["boxes"]], r["width"], r["height"]).encode()))
+        return self._write_files(prefix, files)
+
+    def publish_shard(self, out: Output, staging: str, files: Sequence[FileEntry], keep: set[str] | None,
+                      part: int) -> None:
+        # records written before entries named their sample: the id is the file's stem
+        super().publish_shard(out, staging, [f if "sample" in f else {**f, "sample": f["path"].rsplit("/", 1)[-1][:-4]}
+                                             for f in files], keep, part)
+
+    def finalize(self, out: Output, class_names: Sequence[str], splits: Counter) -> None:
+        data_yaml = yolo_data_yaml(class_names, ["train", "val"] if splits["val"] else ["train"])
+        if not splits["val"]:  # ultralytics needs a val split: point it at train, and say so
+            data_yaml += b"val: images/train  # no sample fell in the val split\n"
+        out.put("yolo/data.yaml", data_yaml)
 
 
-def yolo_label(boxes: Sequence[dict[str, Any]], width: int, height: int) -> str:
-    lines = []
-    for b in boxes:
-        cx = (b["x1"] + b["x2"]) / 2 / width
-        cy = (b["y1"] + b["y2"]) / 2 / height
-        w = (b["x2"] - b["x1"]) / width
-        h = (b["y2"] - b["y1"]) / height
-        lines.append(f"{b['class_id']} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}")
-    return "\n".join(lines) + ("\n" if lines else "")
+class CocoSink(Sink):
+    """COCO detection JSON: `coco/images/<split>/<id>.png` and, at publish,
+    `coco/annotations/instances_<split>.json` (file_name relative to
+    `coco/images/`, image id = plan index, bbox = [x, y, w, h] in pixels,
+    category id = class id + 1). Each shard's annotations wait in staging as
+    `coco/_parts/<shard>.json` until `finalize` joins the published ones in plan
+    order, streamed through local files (memory flat in the number of images)."""
+
+    format = "coco"
+
+    def __init__(self):
+        self._parts: list[tuple[str, set[str] | None]] = []  # staged part, kept samples (None: all)
+
+    def write(self, prefix: str, shard: str, rows: Sequence[dict[str, Any]]) -> list[FileEntry]:
+        if not rows:
+            return []
+        files = [(r["sample_id"], f"coco/images/{r['split']}/{r['sample_id']}.png", r["image"]) for r in rows]
+        part = [{"sample": r["sample_id"], "index": r["item_index"], "split": r["split"], "width": r["width"],
+                 "height": r["height"], "boxes": [[b["class_id"], b["x1"], b["y1"], b["x2"], b["y2"]] for b in r["boxes"]]}
+                for r in rows]
+        data = json.dumps(part).encode()
+        write_bytes(join(prefix, f"coco/_parts/{shard}.json"), data)
+        return self._write_files(prefix, files) + [file_entry(f"coco/_parts/{shard}.json", data)]
+
+    def publish_shard(self, out: Output, staging: str, files: Sequence[FileEntry], keep: set[str] | None,
+                      part: int) -> None:
+        super().publish_shard(out, staging, files, keep, part)
+        self._parts += [(join(staging, f["path"]), keep) for f in files if f["path"].startswith("coco/_parts/")]
+
+    def finalize(self, out: Output, class_names: Sequence[str], splits: Counter) -> None:
+        import shutil
+
+        with tempfile.TemporaryDirectory(prefix="coco-") as tmp:
+            spools: dict[str, list[Any]] = {}  # split -> [images file, annotations file, images, annotations]
+            ann_id = 0
+            for where, keep in self._parts:
+                for s in json.loads(read_bytes(where)):
+                    if keep is not None and s["sample"] not in keep:
+                        continue
+                    if s["split"] not in spools:
+                        spools[s["split"]] = [open(Path(tmp) / f"{s['split']}.{k}", "w+") for k in ("img", "ann")] + [0, 0]
+                    sp = spools[s["split"]]
+                    sp[0].write((",\n" if sp[2] else "") + json.dumps(
+                        {"id": s["index"], "file_name": f"{s['split']}/{s['sample']}.png", "width": s["width"],
+                         "height": s["height"]}))
+                    sp[2] += 1
+                    for cid, x1, y1, x2, y2 in s["boxes"]:
+                        ann_id += 1
+                        sp[1].write((",\n" if sp[3] else "") + json.dumps(
+                            {"id": ann_id, "image_id": s["index"], "category_id": cid + 1,
+                             "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0}))
+                        sp[3] += 1
+            categories = json.dumps([{"id": i + 1, "name": n} for i, n in enumerate(class_names)])
+            for split, (images, anns, _, _) in sorted(spools.items()):
+                dest = Path(tmp) / f"instances_{split}.json"
+                with open(dest, "w") as f:
+                    f.write('{"info": {"description": "defect-factory"}, "categories": ' + categories + ',\n"images": [\n')
+                    images.seek(0)
+                    shutil.copyfileobj(images, f)
+                    f.write('\n],\n"annotations": [\n')
+                    anns.seek(0)
+                    shutil.copyfileobj(anns, f)
+                    f.write("\n]}\n")
+                images.close()
+                anns.close()
+                out.put_file(f"coco/annotations/instances_{split}.json", dest)
 
 
-def yolo_data_yaml(class_names: Sequence[str], splits: Sequence[str]) -> bytes:
-    """data.yaml with no `path`: ultralytics then resolves the splits next to the
-    file itself, so the tree works wherever it is pulled to."""
-    data: dict[str, Any] = {s: f"images/{s}" for s in splits}
-    data["names"] = {i: n for i, n in enumerate(class_names)}
-    return yaml.safe_dump(data, sort_keys=False).encode()
+SINKS: dict[str, type[Sink]] = {"parquet": ParquetSink, "yolo": YoloSink, "coco": CocoSink}
 
 
-def sinks_for(formats: Sequence[str]) -> list[ShardSink]:
+def sinks_for(formats: Sequence[str]) -> list[Sink]:
     """The sinks for a spec's `output.formats` (accepted samples)."""
-    known = {"parquet": ParquetSink, "yolo": YoloSink}
-    return [known[f]() for f in formats]
+    unknown = [f for f in formats if f not in SINKS]
+    if unknown:
+        raise ValueError(f"output.formats: unknown format {unknown[0]!r} (known: {', '.join(SINKS)})")
+    return [SINKS[f]() for f in formats]

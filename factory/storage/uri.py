@@ -1,9 +1,10 @@
 """One way to name every location: `file://...`, a plain local path, or `s3://bucket/prefix`.
 
-S3 goes through boto3, so any S3-compatible store works through an endpoint URL:
-the standard `AWS_ENDPOINT_URL` variable (boto3 honours it) or
-`configure_storage(endpoint_url=...)`. Credentials come from the usual AWS
-variables/files. Every failure is a `StorageError` that names the URI.
+S3 goes through boto3 (storage/s3.py: endpoint, credentials, retries; any
+S3-compatible store via `AWS_ENDPOINT_URL` or `configure_storage`). Every failure
+is a `StorageError` naming the URI (`_errors`). Not pyarrow.fs: the run lock and
+the manifest are created conditionally (`If-None-Match: *`), which pyarrow's S3
+filesystem cannot ask for; it serves only Ray Data's Parquet reader.
 """
 
 from __future__ import annotations
@@ -12,49 +13,17 @@ import contextlib
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
-from functools import lru_cache
+import uuid
 from pathlib import Path
 from typing import Iterator
 from urllib.parse import urlparse
 
+from factory.storage import s3
+from factory.storage.s3 import StorageConfig, configure_storage, set_storage_config, storage_config  # noqa: F401
+
 
 class StorageError(RuntimeError):
     """A storage operation failed; the message names the URI and the reason."""
-
-
-@dataclass(frozen=True)
-class StorageConfig:
-    endpoint_url: str | None = None
-    region: str | None = None
-    # explicit credentials (else boto3's usual chain: AWS_* variables, files, roles)
-    access_key: str | None = None
-    secret_key: str | None = None
-    session_token: str | None = None
-
-
-_config = StorageConfig()
-
-
-def configure_storage(endpoint_url: str | None = None, region: str | None = None, access_key: str | None = None,
-                      secret_key: str | None = None, session_token: str | None = None) -> None:
-    """Override the S3 endpoint (otherwise AWS_ENDPOINT_URL / boto3 defaults apply)
-    and, optionally, the credentials."""
-    global _config
-    _config = StorageConfig(endpoint_url, region, access_key, secret_key, session_token)
-    _s3_client.cache_clear()
-
-
-def storage_config() -> StorageConfig:
-    return _config
-
-
-def set_storage_config(config: StorageConfig) -> None:
-    """Install a config captured elsewhere (a driver's, inside a Ray worker)."""
-    global _config
-    if config != _config:
-        _config = config
-        _s3_client.cache_clear()
 
 
 def is_s3(uri: str) -> bool:
@@ -73,9 +42,8 @@ def local_path(uri: str | Path) -> Path:
 
 
 def _local_str(uri: str) -> str:
-    """`local_path` as a plain string, for per-file calls: pathlib interns every path
-    part it parses, a table that grows with every distinct file name (millions of
-    sample files would pin hundreds of MB)."""
+    """`local_path` as a plain string for per-file calls: pathlib interns every path
+    part it parses (millions of sample files would pin hundreds of MB)."""
     return uri[7:] if uri.startswith("file:///") else os.fspath(local_path(uri))
 
 
@@ -103,34 +71,15 @@ def split_s3(uri: str) -> tuple[str, str]:
     return parsed.netloc, parsed.path.lstrip("/")
 
 
-@lru_cache(maxsize=4)
-def _s3_client():
-    import boto3
-    from botocore.config import Config
-
-    endpoint = _config.endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")
-    creds = {}
-    if _config.access_key and _config.secret_key:
-        creds = dict(aws_access_key_id=_config.access_key, aws_secret_access_key=_config.secret_key,
-                     aws_session_token=_config.session_token)
-    return boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        **creds,
-        region_name=_config.region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
-        config=Config(retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=60,
-                      max_pool_connections=32),
-    )
-
-
 def s3_endpoint() -> str | None:
-    return _config.endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")
+    return s3.endpoint()
 
 
 @contextlib.contextmanager
 def _errors(uri: str) -> Iterator[None]:
     """Turn boto3/OS errors into a StorageError naming the URI."""
-    from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
+    from botocore.exceptions import (BotoCoreError, ClientError, ConnectionClosedError, ConnectTimeoutError,
+                                     EndpointConnectionError, NoCredentialsError, ReadTimeoutError)
 
     try:
         yield
@@ -150,8 +99,9 @@ def _errors(uri: str) -> Iterator[None]:
             "403": "access denied or bad credentials",
         }.get(code, f"{code}: {e}")
         raise StorageError(f"{uri}: {reason}") from e
-    except EndpointConnectionError as e:
-        raise StorageError(f"{uri}: cannot reach the S3 endpoint {s3_endpoint() or '(AWS default)'}") from e
+    except (EndpointConnectionError, ConnectionClosedError, ConnectTimeoutError, ReadTimeoutError) as e:
+        raise StorageError(f"{uri}: cannot reach the S3 endpoint {s3_endpoint() or '(AWS default)'} "
+                           f"(gave up after {s3.max_attempts()} tries: {type(e).__name__})") from e
     except NoCredentialsError as e:
         raise StorageError(f"{uri}: no AWS credentials found (set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)") from e
     except BotoCoreError as e:
@@ -164,22 +114,70 @@ def read_bytes(uri: str) -> bytes:
     with _errors(uri):
         if is_s3(uri):
             bucket, key = split_s3(uri)
-            return _s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
+            return s3.client().get_object(Bucket=bucket, Key=key)["Body"].read()
         with open(_local_str(uri), "rb") as f:
             return f.read()
+
+
+def iter_lines(uri: str) -> Iterator[bytes]:
+    """The lines of a file, streamed (a file list of millions of lines never sits in memory)."""
+    with _errors(uri):
+        if is_s3(uri):
+            bucket, key = split_s3(uri)
+            yield from s3.client().get_object(Bucket=bucket, Key=key)["Body"].iter_lines()
+            return
+        with open(_local_str(uri), "rb") as f:
+            yield from f
 
 
 def write_bytes(uri: str, data: bytes) -> None:
     with _errors(uri):
         if is_s3(uri):
             bucket, key = split_s3(uri)
-            _s3_client().put_object(Bucket=bucket, Key=key, Body=data)
+            s3.client().put_object(Bucket=bucket, Key=key, Body=data)
             return
         path = _local_str(uri)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path + ".tmp", "wb") as f:
+        tmp = _tmp_name(path)
+        with open(tmp, "wb") as f:
             f.write(data)
-        os.replace(path + ".tmp", path)  # a reader never sees half a file
+        os.replace(tmp, path)  # a reader never sees half a file
+
+
+def _tmp_name(path: str) -> str:
+    """A temp name beside `path` that no other writer (process or thread) shares."""
+    return f"{path}.{uuid.uuid4().hex[:12]}.tmp"
+
+
+def create_exclusive(uri: str, data: bytes) -> bool:
+    """Write `uri` only if nothing is there yet, atomically: False if it exists.
+    S3: a conditional put (`If-None-Match: *`); on disk: a complete temp file
+    hard-linked to the name (the link fails if the name exists), so a reader
+    never sees half a file and of two writers exactly one wins."""
+    with _errors(uri):
+        if is_s3(uri):
+            from botocore.exceptions import ClientError
+
+            bucket, key = split_s3(uri)
+            try:
+                s3.client().put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+                return True
+            except ClientError as e:
+                if e.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                    return False
+                raise
+        path = _local_str(uri)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = _tmp_name(path)
+        with open(tmp, "wb") as f:
+            f.write(data)
+        try:
+            os.link(tmp, path)
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(tmp)
 
 
 def write_file(uri: str, local: str | Path) -> None:
@@ -188,11 +186,11 @@ def write_file(uri: str, local: str | Path) -> None:
     with _errors(uri):
         if is_s3(uri):
             bucket, key = split_s3(uri)
-            _s3_client().upload_file(str(local), bucket, key)
+            s3.client().upload_file(str(local), bucket, key)
             return
         path = local_path(uri)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
+        tmp = _tmp_name(str(path))
         shutil.copyfile(local, tmp)
         os.replace(tmp, path)
 
@@ -204,7 +202,7 @@ def exists(uri: str) -> bool:
 
             bucket, key = split_s3(uri)
             try:
-                _s3_client().head_object(Bucket=bucket, Key=key)
+                s3.client().head_object(Bucket=bucket, Key=key)
                 return True
             except ClientError as e:
                 if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
@@ -217,7 +215,7 @@ def _s3_pages(uri: str, **kwargs) -> Iterator[tuple[str, str, dict]]:
     """(bucket, the listed key prefix ending in "/", page) for each ListObjectsV2 page under `uri`."""
     bucket, key = split_s3(uri)
     prefix = key.rstrip("/") + "/" if key else ""
-    for page in _s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, **kwargs):
+    for page in s3.client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, **kwargs):
         yield bucket, prefix, page
 
 
@@ -238,7 +236,7 @@ def delete_prefix(uri: str) -> None:
             for bucket, _, page in _s3_pages(uri):
                 keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
                 if keys:
-                    out = _s3_client().delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
+                    out = s3.client().delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
                     if out.get("Errors"):
                         e = out["Errors"][0]
                         raise StorageError(f"s3://{bucket}/{e['Key']}: delete failed: {e.get('Message', e.get('Code'))}")
@@ -255,8 +253,8 @@ def move(src: str, dst: str) -> None:
         elif is_s3(src):
             sb, sk = split_s3(src)
             db, dk = split_s3(dst)
-            _s3_client().copy_object(Bucket=db, Key=dk, CopySource={"Bucket": sb, "Key": sk})
-            _s3_client().delete_object(Bucket=sb, Key=sk)
+            s3.client().copy_object(Bucket=db, Key=dk, CopySource={"Bucket": sb, "Key": sk})
+            s3.client().delete_object(Bucket=sb, Key=sk)
         else:
             d = _local_str(dst)
             os.makedirs(os.path.dirname(d), exist_ok=True)
@@ -268,7 +266,7 @@ def delete(uri: str) -> None:
     with _errors(uri):
         if is_s3(uri):
             bucket, key = split_s3(uri)
-            _s3_client().delete_object(Bucket=bucket, Key=key)
+            s3.client().delete_object(Bucket=bucket, Key=key)
         else:
             local_path(uri).unlink(missing_ok=True)
 
@@ -282,7 +280,7 @@ def check_root(uri: str) -> None:
 
             bucket, _ = split_s3(uri)
             try:
-                _s3_client().head_bucket(Bucket=bucket)
+                s3.client().head_bucket(Bucket=bucket)
             except ClientError as e:
                 if e.response.get("Error", {}).get("Code") in ("404", "NoSuchBucket", "NotFound"):
                     raise StorageError(f"{uri}: bucket {bucket!r} does not exist") from e
@@ -306,26 +304,13 @@ def list_dirs(uri: str) -> list[str]:
 
 
 def arrow_filesystem(uri: str):
-    """(pyarrow filesystem, path) for readers that take one (ray.data.read_parquet):
-    S3 through the same endpoint and region boto3 uses, credentials from the usual
-    AWS variables."""
+    """(pyarrow filesystem, path) for readers that take one (ray.data.read_parquet)."""
     import pyarrow.fs as pafs
 
     if not is_s3(uri):
         return pafs.LocalFileSystem(), str(local_path(uri))
     bucket, key = split_s3(uri)
-    endpoint = s3_endpoint()
-    kwargs = {"region": _config.region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"}
-    access = _config.access_key or os.environ.get("AWS_ACCESS_KEY_ID")
-    secret = _config.secret_key or os.environ.get("AWS_SECRET_ACCESS_KEY")
-    if access and secret:  # explicit, so Ray's read tasks use the same credentials as this process
-        kwargs.update(access_key=access, secret_key=secret,
-                      session_token=_config.session_token or os.environ.get("AWS_SESSION_TOKEN"))
-    if endpoint:
-        parsed = urlparse(endpoint)
-        kwargs["endpoint_override"] = parsed.netloc or parsed.path
-        kwargs["scheme"] = parsed.scheme or "https"
-    return pafs.S3FileSystem(**kwargs), f"{bucket}/{key}"
+    return s3.arrow_filesystem(), f"{bucket}/{key}"
 
 
 def upload_dir(local: str | Path, uri: str) -> None:

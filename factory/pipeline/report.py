@@ -1,11 +1,11 @@
 """report.html for a published version: one self-contained file (pictures inlined)
 that anyone can open: counts, reject reasons, box size and position histograms per
-class, and image grids with the boxes drawn (accepted, and a few rejected)."""
+class, and image grids with the boxes drawn (accepted, and a few rejected).
+Presentation, so it lives with the pipeline, not in storage."""
 
 from __future__ import annotations
 
 import base64
-import html
 import io
 from typing import Any, Sequence
 
@@ -13,16 +13,6 @@ import numpy as np
 
 from factory.core import Box
 from factory.viz import decode_png, draw_boxes, grid, png_bytes
-
-
-def _img_tag(data: bytes, alt: str) -> str:
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
-
-
-def _table(head: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    th = "".join(f"<th>{html.escape(str(h))}</th>" for h in head)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table><tr>{th}</tr>{body}</table>"
 
 
 def _boxes(rows: Sequence[dict[str, Any]]) -> list[Box]:
@@ -71,40 +61,18 @@ def box_histograms(class_names: Sequence[str], box_rows: Sequence[tuple], width:
 
 def build_report(spec, manifest: dict[str, Any], box_rows: Sequence[tuple],
                  samples: tuple[list[dict[str, Any]], list[dict[str, Any]]]) -> tuple[bytes, bytes]:
-    """(report.html, grid.png) of a version about to be published."""
+    """(report.html, grid.png) of a version about to be published, from the
+    Jinja2 template `templates/report.html.j2` (autoescaped)."""
+    import jinja2
+
     accepted, rejected = samples
-    counts = manifest["counts"]
     grid_png = sample_grid(accepted) or png_bytes(np.zeros((8, 8), np.uint8))
     rej_png = sample_grid(rejected, captions=[", ".join(r["reasons"])[:60] for r in rejected]) if rejected else None
     hist_png = box_histograms(spec.class_names, box_rows, spec.image.width, spec.image.height)
-    title = f"{spec.name} v{manifest.get('version', '')}"
-    parts = [
-        f"<h1>{html.escape(spec.name)}</h1>",
-        f"<p>spec hash <code>{manifest['spec_hash'][:16]}</code>, code {html.escape(manifest['code_version'])}, "
-        f"{spec.image.width}x{spec.image.height}x{spec.image.channels}, gate: {html.escape(', '.join(manifest['gate']))}</p>",
-        "<h2>Counts</h2>",
-        _table(["published", "rejected", "surplus (not needed)", "processed", "pass rate", "negatives", "rounds"],
-               [[counts["accepted"], counts["rejected"], counts["surplus"], counts["processed"],
-                 f"{counts['pass_rate']:.1%}" if counts["pass_rate"] is not None else "-", counts["negatives"],
-                 manifest["rounds"]]]),
-        "<h2>Per class</h2>",
-        _table(["class", "images", "boxes"],
-               [[n, counts["images_per_class"][n], counts["boxes_per_class"][n]] for n in spec.class_names]),
-        "<h2>Reject reasons</h2>",
-        _table(["reason", "samples"], sorted(manifest["reject_reasons"].items(), key=lambda kv: -kv[1]))
-        if manifest["reject_reasons"] else "<p>none</p>",
-        "<h2>Boxes</h2>",
-        _img_tag(hist_png, "box histograms") if hist_png else "<p>no boxes</p>",
-        "<h2>Accepted samples</h2>",
-        _img_tag(grid_png, "accepted samples"),
-    ]
-    if rej_png:
-        parts += ["<h2>Rejected samples</h2>", _img_tag(rej_png, "rejected samples")]
-    style = ("body{font-family:sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse;margin:.5em 0}"
-             "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#eee}img{max-width:100%}")
-    parts += ["<h2>Detector retraining</h2>",
-              "<p><a href='retrain/index.html'>real-only vs real + this version</a> "
-              "(there once <code>factory retrain</code> or a publish trigger has run)</p>"]
-    doc = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-           f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
+    env = jinja2.Environment(loader=jinja2.PackageLoader("factory.pipeline", "templates"),
+                             autoescape=True, undefined=jinja2.StrictUndefined)
+    b64 = lambda data: base64.b64encode(data).decode() if data else None  # noqa: E731
+    doc = env.get_template("report.html.j2").render(
+        spec=spec, manifest=manifest, counts=manifest["counts"], grid=b64(grid_png), hist=b64(hist_png),
+        rejected=b64(rej_png), reasons=sorted(manifest["reject_reasons"].items(), key=lambda kv: -kv[1]))
     return doc.encode(), grid_png

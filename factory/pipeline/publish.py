@@ -1,0 +1,163 @@
+"""From written shards to a published version: pick whole shards in plan order
+and cut the last one (exactly `count` samples), let each format's sink put its
+part of every chosen shard and its own layout files into the version, gather the
+manifest's statistics and the report's samples, then seal and finish the
+publication (storage/publish.py: resumable; the manifest is created last).
+
+Everything here reads staging only; nothing moves until the plan is sealed, so a
+crash before the seal is redone from the shard records, one after it is finished
+by `--resume` without reading a shard again.
+"""
+
+from __future__ import annotations
+
+import bisect
+import io
+from collections import Counter
+from typing import Any
+
+from factory.pipeline.options import RunError, RunOptions
+from factory.pipeline.rounds import Shard, read_record
+from factory.spec import DatasetSpec
+from factory.storage import uri as U
+from factory.storage.registry import Registry, code_version
+from factory.storage.shards import sinks_for
+
+MAX_REPORT_BOXES = 50_000  # the report's box histograms use the first this many boxes (plan order is random)
+
+
+def select(shards: list[Shard], count: int):
+    """Pick shards in plan order until `count` samples; the last one is cut.
+
+    Returns (chosen: list of (shard, how many of its samples to take, in plan
+    order)), the surplus count, and the shards whose plan indices repeat an
+    earlier shard's (skipped)."""
+    chosen, dup, total, surplus = [], [], 0, 0
+    starts: list[int] = []  # covered plan indices so far: sorted, disjoint runs
+    stops: list[int] = []
+    for s in sorted(shards, key=lambda s: s.key):
+        if any(_overlaps(starts, stops, a, b) for a, b in s.runs):
+            dup.append(s)
+            continue
+        for a, b in s.runs:
+            k = bisect.bisect(starts, a)
+            starts.insert(k, a)
+            stops.insert(k, b)
+        take = min(s.accepted, max(0, count - total))
+        surplus += s.accepted - take
+        total += take
+        if take:
+            chosen.append((s, take))
+    return chosen, surplus, dup
+
+
+def _overlaps(starts: list[int], stops: list[int], a: int, b: int) -> bool:
+    k = bisect.bisect(starts, a)
+    return (k > 0 and stops[k - 1] > a) or (k < len(starts) and starts[k] < b)
+
+
+class _Stats:
+    """The manifest's counts and the report's samples, gathered shard by shard."""
+
+    def __init__(self, names: list[str]):
+        self.names = names
+        self.images, self.boxes, self.generators, self.splits = Counter(), Counter(), Counter(), Counter()
+        self.negatives, self.box_rows, self.grid_ok, self.grid_bad = 0, [], [], []
+
+    def add(self, samples: list[list[Any]]) -> None:
+        for _index, _sid, split, gen, boxes in samples:
+            self.splits[split] += 1
+            self.generators[gen] += 1
+            self.images.update({self.names[b[0]] for b in boxes})
+            self.boxes.update(self.names[b[0]] for b in boxes)
+            self.negatives += not boxes
+            self.box_rows += [tuple(b) for b in boxes][: MAX_REPORT_BOXES - len(self.box_rows)]
+
+    def sample_accepted(self, staging: str, path: str, keep: set[str]) -> None:
+        import pyarrow.parquet as pq
+
+        if len(self.grid_ok) < 16:
+            table = pq.read_table(io.BytesIO(U.read_bytes(U.join(staging, path))), columns=["sample_id", "image", "boxes"])
+            self.grid_ok += [r for r in table.to_pylist() if r["sample_id"] in keep][: 16 - len(self.grid_ok)]
+
+    def sample_rejected(self, staging: str, path: str) -> None:
+        import pyarrow.parquet as pq
+
+        if len(self.grid_bad) < 8:
+            t = pq.read_table(io.BytesIO(U.read_bytes(U.join(staging, path))), columns=["sample_id", "image", "boxes", "reasons"])
+            self.grid_bad += [r for r in t.to_pylist() if r["image"]][: 8 - len(self.grid_bad)]
+
+
+def publish_version(spec: DatasetSpec, reg: Registry, version: int, shards: list[Shard], state: dict[str, Any],
+                    o: RunOptions, spec_hash: str, seconds: float) -> tuple[str, dict[str, Any], bool]:
+    """Plan, seal and finish the version; returns (its URI, the manifest, whether
+    report.html and grid.png were written)."""
+    from factory.pipeline.report import build_report
+
+    staging = reg.staging_uri(spec.name, version)
+    chosen, surplus, dup = select(shards, spec.count)
+    if sum(t for _, t in chosen) != spec.count:
+        raise RunError(f"internal: selected {sum(t for _, t in chosen)} samples, expected {spec.count}")
+    take = {s.key: t for s, t in chosen}
+    skipped = {id(s) for s in dup}
+    kept = sorted((s for s in shards if id(s) not in skipped), key=lambda s: s.key)
+    sinks = sinks_for(spec.output.formats)
+    stats = _Stats(spec.class_names)
+    gate: list[str] = []
+    pub = reg.begin(spec.name, version)
+    part = rejected_part = 0
+    for shard in kept:
+        rec = read_record(staging, shard.key)
+        gate = gate or rec.get("gate", [])  # the scorers' names, as the actors built them
+        if shard.key in take:
+            samples = sorted(rec["samples"], key=lambda x: x[0])[: take[shard.key]]
+            cut = len(samples) < len(rec["samples"])
+            ids = {x[1] for x in samples}
+            for sink in sinks:
+                own = [f for f in rec["files"] if f["path"].startswith(sink.format + "/")]
+                sink.publish_shard(pub, staging, own, ids if cut else None, part)
+                if sink.format == "parquet" and own:
+                    stats.sample_accepted(staging, own[0]["path"], ids)
+            part += 1
+            stats.add(samples)
+        for f in rec["rejected_files"]:
+            stats.sample_rejected(staging, f["path"])
+            pub.move([(f["path"], {**f, "path": f"rejected/part-{rejected_part:05d}.parquet"})])
+            rejected_part += 1
+    for sink in sinks:
+        sink.finalize(pub, spec.class_names, stats.splits)
+    rejected = sum(s.rejected for s in kept)
+    processed = rejected + sum(s.accepted for s in kept)
+    manifest = {
+        "spec_hash": spec_hash,
+        "code_version": code_version(),
+        "count": spec.count,
+        "classes": spec.class_names,
+        "formats": list(spec.output.formats),
+        "image": {"width": spec.image.width, "height": spec.image.height, "channels": spec.image.channels},
+        "counts": {
+            "accepted": spec.count,
+            "rejected": rejected,
+            "surplus": surplus,  # accepted but not needed (over-provisioning)
+            "processed": processed,
+            "pass_rate": round((spec.count + surplus) / processed, 4) if processed else None,
+            "negatives": stats.negatives,
+            "images_per_class": {n: stats.images[n] for n in spec.class_names},
+            "boxes_per_class": {n: stats.boxes[n] for n in spec.class_names},
+            "per_generator": dict(stats.generators),
+            "splits": dict(stats.splits),
+        },
+        "reject_reasons": dict(sum((s.reasons for s in kept), Counter()).most_common()),
+        "gate": gate,
+        "rounds": state.get("rounds", 0),
+        "duplicate_shards_skipped": len(dup),
+        "seconds": round(seconds, 2),
+        "spec": spec.to_yaml_dict(),
+    }
+    if o.report:
+        html, grid_png = build_report(spec, {**manifest, "version": version}, stats.box_rows,
+                                      (stats.grid_ok, stats.grid_bad))
+        pub.put("report.html", html)
+        pub.put("grid.png", grid_png)
+    uri = pub.commit(manifest)
+    return uri, pub.manifest, o.report

@@ -1,0 +1,97 @@
+"""Transient S3 errors are retried (botocore's standard mode: backoff with jitter)
+until the retry budget is spent, then one StorageError names the URI. The outage
+is real: a TCP proxy in front of moto's server that resets every connection
+while it is "down"."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+import time
+
+import pytest
+from s3_server import s3_bucket, s3_server  # noqa: F401
+
+from factory.storage import StorageError
+from factory.storage import uri as U
+
+
+class FlakyProxy:
+    """127.0.0.1:port -> upstream; while `down`, accepted connections are reset (RST)."""
+
+    def __init__(self, upstream: str):
+        host, port = upstream.removeprefix("http://").split(":")
+        self.upstream = (host, int(port))
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.down_until = 0.0
+        self.resets = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            if time.time() < self.down_until:
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                conn.close()  # connection reset by peer
+                self.resets += 1
+                continue
+            up = socket.create_connection(self.upstream)
+            for a, b in ((conn, up), (up, conn)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(a: socket.socket, b: socket.socket) -> None:
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (a, b):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def outage(self, seconds: float) -> None:
+        self.down_until = time.time() + seconds
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def proxy(s3_server):
+    p = FlakyProxy(s3_server)
+    before = U.storage_config()
+    yield p
+    p.close()
+    U.set_storage_config(before)
+
+
+def test_sub_second_outage_is_ridden_out(proxy, s3_bucket):
+    U.configure_storage(endpoint_url=proxy.url, max_attempts=10)
+    uri = f"s3://{s3_bucket}/x/a.bin"
+    U.write_bytes(uri, b"before")
+    for step in (lambda: U.write_bytes(uri, b"during"), lambda: U.read_bytes(uri), lambda: U.list_files(f"s3://{s3_bucket}/x")):
+        proxy.outage(0.8)
+        t0 = time.time()
+        step()  # no StorageError: retried until the endpoint is back
+        assert time.time() - t0 >= 0.5
+    assert proxy.resets >= 3
+    assert U.read_bytes(uri) == b"during"
+
+
+def test_outage_longer_than_the_budget_is_one_clear_error(proxy, s3_bucket):
+    U.configure_storage(endpoint_url=proxy.url, max_attempts=3)
+    proxy.outage(60)
+    with pytest.raises(StorageError, match=rf"s3://{s3_bucket}/y.bin: cannot reach the S3 endpoint .*after 3 tries"):
+        U.write_bytes(f"s3://{s3_bucket}/y.bin", b"x")
+    assert proxy.resets >= 3
