@@ -238,3 +238,10 @@ def test_help_shows_no_type_after_plain_flags():
                        env={"COLUMNS": "120", "PATH": ""})
     assert r.returncode == 0 and "--resume" in r.stdout
     assert "<bool>" not in r.stdout and "<int" in r.stdout, r.stdout
+
+
+def test_every_sink_format_is_accepted_by_the_spec():
+    from factory.storage.shards import SINKS
+
+    s = parse_spec("name: t\ncount: 10\ndefects:\n  - class: crack\noutput:\n  formats: [" + ", ".join(SINKS) + "]\n", "s.yaml")
+    assert s.output.formats == list(SINKS)

@@ -205,7 +205,7 @@ class QualitySpec(StrictModel):
 
 class OutputSpec(StrictModel):
     uri: str = "file://./datasets"
-    formats: list[Literal["parquet", "yolo"]] = Field(default_factory=lambda: ["parquet", "yolo"])
+    formats: list[Literal["parquet", "yolo", "coco"]] = Field(default_factory=lambda: ["parquet", "yolo"])
     shard_size: Annotated[int, Field(gt=0, le=100_000)] = 256
 
     @field_validator("formats")
