@@ -5,6 +5,12 @@ generators); this adds what only the families know: the kind exists, its `params
 match its `Params` model, it can draw the spec's classes, and families that
 translate real images have references. Every problem is reported as
 `field: reason`, all at once, like the spec's own errors.
+
+A family may also check what its params point at (data sets, reference folders)
+with a classmethod `check_resources(params, spec, where) -> [(field, reason)]`;
+it runs only when `check_uris` is true (a cluster may see URIs a laptop does not).
+A family whose need for references depends on its params says so with a
+classmethod `needs_references(params) -> bool` (else its `uses_references`).
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from factory.spec import DatasetSpec
 from factory.spec.load import SpecError, describe_error
 
 
-def check_spec(spec: DatasetSpec, source: str = "<spec>") -> DatasetSpec:
+def check_spec(spec: DatasetSpec, source: str = "<spec>", check_uris: bool = True) -> DatasetSpec:
     """Raise `SpecError` listing every generator problem; fill `params.references`
     from `domain.references` for families that use references. Returns the spec."""
     problems: list[tuple[str, str]] = []
@@ -30,11 +36,15 @@ def check_spec(spec: DatasetSpec, source: str = "<spec>") -> DatasetSpec:
         except ValueError as e:
             problems.append((f"{where}.kind", str(e)))
             continue
+        params_ok = True
         try:
             cls.Params.model_validate(g.params)
         except ValidationError as e:
+            params_ok = False
             problems += [_param_problem(f"{where}.params", err, cls.Params) for err in e.errors()]
-        if cls.uses_references and not g.params.get("references"):
+        needs = getattr(cls, "needs_references", None)
+        uses_references = needs(g.params) if needs is not None else cls.uses_references
+        if uses_references and not g.params.get("references"):
             if spec.domain.references:
                 g.params = {**g.params, "references": list(spec.domain.references)}
             else:
@@ -47,6 +57,9 @@ def check_spec(spec: DatasetSpec, source: str = "<spec>") -> DatasetSpec:
                     problems.append((f"defects[{i}].class",
                                      f"generator {where} ({g.kind}) cannot draw {d.class_name!r}; "
                                      f"it draws {', '.join(cls.classes)}"))
+        check = getattr(cls, "check_resources", None)
+        if check_uris and params_ok and check is not None and g.weight > 0:
+            problems += check(g.params, spec, where)
     if problems:
         raise SpecError(source, problems)
     return spec
