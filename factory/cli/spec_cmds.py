@@ -9,15 +9,29 @@ import typer
 from rich.table import Table
 
 from factory.cli.app import app
-from factory.cli.common import console, fail, friendly_errors, load_spec_or_exit
+from factory.cli.common import EXIT_INVALID, console, err_console, fail, friendly_errors, load_spec_or_exit
 
 SpecArg = typer.Argument(..., help="Path to the dataset spec (YAML).", show_default=False)
 
 
 @app.command()
-def validate(spec: Path = SpecArg) -> None:
+def validate(
+    spec: Path = SpecArg,
+    check_uris: bool = typer.Option(True, "--check-uris/--no-check-uris",
+                                    help="Also check the data sets and folders the spec names (skip when only the cluster sees them)."),
+) -> None:
     """Check a spec; print every problem as `file: field: reason` (exit 2 if any)."""
-    s = load_spec_or_exit(spec)
+    from rich.markup import escape
+
+    from factory.generators.checks import check_spec
+    from factory.spec import SpecError, load_spec
+
+    try:
+        s = check_spec(load_spec(spec), str(spec), check_uris=check_uris)
+    except SpecError as e:
+        for line in e.lines():
+            err_console.print(f"[bold red]invalid spec[/] {escape(line)}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_INVALID) from None
     console.print(
         f"[green]ok[/] {spec}: [bold]{s.name}[/] v{s.version or '(next)'} - {s.count} images "
         f"{s.image.width}x{s.image.height}x{s.image.channels}, classes {', '.join(s.class_names)}, "

@@ -10,7 +10,9 @@ A family may also check what its params point at (data sets, reference folders)
 with a classmethod `check_resources(params, spec, where) -> [(field, reason)]`;
 it runs only when `check_uris` is true (a cluster may see URIs a laptop does not).
 A family whose need for references depends on its params says so with a
-classmethod `needs_references(params) -> bool` (else its `uses_references`).
+classmethod `needs_references(params) -> bool` (else its `uses_references`), and
+one whose params name things relative to the spec (a bare `NAME@VERSION`) resolves
+them here, on the driver, with `prepare_params(params, spec) -> params`.
 """
 
 from __future__ import annotations
@@ -57,6 +59,9 @@ def check_spec(spec: DatasetSpec, source: str = "<spec>", check_uris: bool = Tru
                     problems.append((f"defects[{i}].class",
                                      f"generator {where} ({g.kind}) cannot draw {d.class_name!r}; "
                                      f"it draws {', '.join(cls.classes)}"))
+        prepare = getattr(cls, "prepare_params", None)
+        if params_ok and prepare is not None:
+            g.params = prepare(dict(g.params), spec)
         check = getattr(cls, "check_resources", None)
         if check_uris and params_ok and check is not None and g.weight > 0:
             problems += check(g.params, spec, where)

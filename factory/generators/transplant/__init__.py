@@ -28,7 +28,7 @@ from pydantic import Field
 
 from factory.core import Box, Sample, WorkItem
 from factory.generators.base import GeneratorParams
-from factory.generators.transplant.sources import background_uris, check_references, check_source
+from factory.generators.transplant.sources import background_uris, check_references, check_source, qualify
 
 
 class TransplantParams(GeneratorParams):
@@ -72,19 +72,31 @@ class TransplantGenerator:
         return cls(p, bank, refs)
 
     @classmethod
+    def prepare_params(cls, params: dict[str, Any], spec) -> dict[str, Any]:
+        """Bare `NAME@VERSION` source/references -> `ROOT/NAME@VERSION` in the spec's registry."""
+        root = spec.output.uri
+        params["source"] = qualify(params["source"], root)
+        refs = params.get("references")
+        if refs:
+            params["references"] = [qualify(r, root) for r in ([refs] if isinstance(refs, str) else refs)]
+        return params
+
+    @classmethod
     def check_resources(cls, params: dict[str, Any], spec, where: str) -> list[tuple[str, str]]:
         """The source exists and has every class the spec draws with weight > 0 in its
         train split; the references exist and hold defect-free images."""
         problems = []
-        classes = [d.class_name for d in spec.defects if d.weight > 0]
-        why = check_source(params["source"], classes)
+        why, missing = check_source(params["source"], [d.class_name for d in spec.defects if d.weight > 0])
         if why:
             problems.append((f"{where}.params.source", why))
+        problems += [(f"defects[{i}].class", missing[d.class_name]) for i, d in enumerate(spec.defects)
+                     if d.class_name in missing]
         refs = params.get("references")
         if refs:
             why = check_references(refs)
             if why:
-                field = "domain.references" if refs == list(spec.domain.references) else f"{where}.params.references"
+                domain_refs = [qualify(r, spec.output.uri) for r in spec.domain.references]
+                field = "domain.references" if refs == domain_refs else f"{where}.params.references"
                 problems.append((field, why))
         return problems
 

@@ -8,8 +8,10 @@
 - The backgrounds: defect-free images of the target line: folders/URIs of images,
   or `NAME@VERSION` of an imported set, meaning its train images without boxes.
 
-A bare `NAME@VERSION` resolves against `$FACTORY_ROOT` (default `file://./datasets`),
-the same default registry root as `factory run` and `factory data import`.
+A bare `NAME@VERSION` resolves against the spec's registry (`output.uri`, where
+`factory data import` also publishes by default); `check_spec` rewrites it to
+`ROOT/NAME@VERSION` on the driver, so workers never guess. Outside a spec it
+resolves against `$FACTORY_ROOT` (default `file://./datasets`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,14 @@ def default_root() -> str:
 
 def is_version_ref(text: str) -> bool:
     return "@" in str(text).rstrip("/").rpartition("/")[2]
+
+
+def qualify(text: str, root: str) -> str:
+    """`ROOT/NAME@VERSION` for a bare `NAME@VERSION` (absolute root); anything else as it is."""
+    text = str(text)
+    if is_version_ref(text) and "/" not in text:
+        return f"{U.to_uri(root)}/{text}"
+    return text
 
 
 def tree_uri(text: str) -> str:
@@ -121,20 +131,18 @@ def background_uris(refs: str | list[str]) -> list[str]:
     return out
 
 
-def check_source(text: str, classes: list[str]) -> str | None:
-    """Why `text` cannot supply these classes, or None."""
+def check_source(text: str, classes: list[str]) -> tuple[str | None, dict[str, str]]:
+    """(why `text` is unusable, or None; {class it lacks: why})."""
     try:
         names, files = train_files(tree_uri(text))
     except (FileNotFoundError, ValueError, U.StorageError) as e:
-        return str(e)
+        return str(e), {}
     if not files:
-        return f"{text}: its train split has no images"
+        return f"{text}: its train split has no images", {}
     counts = class_counts(names, files)
-    missing = [c for c in classes if counts.get(c, 0) == 0]
-    if missing:
-        have = ", ".join(f"{c} ({n})" for c, n in sorted(counts.items())) or "none"
-        return f"{text} has no {', '.join(map(repr, missing))} instances in its train split; it has: {have}"
-    return None
+    have = ", ".join(f"{c} ({n})" for c, n in sorted(counts.items())) or "none"
+    return None, {c: f"the transplant source {text} has no {c!r} instances in its train split; it has: {have}"
+                  for c in classes if counts.get(c, 0) == 0}
 
 
 def check_references(refs: str | list[str]) -> str | None:
