@@ -23,14 +23,19 @@ from typing import Any
 from pydantic import ValidationError
 
 from factory.generators.base import generator_class
+from factory.generators.procedural.fit import fitted_domain
+from factory.generators.transplant.sources import background_uris, qualify
 from factory.spec import DatasetSpec
 from factory.spec.load import SpecError, describe_error
+from factory.storage.uri import StorageError
 
 
 def check_spec(spec: DatasetSpec, source: str = "<spec>", check_uris: bool = True) -> DatasetSpec:
     """Raise `SpecError` listing every generator problem; fill `params.references`
     from `domain.references` for families that use references. Returns the spec."""
     problems: list[tuple[str, str]] = []
+    if spec.domain.style == "fit" and spec.domain.fitted is None and check_uris:
+        problems += _fit_domain(spec)
     for gi, g in enumerate(spec.generators):
         where = f"generators[{gi}]"
         try:
@@ -68,6 +73,21 @@ def check_spec(spec: DatasetSpec, source: str = "<spec>", check_uris: bool = Tru
     if problems:
         raise SpecError(source, problems)
     return spec
+
+
+def _fit_domain(spec: DatasetSpec) -> list[tuple[str, str]]:
+    """`domain.style: fit`: estimate the style from the references, in place (the one
+    place the run, `factory plan` and `factory preview` all pass through)."""
+    if not spec.domain.references:
+        return [("domain.references", "style: fit estimates the style from real defect-free images of the line: list them here")]
+    try:
+        uris = background_uris([qualify(r, spec.output.uri) for r in spec.domain.references])
+        if not uris:
+            return [("domain.references", f"no defect-free images in {spec.domain.references} to fit the style to")]
+        spec.domain = fitted_domain(spec.domain, uris)
+    except (FileNotFoundError, ValueError, StorageError) as e:
+        return [("domain.references", str(e))]
+    return []
 
 
 def _param_problem(prefix: str, err: dict[str, Any], model) -> tuple[str, str]:

@@ -81,7 +81,7 @@ class _Planner:
 
     def _style(self, rng: np.random.Generator) -> dict[str, float]:
         d = self.spec.domain
-        return {
+        style = {
             "brightness": float(rng.uniform(*d.brightness)),
             "contrast": float(rng.uniform(*d.contrast)),
             "grid_pitch": float(rng.uniform(*d.grid_pitch)),
@@ -89,6 +89,8 @@ class _Planner:
             # which reference image (modulo the number of references) a generator may use
             "reference": float(rng.integers(0, 2**31 - 1)),
         }
+        # values fitted to the references (domain.style: fit) are constants: no draws
+        return {**style, **{k: float(v) for k, v in (d.fitted or {}).items()}}
 
     def _classes(self, rng: np.random.Generator) -> list[int]:
         lo, hi = self.spec.classes_per_image

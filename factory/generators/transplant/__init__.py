@@ -19,8 +19,6 @@ for the gate. Negatives are augmented backgrounds. Same item, same bytes.
 
 from __future__ import annotations
 
-import io
-from functools import lru_cache
 from typing import Any, ClassVar, Literal, Sequence
 
 import numpy as np
@@ -28,7 +26,8 @@ from pydantic import Field
 
 from factory.core import Box, Sample, WorkItem
 from factory.generators.base import GeneratorParams
-from factory.generators.transplant.sources import background_uris, check_references, check_source, qualify
+from factory.generators.transplant.bank import load_bank, nearest
+from factory.generators.transplant.sources import background_uris, check_references, check_source, load_background, qualify
 
 
 class TransplantParams(GeneratorParams):
@@ -39,6 +38,7 @@ class TransplantParams(GeneratorParams):
     max_distortion: float = Field(1.5, ge=1, le=4)  # how far an instance's aspect may be stretched to the box's
     jitter: float = Field(0.04, ge=0, le=0.5)  # background gain/gamma change (offset a quarter of it)
     max_per_class: int = Field(5000, ge=1)  # instances read per class
+    candidates: int = Field(16, ge=1)  # per box, one of this many instances closest in size and aspect
 
 
 class TransplantGenerator:
@@ -53,11 +53,10 @@ class TransplantGenerator:
 
     def __init__(self, params: TransplantParams, bank: dict, references: list[str]):
         self.p, self.bank, self.references = params, bank, references
+        self.sizes = {c: np.array([i.size for i in pool], float) for c, pool in bank.items()}
 
     @classmethod
     def load(cls, checkpoint: str | None, params: dict[str, Any], device: str = "cpu") -> "TransplantGenerator":
-        from factory.generators.transplant.bank import load_bank
-
         if checkpoint:
             raise ValueError(f"the transplant generator takes no checkpoint, got {checkpoint!r}")
         p = cls.Params.parse(cls.kind, params)
@@ -104,11 +103,11 @@ class TransplantGenerator:
         return [self._one(item) for item in items]
 
     def _one(self, item: WorkItem) -> Sample:
-        from factory.generators.transplant.paste import augment, paste
+        from factory.generators.transplant.paste import augment, paste  # cv2: imported when generating
 
         seqs = np.random.SeedSequence(item.seed).spawn(1 + len(item.boxes))
         ref_idx = int(item.style.get("reference", item.seed)) % len(self.references)
-        canvas = augment(_background(self.references[ref_idx], item.width, item.height),
+        canvas = augment(load_background(self.references[ref_idx], item.width, item.height),
                          np.random.default_rng(seqs[0]), self.p.jitter)
         mask = np.zeros((item.height, item.width), np.uint16)
         used = []
@@ -118,7 +117,8 @@ class TransplantGenerator:
                 raise ValueError(f"transplant source {self.p.source} has no {box.class_name!r} instances in its train "
                                  f"split; it has {', '.join(sorted(self.bank))}")
             rng = np.random.default_rng(seqs[1 + j])
-            inst = pool[int(rng.integers(len(pool)))]
+            near = nearest(pool, self.sizes[box.class_name], box.height, box.width, self.p.candidates)
+            inst = pool[near[int(rng.integers(len(near)))]]
             pasted = paste(canvas, inst, box, rng, self.p.blend, self.p.feather, self.p.max_distortion)
             mask[pasted] = j + 1
             used.append(inst.origin)
@@ -140,24 +140,6 @@ def _tight_boxes(planned: Sequence[Box], mask: np.ndarray) -> tuple[list[Box], n
         boxes.append(Box(b.class_id, b.class_name, int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1))
         out[mask == j + 1] = len(boxes)
     return boxes, out
-
-
-@lru_cache(maxsize=128)
-def _background(uri: str, width: int, height: int) -> np.ndarray:
-    """A reference, grey, centre-cropped to the item's aspect and resized (float32, read-only)."""
-    from PIL import Image
-
-    from factory.storage import uri as U
-
-    with Image.open(io.BytesIO(U.read_bytes(uri))) as im:
-        im = im.convert("L")
-        w, h = im.size
-        scale = min(w / width, h / height)
-        cw, ch = round(width * scale), round(height * scale)
-        left, top = (w - cw) // 2, (h - ch) // 2
-        a = np.asarray(im.crop((left, top, left + cw, top + ch)).resize((width, height), Image.BICUBIC), np.float32)
-    a.setflags(write=False)
-    return a
 
 
 __all__ = ["TransplantGenerator", "TransplantParams"]

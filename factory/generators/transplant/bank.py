@@ -31,10 +31,20 @@ class Instance:
     origin: str  # "<image>#<box index>", for provenance
 
     @property
-    def aspect(self) -> float:
-        """Width / height of the defect's tight box."""
+    def size(self) -> tuple[int, int]:
+        """(height, width) of the defect's tight box."""
         ys, xs = np.nonzero(self.alpha >= 0.5)
-        return (xs.max() - xs.min() + 1) / (ys.max() - ys.min() + 1)
+        return int(ys.max() - ys.min() + 1), int(xs.max() - xs.min() + 1)
+
+
+def nearest(pool: list[Instance], sizes: np.ndarray, height: int, width: int, k: int) -> list[int]:
+    """Indices of the `k` instances whose tight box is closest to (height, width) in
+    log side and log aspect (either orientation: the paste may rotate), so the
+    paste scales them little. `sizes`: (N, 2) heights and widths of `pool`."""
+    side = 0.5 * np.log(sizes[:, 0] * sizes[:, 1] / (height * width))
+    aspect = np.abs(np.log(sizes[:, 1] / sizes[:, 0]))
+    d = side ** 2 + 0.25 * (aspect - abs(np.log(width / height))) ** 2
+    return [int(i) for i in np.argsort(d, kind="stable")[:k]]
 
 
 def _grey(data: bytes) -> np.ndarray:

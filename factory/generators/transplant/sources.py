@@ -16,9 +16,13 @@ resolves against `$FACTORY_ROOT` (default `file://./datasets`).
 
 from __future__ import annotations
 
+import io
 import os
 from collections import Counter
 from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
 
 from factory.data.folders import is_image_name, list_images
 from factory.storage import uri as U
@@ -129,6 +133,29 @@ def background_uris(refs: str | list[str]) -> list[str]:
                 raise FileNotFoundError(f"{r}: not found")
             out += [str(p) for p in list_images(path)] if path.is_dir() else [str(path)]
     return out
+
+
+def read_grey(uri: str) -> np.ndarray:
+    """HxW uint8 of an image at a URI (file:// or s3://) or path."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(U.read_bytes(uri))) as im:
+        return np.asarray(im.convert("L"))
+
+
+@lru_cache(maxsize=128)
+def load_background(uri: str, width: int, height: int) -> np.ndarray:
+    """A reference, grey, centre-cropped to the item's aspect and resized (float32 0..255, read-only)."""
+    from PIL import Image
+
+    im = Image.fromarray(read_grey(uri))
+    w, h = im.size
+    scale = min(w / width, h / height)
+    cw, ch = round(width * scale), round(height * scale)
+    left, top = (w - cw) // 2, (h - ch) // 2
+    a = np.asarray(im.crop((left, top, left + cw, top + ch)).resize((width, height), Image.BICUBIC), np.float32)
+    a.setflags(write=False)
+    return a
 
 
 def check_source(text: str, classes: list[str]) -> tuple[str | None, dict[str, str]]:
