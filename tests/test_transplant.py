@@ -166,3 +166,79 @@ def test_transplant_runs_through_the_ray_data_job(ray_local, world):
     df = read_pandas(f"{world['reg']}/tp@{result.version}")
     assert len(df) == 12 and set(df["generator"]) == {"transplant"}
     assert sum(len(b) for b in df["boxes"]) > 0
+
+
+# --- the procedural renderer fitted to the line, and drawing on its references ------------
+
+
+def _rendered_refs(folder, busbars=5, brightness=0.75, n=6):
+    """Defect-free cells rendered with a known style, as reference images."""
+    from factory.core import WorkItem
+    from factory.generators.procedural.render import render_el
+
+    folder.mkdir()
+    for i in range(n):
+        item = WorkItem(f"r{i}", i, "procedural", None, 256, 256, 1, seed=100 + i,
+                        style={"brightness": brightness, "contrast": 1.0, "grid_pitch": 8.0, "busbars": busbars})
+        Image.fromarray(render_el(item)[0][:, :, 0]).save(folder / f"ref{i}.png")
+    return folder
+
+
+def test_style_fit_recovers_the_references_style_and_travels_with_the_spec(tmp_path):
+    refs = _rendered_refs(tmp_path / "refs")
+    data = {"name": "fit", "count": 4, "image": {"width": 128, "height": 128},
+            "domain": {"style": "fit", "references": [refs.as_uri()]}, "defects": [{"class": "crack"}]}
+    spec = check_spec(spec_from_dict(data))
+    d = spec.domain
+    assert d.busbars == (5, 5)
+    assert 0.6 <= d.brightness[0] <= d.brightness[1] <= 0.85, d.brightness
+    assert {"busbar_width", "noise", "tex_std", "tex_a0", "tex_q4"} <= set(d.fitted)
+    dumped = spec.to_yaml_dict()["domain"]  # what the manifest's `spec` carries
+    assert dumped["style"] == "fit" and dumped["fitted"] == d.fitted
+    item = plan(spec, n=1)[0]
+    assert item.style["busbar_width"] == d.fitted["busbar_width"]
+    again = check_spec(spec_from_dict(data))  # same references, same fit, same hash
+    assert again.spec_hash() == spec.spec_hash()
+    plain = spec_from_dict({k: v for k, v in data.items() if k != "domain"})  # no fit: the style keys of old
+    assert plan(plain, n=1)[0].style.keys() == {"brightness", "contrast", "grid_pitch", "busbars", "reference"}
+
+
+def test_style_fit_without_references_names_the_field(tmp_path):
+    with pytest.raises(SpecError) as e:
+        check_spec(spec_from_dict({"name": "fit", "count": 4, "domain": {"style": "fit"}, "defects": [{"class": "crack"}]}))
+    assert "domain.references" in dict(e.value.problems)
+
+
+def test_plan_shows_the_fitted_style(tmp_path):
+    import yaml
+
+    from factory.cli import app
+
+    refs = _rendered_refs(tmp_path / "refs", n=3)
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({"name": "fit", "count": 4, "image": {"width": 64, "height": 64},
+                                    "domain": {"style": "fit", "references": [refs.as_uri()]},
+                                    "defects": [{"class": "crack", "boxes": {"size": {"min": 0.2, "max": 0.3}}}]}))
+    res = CliRunner().invoke(app, ["plan", str(path)])
+    assert res.exit_code == 0, res.output
+    assert "style fitted" in res.output and "busbar_width" in res.output
+
+
+def test_procedural_draws_on_reference_backgrounds(world):
+    data = {"name": "pr", "seed": 2, "count": 4, "image": {"width": 64, "height": 64},
+            "domain": {"references": [world["refs"].as_uri()]},
+            "defects": [{"class": "crack", "boxes": {"size": {"min": 0.2, "max": 0.3}}}],
+            "generators": [{"kind": "procedural", "params": {"background": "references"}}]}
+    spec = spec_from_dict(data)
+    gen = _generator(spec)
+    refs = [np.asarray(Image.open(p), np.float32) for p in sorted(world["refs"].iterdir())]
+    for s in gen.generate(plan(spec, n=4)):
+        img = s.image[:, :, 0].astype(np.float32)
+        ref = np.asarray(Image.open(s.meta["reference"]), np.float32)
+        flips = [ref, ref[:, ::-1], ref[::-1], ref[::-1, ::-1]]
+        outside = s.mask == 0
+        assert min(np.abs(img - f)[outside].mean() for f in flips) < 6  # the reference plus sensor noise
+        assert s.boxes and s.meta["reference"].endswith(".png") and len(refs) == 3
+    with pytest.raises(SpecError) as e:
+        check_spec(spec_from_dict({**data, "domain": {}}))
+    assert "domain.references" in dict(e.value.problems)
