@@ -242,3 +242,40 @@ def test_procedural_draws_on_reference_backgrounds(world):
     with pytest.raises(SpecError) as e:
         check_spec(spec_from_dict({**data, "domain": {}}))
     assert "domain.references" in dict(e.value.problems)
+
+
+def test_import_keeps_each_boxes_exact_pixels(world):
+    from factory.data.instances import decode_map
+    from factory.formats import parse_yolo_lines
+
+    tree = world["tmp"] / "reg" / "tiny-pv" / "v1" / "yolo"
+    n = 0
+    for lab in sorted((tree / "labels" / "train").glob("*.txt")):
+        boxes = parse_yolo_lines(lab.read_text(), 48, 48, ["crack", "cross_crack", "dark_area"])
+        inst = decode_map((tree / "masks" / "train" / f"{lab.stem}.png").read_bytes())
+        assert int(inst.max()) == len(boxes)
+        for k, b in enumerate(boxes, start=1):
+            ys, xs = np.nonzero(inst == k)
+            assert (b.x1, b.y1, b.x2, b.y2) == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+            n += 1
+    assert n == 8  # 4 cells x (crack + dark area); the busbar is structure
+
+
+def test_box_only_source_gives_feathered_box_instances(world, tmp_path):
+    from factory.core import Box
+    from factory.data.adapters import write_yolo_arrays
+
+    rng = np.random.default_rng(3)
+    items = []
+    for i in range(3):
+        img = np.clip(rng.normal(120, 5, (40, 40)), 0, 255).astype(np.uint8)
+        img[10:20, 12:26] = 40
+        items.append((img, [Box(0, "scratch", 12, 10, 26, 20)]))
+    yolo = write_yolo_arrays(items, ["scratch"], tmp_path / "yolo")
+    bank = load_bank(yolo.as_uri())
+    assert [i.exact for i in bank["scratch"]] == [False] * 3
+    a = bank["scratch"][0].alpha
+    assert a.max() == 1.0 and 0 < a[a > 0].min() < 1  # soft edge
+    spec = _spec(world, classes=("scratch",), source=yolo.as_uri())
+    s = _generator(spec).generate([it for it in plan(spec, n=4) if it.boxes])[0]
+    assert s.boxes and s.mask.max() == len(s.boxes)
