@@ -26,6 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from factory.core import Reason
+from factory.quality.realism import INDOMAIN_EXTRACTOR, c2st, register_indomain, train_indomain_extractor
 
 UIIDD_EXTRACTOR = "uiidd-backbone"
 
@@ -199,8 +200,6 @@ def fidelity(generated: Sequence[bytes | str], real: Sequence[bytes | str], size
         kw.update(feature_extractor=UIIDD_EXTRACTOR, feature_extractor_weights_path=extractor_checkpoint)
         extractor = f"{UIIDD_EXTRACTOR} ({extractor_checkpoint})"
     elif indomain_weights:
-        from factory.quality.realism import INDOMAIN_EXTRACTOR, register_indomain
-
         register_indomain()
         kw.update(feature_extractor=INDOMAIN_EXTRACTOR, feature_extractor_weights_path=indomain_weights)
         extractor = f"{INDOMAIN_EXTRACTOR} (trained on the {len(real)} real images)"
@@ -239,7 +238,6 @@ def _realism(gen: list[bytes], reals: list[str], base: str, size: int, inception
     a grid of real images beside generated ones (`metrics/realism.png`)."""
     import tempfile
 
-    from factory.quality.realism import c2st, train_indomain_extractor
     from factory.storage import uri as U
     from factory.viz import grid, png_bytes, to_rgb
 
