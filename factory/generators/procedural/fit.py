@@ -20,7 +20,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage, signal
 
-from factory.generators.procedural.render import TEX_BINS, TEX_LEVELS, radial_band
+from factory.core import WorkItem
+from factory.generators.procedural.render import TEX_BINS, TEX_LEVELS, radial_band, render_el
 from factory.generators.transplant.sources import read_grey
 
 WORK = 256
@@ -123,6 +124,21 @@ def fit_style(paths: list[str]) -> dict[str, float]:
     return {k: round(float(v), 4) for k, v in out.items()}
 
 
+def _calibrate(brightness, extra: dict, f: dict, pitch, busbars, cells: int = 3) -> tuple[tuple[float, float], float]:
+    """Render a few cells with the fitted values and no sensor noise, measure them like
+    the references, and correct what the renderer adds on its own: the brightness
+    (vignette, fingers and busbars darken the mean) and the noise (the fitted texture
+    spectrum already carries the references' fine grain)."""
+    style = {**extra, "brightness": float(np.mean(brightness)), "contrast": 1.0, "grid_pitch": float(np.mean(pitch)),
+             "busbars": float(round(np.mean(busbars))), "noise": 0.0}
+    got = [measure(render_el(WorkItem(f"fit{i}", i, "procedural", None, WORK, WORK, 1, seed=i, style=style))[0][:, :, 0])
+           for i in range(cells)]
+    scale = (f["brightness_lo"] + f["brightness_hi"]) / 2 / max(np.median([g["brightness"] for g in got]), 1e-3)
+    lo, hi = (float(np.clip(b * scale, 0.0, 1.0)) for b in brightness)
+    rendered_noise = float(np.median([g["noise"] for g in got]))
+    return (round(lo, 4), round(hi, 4)), round(float(np.sqrt(max(extra.get("noise", 0.0) ** 2 - rendered_noise ** 2, 0.0))), 4)
+
+
 def fitted_domain(domain, paths: list[str]):
     """A copy of `domain` with ranges and renderer values fitted to the references."""
     f = fit_style(paths)
@@ -134,6 +150,7 @@ def fitted_domain(domain, paths: list[str]):
     extra = {k: f[k] for k in keys if np.isfinite(f[k])}
     brightness = lo_hi("brightness", 0.0, 1.0, domain.brightness)
     pitch = lo_hi("grid_pitch", 2.0, 64.0, domain.grid_pitch)
+    brightness, extra["noise"] = _calibrate(brightness, extra, f, pitch, busbars)
     contrast = domain.contrast  # fitted: a factor on the median texture std (tex_std)
     if np.isfinite(f["contrast_lo"]) and f.get("tex_std", 0) > 0:
         contrast = (round(max(f["contrast_lo"] / f["tex_std"], 0.05), 4), round(max(f["contrast_hi"] / f["tex_std"], 0.05), 4))
