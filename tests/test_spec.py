@@ -173,5 +173,7 @@ def test_cli_validate_exit_codes(tmp_path, demo_spec_path):
 def test_every_example_spec_validates():
     from factory.generators.checks import check_spec
 
+    # the transplant examples name real sets that exist after `factory data import`:
+    # their data checks are tested in test_transplant.py
     for path in sorted(Path(__file__).resolve().parents[1].joinpath("specs").glob("*.yaml")):
-        check_spec(load_spec(path), str(path))
+        check_spec(load_spec(path), str(path), check_uris=False)
