@@ -58,7 +58,7 @@ def test_mutated_specs_are_refused_or_run(spec_path):
     for _ in range(150):
         data = _mutate(base, rng)
         try:
-            spec = check_spec(spec_from_dict(data, "fuzz.yaml"), "fuzz.yaml")
+            spec = check_spec(spec_from_dict(data, "fuzz.yaml"), "fuzz.yaml", check_uris=False)
         except SpecError as e:
             assert e.problems and all(isinstance(m, str) and len(m) < 500 for _, m in e.problems), e.problems
             outcomes["refused"] += 1

@@ -56,11 +56,13 @@ def metrics_cmd(
     real: Optional[str] = typer.Option(None, "--real", help="folder or URI of real reference images for FID/KID"),
     root: str = typer.Option("file://./datasets", help="registry root, when DATASET names none"),
     inception_weights: Optional[Path] = typer.Option(None, help="local torch-fidelity Inception weights file (standard FID, and IS)"),
-    extractor: Optional[str] = typer.Option(None, help="UIIDD checkpoint for the in-domain extractor (default: the spec's quality.anomaly_checkpoint)"),
+    extractor: Optional[str] = typer.Option(None, help="UIIDD checkpoint for the FID/KID extractor (default: the spec's quality.anomaly_checkpoint; "
+                                            "without one, a small CNN is trained on the real images)"),
     size: int = typer.Option(128, help="images are resized to this size before feature extraction"),
     max_images: int = typer.Option(2000, help="at most this many images per side"),
 ) -> None:
-    """Pass rate, spillover rate, per-class counts and FID/KID of a published dataset version."""
+    """Pass rate, spillover rate, per-class counts; with --real, FID/KID and the classifier two-sample test
+    (C2ST: 0.5 = generated and real indistinguishable, 1.0 = trivially told apart)."""
     with friendly_errors():
         from factory.quality.metrics import dataset_metrics
 
@@ -76,4 +78,8 @@ def metrics_cmd(
             if "is_mean" in f:
                 line += f"  IS {f['is_mean']:.2f}"
             console.print(f"{line}   [dim]extractor: {f['extractor']}[/]")
+            c = res["c2st"]
+            console.print(f"C2ST accuracy {c['c2st_accuracy']:.3f} ± {c['c2st_std']:.3f} ({len(c['folds'])}-fold, "
+                          f"{c['images_per_side']} images per side at {c['size']} px; 0.5 = indistinguishable)")
+            console.print(f"real beside generated: {res['realism_grid']}", highlight=False)
         console.print(f"wrote {res['written_to']}")

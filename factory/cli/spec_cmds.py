@@ -9,15 +9,29 @@ import typer
 from rich.table import Table
 
 from factory.cli.app import app
-from factory.cli.common import console, fail, friendly_errors, load_spec_or_exit, plural
+from factory.cli.common import EXIT_INVALID, console, err_console, fail, friendly_errors, load_spec_or_exit, plural
 
 SpecArg = typer.Argument(..., help="Path to the dataset spec (YAML).", show_default=False)
 
 
 @app.command()
-def validate(spec: Path = SpecArg) -> None:
+def validate(
+    spec: Path = SpecArg,
+    check_uris: bool = typer.Option(True, "--check-uris/--no-check-uris",
+                                    help="Also check the data sets and folders the spec names (skip when only the cluster sees them)."),
+) -> None:
     """Check a spec; print every problem as `file: field: reason` (exit 2 if any)."""
-    s = load_spec_or_exit(spec)
+    from rich.markup import escape
+
+    from factory.generators.checks import check_spec
+    from factory.spec import SpecError, load_spec
+
+    try:
+        s = check_spec(load_spec(spec), str(spec), check_uris=check_uris)
+    except SpecError as e:
+        for line in e.lines():
+            err_console.print(f"[bold red]invalid spec[/] {escape(line)}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_INVALID) from None
     console.print(
         f"[green]ok[/] {spec}: [bold]{s.name}[/] v{s.version or '(next)'} - {s.count} images "
         f"{s.image.width}x{s.image.height}x{s.image.channels}, classes {', '.join(s.class_names)}, "
@@ -38,6 +52,8 @@ def plan_cmd(
     with friendly_errors(), console.status("planning..."):
         items = plan(s, overprovision=overprovision)
     console.print(plan_summary(items, s.class_names, s.image.width, s.image.height))
+    if s.domain.fitted is not None:
+        console.print(style_summary(s.domain))
     for item in items[:show]:
         boxes = ", ".join(f"{b.class_name}[{b.x1},{b.y1},{b.x2},{b.y2}]" for b in item.boxes) or "(negative)"
         console.print(f"{item.item_id}  {item.generator}  seed={item.seed}  {boxes}")
@@ -58,6 +74,19 @@ def plan_summary(items, class_names: list[str], width: int, height: int) -> Tabl
     for name in class_names:
         sizes = [((b.width * b.height) / (width * height)) ** 0.5 for b in boxes if b.class_name == name]
         table.add_row(name, str(images[name]), str(per_class[name]), _sparkline(sizes, bins))
+    return table
+
+
+def style_summary(domain) -> Table:
+    """The style fitted to the references (`domain.style: fit`): ranges the planner draws from, renderer values."""
+    table = Table(title=f"style fitted to {len(domain.references)} reference location(s) ({domain.name})")
+    table.add_column("value")
+    table.add_column("fitted", justify="right")
+    for key in ("brightness", "contrast", "grid_pitch", "busbars"):
+        lo, hi = getattr(domain, key)
+        table.add_row(key, f"{lo:.3g} .. {hi:.3g}")
+    for key, v in sorted(domain.fitted.items()):
+        table.add_row(key, f"{v:.4g}")
     return table
 
 

@@ -8,8 +8,13 @@ format whatever the authors published.
 - `magnetic_tile`: a PNG mask beside every JPG (anti-aliased, threshold 128),
   the class is the folder; `MT_Free` tiles are defect-free negatives. The set has
   no split, so a seeded per-class split is made (same seed, same split).
+- `crackforest`: `image/*.jpg` + `groundTruth/*.mat` (`Segmentation == 2` is
+  crack); one class, a seeded per-file split like magnetic_tile.
 - `yolo`: a YOLO-layout set (e.g. neu_det) read as it is; its `data.yaml` `path:`
   is ignored (it points at the authors' machine) in favour of the yaml's folder.
+
+Sets with masks also keep each box's exact pixels (`factory.data.instances`), so
+the transplant generator can cut a defect along its outline.
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ import yaml
 from PIL import Image
 
 from factory.core import Box
-from factory.data.masks import binary_to_boxes, mask_to_boxes
+from factory.data.folders import read_mask
+from factory.data.instances import binary_instances, encode_map, instance_map, instance_mask_path, label_instances
 from factory.data.vocab import MAGNETIC_TILE_CLASSES, PV_VISION_CLASSES, PV_VISION_VALUES
 from factory.formats import IMAGE_SUFFIXES, label_path, parse_yolo_lines, read_data_yaml, yolo_lines
 
@@ -38,6 +44,7 @@ class RealSample:
     width: int
     height: int
     boxes: list[Box] = field(default_factory=list)
+    instances: bytes | None = None  # PNG instance map (k = 1 + box index), for sets with masks
 
     @property
     def stem(self) -> str:
@@ -90,8 +97,8 @@ def pv_vision_crack(
             mask = np.asarray(Image.open(ann))
             mask = mask[..., 0] if mask.ndim == 3 else mask
             h, w = mask.shape
-            boxes = mask_to_boxes(mask, classes, min_area=min_area, merge_gap=merge_gap)
-            samples.append(RealSample(img, split, w, h, boxes))
+            boxes, inst = label_instances(mask, classes, min_area=min_area, merge_gap=merge_gap)
+            samples.append(RealSample(img, split, w, h, boxes, encode_map(inst)))
     return RealSet("pv_vision_crack", list(PV_VISION_CLASSES), samples, str(root),
                    {"min_area": min_area, "merge_gap": merge_gap, "mask_values": {str(k): v for k, v in PV_VISION_VALUES.items()}})
 
@@ -118,11 +125,30 @@ def magnetic_tile(
                 raise FileNotFoundError(f"{mask_path}: mask missing for {img.name}")
             mask = np.asarray(Image.open(mask_path).convert("L"))
             h, w = mask.shape
-            boxes = [] if name is None else binary_to_boxes(
+            found = [] if name is None else binary_instances(
                 mask >= 128, MAGNETIC_TILE_CLASSES.index(name), name, min_area=min_area, merge_gap=merge_gap)
-            samples.append(RealSample(img, _split_of(img.name, seed, val_fraction), w, h, boxes))
+            inst = encode_map(instance_map(mask.shape, [p for _, p in found]))
+            samples.append(RealSample(img, _split_of(img.name, seed, val_fraction), w, h, [b for b, _ in found], inst))
     return RealSet("magnetic_tile", list(MAGNETIC_TILE_CLASSES), samples, str(root),
                    {"min_area": min_area, "merge_gap": merge_gap, "val_fraction": val_fraction, "seed": seed, "negatives": negatives})
+
+
+def crackforest(root: str | Path, min_area: int = 16, merge_gap: int = 2, val_fraction: float = 0.2, seed: int = 0) -> RealSet:
+    root = Path(root)
+    img_dir = _need_dir(root / "image", "crackforest images")
+    gt_dir = _need_dir(root / "groundTruth", "crackforest groundTruth (.mat)")
+    samples = []
+    for img in sorted(p for p in img_dir.iterdir() if p.suffix.lower() == ".jpg"):
+        mat = gt_dir / f"{img.stem}.mat"
+        if not mat.exists():
+            raise FileNotFoundError(f"{mat}: ground truth missing for {img.name}")
+        mask = read_mask(mat)
+        h, w = mask.shape
+        found = binary_instances(mask, 0, "crack", min_area=min_area, merge_gap=merge_gap)
+        inst = encode_map(instance_map(mask.shape, [p for _, p in found]))
+        samples.append(RealSample(img, _split_of(img.name, seed, val_fraction), w, h, [b for b, _ in found], inst))
+    return RealSet("crackforest", ["crack"], samples, str(root),
+                   {"min_area": min_area, "merge_gap": merge_gap, "val_fraction": val_fraction, "seed": seed})
 
 
 def yolo_layout(root: str | Path) -> RealSet:
@@ -140,6 +166,7 @@ def yolo_layout(root: str | Path) -> RealSet:
 ADAPTERS: dict[str, Callable[..., RealSet]] = {
     "pv_vision_crack": pv_vision_crack,
     "magnetic_tile": magnetic_tile,
+    "crackforest": crackforest,
     "yolo": yolo_layout,
 }
 
@@ -152,8 +179,9 @@ def load_real(kind: str, root: str | Path, **options) -> RealSet:
 
 def yolo_files(real: RealSet, split_names: dict[str, str] | None = None) -> dict[str, bytes]:
     """The YOLO tree of a set as {relative path: bytes}: images/<split>/, labels/<split>/,
-    data.yaml (no `path:` key, so ultralytics resolves splits next to the yaml)
-    and import.json (where it came from, how masks became boxes)."""
+    masks/<split>/ (instance maps, for sets with masks), data.yaml (no `path:` key,
+    so ultralytics resolves splits next to the yaml) and import.json (where it came
+    from, how masks became boxes)."""
     split_names = split_names or {}
     out: dict[str, bytes] = {}
     seen: set[str] = set()
@@ -165,12 +193,14 @@ def yolo_files(real: RealSet, split_names: dict[str, str] | None = None) -> dict
         seen.add(key)
         out[f"images/{split}/{s.image_path.name}"] = s.image_path.read_bytes()
         out[f"labels/{split}/{s.stem}.txt"] = ("\n".join(yolo_lines(s.boxes, s.width, s.height)) + "\n").encode() if s.boxes else b""
+        if s.instances is not None:
+            out[instance_mask_path(split, s.stem)] = s.instances
     splits = sorted({split_names.get(s.split, s.split) for s in real.samples})
     data = {split: f"images/{split}" for split in splits}
     data |= {"nc": len(real.class_names), "names": list(real.class_names)}
     out["data.yaml"] = yaml.safe_dump(data, sort_keys=False).encode()
     info = {"name": real.name, "source": real.source, "settings": real.settings, "splits": real.splits(),
-            "class_counts": real.class_counts()}
+            "class_counts": real.class_counts(), "instance_masks": any(s.instances is not None for s in real.samples)}
     out["import.json"] = json.dumps(info, indent=2).encode()
     return out
 

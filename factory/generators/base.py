@@ -83,6 +83,7 @@ BUILTIN_KINDS: dict[str, str] = {
     "procedural": "factory.generators.procedural:ProceduralELGenerator",
     "pdig": "factory.generators.pdig:PDIGGenerator",
     "dg2gan": "factory.generators.dg2gan:DG2GANGenerator",
+    "transplant": "factory.generators.transplant:TransplantGenerator",
 }
 
 

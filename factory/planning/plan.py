@@ -92,7 +92,7 @@ def draw_style(rng: np.random.Generator, domain: DomainSpec) -> dict[str, float]
     planner draws them from an item's stream and the serve app from a request's, so
     both make the same kind of WorkItem with the same code."""
     d = domain
-    return {
+    style = {
         "brightness": float(rng.uniform(*d.brightness)),
         "contrast": float(rng.uniform(*d.contrast)),
         "grid_pitch": float(rng.uniform(*d.grid_pitch)),
@@ -100,6 +100,8 @@ def draw_style(rng: np.random.Generator, domain: DomainSpec) -> dict[str, float]
         # which reference image (modulo the number of references) a generator may use
         "reference": float(rng.integers(0, 2**31 - 1)),
     }
+    # values fitted to the references (domain.style: fit) are constants: no draws
+    return {**style, **{k: float(v) for k, v in (d.fitted or {}).items()}}
 
 
 def sample_distribution(rng: np.random.Generator, d: Distribution) -> float:

@@ -5,22 +5,28 @@ via torch-fidelity.
 Feature extractor, always named in the output:
 - `inception-v3-compat` with a local weights file (`inception_weights=`), the
   standard FID; IS is computed only then (it needs Inception's class logits);
-- otherwise `uiidd-backbone`: the backbone of a UIIDD anomaly checkpoint trained on
+- `uiidd-backbone`: the backbone of a UIIDD anomaly checkpoint trained on
   the domain's defect-free images (global-average-pooled multi-level features,
-  112-d for the default width). These numbers compare runs within one domain;
-  they are not comparable with published Inception FIDs.
+  112-d for the default width);
+- otherwise `indomain-rotnet` (`factory.quality.realism`): a small CNN that
+  `factory metrics` trains itself on the real images alone (rotation prediction).
+The last two compare runs within one domain; they are not comparable with
+published Inception FIDs. With real images, the classifier two-sample test
+(`realism.c2st`) is reported too, and a grid of real beside generated images.
 """
 
 from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 from collections import Counter
 from typing import Any, Sequence
 
 import numpy as np
 
 from factory.core import Reason
+from factory.quality.realism import INDOMAIN_EXTRACTOR, c2st, register_indomain, train_indomain_extractor
 
 UIIDD_EXTRACTOR = "uiidd-backbone"
 
@@ -171,7 +177,7 @@ def _register_uiidd() -> None:
 
 def fidelity(generated: Sequence[bytes | str], real: Sequence[bytes | str], size: int = 128,
              inception_weights: str | None = None, extractor_checkpoint: str | None = None,
-             kid_subsets: int = 50) -> dict[str, Any]:
+             kid_subsets: int = 50, indomain_weights: str | None = None) -> dict[str, Any]:
     """FID/KID (and IS with Inception) between two image lists, on the CPU unless CUDA is there."""
     import torch
     import torch_fidelity
@@ -193,9 +199,14 @@ def fidelity(generated: Sequence[bytes | str], real: Sequence[bytes | str], size
         _register_uiidd()
         kw.update(feature_extractor=UIIDD_EXTRACTOR, feature_extractor_weights_path=extractor_checkpoint)
         extractor = f"{UIIDD_EXTRACTOR} ({extractor_checkpoint})"
+    elif indomain_weights:
+        register_indomain()
+        kw.update(feature_extractor=INDOMAIN_EXTRACTOR, feature_extractor_weights_path=indomain_weights)
+        extractor = f"{INDOMAIN_EXTRACTOR} (trained on the {len(real)} real images)"
     else:
-        raise ValueError("FID/KID need a feature extractor: give Inception weights (--inception-weights FILE) or a "
-                         "UIIDD anomaly checkpoint (--extractor URI, or quality.anomaly_checkpoint in the spec)")
+        raise ValueError("FID/KID need a feature extractor: give Inception weights (--inception-weights FILE), a "
+                         "UIIDD anomaly checkpoint (--extractor URI, or quality.anomaly_checkpoint in the spec), or "
+                         "in-domain extractor weights (realism.train_indomain_extractor)")
     res = torch_fidelity.calculate_metrics(input1=ImageList(generated, size), input2=ImageList(real, size), **kw)
     out = {"extractor": extractor, "generated_images": len(generated), "real_images": len(real),
            "fid": float(res["frechet_inception_distance"]),
@@ -209,8 +220,8 @@ def fidelity(generated: Sequence[bytes | str], real: Sequence[bytes | str], size
 
 def list_real_images(uri: str, limit: int | None = None) -> list[str]:
     """Image files under a local folder (masks beside JPGs skipped); s3 is downloaded by the caller."""
+    from factory.data.folders import list_images
     from factory.storage.uri import local_path
-    from factory.training.anomaly import list_images
 
     paths = [str(p) for p in list_images(local_path(uri))]
     if not paths:
@@ -219,6 +230,37 @@ def list_real_images(uri: str, limit: int | None = None) -> list[str]:
         idx = np.random.default_rng(0).choice(len(paths), limit, replace=False)
         paths = [paths[i] for i in sorted(idx)]
     return paths
+
+
+def _realism(gen: list[bytes], reals: list[str], base: str, size: int, inception_weights: str | None,
+             ckpt: str | None, write: bool) -> dict[str, Any]:
+    """FID/KID (with the in-domain extractor when no other is given), the C2ST, and
+    a grid of real images beside generated ones (`metrics/realism.png`)."""
+    import tempfile
+
+    from factory.storage import uri as U
+    from factory.viz import grid, png_bytes, to_rgb
+
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="factory-metrics-") as tmp:
+        weights = None
+        if not inception_weights and not ckpt:
+            weights = str(train_indomain_extractor(reals, Path(tmp) / "indomain.pt"))
+            if write:
+                U.write_bytes(U.join(base, "metrics", "indomain-extractor.pt"), Path(weights).read_bytes())
+        out["fidelity"] = fidelity(gen, reals, size, inception_weights, ckpt, indomain_weights=weights)
+    out["c2st"] = c2st(gen, reals)
+    if write:
+        from PIL import Image
+
+        n = min(8, len(gen), len(reals))
+        tiles, captions = [], []
+        for i in range(n):
+            tiles += [to_rgb(np.asarray(Image.open(reals[i]).convert("L"))), to_rgb(np.asarray(Image.open(io.BytesIO(gen[i])).convert("L")))]
+            captions += ["real", "generated"]
+        U.write_bytes(U.join(base, "metrics", "realism.png"), png_bytes(grid(tiles, cols=4, captions=captions, tile_size=160)))
+        out["realism_grid"] = U.join(base, "metrics", "realism.png")
+    return out
 
 
 def dataset_metrics(ref: str, real: str | None = None, root: str | None = None, inception_weights: str | None = None,
@@ -241,7 +283,7 @@ def dataset_metrics(ref: str, real: str | None = None, root: str | None = None, 
             gen = gen[:max_images]
         with U.as_local_dir(real) as d:
             reals = list_real_images(str(d), max_images)
-            out["fidelity"] = fidelity(gen, reals, size, inception_weights, None if inception_weights else ckpt)
+            out.update(_realism(gen, reals, base, size, inception_weights, None if inception_weights else ckpt, write))
     if write:
         U.write_bytes(U.join(base, "metrics", "quality.json"), json.dumps(out, indent=2, sort_keys=True, default=str).encode())
         out["written_to"] = U.join(base, "metrics", "quality.json")

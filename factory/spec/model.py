@@ -42,10 +42,17 @@ class ImageSpec(StrictModel):
 class DomainSpec(StrictModel):
     """The target domain's style. The EL-specific knobs are the shifts the PDIG
     paper's Fig. 1 names between production lines: background brightness,
-    contrast, grid-line (finger) spacing, number of busbars."""
+    contrast, grid-line (finger) spacing, number of busbars.
+
+    `style: fit` estimates them (and the renderer's busbar, finger, texture, noise
+    and border values, kept in `fitted`) from `references` before planning
+    (factory.generators.procedural.fit); both stay out of the spec hash while unset,
+    so existing specs keep their hash and plan."""
 
     name: Annotated[str, Field(pattern=CLASS_PATTERN)] = "default"
     references: list[str] = Field(default_factory=list, description="URIs of real images in the target style")
+    style: Literal["manual", "fit"] | None = Field(None, description="fit: estimate the style from references")
+    fitted: dict[str, float] | None = Field(None, description="renderer values fitted to references (set by style: fit)")
     brightness: FloatRange = (0.45, 0.7)
     contrast: FloatRange = (0.8, 1.2)
     grid_pitch: FloatRange = (6.0, 10.0)
@@ -323,6 +330,9 @@ class DatasetSpec(StrictModel):
         recipe published twice under two versions has one hash) and without
         `retrain` (what happens after publishing does not change the images)."""
         data = self.model_dump(mode="json", by_alias=True, exclude={"version", "retrain"})
+        for key in ("style", "fitted"):  # unset: the hash of specs written before these fields existed
+            if data["domain"].get(key) is None:
+                data["domain"].pop(key, None)
         return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
     def to_yaml_dict(self) -> dict[str, Any]:

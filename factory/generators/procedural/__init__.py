@@ -1,14 +1,26 @@
-"""`kind: procedural`: the EL cell renderer, no weights needed."""
+"""`kind: procedural`: the EL cell renderer, no weights needed.
+
+`params.background: references` draws the defects onto real defect-free images of
+the line (`params.references`, default `domain.references`; picked per item by
+`style["reference"]`, flipped by the item's seed) instead of rendered cells."""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar, Literal, Sequence
+
+import numpy as np
 
 from factory.core import Sample, WorkItem
-from factory.generators.base import NoParams
+from factory.generators.base import GeneratorParams
 from factory.generators.procedural.render import DEFECTS, render_el
+from factory.generators.transplant.sources import background_uris, check_references, load_background, qualify
 
 CLASSES = tuple(DEFECTS)
+
+
+class ProceduralParams(GeneratorParams):
+    background: Literal["rendered", "references"] = "rendered"
+    references: str | list[str] | None = None  # with background: references; default: the spec's domain.references
 
 
 class ProceduralELGenerator:
@@ -19,21 +31,57 @@ class ProceduralELGenerator:
     classes: ClassVar[tuple[str, ...]] = CLASSES
     uses_references: ClassVar[bool] = False
     wants_gpu: ClassVar[bool] = False
-    Params: ClassVar[type[NoParams]] = NoParams
+    Params: ClassVar[type[ProceduralParams]] = ProceduralParams
+
+    def __init__(self, references: list[str] | None = None):
+        self.references = references
+
+    @classmethod
+    def needs_references(cls, params: dict[str, Any]) -> bool:
+        return params.get("background") == "references"
+
+    @classmethod
+    def prepare_params(cls, params: dict[str, Any], spec) -> dict[str, Any]:
+        refs = params.get("references")
+        if refs:
+            params["references"] = [qualify(r, spec.output.uri) for r in ([refs] if isinstance(refs, str) else refs)]
+        return params
+
+    @classmethod
+    def check_resources(cls, params: dict[str, Any], spec, where: str) -> list[tuple[str, str]]:
+        if params.get("background") != "references" or not params.get("references"):
+            return []
+        why = check_references(params["references"])
+        return [(f"{where}.params.references", why)] if why else []
 
     @classmethod
     def load(cls, checkpoint: str | None, params: dict[str, Any], device: str = "cpu") -> "ProceduralELGenerator":
         if checkpoint:
             raise ValueError(f"the procedural generator takes no checkpoint, got {checkpoint!r}")
-        cls.Params.parse(cls.kind, params)
-        return cls()
+        p = cls.Params.parse(cls.kind, params)
+        if p.background == "rendered":
+            return cls()
+        if not p.references:
+            raise ValueError("procedural with background: references needs params.references (or domain.references)")
+        refs = background_uris(p.references)
+        if not refs:
+            raise ValueError(f"no defect-free images in references {p.references}")
+        return cls(refs)
 
     def generate(self, items: Sequence[WorkItem]) -> list[Sample]:
         out = []
         for item in items:
-            image, boxes, mask = render_el(item)
-            out.append(Sample(item=item, image=image, boxes=boxes, mask=mask, meta={"checkpoint": ""}))
+            cell, meta = None, {"checkpoint": ""}
+            if self.references:
+                ref = self.references[int(item.style.get("reference", item.seed)) % len(self.references)]
+                cell = load_background(ref, item.width, item.height) / 255.0
+                flips = np.random.default_rng([item.seed, 1]).random(2) < 0.5
+                cell = cell[:, ::-1] if flips[0] else cell
+                cell = cell[::-1] if flips[1] else cell
+                meta["reference"] = ref
+            image, boxes, mask = render_el(item, cell)
+            out.append(Sample(item=item, image=image, boxes=boxes, mask=mask, meta=meta))
         return out
 
 
-__all__ = ["CLASSES", "ProceduralELGenerator"]
+__all__ = ["CLASSES", "ProceduralELGenerator", "ProceduralParams"]

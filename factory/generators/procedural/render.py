@@ -5,6 +5,11 @@ bright cell, a mottled emission texture, thin dark finger lines (the grid) at a
 regular pitch, 2-5 darker busbars across the fingers, darker corners and edges
 (vignetting), sensor noise. Defects darken the emission locally.
 
+Values fitted to a line's references (`domain.style: fit`, see fit.py) arrive in
+the item's style and replace the renderer's own random draws (busbar width, depth
+and dashes, finger depth, texture mix, noise, border); the draws still happen, so
+items without fitted values render exactly as before.
+
 Every defect is rendered into the window of its box only, so its mask lies
 inside its box by construction, and the reported box is the tight box of what
 was actually drawn. All drawing is array arithmetic over the box window; the only
@@ -24,8 +29,9 @@ from factory.core import Box, WorkItem
 MASK_THRESHOLD = 0.12
 
 
-def render_el(item: WorkItem) -> tuple[np.ndarray, list[Box], np.ndarray]:
-    """Render one item: (HxWxC uint8 image, tight boxes, HxW uint8 mask with k = box index + 1)."""
+def render_el(item: WorkItem, cell: np.ndarray | None = None) -> tuple[np.ndarray, list[Box], np.ndarray]:
+    """Render one item: (HxWxC uint8 image, tight boxes, HxW uint8 mask with k = box index + 1).
+    `cell`: a real defect-free image (HxW float 0..1) to draw the defects on instead of a rendered cell."""
     # separate streams: adding or moving a defect changes nothing outside its box
     cell_rng, defect_rng, noise_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(item.seed).spawn(3))
     H, W = item.height, item.width
@@ -35,7 +41,8 @@ def render_el(item: WorkItem) -> tuple[np.ndarray, list[Box], np.ndarray]:
     pitch = max(2.0, style.get("grid_pitch", 8.0))
     n_busbars = int(style.get("busbars", 3))
 
-    cell = _cell(cell_rng, H, W, brightness, contrast, pitch, n_busbars)
+    if cell is None:
+        cell = _cell(cell_rng, H, W, brightness, contrast, pitch, n_busbars, style)
     darkening = np.zeros((H, W), np.float32)
     mask = np.zeros((H, W), np.uint8)
     boxes: list[Box] = []
@@ -57,7 +64,8 @@ def render_el(item: WorkItem) -> tuple[np.ndarray, list[Box], np.ndarray]:
                          box.x1 + int(xs.max()) + 1, box.y1 + int(ys.max()) + 1))
 
     img = cell * (1.0 - darkening)
-    img = img + noise_rng.normal(0.0, 0.012 + 0.01 * noise_rng.random(), img.shape).astype(np.float32)  # sensor noise
+    sigma = 0.012 + 0.01 * noise_rng.random()
+    img = img + noise_rng.normal(0.0, style.get("noise", sigma), img.shape).astype(np.float32)  # sensor noise
     img8 = (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     if item.channels == 3:
         img8 = np.repeat(img8[:, :, None], 3, axis=2)
@@ -78,16 +86,43 @@ def _smooth_noise(rng: np.random.Generator, H: int, W: int, sigma: float) -> np.
     return n / (n.std() + 1e-6)
 
 
+TEX_BINS = 12  # radial frequency bands, log-spaced from 1 cycle per image to Nyquist
+TEX_LEVELS = (0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99)
+
+
+def radial_band(H: int, W: int) -> tuple[np.ndarray, np.ndarray]:
+    """(radius in cycles per image side of every rfft2 coefficient, the TEX_BINS band edges)."""
+    r = np.hypot(np.fft.fftfreq(H)[:, None] * H, np.fft.rfftfreq(W)[None, :] * W)
+    return r, np.geomspace(1.0, min(H, W) / 2, TEX_BINS + 1)
+
+
+def spectral_texture(rng: np.random.Generator, H: int, W: int, amps, quantiles) -> np.ndarray:
+    """Noise with a given radial amplitude spectrum (per band), mapped to a given
+    distribution (quantiles at TEX_LEVELS, in units of its std): dark spots on a bright
+    base stay dark spots, not symmetric blobs."""
+    from scipy.special import ndtr
+
+    r, edges = radial_band(H, W)
+    centers = np.sqrt(edges[:-1] * edges[1:])
+    gain = np.interp(np.log(np.maximum(r, 1e-6)), np.log(centers), amps) * (r >= 1.0)
+    tex = np.fft.irfft2(np.fft.rfft2(rng.standard_normal((H, W))) * gain, s=(H, W))
+    tex = (tex - tex.mean()) / (tex.std() + 1e-9)
+    return np.interp(ndtr(tex), TEX_LEVELS, quantiles).astype(np.float32)
+
+
 def _cell(
-    rng: np.random.Generator, H: int, W: int, brightness: float, contrast: float, pitch: float, n_busbars: int
+    rng: np.random.Generator, H: int, W: int, brightness: float, contrast: float, pitch: float, n_busbars: int,
+    fit: dict[str, float] | None = None,
 ) -> np.ndarray:
-    """The defect-free cell: background, emission texture, fingers, busbars, vignette."""
+    """The defect-free cell: background, emission texture, fingers, busbars, vignette.
+    `fit` values (when present) replace the matching draws."""
+    fit = fit or {}
     yy = np.arange(H, dtype=np.float32)[:, None]
     xx = np.arange(W, dtype=np.float32)[None, :]
     side = min(H, W)
 
     # cell outline: a small dark margin, small chamfered corners on mono cells
-    margin = rng.uniform(0.0, 0.03) * side
+    margin = fit.get("margin", rng.uniform(0.0, 0.03)) * side
     u = (xx - W / 2) / (W / 2 - margin)
     v = (yy - H / 2) / (H / 2 - margin)
     multi = rng.random() < 0.5
@@ -97,9 +132,14 @@ def _cell(
 
     # emission texture: mono cells are smooth, multi cells show grains and dark
     # dislocation clusters
-    tex = 0.6 * _smooth_noise(rng, H, W, side / 8) + 0.4 * _smooth_noise(rng, H, W, side / 30)
-    amp = 0.06 * contrast
-    cell = brightness * (1.0 + amp * tex)
+    if "tex_a0" in fit:  # fitted: the references' texture spectrum and intensity distribution
+        amps = [fit[f"tex_a{i}"] for i in range(TEX_BINS)]
+        quantiles = [fit[f"tex_q{i}"] for i in range(len(TEX_LEVELS))]
+        cell = brightness * (1.0 + contrast * fit["tex_std"] * spectral_texture(rng, H, W, amps, quantiles))
+        multi = False
+    else:
+        tex = 0.6 * _smooth_noise(rng, H, W, side / 8) + 0.4 * _smooth_noise(rng, H, W, side / 30)
+        cell = brightness * (1.0 + 0.06 * contrast * tex)
     if multi:
         grains = _smooth_noise(rng, H, W, side / 50)
         clusters = np.clip(_smooth_noise(rng, H, W, side / 120) - 1.2, 0, None) * (grains > 0.3)
@@ -108,21 +148,30 @@ def _cell(
     # fingers: faint thin dark lines across the busbars, every `pitch` pixels
     phase = rng.uniform(0, pitch)
     d = np.abs(((xx + phase) % pitch) - pitch / 2) - pitch / 2  # 0 at the finger line
-    cell = cell * (1.0 - rng.uniform(0.02, 0.07) * contrast * np.exp(-((d / 0.6) ** 2)))
+    finger = rng.uniform(0.02, 0.07) * contrast
+    if "finger_depth" in fit:  # measured: the mean darkening's fundamental -> a 0.6-px line's depth
+        finger = float(np.clip(fit["finger_depth"] * pitch / 2.1, 0.0, 0.5))
+    cell = cell * (1.0 - finger * np.exp(-((d / 0.6) ** 2)))
 
     # busbars: dark horizontal bands evenly spread over the cell
     busbar_y = np.array([(i + 0.5) * H / max(n_busbars, 1) for i in range(n_busbars)], np.float32)
     if n_busbars:
-        bw = max(1.5, rng.uniform(0.015, 0.03) * H)
+        bw = max(1.5, fit.get("busbar_width", rng.uniform(0.015, 0.03)) * H)
         dist = np.min(np.abs(yy[None, :, :] - busbar_y[:, None, None]), axis=0)
         core = np.clip(bw / 2 + 0.5 - dist, 0, 1)  # anti-aliased band
-        cell = cell * (1.0 - rng.uniform(0.45, 0.65) * core - 0.06 * np.exp(-((dist / (2 * bw)) ** 2)))
+        depth = rng.uniform(0.45, 0.65)
+        depth = fit.get("busbar_depth", depth)
+        duty = fit.get("busbar_duty", 1.0)
+        if duty < 0.9:  # dashed: dark segments along the busbar
+            period = W / max(1.0, fit.get("busbar_segments", 6.0))
+            core = core * ((((xx + rng.uniform(0, period)) / period) % 1.0) < duty)
+        cell = cell * (1.0 - depth * core - 0.06 * np.exp(-((dist / (2 * bw)) ** 2)))
 
     # vignette: darker towards corners and edges
     r2 = ((xx - W / 2) / (W / 2)) ** 2 + ((yy - H / 2) / (H / 2)) ** 2
     cell = cell * (1.0 - rng.uniform(0.05, 0.2) * r2 / 2)
 
-    background = rng.uniform(0.02, 0.08)
+    background = fit.get("background", rng.uniform(0.02, 0.08))
     out = background + (cell - background) * edge_soft
     return out.astype(np.float32)
 

@@ -1,0 +1,199 @@
+"""Realism of each generator arm against held-out real images of the line: C2ST
+accuracy (a from-scratch CNN at 64 px telling generated from real, k-fold; 0.5 =
+indistinguishable) and KID/FID with the in-domain extractor (trained on the real
+reference images only), plus generation images/s on one core.
+
+    python benchmarks/realism.py --domain pv --seeds 0 1 [--grid docs/realism_grid.png]
+    python benchmarks/realism.py --domain mt --seeds 0 1
+
+Evaluation hygiene: the reference set is never a background, a defect source or
+a fitting reference.
+- pv (pv_vision_crack): backgrounds and style fitting: train cells with no defect
+  pixel (mask values 1-3); defects: the train split's masks; reference: the 172
+  val cells; floor: 172 random train cells vs the val cells.
+- mt (magnetic tile, the importer's seeded 80/20 split): backgrounds and fitting:
+  MT_Free tiles; defects: train-split masks; reference: the val split's defect
+  tiles; floor: train defect tiles vs those.
+Real sets are imported (once) into --work, never into the repository. Real and
+generated images are centre-cropped to a square and resized the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine, table  # noqa: E402
+
+from factory.data.adapters import magnetic_tile, publish_real, pv_vision_crack  # noqa: E402
+from factory.data.folders import list_images  # noqa: E402
+from factory.generators.base import load_generator  # noqa: E402
+from factory.generators.checks import check_spec  # noqa: E402
+from factory.planning import plan  # noqa: E402
+from factory.quality.metrics import fidelity  # noqa: E402
+from factory.quality.realism import c2st, train_indomain_extractor  # noqa: E402
+from factory.spec import spec_from_dict  # noqa: E402
+from factory.storage.registry import Registry  # noqa: E402
+from factory.viz import draw_boxes, grid, png_bytes  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SIDE = 128  # real and generated images are stored at this size before the C2ST's 64 px
+
+
+def square(path_or_array, side: int = SIDE) -> np.ndarray:
+    im = Image.fromarray(path_or_array) if isinstance(path_or_array, np.ndarray) else Image.open(path_or_array)
+    im = im.convert("L")
+    w, h = im.size
+    s = min(w, h)
+    return np.asarray(im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)).resize((side, side), Image.BILINEAR))
+
+
+def _registry(work: Path, name: str, load) -> str:
+    root = (work / "registry").as_uri()
+    if not Registry(root).versions(name):
+        publish_real(load(), root, name, 1)
+    return f"{root}/{name}@1"
+
+
+def pv_setup(data: Path, work: Path, n: int, rng) -> dict:
+    root = data / "pv_vision_crack"
+    source = _registry(work, "pv-vision-crack", lambda: pv_vision_crack(root))
+    clean = []
+    for img in sorted((root / "train" / "img").iterdir()):
+        m = np.asarray(Image.open(root / "train" / "ann" / f"{img.stem}.png"))[..., 0]
+        if not np.isin(m, [1, 2, 3]).any():
+            clean.append(str(img))
+    val = sorted((root / "val" / "img").iterdir())
+    train = sorted((root / "train" / "img").iterdir())
+    floor = [train[i] for i in rng.choice(len(train), min(n, len(val)), replace=False)]
+    boxes = {
+        "crack": {"count": [1, 4], "size": {"dist": "loguniform", "min": 0.03, "max": 0.35}, "aspect": {"dist": "loguniform", "min": 0.5, "max": 6}},
+        "dark_area": {"count": [1, 2], "size": {"dist": "loguniform", "min": 0.04, "max": 0.3}, "aspect": {"dist": "loguniform", "min": 0.4, "max": 4}},
+        "cross_crack": {"count": [1, 4], "size": {"min": 0.02, "max": 0.05}, "aspect": {"min": 0.8, "max": 1.3}},
+    }
+    spec = {"name": "realism-pv", "seed": 11, "count": n, "image": {"width": 256, "height": 256},
+            "negatives": 0.55, "classes_per_image": [1, 3],
+            "defects": [{"class": c, "weight": w, "boxes": boxes[c]} for c, w in (("crack", 0.5), ("dark_area", 0.25), ("cross_crack", 0.25))]}
+    labelled_val = pv_vision_crack(root, splits=("val",)).samples
+    return {"spec": spec, "proc_classes": None, "refs": clean, "source": source,
+            "real": [s.image_path for s in labelled_val], "real_boxes": [s.boxes for s in labelled_val], "floor": floor}
+
+
+def mt_setup(data: Path, work: Path, n: int, rng) -> dict:
+    root = data / "magnetic_tile"
+    source = _registry(work, "magnetic-tile", lambda: magnetic_tile(root))
+    samples = magnetic_tile(root, negatives=False).samples  # the importer's split (seed 0, 20% val)
+    real = [s for s in samples if s.split == "val" and s.boxes]
+    train = [s.image_path for s in samples if s.split == "train" and s.boxes]
+    floor = [train[i] for i in rng.choice(len(train), min(n, len(real)), replace=False)]
+    sizes = {"blowhole": (0.03, 0.09), "break": (0.05, 0.4), "crack": (0.04, 0.2), "fray": (0.1, 0.6), "uneven": (0.3, 0.7)}
+    weights = {"blowhole": 115, "break": 85, "crack": 57, "fray": 32, "uneven": 103}
+    spec = {"name": "realism-mt", "seed": 12, "count": n, "image": {"width": 192, "height": 192},
+            "defects": [{"class": c, "weight": weights[c], "boxes": {"count": [1, 1], "size": {"dist": "loguniform", "min": lo, "max": hi},
+                                                                     "aspect": {"dist": "loguniform", "min": 0.5, "max": 2}}}
+                        for c, (lo, hi) in sizes.items()]}
+    refs = [str(p) for p in list_images(root / "MT_Free" / "Imgs")]
+    proc = [{"class": "crack", "boxes": spec["defects"][2]["boxes"]}, {"class": "black_spot", "boxes": spec["defects"][0]["boxes"]}]
+    return {"spec": spec, "proc_classes": proc, "refs": refs, "source": source,
+            "real": [s.image_path for s in real], "real_boxes": [s.boxes for s in real], "floor": floor}
+
+
+def arms(setup: dict) -> dict[str, dict]:
+    """Arm name -> spec dict."""
+    base = setup["spec"]
+    proc = dict(base, defects=setup["proc_classes"] or base["defects"])
+    out = {
+        "procedural default style": dict(proc, generators=[{"kind": "procedural"}]),
+        "procedural fitted": dict(proc, domain={"style": "fit", "references": setup["refs"]}, generators=[{"kind": "procedural"}]),
+        "procedural on real backgrounds": dict(proc, generators=[{"kind": "procedural", "params": {
+            "background": "references", "references": setup["refs"]}}]),
+    }
+    for blend in ("alpha", "poisson"):
+        out[f"transplant {blend}"] = dict(base, generators=[{"kind": "transplant", "params": {
+            "source": setup["source"], "references": setup["refs"], "blend": blend}}])
+    return out
+
+
+def generate(spec_dict: dict, n: int):
+    spec = check_spec(spec_from_dict(spec_dict))
+    g = spec.generators[0]
+    gen = load_generator(g.kind, g.checkpoint, g.params)
+    items = plan(spec, n=n)
+    t0 = time.perf_counter()
+    samples = gen.generate(items)
+    return samples, n / (time.perf_counter() - t0), spec
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--domain", choices=["pv", "mt"], required=True)
+    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "factory-realism")
+    ap.add_argument("--n", type=int, default=172, help="images per side (capped by the reference set)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="C2ST seeds (each a 5-fold run)")
+    ap.add_argument("--grid", type=Path, default=None, help="write real | procedural | fitted | transplant rows here")
+    args = ap.parse_args()
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+    rng = np.random.default_rng(0)
+    setup = (pv_setup if args.domain == "pv" else mt_setup)(args.data, args.work, args.n, rng)
+    real = [square(p) for p in setup["real"]]
+    n = min(args.n, len(real))
+    weights = train_indomain_extractor(real, args.work / f"indomain-{args.domain}.pt")
+    real_png = [png_bytes(a) for a in real]
+
+    def score(images: list[np.ndarray]) -> dict:
+        runs = [c2st(images, real, seed=s) for s in args.seeds]
+        accs = [r["c2st_accuracy"] for r in runs]
+        fid = fidelity([png_bytes(a) for a in images], real_png, size=64, indomain_weights=str(weights))
+        return {"c2st": float(np.mean(accs)), "spread": float(np.std(accs)) if len(accs) > 1 else runs[0]["c2st_std"],
+                "kid": fid["kid_mean"], "kid_std": fid["kid_std"], "fid": fid["fid"]}
+
+    rows, generated = [], {}
+    for name, spec_dict in arms(setup).items():
+        samples, rate, spec = generate(dict(spec_dict, count=n), n)
+        generated[name] = (samples, spec)
+        s = score([square(sm.image[:, :, 0]) for sm in samples])
+        rows.append([name, f"{s['c2st']:.3f} ± {s['spread']:.3f}", f"{s['kid']:.4f} ± {s['kid_std']:.4f}", f"{s['fid']:.2f}", f"{rate:.1f}"])
+        print(" | ".join(rows[-1]), flush=True)
+    s = score([square(p) for p in setup["floor"]])
+    rows.append(["real vs real floor (train vs reference)", f"{s['c2st']:.3f} ± {s['spread']:.3f}", f"{s['kid']:.4f} ± {s['kid_std']:.4f}", f"{s['fid']:.2f}", "-"])
+    rows.append(["DG2GAN", "not run: no checkpoint at hand", "", "", ""])
+    print(f"\n{args.domain}: {n} images per side, C2ST at 64 px (5-fold, seeds {args.seeds}; ± = std over seeds, "
+          "or over folds with one seed), KID/FID with the in-domain extractor")
+    print(f"machine: {machine()}\n")
+    print(table(["arm", "C2ST accuracy", "KID", "FID", "images/s (1 core)"], rows))
+    if args.grid:
+        write_grid(args.grid, setup, generated)
+
+
+def write_grid(path: Path, setup: dict, generated: dict, rows: int = 4) -> None:
+    """real (its own boxes) | procedural | procedural fitted | transplant poisson, the generated
+    columns made from the same planned items (the same requested boxes)."""
+    cols = ["procedural default style", "procedural fitted", "transplant poisson"]
+    samples = {c: generated[c][0] for c in cols}
+    picks = [i for i, s in enumerate(samples["transplant poisson"]) if s.item.boxes][:rows]
+    reals = [i for i, b in enumerate(setup["real_boxes"]) if b][:rows]
+    tiles, captions = [], []
+    for r, i in zip(reals, picks):
+        tiles.append(draw_boxes(np.asarray(Image.open(setup["real"][r]).convert("L")), setup["real_boxes"][r]))
+        captions.append("real (held out)")
+        for c in cols:
+            s = samples[c][i]
+            tiles.append(draw_boxes(s.image, s.boxes))
+            captions.append(c.replace(" default style", ""))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid(tiles, cols=4, captions=captions, tile_size=256).save(path)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

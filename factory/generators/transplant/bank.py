@@ -1,0 +1,93 @@
+"""The bank of real defect instances a transplant cuts from: per class, each box of
+the source's train split as a grey patch (the box plus a margin of its own
+surroundings, which intensity matching and Poisson blending need) and its alpha:
+the exact instance mask where the source has masks, else a feathered box.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+from factory.data.instances import decode_map
+from factory.formats import parse_yolo_lines
+from factory.generators.transplant.sources import train_files, tree_uri
+from factory.storage import uri as U
+
+MARGIN = 0.25  # patch margin around the box, as a share of its side (at least MIN_MARGIN px)
+MIN_MARGIN = 4
+
+
+@dataclass(frozen=True)
+class Instance:
+    class_name: str
+    patch: np.ndarray  # h x w uint8, grey
+    alpha: np.ndarray  # h x w float32 in [0, 1]: the defect's pixels
+    exact: bool  # alpha is the annotated mask (else a feathered box)
+    origin: str  # "<image>#<box index>", for provenance
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width) of the defect's tight box."""
+        ys, xs = np.nonzero(self.alpha >= 0.5)
+        return int(ys.max() - ys.min() + 1), int(xs.max() - xs.min() + 1)
+
+
+def nearest(pool: list[Instance], sizes: np.ndarray, height: int, width: int, k: int) -> list[int]:
+    """Indices of the `k` instances whose tight box is closest to (height, width) in
+    log side and log aspect (either orientation: the paste may rotate), so the
+    paste scales them little. `sizes`: (N, 2) heights and widths of `pool`."""
+    side = 0.5 * np.log(sizes[:, 0] * sizes[:, 1] / (height * width))
+    aspect = np.abs(np.log(sizes[:, 1] / sizes[:, 0]))
+    d = side ** 2 + 0.25 * (aspect - abs(np.log(width / height))) ** 2
+    return [int(i) for i in np.argsort(d, kind="stable")[:k]]
+
+
+def _grey(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im.convert("L"))
+
+
+def feathered_box(h: int, w: int, inner: tuple[slice, slice], feather: float) -> np.ndarray:
+    """A soft box mask for box-only sets: 1 inside, a smooth ramp of `feather` px at the edge."""
+    a = np.zeros((h, w), np.float32)
+    a[inner] = 1.0
+    if feather > 0:
+        a = np.minimum(ndimage.gaussian_filter(a, feather / 2), a)  # ramp inside the box only
+        a[inner] = np.maximum(a[inner], 0.5)  # the box itself stays in the mask
+    return a
+
+
+def load_bank(source: str, classes: list[str] | None = None, max_per_class: int = 5000,
+              feather: float = 2.0) -> dict[str, list[Instance]]:
+    """Every instance of `classes` (all when None) in the source's train split, in a
+    stable order (file name, box index), at most `max_per_class` each."""
+    tree = tree_uri(source)
+    names, files = train_files(tree)
+    bank: dict[str, list[Instance]] = {}
+    for f in files:
+        if not f.labels.strip():
+            continue
+        image = _grey(U.read_bytes(U.join(tree, f.image)))
+        H, W = image.shape
+        boxes = parse_yolo_lines(f.labels, W, H, names)
+        inst = decode_map(U.read_bytes(U.join(tree, f.instances))) if f.instances else None
+        for k, b in enumerate(boxes):
+            if classes is not None and b.class_name not in classes:
+                continue
+            if len(bank.get(b.class_name, [])) >= max_per_class:
+                continue
+            m = max(MIN_MARGIN, int(MARGIN * max(b.width, b.height)))
+            y1, y2, x1, x2 = max(0, b.y1 - m), min(H, b.y2 + m), max(0, b.x1 - m), min(W, b.x2 + m)
+            patch = image[y1:y2, x1:x2].copy()
+            inner = (slice(b.y1 - y1, b.y2 - y1), slice(b.x1 - x1, b.x2 - x1))
+            if inst is not None and (inst[y1:y2, x1:x2] == k + 1).any():
+                alpha, exact = (inst[y1:y2, x1:x2] == k + 1).astype(np.float32), True
+            else:
+                alpha, exact = feathered_box(y2 - y1, x2 - x1, inner, feather), False
+            bank.setdefault(b.class_name, []).append(Instance(b.class_name, patch, alpha, exact, f"{f.image}#{k}"))
+    return bank
