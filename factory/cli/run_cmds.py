@@ -202,6 +202,13 @@ def show(ref: str = RefArg, root: str = RootOpt) -> None:
         f"{reg.version_uri(name, version)}\ncreated {m['created_at']}, code {m['code_version']}, formats "
         f"{', '.join(m['formats'])}, {len(m['files'])} files ({size / 1e6:.1f} MB), gate: {', '.join(m['gate'])}"
     )
+    with _errors():
+        from factory.storage import uri as U
+
+        extras = U.list_files(reg.extras_uri(name, version))
+    if extras:  # computed after publishing: metrics, retraining runs (beside the version, never in it)
+        console.print(f"extras at {reg.extras_uri(name, version)}: " + ", ".join(sorted(extras)[:12])
+                      + (f" and {len(extras) - 12} more" if len(extras) > 12 else ""))
 
 
 @app.command()

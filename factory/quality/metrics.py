@@ -26,6 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from factory.core import Reason
+from factory.storage.registry import extras_for
 from factory.quality.realism import INDOMAIN_EXTRACTOR, c2st, register_indomain, train_indomain_extractor
 
 UIIDD_EXTRACTOR = "uiidd-backbone"
@@ -258,16 +259,16 @@ def _realism(gen: list[bytes], reals: list[str], base: str, size: int, inception
         for i in range(n):
             tiles += [to_rgb(np.asarray(Image.open(reals[i]).convert("L"))), to_rgb(np.asarray(Image.open(io.BytesIO(gen[i])).convert("L")))]
             captions += ["real", "generated"]
-        U.write_bytes(U.join(base, "metrics", "realism.png"), png_bytes(grid(tiles, cols=4, captions=captions, tile_size=160)))
-        out["realism_grid"] = U.join(base, "metrics", "realism.png")
+        out["realism_grid"] = U.join(extras_for(base), "metrics", "realism.png")
+        U.write_bytes(out["realism_grid"], png_bytes(grid(tiles, cols=4, captions=captions, tile_size=160)))
     return out
 
 
 def dataset_metrics(ref: str, real: str | None = None, root: str | None = None, inception_weights: str | None = None,
                     extractor_checkpoint: str | None = None, size: int = 128, max_images: int | None = 2000,
                     write: bool = True) -> dict[str, Any]:
-    """All metrics of a published version; written to `<version>/metrics/quality.json`
-    (beside the manifest: a published manifest is immutable)."""
+    """All metrics of a published version; written to `<name>/_extras/v<N>/metrics/quality.json`
+    (beside the version, never inside it: a published version never changes)."""
     from factory.storage import uri as U
 
     reg, name, version, base, manifest = _version(ref, root)
@@ -285,6 +286,7 @@ def dataset_metrics(ref: str, real: str | None = None, root: str | None = None, 
             reals = list_real_images(str(d), max_images)
             out.update(_realism(gen, reals, base, size, inception_weights, None if inception_weights else ckpt, write))
     if write:
-        U.write_bytes(U.join(base, "metrics", "quality.json"), json.dumps(out, indent=2, sort_keys=True, default=str).encode())
-        out["written_to"] = U.join(base, "metrics", "quality.json")
+        dest = U.join(extras_for(base), "metrics", "quality.json")
+        U.write_bytes(dest, json.dumps(out, indent=2, sort_keys=True, default=str).encode())
+        out["written_to"] = dest
     return out

@@ -22,6 +22,8 @@ from factory.storage import uri as U
 from factory.storage.publish import MANIFEST, STAGING, Publication, PublishedError, is_sealed, read_file_list
 from factory.storage.uri import StorageError
 
+EXTRAS = "_extras"  # <name>/_extras/v<N>/: metrics and retraining runs of a published version
+
 RUN_LOCK = "_run.json"  # in a staging prefix: the run that owns it (its state), created exclusively
 _REF = re.compile(r"^(?P<name>[a-z0-9][a-z0-9-]{0,62})(@(?P<version>v?\d+|latest))?$")
 
@@ -65,6 +67,11 @@ class Registry:
 
     def version_uri(self, name: str, version: int) -> str:
         return U.join(self.root, name, f"v{version}")
+
+    def extras_uri(self, name: str, version: int) -> str:
+        """Where what is computed after publishing (metrics, retraining runs) lives:
+        beside the version, never inside it (a published version never changes)."""
+        return U.join(self.root, name, EXTRAS, f"v{version}")
 
     def staging_uri(self, name: str, version: int) -> str:
         return U.join(self.root, name, STAGING, f"v{version}")
@@ -159,6 +166,14 @@ class Registry:
         for path, data in extra.items():
             pub.put(path, data)
         return pub.commit(manifest)
+
+
+def extras_for(version_uri: str) -> str:
+    """`<root>/<name>/v<N>` -> `<root>/<name>/_extras/v<N>` (see `Registry.extras_uri`)."""
+    parent, _, leaf = version_uri.rstrip("/").rpartition("/")
+    if not (leaf.startswith("v") and leaf[1:].isdigit()):
+        raise ValueError(f"{version_uri}: not a version folder (<root>/<name>/v<N>)")
+    return U.join(parent, EXTRAS, leaf)
 
 
 def code_version() -> str:
