@@ -7,7 +7,7 @@ translate real images have references. Every problem is reported as
 `field: reason`, all at once, like the spec's own errors.
 
 A family may also check what its params point at (data sets, reference folders)
-with a classmethod `check_resources(params, spec, where) -> [(field, reason)]`;
+with a classmethod `check_resources(params, spec, where, checkpoint) -> [(field, reason)]`;
 it runs only when `check_uris` is true (a cluster may see URIs a laptop does not).
 A family whose need for references depends on its params says so with a
 classmethod `needs_references(params) -> bool` (else its `uses_references`), and
@@ -69,7 +69,7 @@ def check_spec(spec: DatasetSpec, source: str = "<spec>", check_uris: bool = Tru
             g.params = prepare(dict(g.params), spec)
         check = getattr(cls, "check_resources", None)
         if check_uris and params_ok and check is not None and g.weight > 0:
-            problems += check(g.params, spec, where)
+            problems += check(g.params, spec, where, g.checkpoint)
     if problems:
         raise SpecError(source, problems)
     return spec

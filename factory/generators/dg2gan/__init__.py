@@ -55,6 +55,29 @@ class DG2GANGenerator:
         self.threshold, self.min_area, self.batch_size, self.flip = p.threshold, p.min_area, p.batch_size, p.flip
 
     @classmethod
+    def check_resources(cls, params: dict[str, Any], spec, where: str, checkpoint: str | None = None) -> list[tuple[str, str]]:
+        """Before any Ray worker starts: a trained run is where the spec says."""
+        from factory.storage import uri as U
+
+        hint = "train one with `factory train dg2gan --defect-free DIR --defective DIR --class NAME --out URI`"
+        runs = [(f"{where}.checkpoint", checkpoint)] if checkpoint else []
+        runs += [(f"{where}.params.checkpoints.{c}", u) for c, u in (params.get("checkpoints") or {}).items()]
+        if not runs:
+            return [(f"{where}.checkpoint", f"DG2GAN needs a trained checkpoint; {hint}")]
+        problems = []
+        for field, uri in runs:
+            try:
+                found = any(n == "latest.json" or n.endswith("/latest.json") or n.endswith("generators.pt")
+                            for n in U.list_files(uri))
+            except U.StorageError as e:
+                found, hint_here = False, str(e)
+            else:
+                hint_here = f"no DG2GAN run (latest.json) under {uri}; {hint}"
+            if not found:
+                problems.append((field, hint_here))
+        return problems
+
+    @classmethod
     def load(cls, checkpoint: str | None, params: dict[str, Any], device: str = "cpu") -> "DG2GANGenerator":
         from factory.generators.dg2gan.checkpoint import TRAIN_HINT, find_runs, load_generators
 

@@ -84,6 +84,25 @@ class PDIGGenerator:
         self.device = device
 
     @classmethod
+    def check_resources(cls, params: dict[str, Any], spec, where: str, checkpoint: str | None = None) -> list[tuple[str, str]]:
+        """Before any Ray worker starts: the trained parts and the base model are there."""
+        from factory.storage import uri as U
+
+        problems = []
+        if checkpoint:
+            missing = [n for n in ("pdig_config.json", "pdig_adapter.safetensors") if not U.exists(U.join(checkpoint, n))]
+            if missing:
+                problems.append((f"{where}.checkpoint", f"{checkpoint} is missing {', '.join(missing)}; "
+                                 "give a folder written by `factory train pdig`"))
+        base = params.get("base")
+        if base and not U.exists(U.join(base, "unet", "config.json")):
+            problems.append((f"{where}.params.base", f"no diffusers model (unet/config.json) at {base}"))
+        if not base and not checkpoint:
+            problems.append((f"{where}.params.base", "the pdig generator needs a base model: a diffusers SD1.5 "
+                             "folder/URI here, or a checkpoint from `factory train pdig` that records one"))
+        return problems
+
+    @classmethod
     def load(cls, checkpoint: str | None, params: dict[str, Any], device: str = "cpu") -> "PDIGGenerator":
         import torch
 

@@ -48,7 +48,7 @@ class ProceduralELGenerator:
         return params
 
     @classmethod
-    def check_resources(cls, params: dict[str, Any], spec, where: str) -> list[tuple[str, str]]:
+    def check_resources(cls, params: dict[str, Any], spec, where: str, checkpoint: str | None = None) -> list[tuple[str, str]]:
         if params.get("background") != "references" or not params.get("references"):
             return []
         why = check_references(params["references"])

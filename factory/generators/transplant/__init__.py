@@ -81,7 +81,7 @@ class TransplantGenerator:
         return params
 
     @classmethod
-    def check_resources(cls, params: dict[str, Any], spec, where: str) -> list[tuple[str, str]]:
+    def check_resources(cls, params: dict[str, Any], spec, where: str, checkpoint: str | None = None) -> list[tuple[str, str]]:
         """The source exists and has every class the spec draws with weight > 0 in its
         train split; the references exist and hold defect-free images."""
         problems = []
