@@ -15,7 +15,7 @@ import typer
 from rich.table import Table
 
 from factory.cli.app import app, datasets_app
-from factory.cli.common import EXIT_INVALID, console, fail, friendly_errors, load_spec_or_exit
+from factory.cli.common import EXIT_INVALID, console, fail, friendly_errors, load_spec_or_exit, ray_output_to_log
 
 SpecArg = typer.Argument(..., help="Path to the dataset spec (YAML).", show_default=False)
 RefArg = typer.Argument(..., help="NAME@VERSION or ROOT/NAME@VERSION (e.g. s3://bucket/datasets/demo-pv-el@3).",
@@ -48,6 +48,7 @@ def run(
     address: str | None = typer.Option(None, "--address", help="Ray cluster address; default: RAY_ADDRESS, else an embedded local Ray."),
     actors: int | None = typer.Option(None, "--actors", min=1, help="Generator actors per generator (default: one per CPU, or per GPU)."),
     overprovision: float = typer.Option(1.1, "--overprovision", min=1.0, help="Plan count x this in the first round (1 / expected pass rate)."),
+    verbose: bool = typer.Option(False, "--verbose", help="Show Ray's own output here instead of in the run's log file."),
 ) -> None:
     """Generate, check and publish a dataset version (a Ray Data job)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -60,7 +61,7 @@ def run(
         fail("--resume and --restart exclude each other", EXIT_INVALID)
     opts = RunOptions(out=out, version=version, resume=resume, restart=restart, address=address, actors=actors,
                       overprovision=overprovision, on_publish=publish_hook)
-    with _errors(), Progress(
+    with _errors(), ray_output_to_log("run", verbose) as log, Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("accepted, {task.fields[rejected]} rejected, round {task.fields[round]}"), TimeElapsedColumn(),
         console=console, transient=False,
@@ -73,6 +74,8 @@ def run(
 
         result = run_dataset(s, opts, on_progress=show)
     console.print(summary_table(result.manifest, result.seconds))
+    if log:
+        console.print(f"[dim]Ray's log: {log}[/]")
     if result.resumed_shards:
         console.print(f"resumed: reused {result.resumed_shards} shards written by the interrupted run")
     console.print(f"[green]published[/] {s.name}@{result.version} at {result.uri}")
