@@ -42,7 +42,7 @@ class StepCounter:
 
     def __init__(self, stop_steps: int | None):
         self.stop_steps, self.steps, self.batches, self.images = stop_steps, 0, 0, 0
-        self.epoch_steps: list[int] = []
+        self.epoch_steps: list[tuple[int, bool]] = []  # (steps so far, validated this epoch?)
         self._in_epoch = 0
 
     def attach(self, model) -> None:
@@ -71,7 +71,8 @@ class StepCounter:
             trainer.stop = True  # ultralytics leaves its batch loop, validates and saves last.pt
 
     def _on_fit_epoch_end(self, trainer) -> None:
-        self.epoch_steps.append(self.steps)
+        # with val=False ultralytics validates only at the end; other epochs repeat stale numbers
+        self.epoch_steps.append((self.steps, bool(trainer.args.val or trainer.stop)))
 
 
 def _metrics_of(m, names: list[str]) -> dict[str, Any]:
@@ -92,13 +93,14 @@ def _metrics_of(m, names: list[str]) -> dict[str, Any]:
             "per_class": per_class}
 
 
-def _curve(results_csv: Path, epoch_steps: list[int]) -> dict[str, list[float]]:
-    """mAP50 on the eval set after each epoch (ultralytics' own validation), with the step count there."""
+def _curve(results_csv: Path, epoch_steps: list[tuple[int, bool]]) -> dict[str, list[float]]:
+    """mAP50 on the eval set after each validated epoch (ultralytics' own validation), with the step count there."""
     if not results_csv.exists():
         return {}
     rows = [{k.strip(): v for k, v in r.items()} for r in csv.DictReader(results_csv.open())]
-    rows = rows[: len(epoch_steps)] if epoch_steps else rows
-    return {"epoch": [int(float(r["epoch"])) for r in rows], "steps": epoch_steps[: len(rows)],
+    kept = [(r, steps) for r, (steps, validated) in zip(rows, epoch_steps) if validated]
+    rows = [r for r, _ in kept]
+    return {"epoch": [int(float(r["epoch"])) for r in rows], "steps": [steps for _, steps in kept],
             "map50": [float(r.get("metrics/mAP50(B)", "nan")) for r in rows],
             "box_loss": [float(r.get("train/box_loss", "nan")) for r in rows]}
 

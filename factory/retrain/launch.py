@@ -73,16 +73,25 @@ def _run_one(run: dict[str, Any]) -> int:
     return int((result.metrics or {}).get("steps", -1))
 
 
+def runs_that_fit(s: RetrainSettings) -> int:
+    """How many runs the cluster holds at once now: its GPUs / `gpus`, else its CPUs (one per run)."""
+    import ray
+
+    have = ray.cluster_resources()
+    return max(1, int(have.get("GPU", 0) // s.gpus) if s.gpus else int(have.get("CPU", 1)))
+
+
 def _fit_all(runs: list[dict[str, Any]], s: RetrainSettings) -> None:
-    """Every run side by side: each TorchTrainer is driven from a zero-CPU Ray task,
-    so only the training workers hold resources and Ray's scheduler decides how
-    many fit at once (`parallel` caps it)."""
+    """Runs side by side: each TorchTrainer is driven from a zero-CPU Ray task, so
+    only the training workers hold resources; `parallel` (default: as many as
+    fit now) caps how many are started at once, so no idle trainer waits."""
     import ray
 
     launch = ray.remote(num_cpus=0, max_retries=0)(_run_one)
+    limit = s.parallel or runs_that_fit(s)
     pending, waiting, errors = [], list(runs), []
     while waiting or pending:
-        while waiting and len(pending) < (s.parallel or len(runs)):
+        while waiting and len(pending) < limit:
             pending.append(launch.remote(waiting.pop(0)))
         done, pending = ray.wait(pending, num_returns=1)
         try:
