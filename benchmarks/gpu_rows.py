@@ -13,7 +13,7 @@ becomes a row saying why and the next still runs.
             random inputs and saved to DIR/anomaly for the job: heat maps/s.
 - trainers: a few optimizer steps of each trainer's own step (DG2GAN `train_step` at
             the paper's batch 8, UIIDD `train_step`, PDIG's LDM loss with SCE + LISA
-            at SD1.5 size) and ultralytics YOLO epochs through `training.detector.train_arm`.
+            at SD1.5 size) and ultralytics YOLO epochs through `factory.retrain.arm.train_arm`.
 - job:      `run_dataset` (Ray Data) with the pdig generator on a random base and the
             anomaly gate from the `anomaly` section, GPU generator + GPU scoring;
             GPU utilisation sampled with nvidia-smi while it runs.
@@ -182,7 +182,8 @@ def _train_pdig(dev, dry, work):
 def _train_yolo(dev, dry, work):
     from PIL import Image
 
-    from factory.training.detector import RetrainConfig, train_arm
+    from factory.retrain.arm import ArmPlan, train_arm
+    from factory.spec.retrain import RetrainSettings
 
     root = work / "yolo"
     n, size = (8, 64) if dry else (256, 512)
@@ -195,9 +196,10 @@ def _train_yolo(dev, dry, work):
             (root / "labels" / split / f"{i}.txt").write_text("0 0.5 0.5 0.2 0.3\n")
     (root / "data.yaml").write_text("train: images/train\nval: images/val\nnames: {0: crack}\n")
     epochs = 1 if dry else 3
-    cfg = RetrainConfig(epochs=epochs, imgsz=size, batch=8 if dry else 32, workers=0, gpus=1 if dev == "cuda" else 0,
-                        train_args={"plots": False})
-    out = train_arm("gpu-bench", work / "yolo-runs", root / "data.yaml", cfg)
+    cfg = RetrainSettings(epochs=epochs, imgsz=size, batch=8 if dry else 32, workers=0, gpus=1 if dev == "cuda" else 0,
+                          train_args={"plots": False})
+    out = train_arm("gpu-bench", 0, work / "yolo-runs", root / "data.yaml", cfg,
+                    ArmPlan(epochs=epochs, stop_steps=None, warmup_epochs=0.0, close_mosaic=0))
     return (f"yolov8n.yaml from scratch, {n} images at {size} px, batch {cfg.batch}, {epochs} epoch(s), train + val",
             f"{n * epochs / out['train_seconds']:.1f} train images/s ({out['train_seconds']:.1f} s, start-up included)")
 

@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     from factory.pipeline import RunError, RunOptions, run_dataset
     from factory.spec import SpecError, load_spec, parse_spec
     from factory.storage import StorageError
-    from factory.training.detector import publish_hook  # spec `retrain: {on: publish}` -> one Ray job
+    from factory.retrain.trigger import publish_hook  # spec `retrain: {on: publish}` -> one Ray job
 
     ap = argparse.ArgumentParser(prog="jobs/generate.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("spec", nargs="?", help="spec file (or use --spec-env)")

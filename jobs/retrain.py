@@ -1,9 +1,10 @@
 """Ray job entrypoint for detector retraining:
 `ray job submit -- python -m jobs.retrain NAME@VERSION --real-train URI --real-eval URI [...]`.
 
-It runs the same command as `factory retrain ...` (the publish trigger submits
-exactly this), so a job and a laptop run share one code path; Ray Train inside
-it connects to the cluster the job runs on.
+It runs the same command as `factory retrain ...` (the publish trigger,
+`factory.retrain.trigger`, submits exactly this, settings as `--config`), so a
+job and a laptop run share one code path and one set of defaults (matched
+optimizer steps); the Ray Train runs inside it join the cluster the job runs on.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from factory.data.masks import binary_to_boxes, mask_to_boxes
 from factory.data.vocab import PV_VISION_CLASSES
 from factory.formats import label_path, parse_yolo_lines, read_data_yaml, yolo_lines
 from factory.storage.registry import Registry
-from factory.training.detector import network_attempts
+from factory.retrain.offline import network_attempts
 
 
 @pytest.fixture(autouse=True)

@@ -88,7 +88,7 @@ def check_ultralytics(data_yaml: Path, count: int) -> None:
     """ultralytics' own dataset check loads the tree as is (offline)."""
     cfg = data_yaml.parent.parent / "yolo-cfg"
     code = (
-        "from factory.training.detector import setup_ultralytics_offline; "
+        "from factory.retrain.offline import setup_ultralytics_offline; "
         f"setup_ultralytics_offline({str(cfg)!r}); "
         "from ultralytics.data.utils import check_det_dataset; import glob, sys; "
         f"d = check_det_dataset({str(data_yaml)!r}, autodownload=False); "

@@ -1,6 +1,8 @@
-"""Detector retraining: a 1-epoch, 64 px retrain through Ray Train on a few real
-pv_vision images + a published synthetic version; the publish trigger and the
-watcher against a real Ray job server; and nothing tries to reach the network."""
+"""Detector retraining: matched step budgets through Ray Train on a few real
+pv_vision images + a published synthetic version (steps read from what
+ultralytics ran), `real_limit`, several seeds and their statistics; the publish
+trigger and the watcher against a real Ray job server, with the command's
+defaults; and nothing tries to reach the network."""
 
 from __future__ import annotations
 
@@ -24,7 +26,12 @@ from factory.generators.procedural import ProceduralELGenerator
 from factory.planning.plan import plan
 from factory.spec.load import parse_spec, spec_from_dict
 from factory.storage.registry import Registry
-from factory.training import detector as D
+from factory.retrain import config as C
+from factory.retrain import data as RD
+from factory.retrain import launch as L
+from factory.retrain import trigger as T
+from factory.retrain.offline import network_attempts
+from factory.spec.retrain import RetrainSettings
 
 SYN_SPEC = {
     "name": "syn-el", "version": 1, "seed": 3, "count": 8, "image": {"width": 64, "height": 64},
@@ -37,13 +44,13 @@ def offline(monkeypatch):
     """Record every attempt to reach beyond this machine, here and (via
     FACTORY_NO_NETWORK) inside the Ray Train workers, where it is an error."""
     monkeypatch.setenv("FACTORY_NO_NETWORK", "1")
-    with D.network_attempts() as attempts:
+    with network_attempts() as attempts:
         yield
     assert not attempts, f"tried to reach the network: {attempts}"
 
 
 def test_network_guard_sees_attempts():
-    with D.network_attempts() as attempts:
+    with network_attempts() as attempts:
         with pytest.raises(OSError):
             socket.getaddrinfo("example.invalid", 443)  # offline: fails, but it was an attempt
         with socket.create_connection(("127.0.0.1", _listening_port()), timeout=1):
@@ -88,53 +95,98 @@ def _publish_synthetic(root: Path, spec_dict: dict) -> str:
     return Registry(str(root)).publish(spec.name, spec.version, [], extra, manifest)
 
 
-def test_prepare_datasets_maps_classes_and_mixes(tmp_path, real_yolo):
+def test_selection_maps_classes_and_mixes(tmp_path, real_yolo):
     version = _publish_synthetic(tmp_path / "reg", SYN_SPEC)
-    syn = Path(D.yolo_uri(version).removeprefix("file://"))
-    cfg = D.RetrainConfig(synthetic_ratio=0.5, seed=1)
-    data_yaml, counts = D.prepare_datasets(tmp_path / "w", Path(real_yolo), Path(real_yolo), syn, cfg)
-    data = yaml.safe_load(data_yaml.read_text())
-    assert data["names"] == ["crack", "cross_crack", "dark_area"]
-    assert data["train"] == ["real/images", "synthetic/images"]
-    s = counts["synthetic"]
+    syn = Path(C.yolo_uri(version).removeprefix("file://"))
+    s = RetrainSettings(synthetic_ratio=0.5, arms=["real", "mixed", "synthetic"])
+    sel = RD.select(Path(real_yolo), Path(real_yolo), syn, s, seed=1)
+    assert sel.class_names == ["crack", "cross_crack", "dark_area"]
+    c = sel.counts["synthetic"]
     # black_spot is not a real class: its images are left out, not half-labelled
-    assert s["class_mapping"] == {"crack": "crack", "dark_area": "dark_area", "black_spot": None}
-    assert s["dropped_images"] > 0 and s["used_images"] == 3  # 0.5 x 6 real images
+    assert c["class_mapping"] == {"crack": "crack", "dark_area": "dark_area", "black_spot": None}
+    assert c["dropped_images"] > 0 and c["used_images"] == 3 == len(sel.synthetic)  # 0.5 x 6 real images
+    assert [len(sel.train_items(a)) for a in ("real", "mixed", "synthetic")] == [6, 9, 3]
+    data = yaml.safe_load(RD.write_arm(tmp_path / "w", sel, "mixed").read_text())
+    assert data["names"] == sel.class_names and data["train"] == ["real/images", "synthetic/images"]
     for lab in (tmp_path / "w" / "synthetic" / "labels").glob("*.txt"):
         assert {line.split()[0] for line in lab.read_text().splitlines()} <= {"0", "2"}
-    with pytest.raises(D.RetrainError, match="not a real class"):
-        D.prepare_datasets(tmp_path / "w2", Path(real_yolo), Path(real_yolo), syn,
-                           D.RetrainConfig(class_map={"black_spot": "blob"}))
+    assert yaml.safe_load(RD.write_arm(tmp_path / "s", sel, "synthetic").read_text())["train"] == ["synthetic/images"]
+    with pytest.raises(C.RetrainError, match="not a real class"):
+        RD.select(Path(real_yolo), Path(real_yolo), syn, RetrainSettings(class_map={"black_spot": "blob"}), seed=0)
+
+
+def _items(spec: list[set[int]]) -> list:
+    return [(Path(f"img{i}.png"), [f"{c} 0.5 0.5 0.1 0.1" for c in sorted(cs)]) for i, cs in enumerate(spec)]
+
+
+def test_real_limit_keeps_every_class_and_follows_the_seed():
+    # 40 images: class 2 in only one of them, class 1 in two, many defect-free
+    items = _items([{2}] + [{1}] * 2 + [{0}] * 12 + [set()] * 25)
+    subsets = [RD.real_subset(items, 5, seed) for seed in range(6)]
+    for sub in subsets:
+        assert len(sub) == 5 and len({p for p, _ in sub}) == 5
+        assert set().union(*(RD.classes_of(it) for it in sub)) == {0, 1, 2}
+        assert {p for p, _ in sub} <= {p for p, _ in items}
+    assert len({tuple(p for p, _ in sub) for sub in subsets}) > 1  # the seed picks the subset
+    assert RD.real_subset(items, 5, 3) == subsets[3]  # and the same seed the same one
+    with pytest.raises(C.RetrainError, match="real_limit: 2 images cannot show all 3 classes"):
+        RD.real_subset(items, 2, 0)
+
+
+def test_plan_arms_matches_steps_not_epochs():
+    sel = RD.Selection(["a"], _items([{0}] * 10), _items([{0}] * 30), [])
+    s = RetrainSettings(batch=4, epochs=3, arms=["real", "mixed", "synthetic"])
+    plans = L.plan_arms(sel, s)  # mixed: 10 batches/epoch -> 30 steps at 3 epochs; real 3 batches, synthetic 8
+    assert {a: p.stop_steps for a, p in plans.items()} == {"real": 30, "mixed": 30, "synthetic": 30}
+    assert {a: p.epochs for a, p in plans.items()} == {"real": 10, "mixed": 3, "synthetic": 4}
+    # the same warm-up in steps: 3 epochs of the mixed arm = 30 batches
+    assert {a: round(p.warmup_epochs * n) for (a, p), n in zip(plans.items(), (3, 10, 8))} == {a: 30 for a in plans}
+    assert L.plan_arms(sel, s.model_copy(update={"steps": 7}))["real"].stop_steps == 7
+    by_epochs = L.plan_arms(sel, s.model_copy(update={"budget": "epochs"}))
+    assert {p.epochs for p in by_epochs.values()} == {3} and {p.stop_steps for p in by_epochs.values()} == {None}
 
 
 @pytest.mark.ray
-def test_one_epoch_retrain_through_ray_train(tmp_path, real_yolo, ray_local, offline):
+def test_matched_steps_and_seeds_through_ray_train(tmp_path, real_yolo, ray_local, offline):
     version = _publish_synthetic(tmp_path / "reg", SYN_SPEC)
-    cfg = D.RetrainConfig(epochs=1, imgsz=64, batch=4, workers=0, seed=0, min_gain=0.5)
-    c = D.retrain(version, real_yolo, real_yolo, cfg)
-    assert c["skipped"] is False
-    out = tmp_path / "reg" / "syn-el" / "v1" / "retrain" / c["run_id"]
+    # mixed: 6 real + 6 synthetic at batch 4 = 3 steps per epoch, real only 2: at 1 epoch of the
+    # mixed arm, real only must run 1.5 epochs to get the same 3 optimizer steps
+    s = RetrainSettings(epochs=1, imgsz=64, batch=4, workers=0, seeds=[0, 1], min_gain=0.5,
+                        train_args={"plots": False})
+    published = tmp_path / "reg" / "syn-el" / "v1"
+    before = {p: p.read_bytes() for p in sorted(published.rglob("*")) if p.is_file()}
+    c = L.retrain(version, real_yolo, real_yolo, s)
+    assert c["skipped"] is False and c["seeds"] == [0, 1] and c["budget"] == "steps"
+    assert {p: p.read_bytes() for p in sorted(published.rglob("*")) if p.is_file()} == before  # published = frozen
+    out = tmp_path / "reg" / "syn-el" / "_extras" / "v1" / "retrain" / c["run_id"]
     saved = json.loads((out / "comparison.json").read_text())
-    assert set(saved["arms"]) == {"real_only", "real_plus_synthetic"}
-    for arm, m in saved["arms"].items():
-        assert (out / arm / "weights" / "last.pt").stat().st_size > 100_000
-        assert (out / arm / "train" / "results.csv").exists() and (out / arm / "eval" / "BoxPR_curve.png").exists()
-        assert all(0.0 <= m[k] <= 1.0 for k in ("map50", "map50_95", "precision", "recall"))
-        assert set(m["per_class"]) == {"crack", "cross_crack", "dark_area"}
-        assert m["network_attempts"] == []
-    mixed = saved["arms"]["real_plus_synthetic"]["data"]
-    assert mixed["synthetic"]["used_images"] > 0 and "synthetic" not in saved["arms"]["real_only"]["data"]
-    assert saved["arms"]["real_only"]["data"]["real_train"]["images"] == 6
-    arms = saved["arms"]
-    assert saved["gain"]["map50"] == pytest.approx(arms["real_plus_synthetic"]["map50"] - arms["real_only"]["map50"])
-    assert saved["flagged"] is (saved["gain"]["map50"] < 0.5)
+    assert set(saved["arms"]) == {"real", "mixed"}
+    for arm, a in saved["arms"].items():
+        assert set(a["seeds"]) == {"0", "1"}
+        for seed, r in a["seeds"].items():
+            m = json.loads((out / arm / f"seed{seed}" / "metrics.json").read_text())
+            assert m["steps"] == 3 == r["steps"]  # counted from the optimizer's own step calls
+            assert m["network_attempts"] == [] and set(m["per_class"]) == {"crack", "cross_crack", "dark_area"}
+            assert (out / arm / f"seed{seed}" / "weights" / "last.pt").stat().st_size > 100_000
+            assert all(0.0 <= r[k] <= 1.0 for k in ("map50", "map50_95", "precision", "recall"))
+            assert r["curve"]["steps"][-1] == 3
+        vals = [r["map50"] for r in a["seeds"].values()]
+        assert a["summary"]["map50"]["mean"] == pytest.approx(sum(vals) / 2)
+    assert saved["arms"]["real"]["seeds"]["0"]["epochs"] == 1.5 and saved["arms"]["mixed"]["seeds"]["0"]["epochs"] == 1.0
+    assert saved["arms"]["real"]["seeds"]["0"]["images_seen"] == 6 + 4  # one epoch, then the first batch of the next
+    g = saved["gains"]["mixed_vs_real"]["map50"]
+    per_seed = [saved["arms"]["mixed"]["seeds"][k]["map50"] - saved["arms"]["real"]["seeds"][k]["map50"] for k in ("0", "1")]
+    assert [g["per_seed"]["0"], g["per_seed"]["1"]] == pytest.approx(per_seed)
+    assert g["mean"] == pytest.approx(sum(per_seed) / 2) and g["ci95"][0] <= g["mean"] <= g["ci95"][1]
+    assert saved["steps_matched"] is True and "same number of optimizer steps (3)" in saved["budget_note"]
+    assert saved["flagged"] is (g["mean"] < 0.5)
     html = (out / "report.html").read_text()
-    assert "real + synthetic" in html and "Learning curves" in html and "data:image/png;base64," in html
+    assert "real + synthetic" in html and "mAP50 per epoch" in html and "data:image/png;base64," in html
     assert f'href="{c["run_id"]}/report.html"' in (out.parent / "index.html").read_text()
 
     # the same trigger again (here: the job's own command line, run in-process) does not train twice
     stamp = (out / "comparison.json").stat().st_mtime_ns
-    argv = shlex.split(D.job_entrypoint(version, real_yolo, real_yolo, cfg, c["run_id"]))[3:]
+    argv = shlex.split(T.job_entrypoint(version, real_yolo, real_yolo, s, c["run_id"]))[3:]
     from factory.cli import app
 
     t0 = time.time()
@@ -142,6 +194,38 @@ def test_one_epoch_retrain_through_ray_train(tmp_path, real_yolo, ray_local, off
     assert r.exit_code == 0, r.output
     assert "already finished" in r.output and time.time() - t0 < 10
     assert (out / "comparison.json").stat().st_mtime_ns == stamp
+
+    # budget: epochs (the old behaviour), starting from the first run's own weights (a local .pt)
+    pt = out / "real" / "seed0" / "weights" / "last.pt"
+    e = L.retrain(version, real_yolo, real_yolo, s.model_copy(update={"model": str(pt), "budget": "epochs", "seeds": [0]}))
+    assert {a: e["arms"][a]["seeds"]["0"]["steps"] for a in ("real", "mixed")} == {"real": 2, "mixed": 3}
+    assert e["steps_matched"] is False and "different optimizer step counts" in e["budget_note"]
+    assert e["gains"]["mixed_vs_real"]["map50"]["ci95"] is None and e["settings"]["model"] == str(pt.resolve())
+
+
+def test_publish_trigger_uses_the_commands_defaults(tmp_path, real_yolo):
+    """The publish trigger submits the job with the spec's settings and, for the
+    rest, exactly the defaults `factory retrain` uses: matched steps."""
+    from factory.cli.retrain_cmds import _settings
+
+    class Client:
+        def __init__(self):
+            self.jobs = []
+
+        def submit_job(self, **kw):
+            self.jobs.append(kw)
+            return kw["submission_id"]
+
+    spec = spec_from_dict({**SYN_SPEC, "retrain": {"real_train": real_yolo, "real_eval": real_yolo, "real_limit": 4}})
+    version = _publish_synthetic(tmp_path / "reg", spec.model_dump(mode="json", by_alias=True))
+    client = Client()
+    job_id = T.on_publish(spec, version, client=client)
+    assert len(client.jobs) == 1 and job_id == client.jobs[0]["submission_id"]
+    argv = shlex.split(client.jobs[0]["entrypoint"])
+    sent = json.loads(argv[argv.index("--config") + 1])
+    assert sent == {**_settings(None).model_dump(mode="json"), "real_limit": 4}
+    assert sent["budget"] == "steps" and sent["arms"] == ["real", "mixed"]
+    assert T.on_publish(spec, version, client=client) == job_id and len(client.jobs) == 1  # once
 
 
 @pytest.fixture(scope="module")
@@ -193,40 +277,38 @@ def _jobs(client, prefix: str = "retrain-"):
 def test_publish_submits_exactly_one_job_and_the_watcher_fills_in(tmp_path, real_yolo, ray_local, job_server, offline):
     from ray.job_submission import JobSubmissionClient
 
-    from factory.pipeline import RunOptions, run_dataset
-
     client = JobSubmissionClient(job_server)
     root = tmp_path / "reg"
-    spec_dict = {**SYN_SPEC, "count": 4, "defects": SYN_SPEC["defects"][:2], "output": {"shard_size": 4},
+    spec_dict = {**SYN_SPEC, "count": 4, "defects": SYN_SPEC["defects"][:2],
                  "retrain": {"on": "publish", "real_train": real_yolo, "real_eval": real_yolo, "epochs": 1, "imgsz": 64,
                              "address": job_server}}
     text = yaml.safe_dump(spec_dict).replace("'on':", "on:")
     spec = parse_spec(text)  # a bare `on:` key, as users write it (YAML 1.1 reads it as True)
     assert spec.retrain.on == "publish"
 
-    # the real publish step, with the hook the CLI passes (the pipeline itself never imports training)
-    result = run_dataset(spec, RunOptions(out=str(root), actors=1, report=False, on_publish=D.publish_hook))
+    uri = _publish_synthetic(root, spec.model_dump(mode="json", by_alias=True))
+    notes = T.publish_hook(spec, uri)  # what the pipeline calls once the manifest is written
     jobs = _jobs(client)
     assert len(jobs) == 1, [j.submission_id for j in jobs]
     job_id = jobs[0].submission_id
-    assert result.notes == [f"retrain: submitted Ray job {job_id} (results under {result.uri}/retrain/)"]
-    assert "jobs.retrain" in jobs[0].entrypoint and jobs[0].metadata["version"] == result.uri
-    record = json.loads(next((root / "syn-el" / "v1" / "retrain").glob("*/trigger.json")).read_text())
+    assert notes == [f"retrain: submitted Ray job {job_id} (results under {uri.replace('/v1', '/_extras/v1')}/retrain/)"]
+    assert "jobs.retrain" in jobs[0].entrypoint and jobs[0].metadata["version"] == uri
+    record = json.loads(next((root / "syn-el" / "_extras" / "v1" / "retrain").glob("*/trigger.json")).read_text())
     assert record["job_id"] == job_id and record["reason"] == "publish"
-    assert D.on_publish(spec, result.uri, result.manifest) == job_id  # the same trigger again: no second job
+    assert T.on_publish(spec, uri) == job_id  # the same trigger again: no second job
     assert len(_jobs(client)) == 1
 
     # no retrain section: publishing submits nothing; the watcher picks the version up, once
     plain = {**SYN_SPEC, "name": "plain-el"}
-    assert D.on_publish(spec_from_dict(plain), "unused", {}) is None
+    assert T.on_publish(spec_from_dict(plain), "unused") is None
     _publish_synthetic(root, plain)
     from factory.data.adapters import load_real, publish_real
 
     publish_real(load_real("yolo", real_yolo), str(root), "real-pv")  # real data in the same registry: not retrained
-    cfg = D.RetrainConfig(epochs=1, imgsz=64)
-    first = D.watch_once(str(root), real_yolo, real_yolo, cfg, address=job_server)
+    cfg = RetrainSettings(epochs=1, imgsz=64)
+    first = T.watch_once(str(root), real_yolo, real_yolo, cfg, address=job_server)
     assert [(Path(e["version"]).parent.name, e["submitted"]) for e in first] == [("plain-el", True)]
-    assert D.watch_once(str(root), real_yolo, real_yolo, cfg, address=job_server)[0]["submitted"] is False
+    assert T.watch_once(str(root), real_yolo, real_yolo, cfg, address=job_server)[0]["submitted"] is False
     assert len(_jobs(client)) == 2
     for j in _jobs(client):  # the training itself is covered above; do not spend the CPU twice
         client.stop_job(j.submission_id)
@@ -236,6 +318,6 @@ def test_publish_without_a_job_server_is_a_note_not_a_failure(tmp_path, real_yol
     spec = spec_from_dict({**SYN_SPEC, "retrain": {"real_train": real_yolo, "real_eval": real_yolo,
                                                     "address": f"http://127.0.0.1:{_free_port()}"}})
     version = _publish_synthetic(tmp_path / "reg", spec.model_dump(mode="json", by_alias=True))
-    notes = D.publish_hook(spec, version)
+    notes = T.publish_hook(spec, version)
     assert len(notes) == 1 and "job not submitted" in notes[0] and "factory retrain" in notes[0]
     assert not list((tmp_path / "reg" / "syn-el" / "v1").glob("retrain/*/trigger.json"))  # the watcher can still pick it up

@@ -1,4 +1,4 @@
-"""`factory retrain` (detector retraining: real-only vs real+synthetic, judged on
+"""`factory retrain` (detector retraining per arm and seed at matched optimizer steps, judged on
 real eval data; or `--watch ROOT` to trigger it for new versions) and
 `factory data import` (real data sets -> registry datasets / YOLO folders)."""
 
@@ -17,14 +17,14 @@ from factory.cli.common import EXIT_INVALID, console, fail, friendly_errors
 DEFAULT_ROOT = "file://./datasets"
 
 
-def _config(config: str | None, **overrides):
-    from factory.training.detector import RetrainConfig
+def _settings(config: str | None, **overrides):
+    from factory.retrain.config import settings_from
 
     base = json.loads(config) if config else {}
     if not isinstance(base, dict):
         fail("--config must be a JSON object", EXIT_INVALID)
     base.update({k: v for k, v in overrides.items() if v is not None})
-    return RetrainConfig.from_dict(base)
+    return settings_from(base)
 
 
 def _class_map(items: list[str] | None) -> dict[str, str | None] | None:
@@ -39,21 +39,36 @@ def _class_map(items: list[str] | None) -> dict[str, str | None] | None:
     return out
 
 
+def _list(items: list[str] | None, what: str, cast=str) -> list | None:
+    """`--seeds 0,1,2` or `--seeds 0 --seeds 1` -> [0, 1, 2]."""
+    if not items:
+        return None
+    try:
+        return [cast(x) for item in items for x in item.replace(",", " ").split()]
+    except ValueError:
+        fail(f"{what}: expected a comma-separated list, got {items}", EXIT_INVALID)
+
+
 @app.command("retrain")
 def retrain_cmd(
     target: Optional[str] = typer.Argument(None, help="NAME@VERSION, ROOT/NAME@VERSION, or a version / YOLO folder URI"),
     real_train: Optional[str] = typer.Option(None, "--real-train", help="real train set: YOLO folder URI or NAME@VERSION (its train split)"),
     real_eval: Optional[str] = typer.Option(None, "--real-eval", help="held-out real eval set: YOLO folder URI or NAME@VERSION (its val split)"),
     model: Optional[str] = typer.Option(None, "--model", help="yolov8n.yaml (from scratch) or a local .pt [default: yolov8n.yaml]"),
+    budget: Optional[str] = typer.Option(None, "--budget", help="steps (the default): every arm the same optimizer steps; epochs: the same epochs"),
+    steps: Optional[int] = typer.Option(None, "--steps", help="optimizer steps per arm (default: the mixed arm's steps at --epochs)"),
     epochs: Optional[int] = typer.Option(None, "--epochs"),
     imgsz: Optional[int] = typer.Option(None, "--imgsz"),
     batch: Optional[int] = typer.Option(None, "--batch"),
-    seed: Optional[int] = typer.Option(None, "--seed"),
+    seeds: Optional[list[str]] = typer.Option(None, "--seeds", help="seeds, e.g. 0,1,2: every arm per seed; mean, std and paired gain"),
+    arms: Optional[str] = typer.Option(None, "--arms", help="real,mixed or real,mixed,synthetic (default: real,mixed)"),
+    real_limit: Optional[int] = typer.Option(None, "--real-limit", help="a seeded subset of N real train images, every class in it"),
     synthetic_ratio: Optional[float] = typer.Option(None, "--synthetic-ratio", help="synthetic images per real train image"),
     class_map: Optional[list[str]] = typer.Option(None, "--class-map", help="SYNTHETIC=REAL, repeatable; SYNTHETIC= drops a class"),
-    gpus: Optional[float] = typer.Option(None, "--gpus", help="GPUs per arm (one worker per arm; 0.5 = both arms share one GPU)"),
+    gpus: Optional[float] = typer.Option(None, "--gpus", help="GPU share per run (0.5 = two runs share one GPU)"),
+    parallel: Optional[int] = typer.Option(None, "--parallel", help="runs side by side at most (default: as many as fit)"),
     workers: Optional[int] = typer.Option(None, "--workers", help="dataloader workers"),
-    min_gain: Optional[float] = typer.Option(None, "--min-gain", help="flag the run when the mAP50 gain is below this"),
+    min_gain: Optional[float] = typer.Option(None, "--min-gain", help="flag the run when the mean mAP50 gain is below this"),
     config: Optional[str] = typer.Option(None, "--config", help="settings as a JSON object (options given override it)"),
     root: str = typer.Option(DEFAULT_ROOT, "--root", help="registry root for NAME@VERSION"),
     run_id: Optional[str] = typer.Option(None, "--run-id", help="(set by the trigger) the run id to write under"),
@@ -63,29 +78,38 @@ def retrain_cmd(
     interval: float = typer.Option(30.0, "--interval", help="seconds between --watch passes"),
     once: bool = typer.Option(False, "--once", help="with --watch: one pass, then exit"),
 ) -> None:
-    """Retrain the detector on real + synthetic data and on real data alone; report both on the real eval set."""
+    """Retrain the detector per arm (real only, real + synthetic, synthetic only) and seed at a matched
+    optimizer-step budget; report every arm and the paired gain on the real eval set."""
     with friendly_errors():
+        from pydantic import ValidationError
+
+        from factory.retrain.config import RetrainError, resolve
+        from factory.retrain.launch import retrain
+        from factory.retrain.trigger import RetrainTriggerError
         from factory.storage.uri import StorageError
-        from factory.training import detector as D
 
         if not real_train or not real_eval:
             fail("--real-train and --real-eval are required", EXIT_INVALID)
-        cfg = _config(config, model=model, epochs=epochs, imgsz=imgsz, batch=batch, seed=seed,
-                      synthetic_ratio=synthetic_ratio, class_map=_class_map(class_map), gpus=gpus, workers=workers,
-                      min_gain=min_gain)
+        try:
+            s = _settings(config, model=model, budget=budget, steps=steps, epochs=epochs, imgsz=imgsz, batch=batch,
+                          seeds=_list(seeds, "--seeds", int), arms=_list(arms and [arms], "--arms"), real_limit=real_limit,
+                          synthetic_ratio=synthetic_ratio, class_map=_class_map(class_map), gpus=gpus, parallel=parallel,
+                          workers=workers, min_gain=min_gain)
+        except ValidationError as e:
+            fail("; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()), EXIT_INVALID)
         try:
             if watch:
                 if target:
                     fail("give either a version or --watch ROOT, not both", EXIT_INVALID)
-                _watch(watch, real_train, real_eval, cfg, address, interval, once)
+                _watch(watch, real_train, real_eval, s, address, interval, once)
                 return
             if not target:
                 fail("name a version (NAME@VERSION or a URI), or use --watch ROOT", EXIT_INVALID)
-            version_uri = D.resolve(target, root)
-            rt, re_ = D.resolve(real_train, root), D.resolve(real_eval, root)
+            version_uri = resolve(target, root)
+            rt, re_ = resolve(real_train, root), resolve(real_eval, root)
             console.print(f"retraining on [bold]{version_uri}[/] (real train {rt}, real eval {re_})", highlight=False)
-            c = D.retrain(version_uri, rt, re_, cfg, run_id=run_id, force=force, address=address)
-        except (D.RetrainError, D.RetrainTriggerError, StorageError) as e:
+            c = retrain(version_uri, rt, re_, s, run_id=run_id, force=force, address=address)
+        except (RetrainError, RetrainTriggerError, StorageError) as e:
             fail(str(e))
         _print_comparison(c)
 
@@ -93,29 +117,37 @@ def retrain_cmd(
 def _print_comparison(c: dict) -> None:
     from rich.table import Table
 
+    from factory.retrain.config import run_uri
     from factory.storage.uri import join
 
     if c.get("skipped"):
         console.print(f"run {c['run_id']} already finished: not training again (use --force to retrain)")
-    t = Table(title=f"retrain {c['run_id']}: real eval set")
-    t.add_column("metric")
-    t.add_column("real only", justify="right")
-    t.add_column("real + synthetic", justify="right")
-    t.add_column("gain", justify="right")
-    for k in ("map50", "map50_95", "precision", "recall"):
-        t.add_row(k, f"{c['arms']['real_only'][k]:.4f}", f"{c['arms']['real_plus_synthetic'][k]:.4f}", f"{c['gain'][k]:+.4f}")
+    t = Table(title=f"retrain {c['run_id']}: real eval set, mean over seeds {c['seeds']}")
+    for col in ("arm", "steps", "epochs", "images seen", "mAP50", "mAP50-95", "precision", "recall"):
+        t.add_column(col, justify="left" if col == "arm" else "right")
+    for a in c["arms"].values():
+        sm = a["summary"]
+        cells = [f"{sm[k]['mean']:.4f}" + (f" ± {sm[k]['std']:.4f}" if sm[k]["std"] is not None else "")
+                 for k in ("map50", "map50_95", "precision", "recall")]
+        t.add_row(a["label"], f"{sm['steps']['mean']:.0f}", f"{sm['epochs']['mean']:.1f}", f"{sm['images_seen']['mean']:.0f}", *cells)
     console.print(t)
+    console.print(c["budget_note"], highlight=False)
+    for name, g in c["gains"].items():
+        m = g["map50"]
+        ci = f"95% interval [{m['ci95'][0]:+.4f}, {m['ci95'][1]:+.4f}]" if m["ci95"] else "one seed: no interval"
+        per_seed = ", ".join(f"seed {k} {v:+.4f}" for k, v in m["per_seed"].items())
+        console.print(f"{name.replace('_vs_', ' vs ')}: mAP50 gain {m['mean']:+.4f} ({ci}; {per_seed})", highlight=False)
     console.print(f"verdict: the synthetic data {c['verdict']}" + (" [red](flagged: below min_gain)[/]" if c.get("flagged") else ""))
-    out = join(c["version"], "retrain", c["run_id"])
+    out = run_uri(c["version"], c["run_id"])
     console.print(f"report: {join(out, 'report.html')}\ncomparison: {join(out, 'comparison.json')}", highlight=False)
 
 
-def _watch(root: str, real_train: str, real_eval: str, cfg, address: str | None, interval: float, once: bool) -> None:
-    from factory.training.detector import watch_once
+def _watch(root: str, real_train: str, real_eval: str, s, address: str | None, interval: float, once: bool) -> None:
+    from factory.retrain.trigger import watch_once
 
     console.print(f"watching {root} for published versions (every {interval:g} s)", highlight=False)
     while True:
-        for ev in watch_once(root, real_train, real_eval, cfg, address=address):
+        for ev in watch_once(root, real_train, real_eval, s, address=address):
             if ev["submitted"]:
                 console.print(f"{ev['version']}: submitted retraining job {ev['job_id']} (run {ev['run_id']})", highlight=False)
         if once:

@@ -54,7 +54,7 @@ def run(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from factory.pipeline import RunOptions, run_dataset
-    from factory.training.detector import publish_hook  # spec `retrain: {on: publish}` -> one Ray job
+    from factory.retrain.trigger import publish_hook  # spec `retrain: {on: publish}` -> one Ray job
 
     s = load_spec_or_exit(spec)
     if resume and restart:

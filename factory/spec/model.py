@@ -12,25 +12,10 @@ import json
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
-CLASS_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
-
-# (lo, hi) pairs. Validation of lo <= hi happens in _check_range.
-FloatRange = tuple[float, float]
-IntRange = tuple[int, int]
-
-
-class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
-
-
-def _check_range(value: tuple, what: str = "range") -> tuple:
-    lo, hi = value
-    if lo > hi:
-        raise ValueError(f"lo must be <= hi, got [{lo}, {hi}]")
-    return value
+from factory.spec.base import CLASS_PATTERN, NAME_PATTERN, FloatRange, IntRange, StrictModel, _check_range
+from factory.spec.retrain import RetrainSpec
 
 
 class ImageSpec(StrictModel):
@@ -225,51 +210,6 @@ class OutputSpec(StrictModel):
         return v
 
     @field_validator("uri")
-    @classmethod
-    def _uri(cls, v: str) -> str:
-        if "://" in v and not v.startswith(("file://", "s3://")):
-            raise ValueError(f"scheme must be file:// or s3://, got {v!r}")
-        return v
-
-
-class RetrainSpec(StrictModel):
-    """Detector retraining on real + this synthetic data vs a real-only baseline
-    (factory.training.detector). `on: publish` submits the job (Ray Job
-    Submission) when a version is published; `on: manual` only records the
-    settings for `factory retrain`. `min_gain` flags a run whose mAP50 gain on
-    the real eval set is below it."""
-
-    on: Literal["publish", "manual"] = "publish"
-    real_train: str = Field(description="URI of a YOLO folder (or imported registry dataset) whose `train` split is the real train set")
-    real_eval: str = Field(description="URI of a YOLO folder whose `val` split is the held-out real eval set")
-    model: str = "yolov8n.yaml"
-    epochs: Annotated[int, Field(ge=1, le=10_000)] = 30
-    imgsz: Annotated[int, Field(ge=32, le=4096)] = 320
-    batch: Annotated[int, Field(ge=1, le=4096)] = 16
-    seed: int = 0
-    synthetic_ratio: Annotated[float, Field(gt=0, le=1000)] = 1.0
-    class_map: dict[str, str | None] = Field(default_factory=dict, description="synthetic class -> real class (null drops it)")
-    gpus: Annotated[float, Field(ge=0, le=64, description="GPUs per arm's worker; 0.5 lets both arms share one GPU")] = 0
-    min_gain: float | None = None
-    address: str | None = Field(default=None, description="Ray job server (http://host:8265); default RAY_ADDRESS or the local cluster")
-    train_args: dict[str, Any] = Field(default_factory=dict, description="extra ultralytics train() arguments")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _yaml_on(cls, data: Any) -> Any:
-        # YAML 1.1 reads the bare key `on` as the boolean True
-        if isinstance(data, dict) and True in data and "on" not in data:
-            data = {("on" if k is True else k): v for k, v in data.items()}
-        return data
-
-    @field_validator("model")
-    @classmethod
-    def _model(cls, v: str) -> str:
-        if not v.endswith((".yaml", ".yml", ".pt")):
-            raise ValueError(f"must be a model .yaml (train from scratch) or a local .pt, got {v!r}")
-        return v
-
-    @field_validator("real_train", "real_eval")
     @classmethod
     def _uri(cls, v: str) -> str:
         if "://" in v and not v.startswith(("file://", "s3://")):

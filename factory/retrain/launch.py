@@ -1,0 +1,160 @@
+"""The driver of a retrain run: size every arm's step budget, run each (arm, seed)
+as its own Ray Train run (one-worker `TorchTrainer`s, side by side as Ray Tune
+tasks, as many at once as the cluster's resources allow), then compare.
+
+Everything lands next to the version, in `<version>/retrain/<run-id>/`:
+`<arm>/seed<k>/{weights,train,eval}/` and `metrics.json`, then `report.html` and
+`comparison.json` last (its presence means "done": the same trigger never
+trains twice).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from factory.ray_runtime import ensure_ray
+from factory.retrain.arm import ArmPlan, train_loop_per_worker
+from factory.retrain.compare import compare
+from factory.retrain.config import (RetrainError, RetrainSettings, read_manifest, resolve, retrain_root, run_id_for,
+                                    run_uri, yolo_uri)
+from factory.retrain.data import Selection, select
+from factory.retrain.report import render_index, render_report
+from factory.storage.uri import as_local_dir, exists, is_s3, join, list_files, local_path, read_bytes, to_uri, write_bytes
+
+ULTRALYTICS_WARMUP_EPOCHS, ULTRALYTICS_CLOSE_MOSAIC = 3.0, 10  # ultralytics' defaults, kept in optimizer steps
+
+
+def plan_arms(sel: Selection, s: RetrainSettings) -> dict[str, ArmPlan]:
+    """Each arm's schedule. `budget: steps`: every arm stops after the same number
+    of optimizer steps (`steps`, or the mixed arm's steps at `epochs`; the largest
+    arm's when there is no mixed arm) and gets the same warm-up and mosaic-free
+    tail in steps; its epoch count is what that budget takes on its data.
+    `budget: epochs`: every arm runs `epochs` epochs with ultralytics' schedule."""
+    warm = float(s.train_args.get("warmup_epochs", ULTRALYTICS_WARMUP_EPOCHS))
+    close = int(s.train_args.get("close_mosaic", ULTRALYTICS_CLOSE_MOSAIC))
+    if s.budget == "epochs":
+        return {a: ArmPlan(s.epochs, None, warm, close) for a in s.arms}
+    acc = max(round(s.train_args.get("nbs", s.batch) / s.batch), 1)  # batches per optimizer step
+    nb = {a: sel.batches_per_epoch(a, s.batch) for a in s.arms}
+    if not all(nb.values()):
+        raise RetrainError(f"an arm has no training images: batches per epoch {nb}")
+    ref = "mixed" if "mixed" in s.arms else max(nb, key=nb.get)
+    target = s.steps or max(1, s.epochs * nb[ref] // acc)
+    plans = {}
+    for a in s.arms:
+        epochs = math.ceil(target * acc / nb[a]) + (1 if acc > 1 else 0)  # warm-up steps accumulate less: slack
+        plans[a] = ArmPlan(epochs=epochs, stop_steps=target, warmup_epochs=round(warm * nb[ref] / nb[a], 4),
+                           close_mosaic=min(epochs, round(close * nb[ref] / nb[a])))
+    return plans
+
+
+def _run_one(run: dict[str, Any]) -> int:
+    """One (arm, seed) as its own one-worker TorchTrainer run; returns its step count."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    gpus = run["settings"]["gpus"]
+    trainer = TorchTrainer(
+        train_loop_per_worker, train_loop_config=run,
+        scaling_config=ScalingConfig(num_workers=1, use_gpu=gpus > 0, resources_per_worker={"GPU": gpus} if gpus else {"CPU": 1}),
+        run_config=RunConfig(name=f"{run['run_id']}-{run['arm']}-s{run['seed']}-{int(time.time())}",
+                             storage_path=run["storage_path"]))
+    try:
+        result = trainer.fit()
+    except Exception as e:  # ray.train's TrainingFailedError carries the worker's traceback
+        raise RetrainError(f"{run['arm']} seed {run['seed']}: {e}") from e
+    return int((result.metrics or {}).get("steps", -1))
+
+
+def runs_that_fit(s: RetrainSettings) -> int:
+    """How many runs the cluster holds at once now: its GPUs / `gpus`, else its CPUs (one per run)."""
+    import ray
+
+    have = ray.cluster_resources()
+    return max(1, int(have.get("GPU", 0) // s.gpus) if s.gpus else int(have.get("CPU", 1)))
+
+
+def _fit_all(runs: list[dict[str, Any]], s: RetrainSettings) -> None:
+    """Runs side by side: each TorchTrainer is driven from a zero-CPU Ray task, so
+    only the training workers hold resources; `parallel` (default: as many as
+    fit now) caps how many are started at once, so no idle trainer waits."""
+    import ray
+
+    launch = ray.remote(num_cpus=0, max_retries=0)(_run_one)
+    limit = s.parallel or runs_that_fit(s)
+    pending, waiting, errors = [], list(runs), []
+    while waiting or pending:
+        while waiting and len(pending) < limit:
+            pending.append(launch.remote(waiting.pop(0)))
+        done, pending = ray.wait(pending, num_returns=1)
+        try:
+            ray.get(done[0])
+        except Exception as e:  # keep the others running; report every failure at the end
+            errors.append(str(getattr(e, "cause", None) or e))
+    if errors:
+        raise RetrainError(f"retraining {runs[0]['run_id']} failed: {errors[0]}" + (f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""))
+
+
+def retrain(version_uri: str, real_train: str, real_eval: str, s: RetrainSettings, *, run_id: str | None = None,
+            force: bool = False, storage_path: str | None = None, address: str | None = None) -> dict[str, Any]:
+    """Train every (arm, seed), compare them on the real eval set, write
+    `comparison.json` + `report.html` into `<version>/retrain/<run-id>/`. A run
+    already finished is returned without training (unless `force`)."""
+    version_uri = to_uri(version_uri)
+    real_train, real_eval = yolo_uri(resolve(real_train)), yolo_uri(resolve(real_eval))
+    manifest = read_manifest(version_uri)
+    synthetic = yolo_uri(version_uri)
+    run_id = run_id or run_id_for(version_uri, real_train, real_eval, s, manifest)
+    out = run_uri(version_uri, run_id)
+    done = join(out, "comparison.json")
+    if exists(done) and not force:
+        comparison = json.loads(read_bytes(done))
+        comparison["skipped"] = True  # already trained: the same trigger never trains twice
+        return comparison
+    if s.model.endswith(".pt") and (is_s3(s.model) or not local_path(s.model).exists()):
+        raise RetrainError(f"{s.model}: weights not found; give a local .pt or a model .yaml (nothing is downloaded)")
+    settings = s.model_dump(mode="json")
+    if s.model.endswith(".pt"):
+        settings["model"] = str(local_path(s.model).resolve())  # the workers' working directory is not ours
+        s = RetrainSettings.model_validate(settings)
+    t0 = time.time()
+    plans: dict[int, dict[str, ArmPlan]] = {}
+    counts: dict[int, dict] = {}
+    with contextlib.ExitStack() as stack:  # the same selection the workers make, to size the budget
+        dirs = [stack.enter_context(as_local_dir(u)) for u in (real_train, real_eval, synthetic)]
+        for seed in s.seeds:
+            sel = select(*dirs, s, seed, (real_train, real_eval, synthetic))
+            plans[seed], counts[seed] = plan_arms(sel, s), sel.counts
+    ensure_ray(address)
+    storage = storage_path or str(Path(tempfile.gettempdir()) / "factory-ray-train")
+    common = {"run_id": run_id, "out_uri": out, "real_train": real_train, "real_eval": real_eval, "synthetic": synthetic,
+              "settings": settings, "storage_path": storage, "no_network": os.environ.get("FACTORY_NO_NETWORK") == "1"}
+    runs = [{**common, "arm": arm, "seed": seed, "plan": vars(plans[seed][arm])} for seed in s.seeds for arm in s.arms]
+    _fit_all(runs, s)
+    metrics = {arm: {seed: json.loads(read_bytes(join(out, arm, f"seed{seed}", "metrics.json"))) for seed in s.seeds}
+               for arm in s.arms}
+    comparison = compare(metrics, s)
+    comparison.update(run_id=run_id, version=version_uri, synthetic=synthetic, real_train=real_train, real_eval=real_eval,
+                      settings=settings, data={str(k): v for k, v in counts.items()},
+                      manifest_version=(manifest or {}).get("version"), wall_seconds=round(time.time() - t0, 1),
+                      created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    write_bytes(join(out, "report.html"), render_report(comparison).encode())
+    write_bytes(done, json.dumps(comparison, indent=2).encode())  # last: its presence means "done"
+    write_index(version_uri)
+    comparison["skipped"] = False
+    return comparison
+
+
+def write_index(version_uri: str) -> str:
+    """Rewrite `<name>/_extras/v<N>/retrain/index.html` from the finished runs' comparison.json."""
+    root = retrain_root(version_uri)
+    runs = [json.loads(read_bytes(join(root, f))) for f in list_files(root) if f.count("/") == 1 and f.endswith("/comparison.json")]
+    write_bytes(join(root, "index.html"), render_index(runs).encode())
+    return join(root, "index.html")
