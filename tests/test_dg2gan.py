@@ -328,7 +328,7 @@ def test_two_ray_train_workers_train_to_the_end_on_equal_shards(ray_local, share
     tc = TrainConfig(
         defect_free=str(shared_data / "magnetic_tile" / "MT_Fray"), defective=str(shared_data / "magnetic_tile" / "MT_Fray"),
         out=(tmp_path / "Fray2").as_uri(), class_name="Fray", image_size=32, batch_size=4, max_images=4,
-        epochs_constant=1, epochs_decay=1, max_steps_per_epoch=2, num_workers=2, **TINY,
+        epochs_constant=1, epochs_decay=1, max_steps_per_epoch=2, num_workers=2, cpus_per_worker=0.5, **TINY,
     )
     r = train(tc, storage_path=str(tmp_path / "ray"))
     assert r["trained"] and r["epoch"] == 1 and r["metrics"]["steps"] == 2 and np.isfinite(r["metrics"]["cycle"])

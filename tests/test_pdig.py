@@ -442,7 +442,7 @@ def test_two_ray_train_workers_take_equal_halves_and_train_to_the_end(ray_local,
     out = tmp_path / "ckpt2"
     metrics = train_pdig(PDIGTrainConfig(
         data=str(shared_data / "pv_vision_crack" / "train"), base=str(tiny_dir), out=f"file://{out}",
-        limit=4, epochs=2, batch_size=1, bank_size=1, num_workers=2, storage_path=str(tmp_path / "ray"),
+        limit=4, epochs=2, batch_size=1, bank_size=1, num_workers=2, cpus_per_worker=0.5, storage_path=str(tmp_path / "ray"),
     ))
     assert metrics["steps"] == 4 and metrics["epochs"] == 2 and np.isfinite(metrics["loss"])
     assert (out / "pdig_config.json").exists() and not (out / "train_state.pt").exists()

@@ -45,6 +45,7 @@ class TrainConfig:
     epoch_scale: float = 1.0
     max_steps_per_epoch: int | None = None
     num_workers: int = 1
+    cpus_per_worker: float = 1.0  # a share below 1 lets workers fit beside other actors on a small node
     use_gpu: bool = False
     seed: int = 0
     holdout: float = 0.0  # share of each domain's images left out (for evaluation), seeded split
@@ -267,7 +268,8 @@ def train(tc: TrainConfig, storage_path: str | None = None) -> dict[str, Any]:
         train_loop_per_worker,
         train_loop_config=asdict(tc) | {"n_total": len(data_n), "d_total": len(data_d)},
         datasets={"n": ray.data.from_numpy(data_n), "d": ray.data.from_numpy(data_d)},
-        scaling_config=ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu),
+        scaling_config=ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu,
+                                     resources_per_worker={"CPU": tc.cpus_per_worker}),
         run_config=RunConfig(
             name=f"dg2gan-{tc.class_name}-{int(time.time())}",
             storage_path=storage_path or tempfile.mkdtemp(prefix="dg2gan-ray-"),

@@ -36,6 +36,7 @@ class PDIGTrainConfig:
     drop_text: float = 0.05  # condition dropout, so classifier-free guidance works for both branches
     drop_image: float = 0.05
     num_workers: int = 1
+    cpus_per_worker: float = 1.0  # a share below 1 lets workers fit beside other actors on a small node
     use_gpu: bool = False
     seed: int = 0
     storage_path: str | None = None
@@ -211,7 +212,8 @@ def train_pdig(cfg: PDIGTrainConfig) -> dict[str, Any]:
         train_loop_config=asdict(cfg),
         # example indices, materialized (no read tasks competing with the workers for CPUs); Ray gives each rank an equal share
         datasets={"train": ray.data.range(n).materialize()},
-        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu),
+        scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
+                                     resources_per_worker={"CPU": cfg.cpus_per_worker}),
         run_config=RunConfig(name="pdig", storage_path=str(Path(storage_path).resolve())),
     )
     result = trainer.fit()
