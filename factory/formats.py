@@ -103,13 +103,3 @@ def label_path(image: Path) -> Path:
     i = len(parts) - 1 - parts[::-1].index("images")
     parts[i] = "labels"
     return Path(*parts).with_suffix(".txt")
-
-
-def label_path(image: Path) -> Path:
-    """Where YOLO keeps an image's labels: the last /images/ becomes /labels/."""
-    parts = list(image.parts)
-    if "images" not in parts:
-        raise ValueError(f"{image}: not inside an images/ folder, cannot find its labels")
-    i = len(parts) - 1 - parts[::-1].index("images")
-    parts[i] = "labels"
-    return Path(*parts).with_suffix(".txt")

@@ -88,3 +88,22 @@ def read_mask(path: str | Path, defect_values: Iterable[int] | None = None) -> n
     if defect_values is not None:
         return np.isin(a, list(defect_values))
     return a >= 128 if a.max() > 8 else a > 0
+
+
+def image_uris(location: str) -> list[str]:
+    """The images at a location: an image file or URI itself, or every image under a
+    folder / `file://` / `s3://` prefix (sorted; masks beside JPGs left out)."""
+    from factory.storage import uri as U  # storage pulls in its S3 and Arrow readers
+
+    location = str(location)
+    if is_image_name(location.rsplit("/", 1)[-1]):
+        return [location]
+    if U.is_s3(location):
+        names = [n for n in U.list_files(location) if is_image_name(n) and not (MASK_DIRS & set(n.split("/")[:-1]))]
+        jpg_stems = {n.rsplit(".", 1)[0] for n in names if not n.lower().endswith(".png")}
+        return [U.join(location, n) for n in names if not (n.lower().endswith(".png") and n.rsplit(".", 1)[0] in jpg_stems)]
+    path = U.local_path(location)
+    if not path.exists():
+        raise FileNotFoundError(f"{location}: not found")
+    return [str(p) for p in list_images(path)] if path.is_dir() else [str(path)]
+

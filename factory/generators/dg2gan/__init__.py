@@ -155,20 +155,9 @@ class DG2GANGenerator:
 
 def reference_uris(refs: str | list[str]) -> list[str]:
     """Image URIs from folders/URIs or image files (sorted, masks beside JPGs skipped)."""
-    from factory.data.folders import is_image_name, list_images
-    from factory.storage import uri as U
+    from factory.data.folders import image_uris
 
-    out: list[str] = []
-    for r in [refs] if isinstance(refs, str) else list(refs):
-        r = str(r)
-        if is_image_name(r.rsplit("/", 1)[-1]):
-            out.append(r)
-        elif U.is_s3(r):
-            names = [n for n in U.list_files(r) if is_image_name(n)]
-            jpg_stems = {n.rsplit(".", 1)[0] for n in names if not n.lower().endswith(".png")}
-            out += [U.join(r, n) for n in names if not (n.lower().endswith(".png") and n.rsplit(".", 1)[0] in jpg_stems)]
-        else:
-            out += [str(p) for p in list_images(U.local_path(r))]
+    out = [u for r in ([refs] if isinstance(refs, str) else list(refs)) for u in image_uris(str(r))]
     if not out:
         raise ValueError(f"no reference images found in {refs}")
     return out

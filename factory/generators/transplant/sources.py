@@ -24,7 +24,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from factory.data.folders import is_image_name, list_images
+from factory.data.folders import image_uris, is_image_name
 from factory.storage import uri as U
 from factory.storage.registry import DatasetRef, Registry
 
@@ -121,17 +121,8 @@ def background_uris(refs: str | list[str]) -> list[str]:
             tree = tree_uri(r)
             _, files = train_files(tree)
             out += [U.join(tree, f.image) for f in files if not f.labels.strip()]
-        elif is_image_name(r.rsplit("/", 1)[-1]):
-            out.append(r)
-        elif U.is_s3(r):
-            names = [n for n in U.list_files(r) if is_image_name(n)]
-            jpg_stems = {n.rsplit(".", 1)[0] for n in names if not n.lower().endswith(".png")}
-            out += [U.join(r, n) for n in names if not (n.lower().endswith(".png") and n.rsplit(".", 1)[0] in jpg_stems)]
         else:
-            path = U.local_path(r)
-            if not path.exists():
-                raise FileNotFoundError(f"{r}: not found")
-            out += [str(p) for p in list_images(path)] if path.is_dir() else [str(path)]
+            out += image_uris(r)
     return out
 
 
