@@ -165,7 +165,7 @@ class LISAAttnProcessor(nn.Module):
             return x.view(batch, -1, heads, head_dim).transpose(1, 2)
 
         mask = has = None
-        if ctx.image_token_mask is not None and image.shape[1] > 0:
+        if ctx.image_token_mask is not None and image.shape[1] > 0 and not bool(ctx.image_token_mask.all()):
             keep = ctx.image_token_mask.to(encoder_hidden_states.device)
             has = keep.any(-1)[:, None, None, None]  # images of the batch without any image prompt
             keep = keep | ~keep.any(-1, keepdim=True)  # no all -inf rows (NaN); their branch is zeroed
