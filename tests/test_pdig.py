@@ -432,3 +432,19 @@ def test_ray_train_run_writes_a_small_checkpoint_the_generator_loads(ray_local, 
     with pytest.raises(ValueError, match="not trained"):
         gen.generate([WorkItem(item_id="b", index=1, generator="pdig", checkpoint=str(out), width=64, height=64, channels=1,
                                seed=1, boxes=(Box(0, "scratch", 1, 1, 20, 20),))])
+
+
+def test_compiled_unet_gives_the_same_images():
+    """`compile: true` wraps the guidance passes in torch.compile; traced here with the
+    eager backend (inductor needs minutes on 2 CPU cores), so the LISA processors must
+    trace without changing a pixel."""
+    from factory.generators.pdig.pipeline import BoxPrompt
+    from factory.generators.pdig.sce import build_prompt
+
+    _, pipe = _pipe()
+    boxes = [[BoxPrompt((8, 8, 40, 40), "<pdig-crack>", torch.randn(32))]]
+    run = lambda: pipe([build_prompt(["crack"])], boxes, num_inference_steps=3, tidsc_steps=1,  # noqa: E731
+                       generator=torch.Generator().manual_seed(0)).images
+    eager = run()
+    pipe.compile_unet(backend="eager")
+    assert np.allclose(run(), eager, atol=1e-5)
