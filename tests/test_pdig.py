@@ -446,3 +446,19 @@ def test_two_ray_train_workers_take_equal_halves_and_train_to_the_end(ray_local,
     ))
     assert metrics["steps"] == 4 and metrics["epochs"] == 2 and np.isfinite(metrics["loss"])
     assert (out / "pdig_config.json").exists() and not (out / "train_state.pt").exists()
+
+
+def test_compiled_unet_gives_the_same_images():
+    """`compile: true` wraps the guidance passes in torch.compile; traced here with the
+    eager backend (inductor needs minutes on 2 CPU cores), so the LISA processors must
+    trace without changing a pixel."""
+    from factory.generators.pdig.pipeline import BoxPrompt
+    from factory.generators.pdig.sce import build_prompt
+
+    _, pipe = _pipe()
+    boxes = [[BoxPrompt((8, 8, 40, 40), "<pdig-crack>", torch.randn(32))]]
+    run = lambda: pipe([build_prompt(["crack"])], boxes, num_inference_steps=3, tidsc_steps=1,  # noqa: E731
+                       generator=torch.Generator().manual_seed(0)).images
+    eager = run()
+    pipe.compile_unet(backend="eager")
+    assert np.allclose(run(), eager, atol=1e-5)

@@ -152,9 +152,11 @@ class LISAAttnProcessor(nn.Module):
         """Text and image K/V (B, heads, tokens, d) and the image-token mask, computed once
         per encoder states when the pipeline provides a cache (they do not change over steps)."""
         ctx = self.context
-        key = (id(self), encoder_hidden_states.data_ptr(), tuple(encoder_hidden_states.shape))
-        if ctx.kv_cache is not None and key in ctx.kv_cache:
-            return ctx.kv_cache[key]
+        key = None
+        if ctx.kv_cache is not None:  # (never inside a compiled graph: the pipeline passes no cache there)
+            key = (id(self), encoder_hidden_states.data_ptr(), tuple(encoder_hidden_states.shape))
+            if key in ctx.kv_cache:
+                return ctx.kv_cache[key]
         batch = encoder_hidden_states.shape[0]
         text = encoder_hidden_states[:, : ctx.num_text_tokens]
         image = encoder_hidden_states[:, ctx.num_text_tokens :]
@@ -165,7 +167,10 @@ class LISAAttnProcessor(nn.Module):
             return x.view(batch, -1, heads, head_dim).transpose(1, 2)
 
         mask = has = None
-        if ctx.image_token_mask is not None and image.shape[1] > 0:
+        masked = ctx.image_token_mask is not None and image.shape[1] > 0
+        if masked and ctx.kv_cache is not None and bool(ctx.image_token_mask.all()):  # checked once per call, not
+            masked = False  # inside a compiled graph (a data-dependent branch would break it at every layer)
+        if masked:
             keep = ctx.image_token_mask.to(encoder_hidden_states.device)
             has = keep.any(-1)[:, None, None, None]  # images of the batch without any image prompt
             keep = keep | ~keep.any(-1, keepdim=True)  # no all -inf rows (NaN); their branch is zeroed

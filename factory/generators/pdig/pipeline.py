@@ -209,6 +209,7 @@ class PDIGPipeline(DiffusionPipeline):
 
         # 3. denoising loop; the encoder states are fixed for the call, so each layer's K/V are computed once
         cache: dict = {}
+        keep_cfg = torch.cat([keep, keep]) if (keep is not None and do_cfg) else keep
         try:
             for i, t in enumerate(self.scheduler.timesteps):
                 if guided and i < tidsc_steps:
@@ -231,7 +232,7 @@ class PDIGPipeline(DiffusionPipeline):
                     ctx.store = None
 
                 ctx.store = record
-                ctx.image_token_mask = torch.cat([keep, keep]) if (keep is not None and do_cfg) else keep
+                ctx.image_token_mask = keep_cfg
                 with torch.no_grad():
                     latent_in = torch.cat([latents] * 2) if do_cfg else latents
                     latent_in = self.scheduler.scale_model_input(latent_in, t)
