@@ -314,15 +314,16 @@ def test_train_anomaly_under_ray_train(ray_local, tmp_path):
     normal.mkdir()
     for i, (img, _, _) in enumerate(render(procedural_items(10, 48, seed=2, with_defect=False))):
         Image.fromarray(img[:, :, 0]).save(normal / f"{i}.png")
-    cfg = AnomalyTrainConfig(image_size=32, width=4, fused=8, bottleneck=4, heads=1, epochs=2, batch_size=4, threads=1)
+    cfg = AnomalyTrainConfig(patch_size=32, patches_per_image=2, width=4, fused=8, bottleneck=4, heads=1, head_width=4,
+                             epochs=2, batch_size=4, threads=1)
     out = tmp_path / "ckpt"
     summary = train_anomaly(str(normal), f"file://{out}", cfg, storage_path=str(tmp_path / "ray"))
-    assert (out / "model.pt").exists() and (out / "thresholds.json").exists()
+    assert (out / "model.pt").exists() and (out / "config.json").exists()
     assert summary["train_images"] == 8 and summary["val_images"] == 2
     assert summary["metrics"]["epoch"] == 1
     det = AnomalyDetector.load(str(out))
     assert set(det.calib.pixel_thresholds) == {"f1", "youden", "recall90"}
-    assert det.calib.source.startswith("synthetic")
+    assert det.calib.source.startswith("simulated")
     spec = DatasetSpec(name="t", count=2, image={"width": 48, "height": 48}, defects=[{"class": "crack"}],
                        quality={"anomaly_checkpoint": str(out)})
     scorers = build_scorers(spec)
