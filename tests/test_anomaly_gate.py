@@ -149,7 +149,9 @@ def test_audit_without_anomaly_model_counts_by_construction():
     from factory.quality.audit import audit
     from factory.spec.model import DatasetSpec
 
-    spec = DatasetSpec(name="t", count=4, image={"width": 64, "height": 64}, defects=[{"class": "crack"}],
+    from factory.quality.validate import CLASSES
+
+    spec = DatasetSpec(name="t", count=4, image={"width": 64, "height": 64}, defects=[{"class": c} for c in CLASSES],
                        quality={"duplicate_distance": -1})
     res = audit(spec, None, samples=_procedural_samples(4))
     rows = res["variants"]
@@ -157,3 +159,43 @@ def test_audit_without_anomaly_model_counts_by_construction():
     assert rows["blank"]["rejected_rate"] == 1.0 and rows["saturated"]["rejected_rate"] == 1.0
     assert rows["erased"]["rejected"] == 0 and rows["moved"]["rejected"] == 0
     assert res["broken_rejected_rate"] == pytest.approx(8 / (8 + rows["moved"]["n"] + 4))
+
+
+def test_evaluate_command_on_a_saved_checkpoint(tmp_path):
+    """`factory quality evaluate --json` on a (random, untrained) uiidd-disc checkpoint: the
+    plumbing (weights_only load, folders, masks beside images, counts) end to end."""
+    import json
+
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from factory.cli import app
+    from factory.quality.anomaly.detector import AnomalyDetector, Calibration, ScoreConfig
+    from factory.quality.anomaly.disc_head import DiscHead
+    from factory.quality.anomaly.model import ModelConfig, UIIDDModel
+    from factory.quality.anomaly.patches import PatchConfig
+    from factory.quality.anomaly.preprocess import PreprocessConfig
+
+    torch.manual_seed(0)
+    thr = {"f1": 0.5, "youden": 0.5, "recall90": 0.5}
+    det = AnomalyDetector(UIIDDModel(ModelConfig(image_size=16, width=4, fused=8, bottleneck=4, heads=1)),
+                          PreprocessConfig(image_size=16), ScoreConfig(sigma=1.0, normalize="global"),
+                          Calibration(image_thresholds=thr, pixel_thresholds=thr), head=DiscHead(1, 4),
+                          patch=PatchConfig(size=16, scale=1.0))
+    det.save(str(tmp_path / "ckpt"))
+    (tmp_path / "ok").mkdir()
+    (tmp_path / "bad").mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((24, 30), 120, np.uint8)).save(tmp_path / "ok" / f"{i}.jpg")
+        Image.fromarray(np.full((24, 30), 200, np.uint8)).save(tmp_path / "bad" / f"{i}.jpg")
+    m = np.zeros((24, 30), np.uint8)
+    m[5:9, 5:9] = 255
+    Image.fromarray(m).save(tmp_path / "bad" / "0.png")  # a mask beside one defect image
+    r = CliRunner().invoke(app, ["quality", "evaluate", str(tmp_path / "ckpt"), "--normal", str(tmp_path / "ok"),
+                                 "--defective", str(tmp_path / "bad"), "--json"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.output)
+    assert res["normal"] == 3 and res["defective"] == 3 and res["masked_defective"] == 1 and res["method"] == "uiidd-disc"
+    i = res["image"]
+    assert i["tp"] + i["fn"] == 3 and i["fp"] + i["tn"] == 3
+    assert res["pixel"]["tp"] + res["pixel"]["fn"] == 16  # the mask's 4 x 4 defect pixels
