@@ -198,6 +198,9 @@ class _StubDetector:
     def threshold(self, level, rule):
         return 1.0
 
+    def image_px_per_model_px(self, height, width):
+        return 1.0
+
 
 def test_gate_rules_on_hand_made_heat():
     from factory.quality.gate import AnomalyGate
