@@ -228,7 +228,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         gen = torch.Generator().manual_seed(cfg.seed + 1000 * epoch + rank)
         rng = np.random.default_rng([cfg.seed, epoch, rank])
         sums, n = {}, 0
-        for batch in shard.iter_torch_batches(batch_size=cfg.batch_size, local_shuffle_buffer_size=256, drop_last=True):
+        for batch in shard.iter_torch_batches(batch_size=cfg.batch_size, local_shuffle_buffer_size=256, drop_last=True,
+                                              local_shuffle_seed=cfg.seed + 1000 * epoch + rank):
             if n == steps:
                 break
             x = batch["data"].float().cpu() / 255.0
