@@ -198,6 +198,9 @@ class _StubDetector:
     def threshold(self, level, rule):
         return 1.0
 
+    def image_px_per_model_px(self, height, width):
+        return 1.0
+
 
 def test_gate_rules_on_hand_made_heat():
     from factory.quality.gate import AnomalyGate
@@ -314,15 +317,16 @@ def test_train_anomaly_under_ray_train(ray_local, tmp_path):
     normal.mkdir()
     for i, (img, _, _) in enumerate(render(procedural_items(10, 48, seed=2, with_defect=False))):
         Image.fromarray(img[:, :, 0]).save(normal / f"{i}.png")
-    cfg = AnomalyTrainConfig(image_size=32, width=4, fused=8, bottleneck=4, heads=1, epochs=2, batch_size=4, threads=1)
+    cfg = AnomalyTrainConfig(patch_size=32, patches_per_image=2, width=4, fused=8, bottleneck=4, heads=1, head_width=4,
+                             epochs=2, batch_size=4, threads=1)
     out = tmp_path / "ckpt"
     summary = train_anomaly(str(normal), f"file://{out}", cfg, storage_path=str(tmp_path / "ray"))
-    assert (out / "model.pt").exists() and (out / "thresholds.json").exists()
+    assert (out / "model.pt").exists() and (out / "config.json").exists()
     assert summary["train_images"] == 8 and summary["val_images"] == 2
     assert summary["metrics"]["epoch"] == 1
     det = AnomalyDetector.load(str(out))
     assert set(det.calib.pixel_thresholds) == {"f1", "youden", "recall90"}
-    assert det.calib.source.startswith("synthetic")
+    assert det.calib.source.startswith("simulated")
     spec = DatasetSpec(name="t", count=2, image={"width": 48, "height": 48}, defects=[{"class": "crack"}],
                        quality={"anomaly_checkpoint": str(out)})
     scorers = build_scorers(spec)
@@ -368,33 +372,46 @@ def test_gate_summary_counts():
 
 @pytest.fixture(scope="module")
 def procedural_detector():
-    """A small UIIDD model trained (plain torch, ~20 s) on defect-free procedural EL cells."""
-    from factory.quality.anomaly.calibrate import calibrate
+    """A small uiidd-disc gate trained (plain torch, 200 steps on 32 px patches) on defect-free
+    procedural EL cells, calibrated on held-out cells with simulated anomalies.
+
+    This used to be a UIIDD-only model (eq. 15 heat map, 64 px) and the test failed at
+    r = 0.476, deterministically (the same number on every run and thread count: not
+    training noise). The cause was the heat map, not the estimator: on those 40 images the
+    map's peak fell inside the true defect mask in only 35% of them (the reconstruction error
+    is highest on busbars and fingers), and no setting of the estimator's margin, half-max
+    level, tolerance or threshold rule lifted r above 0.54. The discriminative head's map
+    peaks inside the defect in 82% of them, and the same estimator gives r ~ 0.69."""
+    from factory.quality.anomaly.calibrate import calibrate_patches
     from factory.quality.anomaly.detector import AnomalyDetector, ScoreConfig
-    from factory.quality.anomaly.preprocess import PreprocessConfig, preprocess_batch
+    from factory.quality.anomaly.disc_head import DiscHead
+    from factory.quality.anomaly.patches import PatchConfig, random_patches, rescale
+    from factory.quality.anomaly.preprocess import PreprocessConfig
     from factory.quality.validate import procedural_items, render
-    from factory.training.anomaly import augment, train_step
+    from factory.training.anomaly import AnomalyTrainConfig, disc_batch, head_step, train_step
 
     torch.manual_seed(0)
-    S = 64
-    pre = PreprocessConfig(image_size=S)
-    x = torch.from_numpy(preprocess_batch([r[0] for r in render(procedural_items(72, S, seed=5, with_defect=False))], pre))
-    x_train, x_val = x[:56], x[56:]
-    model = UIIDDModel(ModelConfig(image_size=S, width=8, fused=16, bottleneck=8, heads=1))
+    P = 32
+    patch = PatchConfig(size=P, scale=1.0)
+    imgs = [rescale(r[0], patch) for r in render(procedural_items(72, 64, seed=5, with_defect=False))]
+    x = torch.from_numpy(random_patches(imgs[:56], 8, P, np.random.default_rng(0))).float() / 255
+    cfg = AnomalyTrainConfig(patch_size=P, width=8, fused=16, bottleneck=8, heads=1, head_width=8, noise_std=0.01)
+    model, head = UIIDDModel(cfg.model_config()), DiscHead(1, cfg.head_width)
     og = torch.optim.Adam(model.generator.parameters(), 2e-3, betas=(0.5, 0.999))
     od = torch.optim.Adam(model.discriminator.parameters(), 2e-4, betas=(0.5, 0.999))
-    g = torch.Generator().manual_seed(0)
+    oh = torch.optim.Adam(head.parameters(), 2e-3)
+    g, rng = torch.Generator().manual_seed(0), np.random.default_rng(0)
     for step in range(PROCEDURAL_STEPS):
-        idx = torch.randint(0, len(x_train), (8,), generator=g)
-        x_in, x_t = augment(x_train[idx], 0.01, True, g)
-        train_step(model.generator, model.discriminator, og, od, x_in, x_t, LossWeights())
-    det = AnomalyDetector(model, pre, ScoreConfig(sigma=1.0))
-    calibrate(det, x_val)
+        idx = torch.randint(0, len(x), (8,), generator=g)
+        x_in, x_t, m = disc_batch(x[idx], cfg, g, rng, None)
+        _, x_hat = train_step(model.generator, model.discriminator, og, od, x_in, x_t, LossWeights())
+        head_step(head, oh, x_in, x_hat, m)
+    det = AnomalyDetector(model, PreprocessConfig(image_size=P), ScoreConfig(sigma=1.0, normalize="global"), head=head, patch=patch)
+    calibrate_patches(det, imgs[56:])
     return det
 
 
 PROCEDURAL_STEPS = 200
-
 
 
 def test_spillover_estimate_matches_ground_truth(procedural_detector):
@@ -403,7 +420,7 @@ def test_spillover_estimate_matches_ground_truth(procedural_detector):
 
     gate = AnomalyGate(procedural_detector, use_sample_masks=False)
     res = validate_spillover(gate, n=40, size=64, seed=11)
-    # a 20 s model at 64 px measures spillover coarsely (the benchmark records the numbers);
-    # these bounds still fail for an estimator that does not follow the truth (r ~ 0)
+    # a ~20 s model measures spillover coarsely; these bounds still fail for an estimator
+    # that does not follow the truth (r ~ 0) or a map that does not find the defect (r 0.48)
     assert res["mae"] < 0.3, res
     assert res["corr"] > 0.5, res

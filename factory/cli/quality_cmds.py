@@ -1,4 +1,4 @@
-"""`factory train anomaly` and `factory metrics`: the quality gate's commands.
+"""`factory train anomaly`, `factory quality evaluate|audit` and `factory metrics`: the quality gate's commands.
 Heavy imports (torch, ray, torch-fidelity) happen inside the command bodies."""
 
 from __future__ import annotations
@@ -10,44 +10,116 @@ from typing import Optional
 import typer
 
 from factory.cli.app import app, train_app
-from factory.cli.common import console, friendly_errors
+from factory.cli.common import console, friendly_errors, load_spec_or_exit
 from factory.ray_runtime import ensure_ray
+
+
+quality_app = typer.Typer(help="Evaluate and audit the quality gate's anomaly checkpoint.", no_args_is_help=True)
+app.add_typer(quality_app, name="quality")
 
 
 @train_app.command("anomaly")
 def train_anomaly_cmd(
     normal: str = typer.Option(..., "--normal", help="folder or URI of defect-free images"),
-    out: str = typer.Option(..., "--out", help="where to write model.pt + thresholds.json (folder or URI)"),
-    image_size: int = typer.Option(128, help="images are resized to this square size"),
+    out: str = typer.Option(..., "--out", help="where to write model.pt + config.json (folder or URI)"),
+    method: str = typer.Option("uiidd-disc", help="uiidd-disc (UIIDD + discriminative head) or uiidd (the paper's model alone)"),
+    patch_size: int = typer.Option(64, help="the model trains and scores on patches of this size"),
+    scale: float = typer.Option(1.0, help="resize images by this factor first (1.0 = native pixels; aspect kept)"),
+    patches_per_image: int = typer.Option(16),
     epochs: int = typer.Option(20),
     batch_size: int = typer.Option(16),
     lr: float = typer.Option(2e-4),
     width: int = typer.Option(16, help="backbone width (channels at the first level)"),
+    defects: Optional[str] = typer.Option(None, help="labelled real defects (images with masks beside them) to transplant as simulated anomalies; never evaluation images"),
     workers: int = typer.Option(1, help="Ray Train workers (DDP when > 1)"),
     threads: int = typer.Option(1, help="torch threads (and CPUs) per worker"),
     gpu: bool = typer.Option(False, "--gpu/--no-gpu", help="one GPU per worker"),
-    lcn: bool = typer.Option(False, help="local contrast normalization (illumination robustness)"),
-    homomorphic: bool = typer.Option(False, help="homomorphic filtering (illumination robustness)"),
     backbone: Optional[Path] = typer.Option(None, help="local backbone state dict to start from (else trained from scratch)"),
-    val_anomalous: Optional[str] = typer.Option(None, help="defect images with X.png masks beside X.jpg, for the thresholds (else synthetic defects)"),
+    val_anomalous: Optional[str] = typer.Option(None, help="defect images with masks beside them, for the thresholds (else simulated anomalies)"),
     max_images: Optional[int] = typer.Option(None, help="use at most this many images"),
     seed: int = typer.Option(0),
     address: Optional[str] = typer.Option(None, help="Ray cluster address (default: an embedded local cluster)"),
 ) -> None:
-    """Train the UIIDD anomaly model on defect-free images (Ray Train), calibrate its thresholds, save it."""
+    """Train the gate's anomaly model on defect-free images (Ray Train), calibrate its thresholds, save it."""
     with friendly_errors():
         from factory.training.anomaly import AnomalyTrainConfig, train_anomaly
 
+        cfg = AnomalyTrainConfig(method=method, patch_size=patch_size, scale=scale, patches_per_image=patches_per_image,
+                                 epochs=epochs, batch_size=batch_size, lr=lr, width=width,
+                                 backbone=str(backbone) if backbone else None, seed=seed, threads=threads, max_images=max_images)
         ensure_ray(address)
-        cfg = AnomalyTrainConfig(image_size=image_size, epochs=epochs, batch_size=batch_size, lr=lr, width=width,
-                                 lcn=lcn, homomorphic=homomorphic, backbone=str(backbone) if backbone else None,
-                                 seed=seed, threads=threads, max_images=max_images)
-        res = train_anomaly(normal, out, cfg, num_workers=workers, use_gpu=gpu, val_anomalous=val_anomalous)
-        console.print(f"trained on {res['train_images']} images ({res['val_images']} held out) in {res['train_seconds']:.0f} s")
+        res = train_anomaly(normal, out, cfg, num_workers=workers, use_gpu=gpu, val_anomalous=val_anomalous, defects=defects)
+        console.print(f"{method}: trained on {res['train_images']} images ({res['val_images']} held out) in {res['train_seconds']:.0f} s")
         console.print(f"calibration ({res['source']} anomalies): image AUROC {res['image_auroc']:.3f}, pixel AUROC {res['pixel_auroc']:.3f}")
         console.print(f"image thresholds {json.dumps({k: round(v, 3) for k, v in res['image_thresholds'].items()})}")
         console.print(f"pixel thresholds {json.dumps({k: round(v, 3) for k, v in res['pixel_thresholds'].items()})}")
         console.print(f"wrote {res['model']}  (set quality.anomaly_checkpoint: {out})")
+
+
+@quality_app.command("evaluate")
+def evaluate_cmd(
+    checkpoint: str = typer.Argument(..., help="anomaly checkpoint folder/URI (from `factory train anomaly`)"),
+    normal: str = typer.Option(..., "--normal", help="held-out defect-free images"),
+    defective: str = typer.Option(..., "--defective", help="defect images (masks beside them are used when present)"),
+    masks: Optional[Path] = typer.Option(None, "--masks", help="folder of masks named like the defect images (X.png for X.jpg)"),
+    rule: str = typer.Option("f1", help="which of the checkpoint's thresholds: f1, youden, recall90"),
+    as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
+) -> None:
+    """Image AUROC, pixel AUROC (where masks exist), F1 and confusion counts at the checkpoint's threshold."""
+    with friendly_errors():
+        from factory.data.folders import read_image, read_mask, scan
+        from factory.quality.anomaly.detector import AnomalyDetector
+        from factory.quality.anomaly.evaluate import evaluate
+        from factory.storage.uri import as_local_dir
+
+        det = AnomalyDetector.load(checkpoint)
+        with as_local_dir(normal) as n_root, as_local_dir(defective) as d_root:
+            norm = [read_image(r.image) for r in scan(n_root)]
+            recs = scan(d_root)
+            if not norm or not recs:
+                raise FileNotFoundError(f"no images under {normal if not norm else defective}")
+            defect_images = [read_image(r.image) for r in recs]
+            mask_paths = [(masks / f"{r.image.stem}.png") if masks else r.mask for r in recs]
+            if masks and not any(p.exists() for p in mask_paths):
+                raise FileNotFoundError(f"--masks: no mask in {masks} is named like an image in {defective} (X.png for X.jpg)")
+            mask_arrays = [read_mask(p) if p is not None and p.exists() else None for p in mask_paths]
+        res = evaluate(det, norm, defect_images, mask_arrays, rule)
+        if as_json:
+            print(json.dumps(res, indent=1))
+            return
+        i = res["image"]
+        console.print(f"{res['method']} on {res['normal']} normal + {res['defective']} defective images: image AUROC {res['image_auroc']:.3f}")
+        console.print(f"at the checkpoint's {rule} image threshold {res['image_threshold']:.3f}: F1 {i['f1']:.3f}  "
+                      f"TP {i['tp']} FP {i['fp']} FN {i['fn']} TN {i['tn']}")
+        if "pixel" in res:
+            p = res["pixel"]
+            console.print(f"pixels ({res['masked_defective']} masked images): pixel AUROC {res['pixel_auroc']:.3f}, "
+                          f"F1 {p['f1']:.3f} at threshold {res['pixel_threshold']:.3f}")
+
+
+@quality_app.command("audit")
+def audit_cmd(
+    spec_path: Path = typer.Argument(..., help="dataset spec (YAML)"),
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="anomaly checkpoint to audit (default: the spec's quality.anomaly_checkpoint)"),
+    n: int = typer.Option(200, "--n", help="samples to generate; each gets 4 broken variants"),
+    seed: int = typer.Option(0),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Does the gate keep good samples and reject broken ones (defect erased, moved out of its box, blank, saturated)?"""
+    spec = load_spec_or_exit(spec_path)
+    with friendly_errors():
+        from factory.quality.audit import audit
+
+        res = audit(spec, checkpoint or spec.quality.anomaly_checkpoint, n, seed)
+        if as_json:
+            print(json.dumps(res, indent=1))
+            return
+        console.print(f"gate audit of {res['spec']} (checks: {', '.join(res['scorers'])}; checkpoint {res['checkpoint']})")
+        for name, r in res["variants"].items():
+            verb = f"kept {r['n'] - r['rejected']}/{r['n']} ({r['kept_rate']:.0%})" if name == "good" else \
+                f"rejected {r['rejected']}/{r['n']} ({r['rejected_rate']:.0%})"
+            console.print(f"  {name:10s} {verb}   reasons {r['reasons']}")
+        console.print(f"broken rejected {res['broken_rejected_rate']:.0%}, good kept {res['good_kept_rate']:.0%}")
 
 
 @app.command("metrics")

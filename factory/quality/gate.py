@@ -72,7 +72,7 @@ class AnomalyGate:
             if s < thr:
                 reasons.append(Reason("no_defect", f"box {k} {s:.2f} < {thr:.2f}"))
                 break
-        scale = (H / self.detector.pre.image_size + W / self.detector.pre.image_size) / 2
+        scale = self.detector.image_px_per_model_px(H, W)
         tol = 0 if from_mask else int(round(self.tolerance_px * scale))
         spills = [spillover(e, _grow(b, tol, W, H)) for e, b in zip(extents, boxes)]
         if self.mask_spillover_reasons or not from_mask:

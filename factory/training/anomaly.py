@@ -1,109 +1,122 @@
-"""Train the quality gate's UIIDD anomaly model on defect-free images under Ray Train.
+"""Train the quality gate's anomaly model on defect-free images under Ray Train.
 
-    train_anomaly(normal="file:///data/ok", out="file:///ckpt/uiidd")
+    train_anomaly(normal="file:///data/ok", out="file:///ckpt/gate")            # uiidd-disc
+    train_anomaly(..., cfg=AnomalyTrainConfig(method="uiidd"))                  # the paper's model alone
 
-The driver loads and preprocesses the images, hands them to a `TorchTrainer` as a
-Ray Dataset (each worker trains on its shard; DDP when there are several), takes
-the final checkpoint back, calibrates it (term normalization + thresholds by F1-max,
-Youden and recall >= 90%, on a held-out split) and writes `<out>/model.pt` with its
-thresholds and preprocessing config. No labels and no defect images are needed:
-thresholds come from synthetic defects painted on held-out images unless real
-anomalies with masks are given (`val_anomalous`).
+The driver rescales the images to the model's scale (aspect kept), holds out a
+split for calibration, cuts random P x P patches from the rest and hands them to a
+`TorchTrainer` as a Ray Dataset: each worker trains on an equal shard for the same
+number of steps, reports a checkpoint (plain state dicts) every epoch and resumes
+from `ray.train.get_checkpoint()`. "uiidd" trains the MDAAE + self-attention GAN on
+clean patches (eq. 12-14); "uiidd-disc" feeds it simulated anomalies with the clean
+patch as the reconstruction target (so it learns to repair them) and trains the
+discriminative head on (image, reconstruction) -> mask. Calibration (thresholds by
+F1-max, Youden and recall >= 90%) uses the held-out split with simulated anomalies,
+or real ones with masks (`val_anomalous`). `defects` names a labelled real set
+whose defects, cut along their masks, join the simulated-anomaly sources.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from factory.data.folders import list_images
+from factory.data.folders import list_images, read_mask, scan  # noqa: F401  (list_images: metrics reads folders here)
 from factory.ray_runtime import ensure_ray
+from factory.training.common import unwrap
+
+METHODS = ("uiidd", "uiidd-disc")
 
 
 @dataclass
 class AnomalyTrainConfig:
-    image_size: int = 128
+    method: str = "uiidd-disc"
+    patch_size: int = 64  # P: the model trains and scores on P x P tiles
+    scale: float = 1.0  # images resized by this factor first (1.0 = native pixels), aspect kept
+    patches_per_image: int = 16
     width: int = 16
     fused: int = 32
     bottleneck: int = 16
     heads: int = 2
     tau: float = 1.0
+    head_width: int = 16
     epochs: int = 20
     batch_size: int = 16
     lr: float = 2e-4
+    head_lr: float = 1e-3
+    sigma: float = 2.0  # heat-map smoothing, in model pixels
     noise_std: float = 0.02  # eq. 12 Gaussian noise on the input (a denoising objective)
     flips: bool = True  # eq. 12 augmentation: random horizontal/vertical flips
     val_fraction: float = 0.2
     seed: int = 0
-    lcn: bool = False
-    homomorphic: bool = False
     backbone: str | None = None  # a local backbone state dict to start from
     threads: int = 1  # torch threads per worker (more spin-waits badly on a busy, shared CPU)
     losses: dict[str, float] = field(default_factory=dict)  # overrides of LossWeights
     max_images: int | None = None
 
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"method: {self.method!r} is not one of {list(METHODS)}")
+        if self.patch_size % 8 or self.patch_size < 16:
+            raise ValueError(f"patch_size: {self.patch_size} must be a multiple of 8 and >= 16")
+        if not 0 < self.scale <= 4:
+            raise ValueError(f"scale: {self.scale} must be in (0, 4]")
+
     def model_config(self):
         from factory.quality.anomaly.model import ModelConfig
 
-        return ModelConfig(self.image_size, 1, self.width, self.fused, self.bottleneck, self.heads, self.tau)
+        return ModelConfig(self.patch_size, 1, self.width, self.fused, self.bottleneck, self.heads, self.tau)
+
+    def patch_config(self):
+        from factory.quality.anomaly.patches import PatchConfig
+
+        return PatchConfig(size=self.patch_size, scale=self.scale)
 
     def preprocess_config(self):
         from factory.quality.anomaly.preprocess import PreprocessConfig
 
-        return PreprocessConfig(image_size=self.image_size, lcn=self.lcn, homomorphic=self.homomorphic)
+        return PreprocessConfig(image_size=self.patch_size)
 
 
 # --- data ---------------------------------------------------------------------
 
 
-def read_gray(path: Path) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return np.asarray(im.convert("L"))
-
-
-def load_folder(uri: str, pre, max_images: int | None = None, with_masks: bool = False):
-    """Preprocess every image under a folder/URI -> N x 1 x S x S float32 (and N x S x S bool
-    masks from `X.png` beside `X.jpg`, >= 128, when with_masks)."""
-    from PIL import Image
-
-    from factory.quality.anomaly.preprocess import preprocess
+def load_images(uri: str, patch, max_images: int | None = None, with_masks: bool = False) -> list:
+    """Every image under a folder/URI at the model's scale (float HxW), or (image, mask) pairs
+    when `with_masks` (masks found beside the images by `factory.data.folders`)."""
+    from factory.data.folders import read_image
+    from factory.quality.anomaly.patches import rescale, rescale_mask
     from factory.storage.uri import as_local_dir
 
     with as_local_dir(uri) as root:
-        paths = list_images(root)
-        if max_images:
-            paths = paths[:max_images]
-        if not paths:
+        records = scan(root)[: max_images or None]
+        if not records:
             raise FileNotFoundError(f"no images under {uri}")
-        x = np.stack([preprocess(read_gray(p), pre) for p in paths]).astype(np.float32)
-        if not with_masks:
-            return x
-        masks = []
-        for p in paths:
-            m = p.with_suffix(".png")
-            if p.suffix.lower() == ".png" or not m.exists():
-                raise FileNotFoundError(f"no mask {m.name} beside {p}")
-            with Image.open(m) as im:
-                im = im.convert("L").resize((pre.image_size, pre.image_size), Image.NEAREST)
-                masks.append(np.asarray(im) >= 128)
-        return x, np.stack(masks)
+        out = []
+        for r in records:
+            x = rescale(read_image(r.image), patch)
+            if not with_masks:
+                out.append(x)
+                continue
+            if r.mask is None:
+                raise FileNotFoundError(f"no defect mask found beside {r.image} (e.g. {r.image.with_suffix('.png').name})")
+            out.append((x, rescale_mask(read_mask(r.mask), x.shape)))
+        return out
 
 
-def split(x: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    idx = np.random.default_rng(seed).permutation(len(x))
-    n_val = max(1, int(round(len(x) * val_fraction))) if len(x) > 1 else 0
-    return x[idx[n_val:]], x[idx[:n_val]]
+def split(items: list, val_fraction: float, seed: int) -> tuple[list, list]:
+    idx = np.random.default_rng(seed).permutation(len(items))
+    n_val = max(1, int(round(len(items) * val_fraction))) if len(items) > 1 else 0
+    return [items[i] for i in idx[n_val:]], [items[i] for i in idx[:n_val]]
 
 
-# --- the training step (plain torch; also used without Ray in tests) ---------
+# --- the training steps (plain torch; also used without Ray in tests) ---------
 
 
 def augment(x, noise_std: float, flips: bool, gen):
@@ -119,8 +132,9 @@ def augment(x, noise_std: float, flips: bool, gen):
     return noisy, x
 
 
-def train_step(gen_net, disc_net, opt_g, opt_d, x_in, x_target, w) -> dict[str, float]:
-    """One adversarial step: discriminator (eq. 13) then generator (eq. 14)."""
+def train_step(gen_net, disc_net, opt_g, opt_d, x_in, x_target, w):
+    """One adversarial step: discriminator (eq. 13) then generator (eq. 14).
+    Returns (logs, the reconstruction of x_in, detached)."""
     import torch
 
     from factory.quality.anomaly.loss import discriminator_loss, generator_loss
@@ -129,66 +143,118 @@ def train_step(gen_net, disc_net, opt_g, opt_d, x_in, x_target, w) -> dict[str, 
     x_hat = out["x_hat"]
     B = len(x_target)
     logits, _, _ = disc_net(torch.cat([x_target, x_hat.detach()]))
-    d_loss = discriminator_loss(logits[:B], logits[B:], _unwrap(disc_net), w.d_reg)
+    d_loss = discriminator_loss(logits[:B], logits[B:], unwrap(disc_net), w.d_reg)
     opt_d.zero_grad(set_to_none=True)
     d_loss.backward()
     opt_d.step()
 
     logits, feats, _ = disc_net(torch.cat([x_target, x_hat]))
-    parts = generator_loss(x_target, out, logits[B:], [f[:B] for f in feats], [f[B:] for f in feats], _unwrap(gen_net).ae, w)
+    parts = generator_loss(x_target, out, logits[B:], [f[:B] for f in feats], [f[B:] for f in feats], unwrap(gen_net).ae, w)
     opt_g.zero_grad(set_to_none=True)
     parts["total"].backward()
     opt_g.step()
-    return {"d": d_loss.item(), **{f"g_{k}": v.item() for k, v in parts.items()}}
+    return {"d": d_loss.item(), **{f"g_{k}": v.item() for k, v in parts.items()}}, x_hat.detach()
 
 
-def _unwrap(m):
-    return getattr(m, "module", m)
+def head_step(head, opt_h, x_in, x_hat, mask) -> float:
+    """One step of the discriminative head on (image, reconstruction) -> simulated mask."""
+    from factory.quality.anomaly.disc_head import head_loss
+
+    loss = head_loss(head(x_in, x_hat), mask)
+    opt_h.zero_grad(set_to_none=True)
+    loss.backward()
+    opt_h.step()
+    return loss.item()
+
+
+def disc_batch(x_clean, cfg: AnomalyTrainConfig, gen, rng, bank):
+    """uiidd-disc inputs: (simulated anomalies + noise, clean target, mask), all B x 1 x P x P."""
+    import torch
+
+    from factory.quality.anomaly.simulate import simulate
+
+    _, x_t = augment(x_clean, 0.0, cfg.flips, gen)
+    xa, m = simulate(x_t.numpy(), rng, bank)
+    xa = torch.from_numpy(xa)
+    if cfg.noise_std > 0:
+        xa = xa + cfg.noise_std * torch.randn(xa.shape, generator=gen)
+    return xa, x_t, torch.from_numpy(m)
+
+
+# --- Ray Train worker ---------------------------------------------------------
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Ray Train worker: trains on its dataset shard; rank 0 reports the final checkpoint."""
+    """Ray Train worker: `steps_per_epoch` batches of its shard per epoch (equal on every rank);
+    a checkpoint every epoch (rank 0 writes it); resumes from the latest one."""
     import ray.train
     import torch
-    from ray.train.torch import prepare_model
+    from ray.train.torch import get_device, prepare_model
 
+    from factory.quality.anomaly.disc_head import DiscHead
     from factory.quality.anomaly.loss import LossWeights
     from factory.quality.anomaly.model import UIIDDModel
+    from factory.quality.anomaly.simulate import DefectBank
 
-    cfg = AnomalyTrainConfig(**config)
+    cfg = AnomalyTrainConfig(**config["cfg"])
+    steps = int(config["steps_per_epoch"])
+    bank = DefectBank(**config["bank"]) if config.get("bank") else None
     torch.set_num_threads(max(1, cfg.threads))
     ctx = ray.train.get_context()
-    torch.manual_seed(cfg.seed + ctx.get_world_rank())
-    gen = torch.Generator().manual_seed(cfg.seed + 1000 + ctx.get_world_rank())
+    rank = ctx.get_world_rank()
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     model = UIIDDModel(cfg.model_config())
+    head = DiscHead(1, cfg.head_width) if cfg.method == "uiidd-disc" else None
     if cfg.backbone:
         model.load_backbone(cfg.backbone)
+    nets = {"g": model.generator, "d": model.discriminator} | ({"h": head} if head is not None else {})
+    lrs = {"g": cfg.lr, "d": cfg.lr, "h": cfg.head_lr}
+    opts = {k: torch.optim.Adam(n.parameters(), lr=lrs[k], betas=(0.5, 0.999) if k != "h" else (0.9, 0.999)) for k, n in nets.items()}
+    start = 0
+    resumed = ray.train.get_checkpoint()
+    if resumed:
+        with resumed.as_directory() as d:
+            state = torch.load(os.path.join(d, "state.pt"), map_location="cpu", weights_only=True)
+            start = json.loads(open(os.path.join(d, "progress.json")).read())["epoch"] + 1
+        for k in nets:
+            nets[k].load_state_dict(state[f"net_{k}"])
+            opts[k].load_state_dict(state[f"opt_{k}"])
+    wrapped = {k: prepare_model(n) for k, n in nets.items()}
     weights = LossWeights(**cfg.losses)
-    g_net = prepare_model(model.generator)
-    d_net = prepare_model(model.discriminator)
-    opt_g = torch.optim.Adam(g_net.parameters(), lr=cfg.lr, betas=(0.5, 0.999))
-    opt_d = torch.optim.Adam(d_net.parameters(), lr=cfg.lr, betas=(0.5, 0.999))
+    device = get_device()
     shard = ray.train.get_dataset_shard("train")
-    device = ray.train.torch.get_device()
     t0 = time.time()
-    for epoch in range(cfg.epochs):
+    for epoch in range(start, cfg.epochs):
+        gen = torch.Generator().manual_seed(cfg.seed + 1000 * epoch + rank)
+        rng = np.random.default_rng([cfg.seed, epoch, rank])
         sums, n = {}, 0
-        for batch in shard.iter_torch_batches(batch_size=cfg.batch_size, local_shuffle_buffer_size=256, drop_last=False):
-            x = batch["data"].float()
-            x_in, x_t = augment(x, cfg.noise_std, cfg.flips, gen)
-            logs = train_step(g_net, d_net, opt_g, opt_d, x_in.to(device), x_t.to(device), weights)
+        for batch in shard.iter_torch_batches(batch_size=cfg.batch_size, local_shuffle_buffer_size=256, drop_last=True,
+                                              local_shuffle_seed=cfg.seed + 1000 * epoch + rank):
+            if n == steps:
+                break
+            x = batch["data"].float().cpu() / 255.0
+            if head is None:
+                x_in, x_t = augment(x, cfg.noise_std, cfg.flips, gen)
+                logs, _ = train_step(wrapped["g"], wrapped["d"], opts["g"], opts["d"], x_in.to(device), x_t.to(device), weights)
+            else:
+                x_in, x_t, m = disc_batch(x, cfg, gen, rng, bank)
+                x_in, x_t = x_in.to(device), x_t.to(device)
+                logs, x_hat = train_step(wrapped["g"], wrapped["d"], opts["g"], opts["d"], x_in, x_t, weights)
+                logs["head"] = head_step(wrapped["h"], opts["h"], x_in, x_hat, m.to(device))
             for k, v in logs.items():
                 sums[k] = sums.get(k, 0.0) + v
             n += 1
-        metrics = {k: v / max(n, 1) for k, v in sums.items()} | {"epoch": epoch, "seconds": time.time() - t0}
-        if epoch < cfg.epochs - 1:
-            ray.train.report(metrics)
-            continue
+        if n != steps:
+            raise RuntimeError(f"rank {rank} got {n} batches in epoch {epoch}, expected {steps} (unequal shards)")
+        metrics = {k: v / max(n, 1) for k, v in sums.items()} | {"epoch": epoch, "steps": n, "seconds": time.time() - t0}
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
-            if ctx.get_world_rank() == 0:
-                torch.save({"model_config": asdict(cfg.model_config()), "state_dict": model.state_dict()},
-                           os.path.join(tmp, "weights.pt"))
+            if rank == 0:
+                state = {f"net_{k}": unwrap(w).state_dict() for k, w in wrapped.items()}
+                state |= {f"opt_{k}": o.state_dict() for k, o in opts.items()}
+                torch.save(state, os.path.join(tmp, "state.pt"))
+                with open(os.path.join(tmp, "progress.json"), "w") as f:
+                    json.dump({"epoch": epoch, "method": cfg.method}, f)
                 checkpoint = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(metrics, checkpoint=checkpoint)
 
@@ -196,69 +262,77 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 # --- driver -------------------------------------------------------------------
 
 
-def fit_anomaly_model(x_train: np.ndarray, cfg: AnomalyTrainConfig, num_workers: int = 1, use_gpu: bool = False,
-                      storage_path: str | None = None):
-    """Run the Ray Train TorchTrainer on preprocessed images (N x 1 x S x S); returns
-    (UIIDDModel, Ray Train result)."""
+def fit_anomaly_model(patches: np.ndarray, cfg: AnomalyTrainConfig, bank=None, num_workers: int = 1, use_gpu: bool = False,
+                      storage_path: str | None = None, run_name: str | None = None):
+    """Run the TorchTrainer on uint8 patches (N x 1 x P x P); returns (UIIDDModel, DiscHead | None,
+    Ray Train result). The same `storage_path` + `run_name` resumes an interrupted run."""
     import ray
     import torch
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from factory.quality.anomaly.model import ModelConfig, UIIDDModel
+    from factory.quality.anomaly.disc_head import DiscHead
+    from factory.quality.anomaly.model import UIIDDModel
 
     ensure_ray()
+    steps = (len(patches) // num_workers) // cfg.batch_size
+    if steps < 1:
+        raise ValueError(f"{len(patches)} patches cannot give each of {num_workers} workers one batch of {cfg.batch_size}")
     cpus = max(1, min(cfg.threads, int(ray.cluster_resources().get("CPU", 1))))
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=asdict(cfg),
+        train_loop_config={"cfg": asdict(cfg), "steps_per_epoch": steps, "bank": bank.to_arrays() if bank else None},
         scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus}),
-        datasets={"train": ray.data.from_numpy(x_train)},
-        run_config=RunConfig(name=f"uiidd-{int(time.time())}", storage_path=storage_path or tempfile.mkdtemp(prefix="uiidd-ray-")),
+        datasets={"train": ray.data.from_numpy(patches)},
+        run_config=RunConfig(name=run_name or f"{cfg.method}-{int(time.time())}",
+                             storage_path=storage_path or tempfile.mkdtemp(prefix="anomaly-ray-")),
     )
     result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError(f"Ray Train finished without a checkpoint: {result.error}")
     with result.checkpoint.as_directory() as d:
-        state = torch.load(os.path.join(d, "weights.pt"), map_location="cpu", weights_only=False)
-    model = UIIDDModel(ModelConfig(**state["model_config"]))
-    model.load_state_dict(state["state_dict"])
-    return model, result
+        state = torch.load(os.path.join(d, "state.pt"), map_location="cpu", weights_only=True)
+    model = UIIDDModel(cfg.model_config())
+    model.generator.load_state_dict(state["net_g"])
+    model.discriminator.load_state_dict(state["net_d"])
+    head = None
+    if cfg.method == "uiidd-disc":
+        head = DiscHead(1, cfg.head_width)
+        head.load_state_dict(state["net_h"])
+    return model, head, result
 
 
 def train_anomaly(normal: str, out: str | None, cfg: AnomalyTrainConfig | None = None, num_workers: int = 1,
-                  use_gpu: bool = False, val_anomalous: str | None = None, storage_path: str | None = None,
-                  x: np.ndarray | None = None) -> dict:
-    """Train, calibrate and save (when `out` is given); returns a summary (paths, timings,
-    calibration AUROCs) with the detector under "detector". `x` passes preprocessed
-    images directly (then `normal` only names them)."""
-    import torch
-
-    from factory.quality.anomaly.calibrate import calibrate
-    from factory.quality.anomaly.detector import AnomalyDetector
+                  use_gpu: bool = False, val_anomalous: str | None = None, defects: str | None = None,
+                  storage_path: str | None = None, images: list | None = None, run_name: str | None = None) -> dict:
+    """Train, calibrate and save (when `out` is given); returns a summary with the detector
+    under "detector". `images` passes rescaled float images directly (then `normal` only names them)."""
+    from factory.quality.anomaly.calibrate import calibrate_patches
+    from factory.quality.anomaly.detector import AnomalyDetector, ScoreConfig
+    from factory.quality.anomaly.patches import random_patches
+    from factory.quality.anomaly.simulate import DefectBank
 
     cfg = cfg or AnomalyTrainConfig()
-    if cfg.backbone and not Path(cfg.backbone).exists():
+    if cfg.backbone and not os.path.exists(cfg.backbone):
         raise FileNotFoundError(f"backbone checkpoint not found: {cfg.backbone} (give a local state-dict file, or omit it to train from scratch)")
-    pre = cfg.preprocess_config()
-    if x is None:
-        x = load_folder(normal, pre, cfg.max_images)
-    x_train, x_val = split(x, cfg.val_fraction, cfg.seed)
-    if len(x_val) == 0:
-        raise ValueError(f"need at least 2 defect-free images under {normal} (one for training, one held out), got {len(x)}")
+    patch = cfg.patch_config()
+    images = images if images is not None else load_images(normal, patch, cfg.max_images)
+    x_train, x_val = split(images, cfg.val_fraction, cfg.seed)
+    if not x_val:
+        raise ValueError(f"need at least 2 defect-free images under {normal} (one for training, one held out), got {len(images)}")
+    bank = DefectBank.from_pairs(load_images(defects, patch, with_masks=True), cfg.patch_size) if defects else None
+    patches = random_patches(x_train, cfg.patches_per_image, cfg.patch_size, np.random.default_rng(cfg.seed))
     t0 = time.time()
-    model, result = fit_anomaly_model(x_train, cfg, num_workers, use_gpu, storage_path)
+    model, head, result = fit_anomaly_model(patches, cfg, bank, num_workers, use_gpu, storage_path, run_name)
     train_s = time.time() - t0
-    det = AnomalyDetector(model, pre, meta={
-        "trained_on": normal, "train_images": int(len(x_train)), "val_images": int(len(x_val)),
-        "train_config": asdict(cfg), "backbone": cfg.backbone or "trained from scratch on the defect-free images",
-        "train_seconds": round(train_s, 1), "workers": num_workers,
-    })
-    x_anom = masks = None
-    if val_anomalous:
-        xa, ma = load_folder(val_anomalous, pre, with_masks=True)
-        x_anom, masks = torch.from_numpy(xa), torch.from_numpy(ma)
-    report = calibrate(det, torch.from_numpy(x_val), x_anom, masks, seed=cfg.seed)
+    det = AnomalyDetector(model, cfg.preprocess_config(), ScoreConfig(sigma=cfg.sigma, normalize="global"), head=head,
+                          patch=patch, meta={
+                              "method": cfg.method, "trained_on": normal, "train_images": len(x_train),
+                              "val_images": len(x_val), "train_patches": int(len(patches)), "train_config": asdict(cfg),
+                              "defect_source": defects, "train_seconds": round(train_s, 1), "workers": num_workers,
+                              "backbone": cfg.backbone or "trained from scratch on the defect-free images"})
+    anomalies = load_images(val_anomalous, patch, with_masks=True) if val_anomalous else None
+    report = calibrate_patches(det, x_val, anomalies, seed=cfg.seed, bank=bank)
     det.meta["calibration"] = report
     model_uri = det.save(out) if out else None
     return {"model": model_uri, "train_seconds": train_s, "train_images": len(x_train), "val_images": len(x_val),

@@ -16,6 +16,16 @@ image AUROC 0.48 with global, 0.61 with per-position normalization; see BENCHMAR
 is weighted at the attention level by the diagonal of the discriminator's
 self-attention (N diag(A) = 1 for uniform attention), then Gaussian smoothing.
 The image score is the maximum of the smoothed map.
+
+Two methods share this wrapper (`method`): "uiidd" scores with eq. 15; "uiidd-disc"
+scores with the discriminative head (`disc_head.py`), the sigmoid of its per-pixel
+logit given the image and the UIIDD reconstruction. With `patch` set (every new
+checkpoint), images are scored at their native scale in overlapping P x P tiles and
+the map is stitched back (`patches.py`); n() is then global (tiles are not aligned).
+Without it (old checkpoints, tiny tests) images are squashed to image_size.
+
+Checkpoint: `<uri>/model.pt` holds plain state dicts only (loaded with
+weights_only=True) and `<uri>/config.json` everything else (configs, calibration).
 """
 
 from __future__ import annotations
@@ -28,11 +38,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from factory.quality.anomaly.disc_head import DiscHead
 from factory.quality.anomaly.model import ModelConfig, UIIDDModel
+from factory.quality.anomaly.patches import PatchConfig, rescale, stitch, tiles
 from factory.quality.anomaly.postprocess import gaussian_smooth
 from factory.quality.anomaly.preprocess import PreprocessConfig, preprocess_batch
 
-FORMAT = "uiidd-v1"
+FORMAT = "uiidd-v2"
+LEGACY_FORMAT = "uiidd-v1"  # one pickled dict in model.pt (configs inside); still loadable
+METHODS = ("uiidd", "uiidd-disc")
 TERMS = ("rec", "feat", "disc")
 
 
@@ -96,11 +110,16 @@ def raw_terms(model: UIIDDModel, x: torch.Tensor, window: int = 5) -> dict[str, 
 
 
 class AnomalyDetector:
-    """A trained UIIDD model ready to score images (numpy HxW[xC] uint8 in, heat maps out)."""
+    """A trained UIIDD model (+ optional discriminative head) ready to score images
+    (numpy HxW[xC] uint8 in, heat maps out)."""
 
     def __init__(self, model: UIIDDModel, pre: PreprocessConfig, score: ScoreConfig | None = None,
-                 calib: Calibration | None = None, meta: dict | None = None, device: str = "cpu"):
+                 calib: Calibration | None = None, meta: dict | None = None, device: str = "cpu",
+                 head: DiscHead | None = None, patch: PatchConfig | None = None):
         self.model = model.to(device).eval()
+        self.head = head.to(device).eval() if head is not None else None
+        self.method = "uiidd-disc" if head is not None else "uiidd"
+        self.patch = patch
         self.pre = pre
         self.score_cfg = score or ScoreConfig()
         self.calib = calib or Calibration()
@@ -119,7 +138,7 @@ class AnomalyDetector:
         """(mean, std) used by n() for one term: S x S maps when normalizing per position and the
         calibration has them (else the global scalars, e.g. for checkpoints calibrated before maps)."""
         c = self.calib
-        if self.score_cfg.normalize == "position" and term in c.term_mean_map and term in c.term_std_map:
+        if self.score_cfg.normalize == "position" and self.patch is None and term in c.term_mean_map and term in c.term_std_map:
             cache = self.__dict__.setdefault("_map_cache", {})
             key = (term, id(c.term_mean_map[term]), id(c.term_std_map[term]))
             if key not in cache:
@@ -129,31 +148,59 @@ class AnomalyDetector:
         return c.term_mean[term], max(c.term_std[term], 1e-8)
 
     @torch.no_grad()
-    def heat_from_tensor(self, x: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
-        """Smoothed, normalized heat maps B x S x S for preprocessed inputs."""
+    def raw_heat(self, x: torch.Tensor) -> torch.Tensor:
+        """Un-smoothed maps B x 1 x S x S: the head's anomaly probability, or eq. 15's weighted sum."""
+        if self.head is not None:
+            return torch.sigmoid(self.head(x, self.model.generator(x)["x_hat"]))
         s = self.score_cfg
         w = {"rec": s.w_rec, "feat": s.w_feat, "disc": s.lambda_d}
         stats = {k: self.norm_stats(k) for k in TERMS if w[k]}
-        maps = []
-        for i in range(0, len(x), batch_size):
-            t = self.terms(x[i : i + batch_size])
-            heat = sum(w[k] * (t[k] - stats[k][0]) / stats[k][1] for k in stats)
-            maps.append(gaussian_smooth(heat, s.sigma)[:, 0])
+        t = self.terms(x)
+        return sum(w[k] * (t[k] - stats[k][0]) / stats[k][1] for k in stats)
+
+    @torch.no_grad()
+    def heat_from_tensor(self, x: torch.Tensor, batch_size: int = 32) -> torch.Tensor:
+        """Smoothed heat maps B x S x S for preprocessed inputs (whole-image mode, or one tile each)."""
+        maps = [gaussian_smooth(self.raw_heat(x[i : i + batch_size].to(self.device)), self.score_cfg.sigma)[:, 0]
+                for i in range(0, len(x), batch_size)]
         return torch.cat(maps).cpu()
 
+    @torch.no_grad()
+    def heat_scaled(self, images: Sequence[np.ndarray], batch_size: int = 64, rescaled: bool = False) -> list[np.ndarray]:
+        """Patch mode: stitched, smoothed heat maps at the model's scale (each image rescaled
+        by patch.scale; `rescaled=True` when the inputs already are, as float HxW)."""
+        xs = [np.asarray(im, np.float32) if rescaled else rescale(im, self.patch) for im in images]
+        cut = [tiles(x, self.patch) for x in xs]
+        flat = torch.from_numpy(np.concatenate([t for t, _ in cut]))
+        raw = torch.cat([self.raw_heat(flat[i : i + batch_size].to(self.device)).cpu() for i in range(0, len(flat), batch_size)])
+        out, k = [], 0
+        for x, (t, pos) in zip(xs, cut):
+            m = stitch(raw[k : k + len(t), 0].numpy(), pos, x.shape)
+            k += len(t)
+            out.append(gaussian_smooth(torch.from_numpy(m)[None, None], self.score_cfg.sigma)[0, 0].numpy())
+        return out
+
     def heat_maps(self, images: Sequence[np.ndarray], original_size: bool = False) -> list[np.ndarray]:
-        """Heat maps (normalized units) at the model's resolution, or resized back to each image's size."""
-        heat = self.heat_from_tensor(self.to_tensor(images))
+        """Heat maps at the model's resolution, or resized back to each image's size."""
+        heat = self.heat_scaled(images) if self.patch else list(self.heat_from_tensor(self.to_tensor(images)).numpy())
         if not original_size:
-            return list(heat.numpy())
+            return heat
         out = []
         for h, im in zip(heat, images):
             H, W = im.shape[:2]
-            out.append(F.interpolate(h[None, None], size=(H, W), mode="bilinear", align_corners=False)[0, 0].numpy())
+            t = torch.as_tensor(h)[None, None]
+            out.append(t[0, 0].numpy() if t.shape[-2:] == (H, W) else
+                       F.interpolate(t, size=(H, W), mode="bilinear", align_corners=False)[0, 0].numpy())
         return out
 
     def image_scores(self, images: Sequence[np.ndarray]) -> np.ndarray:
         return np.array([float(h.max()) for h in self.heat_maps(images)])
+
+    def image_px_per_model_px(self, height: int, width: int) -> float:
+        """How many image pixels one heat-map pixel spans (the gate scales its tolerances by it)."""
+        if self.patch:
+            return 1.0 / self.patch.scale
+        return (height / self.pre.image_size + width / self.pre.image_size) / 2
 
     def threshold(self, level: str, rule: str) -> float:
         table = self.calib.image_thresholds if level == "image" else self.calib.pixel_thresholds
@@ -162,60 +209,68 @@ class AnomalyDetector:
         return table[rule]
 
     # --- persistence ----------------------------------------------------------
-    def state(self) -> dict:
+    def config(self) -> dict:
+        """Everything but the weights, JSON-ready."""
         return {
-            "format": FORMAT,
-            "model_config": self.model.cfg.to_dict(),
-            "state_dict": {k: v.cpu() for k, v in self.model.state_dict().items()},
-            "preprocess": self.pre.to_dict(),
-            "score": self.score_cfg.to_dict(),
-            "calibration": asdict(self.calib),
-            "meta": self.meta,
+            "format": FORMAT, "method": self.method, "model_config": self.model.cfg.to_dict(),
+            "head_width": self.head.enc1[0].out_channels if self.head is not None else None,
+            "patch": self.patch.to_dict() if self.patch else None, "preprocess": self.pre.to_dict(),
+            "score": self.score_cfg.to_dict(), "calibration": asdict(self.calib), "meta": self.meta,
         }
 
-    def to_bytes(self) -> bytes:
-        buf = io.BytesIO()
-        torch.save(self.state(), buf)
-        return buf.getvalue()
+    def weights(self) -> dict:
+        w = {"uiidd": {k: v.cpu() for k, v in self.model.state_dict().items()}}
+        if self.head is not None:
+            w["head"] = {k: v.cpu() for k, v in self.head.state_dict().items()}
+        return w
 
     def save(self, uri: str) -> str:
-        """Write `<uri>/model.pt` (+ a readable `thresholds.json`); returns the model URI."""
+        """Write `<uri>/model.pt` (state dicts) + `<uri>/config.json`; returns the model URI."""
         import json
 
         from factory.storage.uri import join, write_bytes
 
+        buf = io.BytesIO()
+        torch.save(self.weights(), buf)
         target = join(uri, "model.pt")
-        write_bytes(target, self.to_bytes())
-        calib = {k: v for k, v in asdict(self.calib).items() if not k.endswith("_map")}  # maps stay in model.pt
-        info = {"calibration": calib, "preprocess": self.pre.to_dict(), "score": self.score_cfg.to_dict(),
-                "model_config": self.model.cfg.to_dict(), "meta": self.meta}
-        write_bytes(join(uri, "thresholds.json"), json.dumps(info, indent=2, sort_keys=True).encode())
+        write_bytes(target, buf.getvalue())
+        write_bytes(join(uri, "config.json"), json.dumps(self.config(), indent=1, sort_keys=True, default=float).encode())
         return target
 
     @classmethod
-    def from_state(cls, state: dict, device: str = "cpu") -> "AnomalyDetector":
-        if state.get("format") != FORMAT:
-            raise ValueError(f"not a UIIDD anomaly checkpoint (format {state.get('format')!r}, expected {FORMAT!r})")
-        model = UIIDDModel(ModelConfig(**state["model_config"]))
-        model.load_state_dict(state["state_dict"])
-        return cls(model, PreprocessConfig.from_dict(state["preprocess"]), ScoreConfig(**state["score"]),
-                   Calibration(**state["calibration"]), state.get("meta", {}), device)
+    def from_parts(cls, config: dict, weights: dict, device: str = "cpu") -> "AnomalyDetector":
+        if config.get("format") not in (FORMAT, LEGACY_FORMAT):
+            raise ValueError(f"not a UIIDD anomaly checkpoint (format {config.get('format')!r}, expected {FORMAT!r})")
+        model = UIIDDModel(ModelConfig(**config["model_config"]))
+        model.load_state_dict(weights["uiidd"] if "uiidd" in weights else weights["state_dict"])
+        head = None
+        if config.get("method", "uiidd") == "uiidd-disc":
+            head = DiscHead(model.cfg.in_channels, config["head_width"])
+            head.load_state_dict(weights["head"])
+        patch = PatchConfig(**config["patch"]) if config.get("patch") else None
+        return cls(model, PreprocessConfig.from_dict(config["preprocess"]), ScoreConfig(**config["score"]),
+                   Calibration(**config["calibration"]), config.get("meta", {}), device, head, patch)
 
     @classmethod
     def load(cls, uri: str, device: str = "cpu") -> "AnomalyDetector":
-        """Load from a checkpoint folder (with model.pt) or the model.pt file itself."""
+        """Load from a checkpoint folder (model.pt + config.json) or the model.pt file itself."""
+        import json
+
         from factory.generators.base import CheckpointError
         from factory.storage.uri import StorageError, exists, join, read_bytes
 
         uri = str(uri)
-        target = uri if uri.endswith(".pt") else join(uri, "model.pt")
+        folder = uri[: -len("/model.pt")] if uri.endswith("/model.pt") else uri
+        target = join(folder, "model.pt")
         try:
             if not exists(target):
                 raise CheckpointError(
                     f"anomaly checkpoint not found at {target}: train one with "
                     "`factory train anomaly --normal DIR --out URI` and set quality.anomaly_checkpoint to that URI"
                 )
-            data = read_bytes(target)
+            weights = torch.load(io.BytesIO(read_bytes(target)), map_location="cpu", weights_only=True)
+            config_uri = join(folder, "config.json")
+            config = json.loads(read_bytes(config_uri)) if exists(config_uri) else weights  # legacy: all in model.pt
         except StorageError as e:
             raise CheckpointError(f"cannot read anomaly checkpoint: {e}") from e
-        return cls.from_state(torch.load(io.BytesIO(data), map_location="cpu", weights_only=False), device)
+        return cls.from_parts(config, weights, device)

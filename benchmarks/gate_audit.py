@@ -1,0 +1,102 @@
+"""Gate audit benchmark: train a gate on the spec's own defect-free renders, then run
+`factory.quality.audit` (good samples kept? broken ones rejected?) for each method.
+
+    python benchmarks/gate_audit.py                         # demo spec (procedural generator), CPU-small
+    python benchmarks/gate_audit.py --spec SPEC --normal DIR  # a spec whose line has real defect-free images
+
+Without `--normal`, the defect-free training images are the spec's own generator's
+negatives (its plan items with the boxes removed, other seeds than the audited
+samples), the only clean images of a procedural line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+from common import machine, table  # noqa: E402
+
+DEMO = Path(__file__).resolve().parents[1] / "specs" / "demo-pv-el.yaml"
+
+
+def render_negatives(spec, n: int, folder: Path) -> None:
+    """Defect-free images from the spec's generators: plan items far past the audited ones, boxes removed."""
+    from PIL import Image
+
+    from factory.generators.base import load_generator
+    from factory.planning import plan
+
+    items = [replace(it, boxes=()) for it in plan(spec, n=n, start=100_000)]
+    gen = load_generator(items[0].generator, items[0].checkpoint, items[0].params)
+    for i, s in enumerate(gen.generate(items)):
+        Image.fromarray(s.image[..., 0] if s.image.shape[-1] == 1 else s.image).save(folder / f"{i:05d}.png")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--spec", default=str(DEMO))
+    ap.add_argument("--normal", default=None, help="defect-free images of the line (default: the spec's own negatives)")
+    ap.add_argument("--n-normal", type=int, default=200)
+    ap.add_argument("--n", type=int, default=100, help="audited samples (each with 4 broken variants)")
+    ap.add_argument("--methods", nargs="+", default=["uiidd", "uiidd-disc"])
+    ap.add_argument("--scale", type=float, default=1.0)
+    ap.add_argument("--patch", type=int, default=32)
+    ap.add_argument("--patches-per-image", type=int, default=8)
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--width", type=int, default=8)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+
+    import torch
+
+    torch.set_num_threads(1)
+    from factory.quality.audit import audit, generate
+    from factory.spec import load_spec
+    from factory.training.anomaly import AnomalyTrainConfig, train_anomaly
+
+    spec = load_spec(args.spec)
+    tmp = Path(tempfile.mkdtemp(prefix="gate-audit-"))
+    normal = args.normal
+    if normal is None:
+        (tmp / "normal").mkdir()
+        render_negatives(spec, args.n_normal, tmp / "normal")
+        normal = str(tmp / "normal")
+    samples = generate(spec, args.n)
+    rows, out = [], {}
+    for method in args.methods:
+        cfg = AnomalyTrainConfig(method=method, patch_size=args.patch, scale=args.scale, patches_per_image=args.patches_per_image,
+                                 epochs=args.epochs, width=args.width, fused=2 * args.width, bottleneck=args.width, head_width=args.width)
+        ckpt = f"file://{tmp}/gate-{method}"
+        t = time.time()
+        res = train_anomaly(normal, ckpt, cfg)
+        train_s = time.time() - t
+        rep = audit(spec, ckpt, samples=samples)
+        out[method] = rep | {"train_s": train_s}
+        v = rep["variants"]
+        rows.append([method, f"{res['train_images']} / {res['val_images']}", f"{train_s:.0f}",
+                     f"{v['good']['kept_rate']:.0%} of {v['good']['n']}",
+                     *[f"{v[k]['rejected_rate']:.0%} of {v[k]['n']}" for k in ("erased", "moved", "blank", "saturated")],
+                     f"{rep['broken_rejected_rate']:.0%}", json.dumps(v["good"]["reasons"])])
+        print(json.dumps(out[method], default=float), flush=True)
+    print(f"\nGate audit of {spec.name} ({args.spec}) on {machine()}")
+    print(f"{args.patch} px patches at scale {args.scale}, {args.patches_per_image} per image, {args.epochs} epochs, width {args.width}; "
+          f"normal images: {'the spec generator negatives' if args.normal is None else args.normal}\n")
+    print(table(["method", "train / calib images", "train s", "good kept", "erased rejected", "moved rejected", "blank rejected",
+                 "saturated rejected", "all broken rejected", "why good ones were rejected"], rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1, default=float))
+
+
+if __name__ == "__main__":
+    main()
