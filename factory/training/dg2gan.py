@@ -28,6 +28,7 @@ from typing import Any, Callable
 import numpy as np
 
 from factory.ray_runtime import ensure_ray
+from factory.training.common import unwrap
 
 
 @dataclass
@@ -105,10 +106,6 @@ def load_training_data(tc: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
                 records = records[: tc.max_images]
             out.append(load_crops(records, role, tc.image_size, tc.channels, context=tc.context, crops_per_image=tc.crops_per_image, seed=tc.seed))
     return out[0], out[1]
-
-
-def unwrap(m):
-    return getattr(m, "module", m)
 
 
 def make_optimizers(gens, discs, lr: float):
