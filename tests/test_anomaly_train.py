@@ -30,7 +30,7 @@ def test_uiidd_disc_two_workers_checkpoint_and_resume(ray_local, tmp_path):
     from factory.training.anomaly import AnomalyTrainConfig, train_anomaly
 
     normal = _normal_folder(tmp_path / "normal")
-    cfg = AnomalyTrainConfig(method="uiidd-disc", epochs=2, **TINY)
+    cfg = AnomalyTrainConfig(method="uiidd-disc", epochs=2, cpus_per_worker=0.5, **TINY)
     out = tmp_path / "ckpt"
     storage = str(tmp_path / "ray")
     res = train_anomaly(str(normal), f"file://{out}", cfg, num_workers=2, storage_path=storage, run_name="gate")

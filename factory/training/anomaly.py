@@ -57,6 +57,7 @@ class AnomalyTrainConfig:
     seed: int = 0
     backbone: str | None = None  # a local backbone state dict to start from
     threads: int = 1  # torch threads per worker (more spin-waits badly on a busy, shared CPU)
+    cpus_per_worker: float | None = None  # Ray CPUs a worker reserves (default: its threads); below 1 shares a small node
     losses: dict[str, float] = field(default_factory=dict)  # overrides of LossWeights
     max_images: int | None = None
 
@@ -278,7 +279,7 @@ def fit_anomaly_model(patches: np.ndarray, cfg: AnomalyTrainConfig, bank=None, n
     steps = (len(patches) // num_workers) // cfg.batch_size
     if steps < 1:
         raise ValueError(f"{len(patches)} patches cannot give each of {num_workers} workers one batch of {cfg.batch_size}")
-    cpus = max(1, min(cfg.threads, int(ray.cluster_resources().get("CPU", 1))))
+    cpus = cfg.cpus_per_worker or max(1, min(cfg.threads, int(ray.cluster_resources().get("CPU", 1))))
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": asdict(cfg), "steps_per_epoch": steps, "bank": bank.to_arrays() if bank else None},
