@@ -15,11 +15,11 @@ import json
 import os
 import sys
 import time
+from factory.spec import SpecError, load_spec, parse_spec
 
 
 def main(argv: list[str] | None = None) -> int:
     from factory.pipeline import RunError, RunOptions, run_dataset
-    from factory.spec import SpecError, load_spec, parse_spec
     from factory.storage import StorageError
     from factory.retrain.trigger import publish_hook  # spec `retrain: {on: publish}` -> one Ray job
 

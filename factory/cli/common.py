@@ -16,6 +16,8 @@ from typing import Iterator
 import typer
 from rich.console import Console
 from rich.markup import escape
+from factory.spec import SpecError, load_spec
+from factory.generators.base import CheckpointError
 
 # Piped output (CI logs, `| tee`) gets wide lines instead of rich's 80-column default,
 # so tables do not wrap mid-cell.
@@ -41,7 +43,6 @@ def load_spec_or_exit(path: Path):
     """Load a spec and check it against its generator families; on a bad spec print
     every problem as `file: field: reason` and exit 2."""
     from factory.generators.checks import check_spec
-    from factory.spec import SpecError, load_spec
 
     try:
         return check_spec(load_spec(path), str(path))
@@ -120,7 +121,6 @@ def friendly_errors() -> Iterator[None]:
     """Known user-facing errors become `error: message` and exit code 1 or 2; anything
     else (an error inside a Ray worker, say) becomes one line naming its root cause,
     with the full traceback in a log file whose path is printed."""
-    from factory.generators.base import CheckpointError
 
     try:
         yield

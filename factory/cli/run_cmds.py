@@ -16,6 +16,7 @@ from rich.table import Table
 
 from factory.cli.app import app, datasets_app
 from factory.cli.common import EXIT_INVALID, console, fail, friendly_errors, load_spec_or_exit, ray_output_to_log
+from factory.ray_runtime import JobServerError, job_client
 
 SpecArg = typer.Argument(..., help="Path to the dataset spec (YAML).", show_default=False)
 RefArg = typer.Argument(..., help="NAME@VERSION or ROOT/NAME@VERSION (e.g. s3://bucket/datasets/demo-pv-el@3).",
@@ -109,7 +110,6 @@ def summary_table(m: dict, seconds: float | None = None) -> Table:
 
 # --- cluster jobs -----------------------------------------------------------
 def _job_client(address: str | None):
-    from factory.ray_runtime import JobServerError, job_client
 
     try:
         return job_client(address)

@@ -10,6 +10,11 @@ from rich.table import Table
 
 from factory.cli.app import app
 from factory.cli.common import EXIT_INVALID, console, err_console, fail, friendly_errors, load_spec_or_exit, plural
+from factory.spec import SpecError, load_spec
+from factory.planning import plan
+from factory.generators.base import load_generator
+from factory.viz import draw_boxes, grid
+from factory.data.folders import list_images
 
 SpecArg = typer.Argument(..., help="Path to the dataset spec (YAML).", show_default=False)
 
@@ -24,7 +29,6 @@ def validate(
     from rich.markup import escape
 
     from factory.generators.checks import check_spec
-    from factory.spec import SpecError, load_spec
 
     try:
         s = check_spec(load_spec(spec), str(spec), check_uris=check_uris)
@@ -46,7 +50,6 @@ def plan_cmd(
     show: int = typer.Option(0, help="Also print the first N work items."),
 ) -> None:
     """Summarize the deterministic plan: per-class counts and box sizes."""
-    from factory.planning import plan
 
     s = load_spec_or_exit(spec)
     with friendly_errors(), console.status("planning..."):
@@ -113,9 +116,7 @@ def preview(
     ),
 ) -> None:
     """Generate a few images in-process and save a grid with boxes and class names drawn."""
-    from factory.generators.base import load_generator
     from factory.planning import plan
-    from factory.viz import draw_boxes, grid
 
     s = load_spec_or_exit(spec)
     with friendly_errors():
@@ -146,7 +147,6 @@ def preview(
 def _real_images(folder: Path, n: int) -> list[Path]:
     if not folder.is_dir():
         fail(f"--compare-to {folder}: not a folder")
-    from factory.data.folders import list_images
 
     files = list_images(folder)
     if not files:

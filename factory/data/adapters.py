@@ -34,6 +34,7 @@ from factory.data.folders import read_mask
 from factory.data.instances import binary_instances, encode_map, instance_map, instance_mask_path, label_instances
 from factory.data.vocab import MAGNETIC_TILE_CLASSES, PV_VISION_CLASSES, PV_VISION_VALUES
 from factory.formats import IMAGE_SUFFIXES, label_path, parse_yolo_lines, read_data_yaml, yolo_lines
+from factory.viz import png_bytes
 
 
 
@@ -218,7 +219,6 @@ def write_yolo(real: RealSet, dest_uri: str) -> dict:
 def write_yolo_arrays(items, class_names: list[str], dest: str | Path, split: str = "train") -> Path:
     """Write in-memory images (HxW[xC] uint8) + boxes as a local YOLO tree; for
     benchmarks and tests that need a synthetic folder without a published version."""
-    from factory.viz import png_bytes
 
     dest = Path(dest)
     (dest / "images" / split).mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,8 @@ from factory.pipeline.options import RunOptions
 from factory.pipeline.stages import GenerateStage, ScoreWriteStage, ShardTarget, generator_key
 from factory.spec import DatasetSpec
 from factory.storage import uri as U
+from factory.generators.base import generator_class
+from factory.quality import gate_gpus
 
 log = logging.getLogger("factory.pipeline")
 
@@ -62,8 +64,6 @@ def plan_pools(spec: DatasetSpec, cpus: float, gpus: float, actors: int | None =
     hands its images to a CPU scoring pool so the GPU never waits for PNG encoding.
     When the anomaly gate asks for a GPU (`quality.gpus`) and the generators leave
     that much free, every pool scores in GPU actors of that share."""
-    from factory.generators.base import generator_class
-    from factory.quality import gate_gpus
 
     keys = list(dict.fromkeys(generator_key(g.kind, g.checkpoint, g.params) for g in spec.generators if g.weight > 0))
     base = []

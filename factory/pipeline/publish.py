@@ -22,6 +22,7 @@ from factory.spec import DatasetSpec
 from factory.storage import uri as U
 from factory.storage.registry import Registry, code_version
 from factory.storage.shards import sinks_for
+from factory.pipeline.report import build_report
 
 MAX_REPORT_BOXES = 50_000  # the report's box histograms use the first this many boxes (plan order is random)
 
@@ -92,7 +93,6 @@ def publish_version(spec: DatasetSpec, reg: Registry, version: int, shards: list
                     o: RunOptions, spec_hash: str, seconds: float) -> tuple[str, dict[str, Any], bool]:
     """Plan, seal and finish the version; returns (its URI, the manifest, whether
     report.html and grid.png were written)."""
-    from factory.pipeline.report import build_report
 
     staging = reg.staging_uri(spec.name, version)
     chosen, surplus, dup = select(shards, spec.count)

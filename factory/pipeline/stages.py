@@ -23,6 +23,12 @@ import numpy as np
 from factory.core import Box, Reason, Sample, WorkItem
 from factory.planning import iter_plan
 from factory.spec import DatasetSpec
+from factory.storage import uri as U
+from factory.storage.shards import REJECT_SCHEMA, ParquetSink, sinks_for
+from factory.generators.base import load_generator
+from factory.quality import build_scorers
+from factory.quality.base import Verdict, score_all
+from factory.viz import png_bytes
 
 VAL_EVERY = 10  # plan index % VAL_EVERY == VAL_EVERY - 1 -> the YOLO "val" split
 
@@ -65,7 +71,6 @@ class GenerateStage:
 
     def __init__(self, spec: DatasetSpec, key: str, device: str, retries: int, target: ShardTarget | None = None,
                  batch_size: int = 64):
-        from factory.generators.base import load_generator
 
         kind, checkpoint, params = json.loads(key)
         self.spec, self.key, self.retries, self.batch_size = spec, key, retries, max(1, batch_size)
@@ -165,7 +170,6 @@ class ScoreWriteStage:
     GPU generator (or when the gate's scorers get a GPU: `device="cuda"`)."""
 
     def __init__(self, spec: DatasetSpec, target: ShardTarget, device: str = "cpu"):
-        from factory.quality import build_scorers
 
         self.scorers = build_scorers(spec, device=device)
         self.target = target
@@ -182,8 +186,6 @@ class ScoreWriteStage:
 
     def rows(self, results: Sequence[Result]) -> list[dict[str, Any]]:
         """Score the samples -> shard rows (PNG bytes; `reasons` empty = accepted)."""
-        from factory.quality.base import Verdict, score_all
-        from factory.viz import png_bytes
 
         made = [s for _, s, _ in results if s is not None]
         verdicts: list[Verdict] = [Verdict() for _ in made]
@@ -227,8 +229,6 @@ def write_shard(rows: list[dict[str, Any]], target: ShardTarget, gate: list[str]
     """Write one shard (accepted rows through the format sinks, rejected rows to
     `rejected/`), then its record `_shards/<key>.json` LAST: a shard without a
     record is ignored by publish and redone by a resumed run. Returns the record."""
-    from factory.storage import uri as U
-    from factory.storage.shards import REJECT_SCHEMA, ParquetSink, sinks_for
 
     accepted = [r for r in rows if not r["reasons"]]
     rejected = [r for r in rows if r["reasons"]]

@@ -28,6 +28,11 @@ import numpy as np
 from factory.core import Reason
 from factory.storage.registry import extras_for
 from factory.quality.realism import INDOMAIN_EXTRACTOR, c2st, register_indomain, train_indomain_extractor
+from factory.storage import uri as U
+from factory.storage.registry import DatasetRef, Registry
+from factory.data.folders import list_images
+from factory.storage.uri import local_path
+from factory.viz import grid, png_bytes, to_rgb
 
 UIIDD_EXTRACTOR = "uiidd-backbone"
 
@@ -74,7 +79,6 @@ def gate_summary(accepted: Sequence[dict], rejected: Sequence[dict]) -> dict[str
 def _read_parquets(base: str, prefix: str, files: Sequence[str], columns: list[str]) -> list[dict]:
     import pyarrow.parquet as pq
 
-    from factory.storage import uri as U
 
     rows: list[dict] = []
     for p in sorted(f for f in files if f.startswith(prefix) and f.endswith(".parquet")):
@@ -85,7 +89,6 @@ def _read_parquets(base: str, prefix: str, files: Sequence[str], columns: list[s
 
 
 def _version(ref: str, root: str | None):
-    from factory.storage.registry import DatasetRef, Registry
 
     r = DatasetRef.parse(ref, default_root=root)
     reg = Registry(r.root)
@@ -221,8 +224,6 @@ def fidelity(generated: Sequence[bytes | str], real: Sequence[bytes | str], size
 
 def list_real_images(uri: str, limit: int | None = None) -> list[str]:
     """Image files under a local folder (masks beside JPGs skipped); s3 is downloaded by the caller."""
-    from factory.data.folders import list_images
-    from factory.storage.uri import local_path
 
     paths = [str(p) for p in list_images(local_path(uri))]
     if not paths:
@@ -240,7 +241,6 @@ def _realism(gen: list[bytes], reals: list[str], base: str, size: int, inception
     import tempfile
 
     from factory.storage import uri as U
-    from factory.viz import grid, png_bytes, to_rgb
 
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="factory-metrics-") as tmp:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from factory.core import Box, WorkItem
+from factory.quality.spillover import spillover
 
 CLASSES = ("black_spot", "dark_area", "crack", "cross_crack", "unjoined_weld")
 
@@ -49,7 +50,6 @@ def shift_box(b: Box, frac: float, direction: int, width: int) -> Box:
 
 def validate_spillover(gate, n: int = 20, size: int = 64, shifts=(0.0, 0.25, 0.5, 0.75), seed: int = 1) -> dict:
     """Returns MAE and Pearson correlation of estimated vs true spillover, and the rows."""
-    from factory.quality.spillover import spillover
 
     rng = np.random.default_rng(seed)
     rendered = render(procedural_items(n, size, seed))

@@ -30,6 +30,7 @@ import numpy as np
 from factory.data.folders import list_images, read_mask, scan  # noqa: F401  (list_images: metrics reads folders here)
 from factory.ray_runtime import ensure_ray
 from factory.training.common import unwrap
+from factory.data.folders import read_image
 
 METHODS = ("uiidd", "uiidd-disc")
 
@@ -91,7 +92,6 @@ class AnomalyTrainConfig:
 def load_images(uri: str, patch, max_images: int | None = None, with_masks: bool = False) -> list:
     """Every image under a folder/URI at the model's scale (float HxW), or (image, mask) pairs
     when `with_masks` (masks found beside the images by `factory.data.folders`)."""
-    from factory.data.folders import read_image
     from factory.quality.anomaly.patches import rescale, rescale_mask
     from factory.storage.uri import as_local_dir
 

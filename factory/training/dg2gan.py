@@ -29,6 +29,7 @@ import numpy as np
 
 from factory.ray_runtime import ensure_ray
 from factory.training.common import unwrap
+from factory.training.images import to_tensor
 
 
 @dataclass
@@ -141,7 +142,6 @@ def train_step(gens, discs, opt_g, opt_d, n, d, cfg) -> dict[str, float]:
 
 def sample_batch(data, k: int, rng: np.random.Generator, device):
     """k random crops with random horizontal/vertical flips, as a [-1, 1] tensor."""
-    from factory.training.images import to_tensor
 
     idx = rng.integers(0, len(data), size=k)
     batch = data[idx].copy()

@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 
 from factory.data.vocab import PV_VISION_VALUES
+from factory.generators.pdig.data import read_image
+from factory.generators.pdig.data import load_examples
 
 RESUME_STATE = "train_state.pt"  # in Ray Train checkpoints only
 
@@ -79,7 +81,6 @@ def _prepare(example, size: int, rng: np.random.Generator):
     from PIL import Image
 
     from factory.generators.pdig.image_prompt import crop_and_align
-    from factory.generators.pdig.data import read_image
 
     img = read_image(example.image)
     x = np.asarray(Image.fromarray(img).resize((size, size), Image.BICUBIC), dtype=np.float32) / 127.5 - 1.0
@@ -108,7 +109,6 @@ def build_bank(base, examples, classes, bank_size: int, device):
 
 
 def _load_examples(cfg: PDIGTrainConfig):
-    from factory.generators.pdig.data import load_examples
     from factory.storage import uri as storage
 
     with storage.as_local_dir(cfg.data) as root:

@@ -25,6 +25,7 @@ from pydantic import Field
 
 from factory.core import Sample, WorkItem
 from factory.generators.base import CheckpointError, GeneratorParams
+from factory.data.folders import image_uris
 
 
 class DG2GANParams(GeneratorParams):
@@ -155,7 +156,6 @@ class DG2GANGenerator:
 
 def reference_uris(refs: str | list[str]) -> list[str]:
     """Image URIs from folders/URIs or image files (sorted, masks beside JPGs skipped)."""
-    from factory.data.folders import image_uris
 
     out = [u for r in ([refs] if isinstance(refs, str) else list(refs)) for u in image_uris(str(r))]
     if not out:

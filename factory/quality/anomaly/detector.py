@@ -43,6 +43,7 @@ from factory.quality.anomaly.model import ModelConfig, UIIDDModel
 from factory.quality.anomaly.patches import PatchConfig, rescale, stitch, tiles
 from factory.quality.anomaly.postprocess import gaussian_smooth
 from factory.quality.anomaly.preprocess import PreprocessConfig, preprocess_batch
+from factory.generators.base import CheckpointError
 
 FORMAT = "uiidd-v2"
 LEGACY_FORMAT = "uiidd-v1"  # one pickled dict in model.pt (configs inside); still loadable
@@ -256,7 +257,6 @@ class AnomalyDetector:
         """Load from a checkpoint folder (model.pt + config.json) or the model.pt file itself."""
         import json
 
-        from factory.generators.base import CheckpointError
         from factory.storage.uri import StorageError, exists, join, read_bytes
 
         uri = str(uri)
