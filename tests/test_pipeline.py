@@ -315,7 +315,9 @@ def test_generator_failures_become_rejects(tmp_path, monkeypatch):
                 raise RuntimeError("CUDA out of memory (simulated)")
             return real.generate(items)
 
-    monkeypatch.setattr(gb, "load_generator", lambda *a, **k: Flaky())
+    from factory.pipeline import stages
+
+    monkeypatch.setattr(stages, "load_generator", lambda *a, **k: Flaky())
     key, rng = generator_key("procedural", None, {}), {"start": np.array([0]), "stop": np.array([6])}
     fused = ShardTarget(U.to_uri(tmp_path / "fused"), spec.spec_hash(), ("parquet", "yolo"))
     rec = json.loads(GenerateStage(spec, key, "cpu", retries=1, target=fused, batch_size=4)(rng)["record"][0])

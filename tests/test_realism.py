@@ -70,6 +70,6 @@ def test_metrics_cli_without_extractor_trains_its_own(ray_local, tmp_path):
     res = CliRunner().invoke(app, ["metrics", f"{reg}/m@{result.version}", "--real", str(real), "--size", "32"])
     assert res.exit_code == 0, res.output
     assert "C2ST accuracy" in res.output and "indomain-rotnet" in res.output
-    out = json.loads((tmp_path / "reg" / "m" / f"v{result.version}" / "metrics" / "quality.json").read_text())
+    out = json.loads((tmp_path / "reg" / "m" / "_extras" / f"v{result.version}" / "metrics" / "quality.json").read_text())  # beside the version
     assert 0.0 <= out["c2st"]["c2st_accuracy"] <= 1.0 and out["fidelity"]["kid_mean"] == out["fidelity"]["kid_mean"]
-    assert (tmp_path / "reg" / "m" / f"v{result.version}" / "metrics" / "realism.png").exists()
+    assert (tmp_path / "reg" / "m" / "_extras" / f"v{result.version}" / "metrics" / "realism.png").exists()

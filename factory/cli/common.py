@@ -69,12 +69,11 @@ def ray_output_to_log(command: str, verbose: bool = False) -> Iterator[Path | No
     sys.stdout.flush()
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
-    files = console.file, err_console.file
-    opened = []
+    replaced = []  # (console, the file it had: None = "sys.stdout/stderr when writing")
     for con, stream, fd in ((console, sys.stdout, saved[0]), (err_console, sys.stderr, saved[1])):
         if _on_fd(stream):  # the terminal itself (not a test runner's buffer): keep writing there
+            replaced.append((con, con._file))
             con.file = os.fdopen(os.dup(fd), "w", buffering=1)
-            opened.append(con.file)
     fd = os.open(_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
@@ -86,9 +85,9 @@ def ray_output_to_log(command: str, verbose: bool = False) -> Iterator[Path | No
         sys.stderr.flush()
         os.dup2(saved[0], 1)
         os.dup2(saved[1], 2)
-        for f in opened:
-            f.close()
-        console.file, err_console.file = files
+        for con, previous in replaced:
+            con.file.close()
+            con._file = previous  # rich's own slot: the `file` setter cannot put back "None"
         os.close(saved[0])
         os.close(saved[1])  # `_log` stays set: an error handled after this names it
 
