@@ -27,7 +27,8 @@ import numpy as np
 
 from factory.core import Reason
 from factory.storage.registry import extras_for
-from factory.quality.realism import INDOMAIN_EXTRACTOR, c2st, register_indomain, train_indomain_extractor
+from factory.quality.realism import (INDOMAIN_EXTRACTOR, c2st, grey_extractor_class, register_indomain,
+                                     train_indomain_extractor)
 from factory.storage import uri as U
 from factory.storage.registry import DatasetRef, Registry
 from factory.data.folders import list_images
@@ -128,48 +129,23 @@ class _ImageListBase:
         return torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1)
 
 
-def _uiidd_extractor_class():
+def _load_backbone(path: str):
+    from factory.quality.anomaly.detector import AnomalyDetector
+
+    det = AnomalyDetector.load(path)
+    return det.model.generator.backbone, det.pre.image_size
+
+
+def _pooled(backbone, x):
     import torch
-    import torch.nn.functional as F
-    from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 
-    class UIIDDBackboneExtractor(FeatureExtractorBase):
-        """torch-fidelity extractor over a UIIDD checkpoint's backbone (weights path = the checkpoint)."""
+    return torch.cat([f.mean((2, 3)) for f in backbone(x)], 1)
 
-        def __init__(self, name, features_list, feature_extractor_weights_path=None, **kwargs):
-            super().__init__(name, features_list)
-            if not feature_extractor_weights_path:
-                raise ValueError(f"{UIIDD_EXTRACTOR} needs a UIIDD checkpoint as feature_extractor_weights_path")
-            from factory.quality.anomaly.detector import AnomalyDetector
 
-            det = AnomalyDetector.load(feature_extractor_weights_path)
-            self.backbone = det.model.generator.backbone
-            self.size = det.pre.image_size
-
-        @staticmethod
-        def get_provided_features_list():
-            return ("pool",)
-
-        @staticmethod
-        def get_default_feature_layer_for_metric(metric):
-            return "pool"
-
-        @staticmethod
-        def can_be_compiled():
-            return False
-
-        @staticmethod
-        def get_dummy_input_for_compile():
-            return torch.zeros(1, 3, 64, 64, dtype=torch.uint8)
-
-        def forward(self, x):
-            x = x.float().mean(1, keepdim=True) / 255.0
-            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
-            feats = self.backbone(x)
-            pooled = torch.cat([f.mean((2, 3)) for f in feats], 1).double()
-            return (pooled,)
-
-    return UIIDDBackboneExtractor
+def _uiidd_extractor_class():
+    """torch-fidelity extractor over a UIIDD checkpoint's backbone (weights path = the checkpoint)."""
+    return grey_extractor_class(f"{UIIDD_EXTRACTOR} needs a UIIDD checkpoint as feature_extractor_weights_path",
+                                _load_backbone, _pooled)
 
 
 def _register_uiidd() -> None:

@@ -145,22 +145,21 @@ def train_indomain_extractor(real: Sequence[Any], out: str | Path, size: int = 6
     return out
 
 
-def _extractor_class():
+def grey_extractor_class(missing: str, load, features):
+    """A torch-fidelity extractor over a network trained on grey images: `load(weights
+    path) -> (net, input side)`, `features(net, x) -> N x D`. `missing` is the error
+    when no weights path is given. Both in-domain extractors (this module's and the
+    UIIDD backbone in metrics) are built by it."""
     import torch
     import torch.nn.functional as F
     from torch_fidelity.feature_extractor_base import FeatureExtractorBase
 
-    class IndomainExtractor(FeatureExtractorBase):
-        """torch-fidelity extractor over `train_indomain_extractor`'s trunk (weights path = its file)."""
-
+    class GreyExtractor(FeatureExtractorBase):
         def __init__(self, name, features_list, feature_extractor_weights_path=None, **kwargs):
             super().__init__(name, features_list)
             if not feature_extractor_weights_path:
-                raise ValueError(f"{INDOMAIN_EXTRACTOR} needs the file written by train_indomain_extractor")
-            saved = torch.load(feature_extractor_weights_path, map_location="cpu", weights_only=True)
-            net = _net(4)
-            net.load_state_dict(saved["state_dict"])
-            self.trunk, self.size = net[0].eval(), int(saved["size"])
+                raise ValueError(missing)
+            self.net, self.size = load(feature_extractor_weights_path)
 
         @staticmethod
         def get_provided_features_list():
@@ -181,9 +180,24 @@ def _extractor_class():
         def forward(self, x):
             x = x.float().mean(1, keepdim=True) / 255.0
             x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
-            return (self.trunk(x).double(),)
+            return (features(self.net, x).double(),)
 
-    return IndomainExtractor
+    return GreyExtractor
+
+
+def _load_trunk(path: str):
+    import torch
+
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    net = _net(4)
+    net.load_state_dict(saved["state_dict"])
+    return net[0].eval(), int(saved["size"])
+
+
+def _extractor_class():
+    """torch-fidelity extractor over `train_indomain_extractor`'s trunk (weights path = its file)."""
+    return grey_extractor_class(f"{INDOMAIN_EXTRACTOR} needs the file written by train_indomain_extractor",
+                                _load_trunk, lambda trunk, x: trunk(x))
 
 
 def register_indomain() -> None:
