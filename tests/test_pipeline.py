@@ -274,6 +274,34 @@ def test_top_up_rounds_until_exact_count(ray_local, tmp_path, monkeypatch):
     assert c["rejected"] == r.manifest["reject_reasons"]["blank"] >= 10
 
 
+@pytest.mark.ray
+def test_near_duplicates_are_dataset_wide_and_independent_of_actors(ray_local, tmp_path):
+    """A spec whose images repeat each other (one flat style, a loose duplicate
+    distance): 1 and 2 actors publish the same samples byte for byte (the Parquet
+    parts group them by range, and ranges follow the number of actors), no two
+    published images are within the distance, and the dropped ones are counted."""
+    from factory.quality.sanity import hamming, phash
+    from PIL import Image
+
+    path = tiny_spec(tmp_path, count=16, size=48, shard=3, name="dups",
+                     domain={"name": "flat", "brightness": [0.4, 0.4], "grid_pitch": [12, 12], "contrast": [0.1, 0.1]},
+                     quality={"duplicate_distance": 14})
+    results = [run_dataset(load_spec(path), RunOptions(out=str(tmp_path / f"a{n}"), actors=n, report=False))
+               for n in (1, 2)]
+    files = [{p: f["sha256"] for p, f in read_file_list(r.uri, r.manifest).items() if not p.startswith("parquet/")}
+             for r in results]
+    tables = [read_table(f"{r.name}@{r.version}", root=str(tmp_path / f"a{n}")).sort_by("sample_id") for n, r in zip((1, 2), results)]
+    assert files[0] == files[1] and tables[0].equals(tables[1])
+    m = results[0].manifest
+    assert m["reject_reasons"]["near_duplicate"] >= 3 and m["counts"]["rejected"] >= 3
+    same = ("accepted", "negatives", "images_per_class", "boxes_per_class", "splits")  # not the shard-sized tallies
+    assert [m["counts"][k] for k in same] == [results[1].manifest["counts"][k] for k in same]
+    rows = tables[0].to_pylist()
+    hashes = [phash(np.asarray(Image.open(io.BytesIO(r["image"])))) for r in rows]
+    assert len(rows) == 16
+    assert min(hamming(a, b) for i, a in enumerate(hashes) for b in hashes[i + 1:]) > 14
+
+
 def test_select_cuts_last_shard_and_skips_duplicates():
     from factory.pipeline.publish import select
     from factory.pipeline.rounds import Shard
@@ -293,6 +321,39 @@ def test_select_cuts_last_shard_and_skips_duplicates():
     # what a resumed run still has to make: the gaps, as runs
     assert _missing(shards, 14) == [(3, 4), (7, 9), (10, 11), (12, 14)]
     assert _missing([], 5) == [(0, 5)] and _missing(shards[1:2], 3) == []
+
+
+def test_dedupe_is_decided_in_plan_order_whatever_order_shards_arrive():
+    """Shards arriving in any order (several actors) give the same duplicates, the
+    same kept count, and `select` leaves the duplicates out of the published count."""
+    import itertools
+
+    from factory.pipeline.publish import select
+    from factory.pipeline.rounds import Dedupe, Shard
+
+    h = 0xF0F0_F0F0_F0F0_F0F0
+    recs = [
+        {"key": "s0000000000", "samples": [[0, "a", "", "", [], h], [1, "b", "", "", [], h ^ 0b111]], "rejects": []},
+        {"key": "s0000000002", "samples": [[3, "d", "", "", [], ~h & (2**64 - 1)]], "rejects": [[2, "c", ["blank"]]]},
+        {"key": "s0000000004", "samples": [[4, "e", "", "", [], h ^ 1], [5, "f", "", "", [], None]], "rejects": []},
+        {"key": "s0000000004", "samples": [[4, "e", "", "", [], h ^ 1], [5, "f", "", "", [], None]], "rejects": []},  # retried
+    ]
+    outcomes = set()
+    for order in itertools.permutations(recs):
+        d = Dedupe(4)
+        found = sum(d.add(r) for r in order)
+        shards = [Shard.of(r) for r in order]
+        chosen, surplus, _ = select(shards, 3, d)
+        outcomes.add((found, d.kept, d.frontier, tuple(sorted(d.duplicates.items())),
+                      tuple((s.key, t) for s, t in chosen), surplus))
+    assert outcomes == {(2, 3, 6, (("b", "a"), ("e", "a")), (("s0000000000", 1), ("s0000000002", 1), ("s0000000004", 1)), 0)}
+    # a hole holds the judgement back: nothing after a missing index is judged
+    d = Dedupe(4)
+    d.add(recs[2])
+    assert (d.frontier, d.kept, d.duplicates) == (0, 0, {})
+    # -1 disables it
+    d = Dedupe(-1)
+    assert sum(d.add(r) for r in recs) == 0 and d.kept == 5
 
 
 def test_generator_failures_become_rejects(tmp_path, monkeypatch):

@@ -17,7 +17,7 @@ from factory.quality.anomaly.loss import (
 )
 from factory.quality.anomaly.model import ModelConfig, MultiLevelFusion, SelfAttention, UIIDDModel
 from factory.quality.anomaly.thresholds import auroc, f1_max_threshold, recall_threshold, youden_threshold
-from factory.quality.sanity import NearDuplicateScorer, SanityScorer, find_near_duplicates, phash
+from factory.quality.sanity import NearDuplicateScorer, SanityScorer, hamming, phash
 from factory.quality.spillover import SpilloverScorer, extents_from_binary, spillover
 
 torch.set_num_threads(1)  # 2 threads spin badly on a shared 2-core CPU
@@ -240,18 +240,41 @@ def test_sanity_rejects_blank_saturated_wrong_size():
 
 
 def test_near_duplicates_by_phash():
+    """The scorer only hashes (exact 32-bit halves in its scores); the index finds a
+    noisy copy within 4 bits and leaves different images alone."""
+    from factory.quality.sanity import NearDuplicateIndex, phash_of
     from factory.quality.validate import procedural_items, render
 
     imgs = [r[0] for r in render(procedural_items(3, 64, seed=4, with_defect=False))]
     noisy = np.clip(imgs[0].astype(int) + np.random.default_rng(1).integers(-3, 4, imgs[0].shape), 0, 255).astype(np.uint8)
     assert phash(imgs[0]) != phash(imgs[1])
-    sc = NearDuplicateScorer(max_distance=4)
-    vs = sc.score([Sample(_item(i=i), im, []) for i, im in enumerate([imgs[0], imgs[1], noisy, imgs[2]])])
-    assert [v.accepted for v in vs] == [True, True, False, True]
-    assert str(vs[2].reasons[0]).startswith("near_duplicate: of t0")
-    h = int(vs[0].scores["phash.hi"]) << 32 | int(vs[0].scores["phash.lo"])
-    assert h == phash(imgs[0])
-    assert (0, 2) in [(i, j) for i, j, _ in find_near_duplicates([phash(x) for x in (imgs[0], imgs[1], noisy)])]
+    vs = NearDuplicateScorer(max_distance=4).score([Sample(_item(i=i), im, []) for i, im in enumerate([imgs[0], noisy])])
+    assert all(v.accepted for v in vs) and phash_of(vs[0].scores) == phash(imgs[0])
+    index = NearDuplicateIndex(4)
+    for i in (0, 1):
+        assert index.nearest(phash(imgs[i])) is None
+        index.add(phash(imgs[i]), f"t{i}")
+    near = index.nearest(phash(noisy))
+    assert near is not None and near[0] == "t0" and near[1] == hamming(phash(imgs[0]), phash(noisy)) <= 4
+
+
+@pytest.mark.parametrize("max_distance", [0, 3, 12, 64])
+def test_near_duplicate_index_matches_brute_force(max_distance):
+    """The pigeonhole buckets find exactly what comparing with every kept hash finds."""
+    from factory.quality.sanity import NearDuplicateIndex
+
+    rng = np.random.default_rng(max_distance)
+    base = [int(x) for x in rng.integers(0, 2**63, 40, dtype=np.int64)]
+    hashes = base + [b ^ (1 << int(k)) ^ (1 << int(j)) for b, k, j in zip(base, rng.integers(0, 64, 40), rng.integers(0, 64, 40))]
+    index, kept = NearDuplicateIndex(max_distance), []
+    for n, h in enumerate(rng.permutation(hashes)):
+        h = int(h)
+        brute = min(((hamming(h, o), order, oid) for order, (o, oid) in enumerate(kept)), default=None)
+        want = None if brute is None or brute[0] > max_distance else (brute[2], brute[0])
+        assert index.nearest(h) == want
+        if want is None:
+            index.add(h, str(n))
+            kept.append((h, str(n)))
 
 
 # --- threshold rules --------------------------------------------------------------------

@@ -4,8 +4,9 @@ The driver plans ranges of plan indices and keeps one small summary per written
 shard (rounds.py); everything heavy (planning items, generating, scoring,
 encoding, writing) runs in the Ray Data graph (graph.py), streaming. Rounds: the
 first runs `ceil(count * overprovision)` items and stops as soon as `count` are
-accepted; if the gate rejected too many, a top-up round plans the next items,
-sized by the pass rate seen so far. Publishing (publish.py) picks whole shards
+kept (accepted by the gate and no near-duplicate of an earlier sample in plan
+order: rounds.py `Dedupe`); if too few were kept, a top-up round plans the next
+items, sized by the pass rate seen so far. Publishing (publish.py) picks whole shards
 in plan order and cuts the last one, so exactly `count` are published.
 
 A run first claims its version: it creates the run lock `_run.json` in the
@@ -28,7 +29,7 @@ from factory.generators.checks import check_spec
 from factory.pipeline.graph import Pool, plan_pools, run_round
 from factory.pipeline.options import Progress, RunError, RunOptions, RunResult
 from factory.pipeline.publish import publish_version, select
-from factory.pipeline.rounds import MAX_ROUNDS, Shard, load_shards, missing, round_size, tally, top_reasons
+from factory.pipeline.rounds import MAX_ROUNDS, Dedupe, Shard, iter_records, missing, round_size, tally, top_reasons
 from factory.pipeline.stages import split_of
 from factory.ray_runtime import ensure_ray
 from factory.spec import DatasetSpec
@@ -60,10 +61,12 @@ def run_dataset(spec: DatasetSpec, options: RunOptions | None = None,
         reported = U.exists(U.join(reg.version_uri(spec.name, version), "report.html"))
         return _result(spec, reg, version, o, manifest, reported, time.time() - t0)
     staging = reg.staging_uri(spec.name, version)
+    run = _Run(spec, Dedupe(spec.quality.duplicate_distance))
     try:
-        shards = load_shards(staging) if not fresh else []
-        resumed = len(shards)
-        prog = _generate(spec, o, reg, version, state, shards, on_progress)
+        for rec in [] if fresh else iter_records(staging):
+            run.take(rec)
+        resumed = len(run.shards)
+        prog = _generate(spec, o, reg, version, state, run, on_progress)
     except BaseException:
         if not U.list_files(U.join(staging, "_shards")):  # nothing worth resuming: leave nothing behind
             reg.discard_staging(spec.name, version)
@@ -72,7 +75,7 @@ def run_dataset(spec: DatasetSpec, options: RunOptions | None = None,
     if on_progress:
         on_progress(prog)
     seconds = time.time() - t0
-    uri, manifest, reported = publish_version(spec, reg, version, shards, state, o, spec_hash, seconds)
+    uri, manifest, reported = publish_version(spec, reg, version, run.shards, run.dedupe, state, o, spec_hash, seconds)
     result = _result(spec, reg, version, o, manifest, reported, seconds)
     result.resumed_shards = resumed
     return result
@@ -121,25 +124,49 @@ def _claim(reg: Registry, spec: DatasetSpec, version: int, spec_hash: str, resum
     return held, False
 
 
+class _Run:
+    """The shards written so far (the driver's summaries) and the plan-order
+    near-duplicate judge, with the progress the user sees."""
+
+    def __init__(self, spec: DatasetSpec, dedupe: Dedupe):
+        self.shards: list[Shard] = []
+        self.dedupe = dedupe
+        self.prog = Progress(count=spec.count)
+
+    def take(self, rec: dict[str, Any]) -> None:
+        self.shards.append(Shard.of(rec))
+        tally(self.prog, self.shards[-1:])
+        dups = self.dedupe.add(rec)
+        self.prog.accepted -= dups
+        self.prog.rejected += dups
+
+    def reasons(self) -> str:
+        return top_reasons(self.shards, len(self.dedupe.duplicates))
+
+    @property
+    def done(self) -> int:
+        """Samples kept in the judged plan-order prefix: what publish can take."""
+        return self.dedupe.kept
+
+
 def _generate(spec: DatasetSpec, o: RunOptions, reg: Registry, version: int, state: dict[str, Any],
-              shards: list[Shard], on_progress: Callable[[Progress], None] | None) -> Progress:
-    """Rounds until `count` are accepted; `shards` grows in place."""
+              run: _Run, on_progress: Callable[[Progress], None] | None) -> Progress:
+    """Rounds until `count` samples are kept; `run` grows in place."""
     staging = reg.staging_uri(spec.name, version)
     spec_hash = state["spec_hash"]
-    prog = Progress(count=spec.count)
-    tally(prog, shards)
+    prog = run.prog
     if on_progress:
         on_progress(prog)
-    if prog.accepted < spec.count:
+    if run.done < spec.count:
         ensure_ray(o.address)
-    while prog.accepted < spec.count:
+    while run.done < spec.count:
         prog.round += 1
         if prog.round > MAX_ROUNDS:
-            raise RunError(f"{prog.accepted}/{spec.count} accepted after {MAX_ROUNDS} rounds; {top_reasons(shards)}")
-        todo = missing(shards, state["planned_until"])
+            raise RunError(f"{run.done}/{spec.count} kept after {MAX_ROUNDS} rounds; {run.reasons()}")
+        todo = missing(run.shards, state["planned_until"])
         if not todo:  # the planned range is used up: plan more (top-up)
             if prog.processed and not prog.accepted and prog.processed >= 8:
-                raise RunError(f"the quality gate rejected all {prog.processed} samples; {top_reasons(shards)}")
+                raise RunError(f"the quality gate rejected all {prog.processed} samples; {run.reasons()}")
             n = round_size(spec.count, prog, o.overprovision)
             todo = [(state["planned_until"], state["planned_until"] + n)]
             state["planned_until"] += n
@@ -147,11 +174,10 @@ def _generate(spec: DatasetSpec, o: RunOptions, reg: Registry, version: int, sta
             reg.save_run_state(spec.name, version, state)
         log.info("round %d: %d items", prog.round, sum(b - a for a, b in todo))
         for rec in run_round(spec, o, staging, spec_hash, todo):
-            shards.append(Shard.of(rec))
-            tally(prog, shards[-1:])
+            run.take(rec)
             if on_progress:
                 on_progress(prog)
-            if prog.accepted >= spec.count:
+            if run.done >= spec.count:
                 break
     return prog
 

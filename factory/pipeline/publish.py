@@ -1,5 +1,6 @@
-"""From written shards to a published version: pick whole shards in plan order
-and cut the last one (exactly `count` samples), let each format's sink put its
+"""From written shards to a published version: pick whole shards in plan order,
+leave out the samples the driver judged near-duplicates, and cut the last shard
+(exactly `count` samples); let each format's sink put its
 part of every chosen shard and its own layout files into the version, gather the
 manifest's statistics and the report's samples, then seal and finish the
 publication (storage/publish.py: resumable; the manifest is created last).
@@ -17,7 +18,7 @@ from collections import Counter
 from typing import Any
 
 from factory.pipeline.options import RunError, RunOptions
-from factory.pipeline.rounds import Shard, read_record
+from factory.pipeline.rounds import Dedupe, Shard, read_record
 from factory.spec import DatasetSpec
 from factory.storage import uri as U
 from factory.storage.registry import Registry, code_version
@@ -27,11 +28,12 @@ from factory.pipeline.report import build_report
 MAX_REPORT_BOXES = 50_000  # the report's box histograms use the first this many boxes (plan order is random)
 
 
-def select(shards: list[Shard], count: int):
-    """Pick shards in plan order until `count` samples; the last one is cut.
+def select(shards: list[Shard], count: int, dedupe: Dedupe | None = None):
+    """Pick shards in plan order until `count` samples; the last one is cut. The
+    samples `dedupe` judged near-duplicates are not counted.
 
-    Returns (chosen: list of (shard, how many of its samples to take, in plan
-    order)), the surplus count, and the shards whose plan indices repeat an
+    Returns (chosen: list of (shard, how many of its kept samples to take, in
+    plan order)), the surplus count, and the shards whose plan indices repeat an
     earlier shard's (skipped)."""
     chosen, dup, total, surplus = [], [], 0, 0
     starts: list[int] = []  # covered plan indices so far: sorted, disjoint runs
@@ -44,8 +46,9 @@ def select(shards: list[Shard], count: int):
             k = bisect.bisect(starts, a)
             starts.insert(k, a)
             stops.insert(k, b)
-        take = min(s.accepted, max(0, count - total))
-        surplus += s.accepted - take
+        kept = s.accepted - (dedupe.in_runs(s.runs) if dedupe else 0)
+        take = min(kept, max(0, count - total))
+        surplus += kept - take
         total += take
         if take:
             chosen.append((s, take))
@@ -66,7 +69,7 @@ class _Stats:
         self.negatives, self.box_rows, self.grid_ok, self.grid_bad = 0, [], [], []
 
     def add(self, samples: list[list[Any]]) -> None:
-        for _index, _sid, split, gen, boxes in samples:
+        for _index, _sid, split, gen, boxes, *_hash in samples:
             self.splits[split] += 1
             self.generators[gen] += 1
             self.images.update({self.names[b[0]] for b in boxes})
@@ -89,13 +92,14 @@ class _Stats:
             self.grid_bad += [r for r in t.to_pylist() if r["image"]][: 8 - len(self.grid_bad)]
 
 
-def publish_version(spec: DatasetSpec, reg: Registry, version: int, shards: list[Shard], state: dict[str, Any],
-                    o: RunOptions, spec_hash: str, seconds: float) -> tuple[str, dict[str, Any], bool]:
+def publish_version(spec: DatasetSpec, reg: Registry, version: int, shards: list[Shard], dedupe: Dedupe,
+                    state: dict[str, Any], o: RunOptions, spec_hash: str,
+                    seconds: float) -> tuple[str, dict[str, Any], bool]:
     """Plan, seal and finish the version; returns (its URI, the manifest, whether
     report.html and grid.png were written)."""
 
     staging = reg.staging_uri(spec.name, version)
-    chosen, surplus, dup = select(shards, spec.count)
+    chosen, surplus, dup = select(shards, spec.count, dedupe)
     if sum(t for _, t in chosen) != spec.count:
         raise RunError(f"internal: selected {sum(t for _, t in chosen)} samples, expected {spec.count}")
     take = {s.key: t for s, t in chosen}
@@ -110,7 +114,8 @@ def publish_version(spec: DatasetSpec, reg: Registry, version: int, shards: list
         rec = read_record(staging, shard.key)
         gate = gate or rec.get("gate", [])  # the scorers' names, as the actors built them
         if shard.key in take:
-            samples = sorted(rec["samples"], key=lambda x: x[0])[: take[shard.key]]
+            samples = sorted((x for x in rec["samples"] if x[1] not in dedupe.duplicates),
+                             key=lambda x: x[0])[: take[shard.key]]
             cut = len(samples) < len(rec["samples"])
             ids = {x[1] for x in samples}
             for sink in sinks:
@@ -126,8 +131,9 @@ def publish_version(spec: DatasetSpec, reg: Registry, version: int, shards: list
             rejected_part += 1
     for sink in sinks:
         sink.finalize(pub, spec.class_names, stats.splits)
-    rejected = sum(s.rejected for s in kept)
-    processed = rejected + sum(s.accepted for s in kept)
+    near_duplicates = sum(dedupe.in_runs(s.runs) for s in kept)
+    rejected = sum(s.rejected for s in kept) + near_duplicates
+    processed = sum(s.rejected + s.accepted for s in kept)
     manifest = {
         "spec_hash": spec_hash,
         "code_version": code_version(),
@@ -147,7 +153,8 @@ def publish_version(spec: DatasetSpec, reg: Registry, version: int, shards: list
             "per_generator": dict(stats.generators),
             "splits": dict(stats.splits),
         },
-        "reject_reasons": dict(sum((s.reasons for s in kept), Counter()).most_common()),
+        "reject_reasons": dict((sum((s.reasons for s in kept), Counter())
+                                + Counter({"near_duplicate": near_duplicates})).most_common()),
         "gate": gate,
         "rounds": state.get("rounds", 0),
         "duplicate_shards_skipped": len(dup),

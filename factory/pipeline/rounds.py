@@ -9,6 +9,8 @@ driver's memory grows with the number of shards, not of samples.
 
 from __future__ import annotations
 
+import bisect
+import heapq
 import json
 import math
 from collections import Counter
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from factory.pipeline.options import Progress
+from factory.quality.sanity import NearDuplicateIndex
 from factory.storage import uri as U
 
 MAX_ROUNDS = 10
@@ -60,13 +63,71 @@ def missing(shards: list[Shard], until: int) -> list[tuple[int, int]]:
     return [(a, b) for a, b in out if a < b]
 
 
+class Dedupe:
+    """Dataset-wide near-duplicate rejection, decided in plan order: an accepted
+    sample is dropped when its perceptual hash is within `max_distance` bits of an
+    earlier kept one. A sample is judged only once every plan index before it has
+    been seen, so which samples survive never depends on which actor finished
+    first. `kept` counts the kept samples of that judged prefix: the run stops when
+    it reaches `count`, and publish takes exactly those.
+
+    Memory: one hash per kept sample, and the entries of shards that arrived ahead
+    of a slower earlier one."""
+
+    def __init__(self, max_distance: int):
+        self.index = NearDuplicateIndex(max_distance) if max_distance >= 0 else None
+        self.frontier = 0  # every plan index below it is judged
+        self.kept = 0
+        self.duplicates: dict[str, str] = {}  # sample id -> the kept sample it repeats
+        self.duplicate_indices: list[int] = []  # their plan indices, ascending
+        self._pending: list[tuple[int, str, int | None, bool]] = []  # heap: index, sample id, hash, accepted
+        self._seen: set[int] = set()  # pending indices
+
+    def in_runs(self, runs: list[tuple[int, int]]) -> int:
+        """How many duplicates fall in these plan-index runs (a shard's)."""
+        d = self.duplicate_indices
+        return sum(bisect.bisect_left(d, b) - bisect.bisect_left(d, a) for a, b in runs)
+
+    def add(self, rec: dict[str, Any]) -> int:
+        """Take one shard record; returns how many duplicates that uncovered (in any shard)."""
+        for s in rec["samples"]:
+            self._push(s[0], s[1], s[5] if len(s) > 5 else None, True)
+        for r in rec["rejects"]:
+            self._push(r[0], r[1], None, False)
+        found = 0
+        while self._pending and self._pending[0][0] == self.frontier:
+            index, sid, h, accepted = heapq.heappop(self._pending)
+            self._seen.discard(index)
+            self.frontier += 1
+            if not accepted:
+                continue
+            near = self.index.nearest(h) if self.index is not None and h is not None else None
+            if near is None:
+                self.kept += 1
+                if self.index is not None and h is not None:
+                    self.index.add(h, sid)
+            else:
+                self.duplicates[sid] = near[0]
+                self.duplicate_indices.append(index)
+                found += 1
+        return found
+
+    def _push(self, index: int, sid: str, h: int | None, accepted: bool) -> None:
+        if index < self.frontier or index in self._seen:  # a shard written twice (a retried task)
+            return
+        self._seen.add(index)
+        heapq.heappush(self._pending, (index, sid, h, accepted))
+
+
 def read_record(staging: str, key: str) -> dict[str, Any]:
     return json.loads(U.read_bytes(U.join(staging, "_shards", f"{key}.json")))
 
 
-def load_shards(staging: str) -> list[Shard]:
-    prefix = U.join(staging, "_shards")
-    return [Shard.of(read_record(staging, n[:-5])) for n in U.list_files(prefix) if n.endswith(".json")]
+def iter_records(staging: str):
+    """The written shard records, one at a time (a resumed run's starting point)."""
+    for name in U.list_files(U.join(staging, "_shards")):
+        if name.endswith(".json"):
+            yield read_record(staging, name[:-5])
 
 
 def tally(prog: Progress, shards: list[Shard]) -> None:
@@ -84,6 +145,6 @@ def round_size(count: int, prog: Progress, overprovision: float) -> int:
     return max(8, math.ceil(need / rate * 1.1))
 
 
-def top_reasons(shards: list[Shard]) -> str:
-    c = sum((s.reasons for s in shards), Counter())
+def top_reasons(shards: list[Shard], duplicates: int = 0) -> str:
+    c = sum((s.reasons for s in shards), Counter()) + Counter({"near_duplicate": duplicates})
     return "reject reasons: " + (", ".join(f"{k} {v}" for k, v in c.most_common(5)) or "none")

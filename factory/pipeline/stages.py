@@ -28,6 +28,7 @@ from factory.storage.shards import REJECT_SCHEMA, ParquetSink, sinks_for
 from factory.generators.base import load_generator
 from factory.quality import build_scorers
 from factory.quality.base import Verdict, score_all
+from factory.quality.sanity import phash_of
 from factory.viz import png_bytes
 
 VAL_EVERY = 10  # plan index % VAL_EVERY == VAL_EVERY - 1 -> the YOLO "val" split
@@ -241,10 +242,10 @@ def write_shard(rows: list[dict[str, Any]], target: ShardTarget, gate: list[str]
         "key": key,
         "files": files,
         "rejected_files": rejected_files,
-        # [index, sample_id, split, generator, [[class_id, x1, y1, x2, y2], ...]]
+        # [index, sample_id, split, generator, [[class_id, x1, y1, x2, y2], ...], perceptual hash or None]
         "samples": [
             [r["item_index"], r["sample_id"], r["split"], r["generator"],
-             [[b["class_id"], b["x1"], b["y1"], b["x2"], b["y2"]] for b in r["boxes"]]]
+             [[b["class_id"], b["x1"], b["y1"], b["x2"], b["y2"]] for b in r["boxes"]], phash_of(r["scores"])]
             for r in accepted
         ],
         "rejects": [[r["item_index"], r["sample_id"], r["reason_codes"]] for r in rejected],

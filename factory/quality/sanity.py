@@ -1,10 +1,9 @@
 """Cheap image checks that need no model: sanity (right size, not blank, not
 saturated) and near-duplicate rejection by perceptual hash.
 
-The duplicate check remembers the hashes it has seen in this scorer instance, so
-under a Ray Data actor pool it catches duplicates within one actor's stream; the
-hashes are also returned as scores (`phash.hi`/`phash.lo`, two exact 32-bit halves)
-so a dataset-wide pass (`find_near_duplicates`) can catch the rest.
+Actors only hash; the driver decides near-duplicates for the whole dataset in
+plan order with a `NearDuplicateIndex`, so the same spec and seed publish the
+same samples however the work was scheduled.
 """
 
 from __future__ import annotations
@@ -73,39 +72,57 @@ def hamming(a: int, b: int) -> int:
     return (a ^ b).bit_count()
 
 
-def find_near_duplicates(hashes: Sequence[int], max_distance: int = 4) -> list[tuple[int, int, int]]:
-    """All pairs (i, j, distance) with i < j and Hamming distance <= max_distance (O(n^2); fine to ~1e4)."""
-    h = np.asarray([int(x) for x in hashes], np.uint64)
-    pairs = []
-    for i in range(len(h) - 1):
-        x = np.bitwise_xor(h[i + 1 :], h[i])
-        d = np.unpackbits(x.view(np.uint8).reshape(-1, 8), axis=1).sum(1)
-        for j in np.nonzero(d <= max_distance)[0]:
-            pairs.append((i, i + 1 + int(j), int(d[j])))
-    return pairs
+class NearDuplicateIndex:
+    """Hashes of the images kept so far, searchable for one within `max_distance`
+    bits. Pigeonhole: two 64-bit hashes that differ in at most d bits agree exactly
+    on at least one of d + 1 disjoint bit blocks, so only hashes that share a block
+    value are compared (a dataset of millions stays near-linear)."""
+
+    def __init__(self, max_distance: int = 4):
+        self.max_distance = max_distance
+        edges = np.linspace(0, 64, max_distance + 2).astype(int)
+        self.masks = [((1 << int(b - a)) - 1) << int(a) for a, b in zip(edges[:-1], edges[1:])]
+        self.buckets: list[dict[int, list[tuple[int, int, str]]]] = [{} for _ in self.masks]  # (hash, order, id)
+        self.size = 0
+
+    def nearest(self, h: int) -> tuple[str, int] | None:
+        """(id, distance) of the closest kept hash within `max_distance` (the earliest
+        kept wins a tie), or None."""
+        best: tuple[int, int, str] | None = None
+        for mask, bucket in zip(self.masks, self.buckets):
+            for other, order, oid in bucket.get(h & mask, ()):
+                d = hamming(h, other)
+                if d <= self.max_distance and (best is None or (d, order) < best[:2]):
+                    best = (d, order, oid)
+        return None if best is None else (best[2], best[0])
+
+    def add(self, h: int, sample_id: str) -> None:
+        for mask, bucket in zip(self.masks, self.buckets):
+            bucket.setdefault(h & mask, []).append((h, self.size, sample_id))
+        self.size += 1
+
+
+def phash_of(scores: dict[str, float]) -> int | None:
+    """The hash `NearDuplicateScorer` left in a sample's scores (None without one)."""
+    if "phash.hi" not in scores:
+        return None
+    return int(scores["phash.hi"]) << 32 | int(scores["phash.lo"])
 
 
 class NearDuplicateScorer:
-    """Reject an image whose perceptual hash is within `max_distance` bits of one
-    already seen by this scorer (the first one is kept). max_distance < 0 disables."""
+    """Hashes each image (`phash.hi`/`phash.lo` scores, two exact 32-bit halves);
+    rejects nothing itself. Which samples are near-duplicates is decided once for
+    the whole dataset, in plan order, by the driver (pipeline/rounds.py `Dedupe`),
+    so the answer does not depend on which actor saw which image first."""
 
     name = "near_duplicate"
 
     def __init__(self, max_distance: int = 4):
-        self.max_distance = max_distance
-        self.seen: list[tuple[int, str]] = []
+        self.max_distance = max_distance  # the driver's rule; kept here so the gate's list shows the setting
 
     def score(self, samples: Sequence[Sample]) -> list[Verdict]:
         out = []
         for s in samples:
             h = phash(s.image)
-            scores = {"phash.hi": float(h >> 32), "phash.lo": float(h & 0xFFFFFFFF)}
-            reasons = []
-            if self.max_distance >= 0:
-                best = min(((hamming(h, o), oid) for o, oid in self.seen), default=None)
-                if best is not None and best[0] <= self.max_distance:
-                    reasons.append(Reason("near_duplicate", f"of {best[1]} (hamming {best[0]})"))
-                else:
-                    self.seen.append((h, s.sample_id))
-            out.append(Verdict(scores, reasons))
+            out.append(Verdict({"phash.hi": float(h >> 32), "phash.lo": float(h & 0xFFFFFFFF)}, []))
         return out
