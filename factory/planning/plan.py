@@ -47,7 +47,7 @@ def quotas(spec: DatasetSpec, n: int | None = None) -> dict[int, int]:
     return {NEGATIVE: floors[0], **{c: floors[c + 1] for c in range(len(spec.defects))}}
 
 
-@lru_cache(maxsize=8)
+@lru_cache(maxsize=4)  # a block is `count` int32s (40 MB at the largest count); runs touch one or two
 def _block_labels(seed: int, quota: tuple[tuple[int, int], ...], block: int) -> np.ndarray:
     """The primary labels of one block of `count` plan indices: the quota list, shuffled."""
     labels = np.concatenate([np.full(k, label, dtype=np.int32) for label, k in quota])
