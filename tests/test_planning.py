@@ -10,7 +10,7 @@ import pytest
 from scipy import stats
 
 from factory.core import WorkItem
-from factory.planning import plan, planned_count
+from factory.planning import NEGATIVE, plan, planned_count, quotas
 from factory.spec import spec_from_dict
 
 
@@ -78,13 +78,59 @@ def test_boxes_inside_image_and_not_overlapping():
 
 def test_negatives_and_class_mix_follow_weights():
     items = plan(make_spec(count=2000))
-    neg = np.mean([i.is_negative for i in items])
-    assert abs(neg - 0.1) < 0.025
+    assert sum(i.is_negative for i in items) == 200  # kept, not sampled
     pos = [i for i in items if not i.is_negative]
-    crack_share = np.mean([i.classes == ("crack",) for i in pos])
-    assert abs(crack_share - 2 / 3) < 0.04
+    assert sum(i.classes == ("crack",) for i in pos) == 1200
     counts = [len(i.boxes) for i in pos if i.classes == ("crack",)]
     assert set(counts) == {1, 2, 3}
+
+
+@pytest.mark.parametrize("count,negatives,weights", [
+    (48, 0.1, [2, 1]), (7, 0.5, [1, 1, 1]), (1, 0.3, [1]), (101, 0.0, [0.2, 0.3, 0.5, 0.0]), (10, 1.0, [1, 2]),
+])
+def test_class_and_negative_counts_are_exact_over_the_first_count_items(count, negatives, weights):
+    """Largest-remainder quotas of `count`, held exactly by the first `count` plan indices."""
+    names = ["crack", "black_spot", "scratch", "broken_gate"]
+    spec = make_spec(count=count, negatives=negatives, defects=[
+        {"class": names[k], "weight": w, "boxes": {"size": {"min": 0.05, "max": 0.1}}} for k, w in enumerate(weights)])
+    q = quotas(spec)
+    assert sum(q.values()) == count
+    shares = [negatives] + [(1 - negatives) * w / sum(weights) for w in weights]
+    for label, share in zip([NEGATIVE, *range(len(weights))], shares):
+        assert abs(q[label] - count * share) < 1  # rounding moves a share by less than one image
+    items = plan(spec)
+    assert sum(i.is_negative for i in items) == q[NEGATIVE]
+    for c, n in enumerate(names[:len(weights)]):
+        assert sum(i.classes == (n,) for i in items) == q[c]
+    # every later block of `count` indices (over-provisioned items, top-up rounds) keeps the mix
+    later = plan(spec, n=count, start=2 * count)
+    assert sum(i.is_negative for i in later) == q[NEGATIVE]
+
+
+def test_the_48_image_example_from_the_issue():
+    """negatives: 0.1 of 48 images is 5 (4.8 rounded), not whatever a coin gives (it gave 7)."""
+    spec = make_spec(count=48)
+    items = plan(spec)
+    assert sum(i.is_negative for i in items) == 5
+    assert sum(i.classes == ("crack",) for i in items) == 29 and sum(i.classes == ("black_spot",) for i in items) == 14
+
+
+def test_the_mix_is_shuffled_and_seeded():
+    a = [i.is_negative for i in plan(make_spec(count=200))]
+    b = [i.is_negative for i in plan(make_spec(count=200, seed=4))]
+    assert a != b and sum(a) == sum(b) == 20
+    assert 0 < sum(a[:100]) < 20  # spread over the plan, not bunched at its start or end
+
+
+def test_several_classes_per_image_keep_the_primary_mix():
+    spec = make_spec(count=300, negatives=0.0, classes_per_image=[1, 2], defects=[
+        {"class": c, "weight": w, "boxes": {"size": {"min": 0.05, "max": 0.1}}}
+        for c, w in [("crack", 1), ("black_spot", 1), ("scratch", 1)]])
+    items = plan(spec)
+    assert {len(i.classes) for i in items} == {1, 2}
+    assert all(not i.is_negative for i in items)
+    counts = {c: sum(c in i.classes for i in items) for c in spec.class_names}
+    assert all(n >= 100 for n in counts.values())  # each holds its 100 primaries, plus some second classes
 
 
 def test_box_sizes_follow_the_requested_distribution():

@@ -72,6 +72,8 @@ def test_message_shape_names_file_field_and_reason():
         ("output.shard_size", -1, "output.shard_size", "must be > 0, got -1"),
         ("output.formats", ["parquet", "tiff"], "output.formats[1]", "must be 'parquet', 'yolo' or 'coco'"),
         ("output.uri", "gs://bucket/x", "output.uri", "scheme must be file:// or s3://"),
+        ("output.val_fraction", 1, "output.val_fraction", "must be < 1, got 1"),
+        ("output.val_fraction", -0.1, "output.val_fraction", "must be >= 0, got -0.1"),
     ],
 )
 def test_field_errors(path, value, loc, fragment):
@@ -247,3 +249,18 @@ def test_every_sink_format_is_accepted_by_the_spec():
 
     s = parse_spec("name: t\ncount: 10\ndefects:\n  - class: crack\noutput:\n  formats: [" + ", ".join(SINKS) + "]\n", "s.yaml")
     assert s.output.formats == list(SINKS)
+
+
+def test_val_fraction_defaults_to_the_old_split_and_keeps_old_hashes():
+    """`output.val_fraction` (issue 16): the default is the split versions were published
+    with before the field existed (every tenth plan index), and leaves the spec hash as it was."""
+    from factory.pipeline.stages import split_of
+
+    spec = spec_from_dict(BASE)
+    assert spec.output.val_fraction == 0.1
+    assert spec_from_dict(with_("output.val_fraction", 0.1)).spec_hash() == spec.spec_hash()
+    assert spec_from_dict(with_("output.val_fraction", 0.2)).spec_hash() != spec.spec_hash()
+    assert [split_of(i, 0.1) for i in range(20)] == ["val" if i % 10 == 9 else "train" for i in range(20)]
+    for f, n in [(0.0, 0), (0.25, 12), (0.3, 30), (0.5, 50)]:
+        first = [split_of(i, f) for i in range(100 if f != 0.25 else 48)]
+        assert first.count("val") == n

@@ -13,9 +13,11 @@ serialization. The driver only ever sees shard records.
 from __future__ import annotations
 
 import json
+import math
 import time
 import traceback
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any, Sequence
 
 import numpy as np
@@ -31,7 +33,7 @@ from factory.quality.base import Verdict, score_all
 from factory.quality.sanity import phash_of
 from factory.viz import png_bytes
 
-VAL_EVERY = 10  # plan index % VAL_EVERY == VAL_EVERY - 1 -> the YOLO "val" split
+VAL_EVERY = 10  # split_of's default val share is 1 / VAL_EVERY: plan index % 10 == 9 -> the YOLO "val" split
 
 # what generating one item gave: the sample, or None and the error that stopped it
 Result = tuple[WorkItem, "Sample | None", str]
@@ -42,8 +44,12 @@ def generator_key(kind: str, checkpoint: str | None, params: dict[str, Any]) -> 
     return json.dumps([kind, checkpoint or "", params], sort_keys=True)
 
 
-def split_of(index: int) -> str:
-    return "val" if index % VAL_EVERY == VAL_EVERY - 1 else "train"
+def split_of(index: int, val_fraction: float = 1 / VAL_EVERY) -> str:
+    """The split of plan item `index`: `val` when floor((index + 1) * f) steps up, so
+    every run of plan indices holds its share f of val items, spread evenly (f = 0.1:
+    index % 10 == 9, as before `output.val_fraction` existed; f = 0: no val split)."""
+    f = Fraction(val_fraction).limit_denominator(1_000_000)  # exact: 0.1 is 1/10, not 0.1000000000000000055
+    return "val" if math.floor((index + 1) * f) > math.floor(index * f) else "train"
 
 
 @dataclass(frozen=True)
@@ -174,6 +180,7 @@ class ScoreWriteStage:
 
         self.scorers = build_scorers(spec, device=device)
         self.target = target
+        self.val_fraction = spec.output.val_fraction
         if target.storage is not None:  # the driver's endpoint; credentials come from this worker's environment
             from factory.storage import uri as U
 
@@ -213,7 +220,7 @@ class ScoreWriteStage:
                 "item_index": item.index,
                 "spec_hash": self.target.spec_hash,
                 "scores": v.scores,
-                "split": split_of(item.index),
+                "split": split_of(item.index, self.val_fraction),
                 "work_item": json.dumps(item.to_row()),
                 "reasons": [str(r) for r in v.reasons],  # Parquet text: `code: detail`
                 "reason_codes": [r.code for r in v.reasons],

@@ -1,5 +1,5 @@
 """Deterministic planning: a spec becomes a reproducible sequence of WorkItems."""
 
-from factory.planning.plan import draw_style, iter_plan, plan, planned_count
+from factory.planning.plan import NEGATIVE, draw_style, iter_plan, plan, planned_count, quotas
 
-__all__ = ["draw_style", "iter_plan", "plan", "planned_count"]
+__all__ = ["NEGATIVE", "draw_style", "iter_plan", "plan", "planned_count", "quotas"]

@@ -4,11 +4,21 @@ Item `i` depends only on (spec, spec.seed, i): its random stream is seeded by
 `SeedSequence([seed, i])`. So the plan is an infinite, reproducible sequence; a
 job takes the first `ceil(count * overprovision)` items, a top-up round takes the
 next ones, and a resumed job names exactly the same items again.
+
+The mix is kept, not sampled: each item's primary class (or "negative") comes from
+a quota list (`quotas`: the spec's weights and `negatives` share over `count`,
+rounded by largest remainder), shuffled by a permutation seeded by (seed, block)
+for every block of `count` consecutive indices. So the first `count` items hold
+exactly the quota of every class and of negatives, and every later block (the
+over-provisioned items, top-up rounds) holds the same mix again. With
+`classes_per_image` above 1 the extra classes of an image are drawn by weight, so
+only the primary classes are exact.
 """
 
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from typing import Iterator
 
 import numpy as np
@@ -17,6 +27,32 @@ from factory.core import Box, WorkItem
 from factory.spec.model import BoxSpec, DatasetSpec, Distribution, DomainSpec
 
 MAX_PLACEMENT_TRIES = 200
+NEGATIVE = -1  # the quota label of an image without defects
+_QUOTA_STREAM = 0x717A  # tags the permutation streams apart from the items' own [seed, index] streams
+
+
+def quotas(spec: DatasetSpec, n: int | None = None) -> dict[int, int]:
+    """Images per primary class id (and NEGATIVE) among `n` (default `count`) images:
+    the shares `negatives` and (1 - negatives) * weight / sum(weights), rounded by
+    largest remainder (ties to the earlier entry, negatives first) so they sum to `n`."""
+    n = spec.count if n is None else n
+    w = np.array([d.weight for d in spec.defects], dtype=float)
+    shares = [spec.negatives] + list((1.0 - spec.negatives) * w / w.sum())
+    exact = [n * s for s in shares]
+    floors = [math.floor(e + 1e-9) for e in exact]
+    left = n - sum(floors)
+    order = sorted(range(len(exact)), key=lambda k: (-(exact[k] - floors[k]), k))
+    for k in order[:max(left, 0)]:
+        floors[k] += 1
+    return {NEGATIVE: floors[0], **{c: floors[c + 1] for c in range(len(spec.defects))}}
+
+
+@lru_cache(maxsize=4)  # a block is `count` int32s (40 MB at the largest count); runs touch one or two
+def _block_labels(seed: int, quota: tuple[tuple[int, int], ...], block: int) -> np.ndarray:
+    """The primary labels of one block of `count` plan indices: the quota list, shuffled."""
+    labels = np.concatenate([np.full(k, label, dtype=np.int32) for label, k in quota])
+    rng = np.random.default_rng(np.random.SeedSequence([seed % (1 << 63), _QUOTA_STREAM, block]))
+    return labels[rng.permutation(len(labels))]
 
 
 def planned_count(spec: DatasetSpec, overprovision: float = 1.0) -> int:
@@ -48,6 +84,12 @@ class _Planner:
         self.gen_p = g_w / g_w.sum()
         c_w = np.array([d.weight for d in spec.defects], dtype=float)
         self.class_w = c_w
+        self.quota = tuple(sorted(quotas(spec).items()))
+
+    def primary(self, index: int) -> int:
+        """The item's primary class id, or NEGATIVE (see the module notes)."""
+        block, pos = divmod(index, self.spec.count)
+        return int(_block_labels(self.spec.seed, self.quota, block)[pos])
 
     def item(self, index: int) -> WorkItem:
         spec = self.spec
@@ -56,8 +98,10 @@ class _Planner:
         gen = spec.generators[int(rng.choice(len(spec.generators), p=self.gen_p))]
         style = draw_style(rng, spec.domain)
         boxes: list[Box] = []
-        if rng.random() >= spec.negatives:
-            for class_id in self._classes(rng):
+        rng.random()  # once the negative/positive draw; kept so the rest of the stream (boxes, seed) is unchanged
+        primary = self.primary(index)
+        if primary != NEGATIVE:
+            for class_id in self._classes(rng, primary):
                 d = spec.defects[class_id]
                 k = int(rng.integers(d.boxes.count[0], d.boxes.count[1] + 1))
                 for _ in range(k):
@@ -79,12 +123,17 @@ class _Planner:
             domain=spec.domain.name,
         )
 
-    def _classes(self, rng: np.random.Generator) -> list[int]:
+    def _classes(self, rng: np.random.Generator, primary: int) -> list[int]:
+        """The primary class, plus (classes_per_image above 1) others drawn by weight."""
         lo, hi = self.spec.classes_per_image
         positive = int((self.class_w > 0).sum())
         k = min(int(rng.integers(lo, hi + 1)), positive)
-        p = self.class_w / self.class_w.sum()
-        return sorted(int(c) for c in rng.choice(len(p), size=k, replace=False, p=p))
+        w = self.class_w.copy()
+        w[primary] = 0.0
+        extra = []
+        if k > 1 and w.sum() > 0:
+            extra = [int(c) for c in rng.choice(len(w), size=min(k - 1, int((w > 0).sum())), replace=False, p=w / w.sum())]
+        return sorted([primary, *extra])
 
 
 def draw_style(rng: np.random.Generator, domain: DomainSpec) -> dict[str, float]:

@@ -195,10 +195,15 @@ class QualitySpec(StrictModel):
         0.25, description="GPUs per scoring actor for the anomaly gate, used when the cluster has them free (0: CPU)")
 
 
+DEFAULT_VAL_FRACTION = 0.1  # one plan index in ten: what versions published before `output.val_fraction` used
+
+
 class OutputSpec(StrictModel):
     uri: str = "file://./datasets"
     formats: list[Literal["parquet", "yolo", "coco"]] = Field(default_factory=lambda: ["parquet", "yolo"])
     shard_size: Annotated[int, Field(gt=0, le=100_000)] = 256
+    val_fraction: Annotated[float, Field(ge=0, lt=1)] = Field(
+        DEFAULT_VAL_FRACTION, description="share of the plan in the YOLO `val` split (every 1/f-th plan index); 0: none")
 
     @field_validator("formats")
     @classmethod
@@ -273,6 +278,8 @@ class DatasetSpec(StrictModel):
         for key in ("style", "fitted"):  # unset: the hash of specs written before these fields existed
             if data["domain"].get(key) is None:
                 data["domain"].pop(key, None)
+        if data["output"].get("val_fraction") == DEFAULT_VAL_FRACTION:  # likewise: the default split is the old one
+            data["output"].pop("val_fraction")
         return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
     def to_yaml_dict(self) -> dict[str, Any]:

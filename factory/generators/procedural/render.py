@@ -12,7 +12,10 @@ items without fitted values render exactly as before.
 
 Every defect is rendered into the window of its box only, so its mask lies
 inside its box by construction, and the reported box is the tight box of what
-was actually drawn. All drawing is array arithmetic over the box window; the only
+was actually drawn. Each defect is drawn to span its window (lines run from one
+side to the opposite ones, blobs are stretched to their window by `_fill`), so
+that tight box is the planned box: published boxes follow the spec's size and
+aspect distributions. All drawing is array arithmetic over the box window; the only
 Python loops run over boxes, polyline segments and finger rows.
 """
 
@@ -51,7 +54,7 @@ def render_el(item: WorkItem, cell: np.ndarray | None = None) -> tuple[np.ndarra
         if draw is None:
             raise ValueError(f"procedural generator cannot draw class {box.class_name!r}; it draws {', '.join(DEFECTS)}")
         h, w = box.height, box.width
-        effect = np.clip(draw(defect_rng, h, w, pitch), 0.0, 1.0).astype(np.float32)
+        effect = _fill(np.clip(draw(defect_rng, h, w, pitch), 0.0, 1.0).astype(np.float32))
         local = effect > MASK_THRESHOLD
         if not local.any():  # a tiny box: make sure the defect exists
             effect[h // 2, w // 2] = 0.5
@@ -191,13 +194,35 @@ def _polyline_distance(h: int, w: int, pts: np.ndarray) -> np.ndarray:
 
 
 def _walk(rng: np.random.Generator, h: int, w: int, jitter: float, n: int = 12) -> np.ndarray:
-    """A jittered path from one side of the window to the opposite one, along its long axis."""
+    """A jittered path from one corner region of the window to the opposite one, along
+    its long axis, scaled to touch all four sides (so its tight box is the window)."""
     t = np.linspace(0.0, 1.0, n)
     wobble = np.cumsum(rng.normal(0, jitter, n))
     wobble -= np.linspace(wobble[0], wobble[-1], n) - rng.uniform(-0.15, 0.15)
+    across = (t if rng.random() < 0.5 else 1.0 - t) + wobble
+    across = (across - across.min()) / max(float(np.ptp(across)), 1e-6)
     if w >= h:
-        return np.stack([t * (w - 1), np.clip((0.5 + wobble) * (h - 1), 0, h - 1)], axis=1)
-    return np.stack([np.clip((0.5 + wobble) * (w - 1), 0, w - 1), t * (h - 1)], axis=1)
+        return np.stack([t * (w - 1), across * (h - 1)], axis=1)
+    return np.stack([across * (w - 1), t * (h - 1)], axis=1)
+
+
+def _fill(effect: np.ndarray) -> np.ndarray:
+    """Stretch a darkening map so the tight box of its mask (effect > MASK_THRESHOLD) is
+    the whole window: linear resampling, or nearest (which keeps every edge pixel) when
+    the linear one loses an edge. Maps that already span their window come back as they are."""
+    local = effect > MASK_THRESHOLD
+    if not local.any():
+        return effect
+    h, w = effect.shape
+    ys, xs = np.nonzero(local.any(1))[0], np.nonzero(local.any(0))[0]
+    if ys[0] == 0 and ys[-1] == h - 1 and xs[0] == 0 and xs[-1] == w - 1:
+        return effect
+    grid = np.meshgrid(np.linspace(ys[0], ys[-1], h), np.linspace(xs[0], xs[-1], w), indexing="ij")
+    out = ndimage.map_coordinates(effect, grid, order=1, mode="nearest").astype(np.float32)
+    m = out > MASK_THRESHOLD
+    if not (m[0].any() and m[-1].any() and m[:, 0].any() and m[:, -1].any()):
+        out = ndimage.map_coordinates(effect, grid, order=0, mode="nearest").astype(np.float32)
+    return out
 
 
 def _crack(rng, h, w, pitch):
@@ -257,8 +282,9 @@ def _broken_gate(rng, h, w, pitch):
     cols = max(1, int(w / pitch))
     p = w / cols
     for i in range(cols):
-        if rng.random() < 0.75 or cols == 1:
-            lo, hi = i * p + 0.15 * p, (i + 1) * p - 0.15 * p
+        if rng.random() < 0.75 or i in (0, cols - 1):  # the outer fingers break: the damage spans the box
+            lo = i * p + 0.15 * p if i else 0.0
+            hi = (i + 1) * p - 0.15 * p if i < cols - 1 else float(w)
             band = np.maximum(band, ((xx >= lo) & (xx < hi)).astype(np.float32))
     return rng.uniform(0.35, 0.6) * band * (0.4 + 0.6 * fade)
 
