@@ -110,6 +110,7 @@ def publish_version(spec: DatasetSpec, reg: Registry, version: int, shards: list
     gate: list[str] = []
     pub = reg.begin(spec.name, version)
     part = rejected_part = 0
+    made: list[dict[str, Any]] = []  # the published shards in plan order, and the node that made each
     for shard in kept:
         rec = read_record(staging, shard.key)
         gate = gate or rec.get("gate", [])  # the scorers' names, as the actors built them
@@ -125,6 +126,7 @@ def publish_version(spec: DatasetSpec, reg: Registry, version: int, shards: list
                     stats.sample_accepted(staging, own[0]["path"], ids)
             part += 1
             stats.add(samples)
+            made.append({"key": shard.key, "node": rec.get("node"), "samples": len(samples)})
         for f in rec["rejected_files"]:
             stats.sample_rejected(staging, f["path"])
             pub.move([(f["path"], {**f, "path": f"rejected/part-{rejected_part:05d}.parquet"})])
@@ -158,6 +160,7 @@ def publish_version(spec: DatasetSpec, reg: Registry, version: int, shards: list
         "gate": gate,
         "rounds": state.get("rounds", 0),
         "duplicate_shards_skipped": len(dup),
+        "shards": made,
         "seconds": round(seconds, 2),
         "spec": spec.to_yaml_dict(),
     }

@@ -233,6 +233,13 @@ class ScoreWriteStage:
 
 
 # --- writing a shard --------------------------------------------------------------
+def node_id() -> str | None:
+    """The Ray node this process runs on (hex), None outside Ray (a stage called directly)."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+
+
 def write_shard(rows: list[dict[str, Any]], target: ShardTarget, gate: list[str]) -> str:
     """Write one shard (accepted rows through the format sinks, rejected rows to
     `rejected/`), then its record `_shards/<key>.json` LAST: a shard without a
@@ -257,6 +264,7 @@ def write_shard(rows: list[dict[str, Any]], target: ShardTarget, gate: list[str]
         ],
         "rejects": [[r["item_index"], r["sample_id"], r["reason_codes"]] for r in rejected],
         "gate": gate,  # the scorers that judged these samples
+        "node": node_id(),  # the Ray node whose actor wrote this shard
     }
     text = json.dumps(record)
     U.write_bytes(U.join(target.staging, "_shards", f"{key}.json"), text.encode())
