@@ -17,6 +17,8 @@ os.environ.setdefault("YOLO_AUTOINSTALL", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
+# a tiny test job that makes no progress for minutes is stuck: fail it then, not after Ray Data's default 30
+os.environ.setdefault("RAY_DATA_EXECUTION_NO_PROGRESS_TIMEOUT_S", "300")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("FACTORY_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -29,9 +31,14 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_local():
-    """One embedded Ray cluster for the whole session (starting one costs ~3 s)."""
+    """An embedded Ray cluster per test module (starting one costs a few seconds).
+    Not one per session: Ray Train leaves its controller and dataset actors alive
+    after `fit()` in the driver that ran it (a `factory` command is its own driver,
+    so there they go when it exits), and once, in CI, a Ray Data job in a later
+    module waited 30 minutes for an actor that never started. A fresh cluster per
+    module keeps one module's leftovers from starving the next."""
     import ray
 
     if not ray.is_initialized():

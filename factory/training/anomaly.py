@@ -247,7 +247,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             n += 1
         if n != steps:
             raise RuntimeError(f"rank {rank} got {n} batches in epoch {epoch}, expected {steps} (unequal shards)")
-        metrics = {k: v / max(n, 1) for k, v in sums.items()} | {"epoch": epoch, "steps": n, "seconds": time.time() - t0}
+        metrics = {k: v / max(n, 1) for k, v in sums.items()} | {"epoch": epoch, "steps": n, "seconds": time.time() - t0,
+                                                              "first_epoch": start}  # > 0: resumed
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if rank == 0:
