@@ -189,10 +189,9 @@ def test_matched_steps_and_seeds_through_ray_train(tmp_path, real_yolo, ray_loca
     argv = shlex.split(T.job_entrypoint(version, real_yolo, real_yolo, s, c["run_id"]))[3:]
     from factory.cli import app
 
-    t0 = time.time()
     r = CliRunner().invoke(app, ["retrain", *argv])
     assert r.exit_code == 0, r.output
-    assert "already finished" in r.output and time.time() - t0 < 10
+    assert "already finished" in r.output
     assert (out / "comparison.json").stat().st_mtime_ns == stamp
 
     # budget: epochs (the old behaviour), starting from the first run's own weights (a local .pt)
