@@ -111,7 +111,7 @@ except Parsed:
 def benchmark_commands() -> list[list[str]]:
     """Every `python benchmarks/X.py ...` command quoted in BENCHMARKS.md."""
     text = (REPO / "BENCHMARKS.md").read_text()
-    return [shlex.split(c) for c in sorted(set(re.findall(r"`(python benchmarks/[^`]+)`", text)))]
+    return [shlex.split(c) for c in sorted(set(re.findall(r"`(python benchmarks/\w+\.py(?: [^`]*)?)`", text)))]
 
 
 def test_benchmarks_md_lists_commands():
