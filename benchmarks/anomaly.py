@@ -4,6 +4,7 @@
     python benchmarks/anomaly.py                              # CPU-small: every data set, both methods
     python benchmarks/anomaly.py --datasets mt --seeds 0 1    # one data set, spread over seeds
     python benchmarks/anomaly.py --full                       # a GPU budget (native scale, 64 px patches, 30 epochs)
+    python benchmarks/anomaly.py --smoke --datasets mt        # seconds of training: checks the script, numbers mean nothing
 
 Data (from ../shared/data and the `elpv-dataset` package), each trained on defect-free
 images only and tested on images the training and calibration never saw:
@@ -32,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
-from common import machine, table  # noqa: E402
+from common import SMOKE_HELP, machine, smoke_ray, table  # noqa: E402
 
 MT_CLASSES = ["Blowhole", "Break", "Crack", "Fray", "Uneven"]
 PV_DEFECT_VALUES = (1, 2, 3)
@@ -52,7 +53,7 @@ def split_normal(items: list, seed: int = 0) -> tuple[list, list]:
     return [items[i] for i in idx[n_test:]], [items[i] for i in idx[:n_test]]
 
 
-def load_mt(root: Path, patch, max_test: int | None):
+def load_mt(root: Path, patch, max_test: int | None, max_train: int | None = None):
     from factory.training.anomaly import load_images
 
     free = load_images(str(root / "MT_Free"), patch)
@@ -61,7 +62,7 @@ def load_mt(root: Path, patch, max_test: int | None):
     for c in MT_CLASSES:
         pairs = load_images(str(root / f"MT_{c}"), patch, with_masks=True)
         defects += _take(pairs, None if max_test is None else max(1, max_test // len(MT_CLASSES)), 1)
-    return train, _take(test, max_test, 2), [d for d, _ in defects], [m for _, m in defects]
+    return _take(train, max_train, 4), _take(test, max_test, 2), [d for d, _ in defects], [m for _, m in defects]
 
 
 def load_elpv(patch, max_test: int | None, max_train: int | None):
@@ -133,7 +134,11 @@ def main() -> None:
     ap.add_argument("--max-train", type=int, default=600, help="at most this many defect-free training images (ELPV, pv)")
     ap.add_argument("--full", action="store_true", help="GPU budget: native scale, 64 px patches, 16 per image, 30 epochs, width 16, all test images")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP + "; 1 epoch, scale 0.25, 4 test images a side, at most 32 train images")
     args = ap.parse_args()
+    if args.smoke:
+        args.scale, args.patches_per_image, args.epochs, args.width, args.max_test, args.max_train = 0.25, 1, 1, 4, 4, 32
+        smoke_ray()
     if args.full:
         args.scale, args.patch, args.patches_per_image, args.epochs, args.width, args.max_test = 1.0, 64, 16, 30, 16, 0
     max_test = args.max_test or None
@@ -145,7 +150,8 @@ def main() -> None:
 
     patch = PatchConfig(size=args.patch, scale=args.scale)
     root = Path(args.data)
-    loaders = {"mt": lambda: load_mt(root / "magnetic_tile", patch, max_test),
+    # --max-train caps magnetic tile's training images only in --smoke (its numbers use every MT_Free training tile)
+    loaders = {"mt": lambda: load_mt(root / "magnetic_tile", patch, max_test, args.max_train if args.smoke else None),
                "elpv": lambda: load_elpv(patch, max_test, args.max_train),
                "pv": lambda: load_pv(root / "pv_vision_crack", patch, max_test, args.max_train)}
     rows = []

@@ -43,3 +43,15 @@ def _fmt(v: object) -> str:
     if isinstance(v, float):
         return f"{v:.3g}" if abs(v) < 1000 else f"{v:,.0f}"
     return str(v)
+
+
+SMOKE_HELP = ("smallest setting: the same code path end to end at tiny sizes, in seconds, on the CPU, "
+              "Ray limited to 2 CPUs (tests/test_benchmarks.py runs it; its numbers mean nothing)")
+
+
+def smoke_ray() -> None:
+    """Start this process's embedded Ray with 2 CPUs before the benchmark's own (idempotent)
+    `ensure_ray()`/`ray.init` would take every core of the machine."""
+    from factory.ray_runtime import ensure_ray
+
+    ensure_ray(num_cpus=2)

@@ -2,6 +2,7 @@
 
     python benchmarks/dg2gan.py                 # CPU-small (a few minutes on 2 cores)
     python benchmarks/dg2gan.py --preset full   # the paper's networks and schedule share (GPU)
+    python benchmarks/dg2gan.py --smoke         # seconds of training: checks the script, numbers mean nothing
 
 For each data set (magnetic tile MT_Free -> one defect class; CrackForest clean
 crops -> crack crops), 20% of each side's images are held out (seeded split).
@@ -23,7 +24,7 @@ defect-free inputs (what "no generator" scores).
 
 from __future__ import annotations
 
-from common import machine  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from common import SMOKE_HELP, machine  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 import argparse
 import json
 import os
@@ -52,6 +53,8 @@ PRESETS = {
     "cpu-small": dict(image_size=64, ngf=16, n_blocks=3, ndf=16, n_layers=3, epoch_scale=0.02, max_steps_per_epoch=40),
     "full": dict(image_size=128, ngf=64, n_blocks=6, ndf=64, n_layers=3, epoch_scale=0.1, max_steps_per_epoch=None),
 }
+# --smoke (not a preset a user picks: its numbers mean nothing): one epoch of each schedule phase, 2 steps each, 16 images
+SMOKE = dict(image_size=64, ngf=8, n_blocks=1, ndf=8, n_layers=3, epoch_scale=0.01, max_steps_per_epoch=2, max_images=16)
 
 MT_CLASSES = ["Blowhole", "Break", "Crack", "Fray", "Uneven"]
 
@@ -196,10 +199,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default=None, help="where checkpoints go (default: a temp folder)")
     ap.add_argument("--extractor-epochs", type=int, default=6)
     ap.add_argument("--max-eval", type=int, default=200, help="at most this many generated crops per run")
-    ap.add_argument("--grid", default=str(REPO / "docs" / "dg2gan_samples.png"))
+    ap.add_argument("--grid", default=None, help="sample grid PNG (default: docs/dg2gan_samples.png; none with --smoke)")
     ap.add_argument("--json", default=None, help="also write the results here")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP + "; crackforest only unless --sets, tiny networks, "
+                    "2 steps per epoch, 1 extractor epoch, 16 crops")
     args = ap.parse_args(argv)
+    if args.smoke:
+        given = argv if argv is not None else sys.argv[1:]
+        args.sets = args.sets if any(x.startswith("--sets") for x in given) else "crackforest"
+        args.extractor_epochs, args.max_eval = 1, 16
+    if args.grid is None:
+        args.grid = "" if args.smoke else str(REPO / "docs" / "dg2gan_samples.png")
 
     import ray
     import torch
@@ -213,14 +224,14 @@ def main(argv: list[str] | None = None) -> None:
     from factory.training.images import load_crops, split_records
 
     console = Console(width=160)
-    preset = PRESETS[args.preset]
+    preset = SMOKE if args.smoke else PRESETS[args.preset]
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
     size = preset["image_size"]
     out_root = Path(args.out or tempfile.mkdtemp(prefix="dg2gan-bench-"))
     wanted = set(args.sets.split(","))
     sets = {k: v for k, v in datasets(args.mt_class).items() if k.split("/")[0] in wanted}
-    ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(num_cpus=2 if args.smoke else None, include_dashboard=False, log_to_driver=False, configure_logging=False)
     results, grid_rows = [], []
     t_start = time.time()
     with Progress(console=console) as progress:
@@ -270,7 +281,7 @@ def main(argv: list[str] | None = None) -> None:
                 progress.advance(task)
             progress.advance(task)
 
-    table = Table(title=f"DG2GAN ({args.preset}) on {machine()}; features: in-domain CNN (not Inception); {time.time() - t_start:.0f} s total")
+    table = Table(title=f"DG2GAN ({'--smoke' if args.smoke else args.preset}) on {machine()}; features: in-domain CNN (not Inception); {time.time() - t_start:.0f} s total")
     for col in ("set", "method", "KID (± std)", "FID", "n real / gen", "train s", "cycle"):
         table.add_column(col)
     for r in results:

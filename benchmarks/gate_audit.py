@@ -3,6 +3,7 @@
 
     python benchmarks/gate_audit.py                         # demo spec (procedural generator), CPU-small
     python benchmarks/gate_audit.py --spec SPEC --normal DIR  # a spec whose line has real defect-free images
+    python benchmarks/gate_audit.py --smoke                 # seconds of training: checks the script, numbers mean nothing
 
 Without `--normal`, the defect-free training images are the spec's own generator's
 negatives (its plan items with the boxes removed, other seeds than the audited
@@ -25,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
-from common import machine, table  # noqa: E402
+from common import SMOKE_HELP, machine, smoke_ray, table  # noqa: E402
 
 DEMO = Path(__file__).resolve().parents[1] / "specs" / "demo-pv-el.yaml"
 
@@ -56,7 +57,11 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--width", type=int, default=8)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP + "; 16 normal images, 4 audited, 1 epoch")
     args = ap.parse_args()
+    if args.smoke:
+        args.n_normal, args.n, args.patches_per_image, args.epochs, args.width = 16, 4, 2, 1, 4
+        smoke_ray()
 
     import torch
 

@@ -3,6 +3,7 @@ diffusers StableDiffusionPipeline, on random weights (speed does not depend on t
 
     python benchmarks/pdig.py            # CPU-small: tiny config, 64 px, 10 steps (TIDSC on 5), batch 1 and 4
     python benchmarks/pdig.py --full     # GPU: SD1.5-sized UNet/VAE/text encoder, 512 px, 60 steps (TIDSC 30), fp16
+    python benchmarks/pdig.py --smoke    # seconds: checks the script, numbers mean nothing
 
 On the CPU each (variant, batch) runs in a fresh subprocess so its peak memory is
 its own (peak RSS). On a GPU (or with --same-process) every case shares one process
@@ -14,7 +15,7 @@ row with the UNet's guidance passes under torch.compile (GPU; compile time repor
 
 from __future__ import annotations
 
-from common import machine  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from common import SMOKE_HELP, machine  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 import argparse
 import json
 import os
@@ -116,7 +117,10 @@ def main() -> None:
     ap.add_argument("--same-process", action="store_true", help="every case in this process (the default on a GPU)")
     ap.add_argument("--jsonl", default=None, help="append one JSON row per case here")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: run one case, print JSON
+    ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP + "; batch 1, 2 steps, 64 px, 1 rep, one process")
     a = ap.parse_args()
+    if a.smoke:
+        a.full, a.same_process, a.batches, a.steps, a.size, a.reps = False, True, "1", 2, 64, 1
     import torch
 
     torch.set_num_threads(a.threads)

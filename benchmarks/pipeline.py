@@ -1,6 +1,7 @@
 """Benchmark of the Ray Data job against plain single-process code.
 
     python benchmarks/pipeline.py [--count 1200] [--size 256] [--shard 64]
+    python benchmarks/pipeline.py --smoke   # 160 images of 64x64 in shards of 8, memory at 100/200: checks the script
 
 1. Accepted images/s: the full job (`run_dataset`: plan, generate, score, PNG,
    Parquet + YOLO shards, publish) with 1 and 2 generator actors, against a plain
@@ -18,7 +19,7 @@ busy machine).
 
 from __future__ import annotations
 
-from common import machine  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from common import SMOKE_HELP, machine, smoke_ray  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 import argparse
 import os
 import shutil
@@ -207,7 +208,11 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--shard", type=int, default=64)
     ap.add_argument("--skip-ray", action="store_true")
+    ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     a = ap.parse_args()
+    memory_counts = (2000, 20000)
+    if a.smoke:  # enough shard records for the steady rate (see ray_job), nothing more
+        a.count, a.size, a.shard, memory_counts = 160, 64, 8, (100, 200)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     for k, v in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
@@ -225,18 +230,20 @@ def main() -> None:
     if not a.skip_ray:
         from factory.ray_runtime import ensure_ray
 
+        if a.smoke:
+            smoke_ray()
         ensure_ray()
         import ray
 
         # Ray Data starts a few cluster-wide helper actors on a cluster's first job
         # (stats, autoscaling coordinator): like ray.init, not counted
-        ray_job(bench_spec(64, a.size, a.shard), str(tmp / "warm"), 1, warm_up=True)
+        ray_job(bench_spec(min(64, a.count), a.size, a.shard), str(tmp / "warm"), 1, warm_up=True)
         for n in (1, 2):
             j = ray_job(spec, str(tmp / f"ray{n}"), n)
             rows.append((f"Ray Data job, {n} actor{'s' * (n > 1)} ({j['seconds']:.1f} s, start-up {j['startup']:.1f} s)",
                          f"{j['e2e']:.1f}", f"{j['steady']:.1f}", f"{j['steady'] / (n * plain):.2f}x",
                          f"{j['cpu'] / spec.count * 1000:.1f}", f"{j['steady_cpu_ms']:.1f}"))
-        memory = [(n, *driver_memory(n, str(tmp / f"mem{n}"))) for n in (2000, 20000)]
+        memory = [(n, *driver_memory(n, str(tmp / f"mem{n}"))) for n in memory_counts]
         ray.shutdown()
     print(f"\n{'accepted images/s (Ray start excluded)':<58} {'e2e':>7} {'steady':>7} {'per actor':>10} "
           f"{'CPU ms/img':>11} {'steady':>9}")

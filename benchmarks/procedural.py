@@ -1,6 +1,7 @@
 """Images/s of the procedural EL renderer on one core.
 
     python benchmarks/procedural.py [--seconds 5]
+    python benchmarks/procedural.py --smoke   # seconds: checks the script, numbers mean nothing
 
 Pins the process to one core and renders the demo spec's defect mix at 256x256
 and 512x512 (grayscale and RGB), timing only generation (no encoding, no I/O).
@@ -15,7 +16,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, table  # noqa: E402
+from common import SMOKE_HELP, machine, table  # noqa: E402
 
 from factory.generators.procedural import ProceduralELGenerator  # noqa: E402
 from factory.planning import iter_plan  # noqa: E402
@@ -41,7 +42,10 @@ def rate(width: int, height: int, channels: int, seconds: float) -> tuple[float,
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--seconds", type=float, default=5.0, help="time per configuration")
+    ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP + "; 0.2 s per configuration")
     args = ap.parse_args()
+    if args.smoke:
+        args.seconds = 0.2
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
     rows = []

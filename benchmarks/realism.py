@@ -5,6 +5,7 @@ reference images only), plus generation images/s on one core.
 
     python benchmarks/realism.py --domain pv --seeds 0 1 [--grid docs/realism_grid.png]
     python benchmarks/realism.py --domain mt --seeds 0 1
+    python benchmarks/realism.py --domain pv --smoke   # checks the script, numbers mean nothing
 
 Evaluation hygiene: the reference set is never a background, a defect source or
 a fitting reference.
@@ -31,7 +32,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, table  # noqa: E402
+from common import SMOKE_HELP, machine, table  # noqa: E402
 
 from factory.data.adapters import magnetic_tile, publish_real, pv_vision_crack  # noqa: E402
 from factory.data.folders import list_images  # noqa: E402
@@ -63,16 +64,17 @@ def _registry(work: Path, name: str, load) -> str:
     return f"{root}/{name}@1"
 
 
-def pv_setup(data: Path, work: Path, n: int, rng) -> dict:
+def pv_setup(data: Path, work: Path, n: int, rng, limit: int | None = None) -> dict:
+    """`limit` (--smoke): the first `limit` images of each split only (the source gets its own name then)."""
     root = data / "pv_vision_crack"
-    source = _registry(work, "pv-vision-crack", lambda: pv_vision_crack(root))
+    source = _registry(work, "pv-vision-crack" + ("-smoke" if limit else ""), lambda: pv_vision_crack(root, limit=limit))
     clean = []
-    for img in sorted((root / "train" / "img").iterdir()):
+    for img in sorted((root / "train" / "img").iterdir())[:limit]:
         m = np.asarray(Image.open(root / "train" / "ann" / f"{img.stem}.png"))[..., 0]
         if not np.isin(m, [1, 2, 3]).any():
             clean.append(str(img))
-    val = sorted((root / "val" / "img").iterdir())
-    train = sorted((root / "train" / "img").iterdir())
+    val = sorted((root / "val" / "img").iterdir())[:limit]
+    train = sorted((root / "train" / "img").iterdir())[:limit]
     floor = [train[i] for i in rng.choice(len(train), min(n, len(val)), replace=False)]
     boxes = {
         "crack": {"count": [1, 4], "size": {"dist": "loguniform", "min": 0.03, "max": 0.35}, "aspect": {"dist": "loguniform", "min": 0.5, "max": 6}},
@@ -82,7 +84,7 @@ def pv_setup(data: Path, work: Path, n: int, rng) -> dict:
     spec = {"name": "realism-pv", "seed": 11, "count": n, "image": {"width": 256, "height": 256},
             "negatives": 0.55, "classes_per_image": [1, 3],
             "defects": [{"class": c, "weight": w, "boxes": boxes[c]} for c, w in (("crack", 0.5), ("dark_area", 0.25), ("cross_crack", 0.25))]}
-    labelled_val = pv_vision_crack(root, splits=("val",)).samples
+    labelled_val = pv_vision_crack(root, splits=("val",), limit=limit).samples
     return {"spec": spec, "proc_classes": None, "refs": clean, "source": source,
             "real": [s.image_path for s in labelled_val], "real_boxes": [s.boxes for s in labelled_val], "floor": floor}
 
@@ -140,11 +142,20 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=172, help="images per side (capped by the reference set)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="C2ST seeds (each a 5-fold run)")
     ap.add_argument("--grid", type=Path, default=None, help="write real | procedural | fitted | transplant rows here")
+    ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP + "; 20 images per side, 1 seed, 16 references; "
+                    "pv: the first 40 images of each split")
     args = ap.parse_args()
+    if args.smoke:
+        args.n, args.seeds = 20, [0]
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
     rng = np.random.default_rng(0)
-    setup = (pv_setup if args.domain == "pv" else mt_setup)(args.data, args.work, args.n, rng)
+    if args.domain == "pv":
+        setup = pv_setup(args.data, args.work, args.n, rng, limit=40 if args.smoke else None)
+    else:
+        setup = mt_setup(args.data, args.work, args.n, rng)
+    if args.smoke:  # style fitting and real backgrounds from a few references
+        setup["refs"] = setup["refs"][:16]
     real = [square(p) for p in setup["real"]]
     n = min(args.n, len(real))
     weights = train_indomain_extractor(real, args.work / f"indomain-{args.domain}.pt")

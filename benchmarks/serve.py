@@ -3,6 +3,7 @@ and (--costs) the procedural family's measured costs behind the work budget.
 
     python benchmarks/serve.py [--requests 200] [--concurrency 1,4,16] [--size 128]
     python benchmarks/serve.py --costs [--seeds 3]
+    python benchmarks/serve.py --smoke [--costs]   # seconds: checks the script, numbers mean nothing
 
 This process starts an embedded Ray + Serve on 127.0.0.1, deploys the app (batching
 on, then off), and for each concurrency level runs the load from a *second process*
@@ -13,7 +14,7 @@ to 127.0.0.1 only. Prints a table naming the machine; --json writes the numbers.
 
 from __future__ import annotations
 
-from common import machine  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+from common import SMOKE_HELP, machine  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 import argparse
 import json
 import os
@@ -204,7 +205,11 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=3, help="seeds per row of --costs")
     p.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--smoke", action="store_true", help=SMOKE_HELP + "; 4 requests of 32x32 at concurrency 1 "
+                   "(with --costs: 1 seed)")
     args = p.parse_args()
+    if args.smoke:
+        args.requests, args.concurrency, args.size, args.time_limit, args.cpus, args.seeds = 4, "1", 32, 60.0, 2, 1
     if not (0 < args.requests <= 5000):
         p.error("--requests must be in 1..5000")
     if args.client:

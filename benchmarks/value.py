@@ -13,6 +13,7 @@ independently of N) or an existing published version URI:
     python benchmarks/value.py --arm procedural=... --arm transplant=specs/transplant-pv-el.yaml
     python benchmarks/value.py --dataset magnetic_tile --arm transplant=specs/transplant-mt.yaml
     python benchmarks/value.py --full --arm ...      # GPU: all sizes incl. all, imgsz 416, converged
+    python benchmarks/value.py --smoke --arm ... --work DIR --out FILE   # seconds: checks the script
 
 Eval: pv_vision_crack's own `val` split; magnetic tile: a seeded 20% of every
 folder (defect tiles and MT_Free), by file name. Neither feeds training,
@@ -46,14 +47,15 @@ SIZES = {
 }
 
 
-def real_sets(dataset: str, data: Path, work: Path) -> tuple[str, str, dict]:
-    """The real train and eval splits as YOLO folders (train: train split; eval: held out)."""
+def real_sets(dataset: str, data: Path, work: Path, limit: int | None = None) -> tuple[str, str, dict]:
+    """The real train and eval splits as YOLO folders (train: train split; eval: held out);
+    `limit` (--smoke): the first that many images of each split."""
     from factory.data.adapters import RealSet, load_real, write_yolo
 
     real = load_real(dataset, data / dataset)
     out = {}
     for split in ("train", "val"):
-        samples = [s for s in real.samples if s.split == split]
+        samples = [s for s in real.samples if s.split == split][:limit]
         write_yolo(RealSet(f"{dataset}-{split}", real.class_names, samples, real.source), str(work / f"real-{split}"))
         out[split] = {"images": len(samples), "with_boxes": sum(1 for s in samples if s.boxes),
                       "boxes": sum(len(s.boxes) for s in samples)}
@@ -71,7 +73,7 @@ def _check_references(spec, eval_dir: str) -> None:
             raise SystemExit(f"{ref}: a domain reference is an eval image; name train images only")
 
 
-def make_synthetic(name: str, source: str, work: Path, eval_dir: str) -> str:
+def make_synthetic(name: str, source: str, work: Path, eval_dir: str, count: int | None = None) -> str:
     """A spec file -> publish it once with the factory's job; a URI -> use it as it is."""
     if not source.endswith((".yaml", ".yml")):
         return source
@@ -79,6 +81,10 @@ def make_synthetic(name: str, source: str, work: Path, eval_dir: str) -> str:
     from factory.spec.load import load_spec
 
     spec = load_spec(source)
+    if count is not None:  # --smoke
+        from factory.spec import spec_from_dict
+
+        spec = spec_from_dict({**spec.to_yaml_dict(), "count": count})
     _check_references(spec, eval_dir)
     from factory.storage.registry import Registry
 
@@ -107,8 +113,13 @@ def main() -> None:
     ap.add_argument("--gpus", type=float)
     ap.add_argument("--work", type=Path, default=Path("/tmp/factory-value"))
     ap.add_argument("--out", type=Path, default=Path("benchmark-value.json"))
+    ap.add_argument("--smoke", action="store_true", help="smallest setting: the same code path end to end at tiny sizes "
+                    "(N=25 of the first 60 train images, the first 60 eval images, 1 seed, 2 steps, imgsz 64, "
+                    "16 synthetic images), Ray limited to 2 CPUs; numbers mean nothing")
     a = ap.parse_args()
     size = dict(SIZES["full" if a.full else "cpu"])
+    if a.smoke:
+        size.update(sizes=["25"], seeds=[0], steps=2, imgsz=64, batch=4, synthetic_ratio=1.0, gpus=0.0)
     for k in ("sizes", "seeds", "steps", "imgsz", "batch", "synthetic_ratio", "gpus"):
         if getattr(a, k) is not None:
             size[k] = getattr(a, k)
@@ -123,9 +134,9 @@ def main() -> None:
 
     t0 = time.time()
     a.work.mkdir(parents=True, exist_ok=True)
-    real_train, real_eval, real_counts = real_sets(a.dataset, a.data, a.work)
-    ensure_ray()
-    versions = {name: make_synthetic(name, src, a.work, real_eval) for name, src in arms.items()}
+    real_train, real_eval, real_counts = real_sets(a.dataset, a.data, a.work, 60 if a.smoke else None)
+    ensure_ray(num_cpus=2 if a.smoke else None)
+    versions = {name: make_synthetic(name, src, a.work, real_eval, 16 if a.smoke else None) for name, src in arms.items()}
     rows, results = [], {}
     for n in size["sizes"]:
         real_runs: dict[str, dict] | None = None

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from rich.markup import escape
 
 from factory.cli.app import app, train_app
 from factory.cli.common import console, friendly_errors, load_spec_or_exit
@@ -132,6 +133,7 @@ def metrics_cmd(
                                             "without one, a small CNN is trained on the real images)"),
     size: int = typer.Option(128, help="images are resized to this size before feature extraction"),
     max_images: int = typer.Option(2000, help="at most this many images per side"),
+    as_json: bool = typer.Option(False, "--json", help="print the metrics as JSON (for machines) instead of tables"),
 ) -> None:
     """Pass rate, spillover rate, per-class counts; with --real, FID/KID and the classifier two-sample test
     (C2ST: 0.5 = generated and real indistinguishable, 1.0 = trivially told apart)."""
@@ -140,18 +142,64 @@ def metrics_cmd(
 
         res = dataset_metrics(dataset, real, root, str(inception_weights) if inception_weights else None, extractor,
                               size, max_images)
-        console.print(f"[bold]{res['dataset']}[/]  {res['accepted']}/{res['samples']} accepted (pass rate {res['pass_rate']:.1%}), "
-                      f"spillover rate {res['spillover_rate']:.1%}")
-        console.print(f"reject reasons: {res['reject_reasons']}")
-        console.print(f"images per class: {res['images_per_class']}")
-        if "fidelity" in res:
-            f = res["fidelity"]
-            line = f"FID {f['fid']:.2f}  KID {f['kid_mean']:.4f} ± {f['kid_std']:.4f}"
-            if "is_mean" in f:
-                line += f"  IS {f['is_mean']:.2f}"
-            console.print(f"{line}   [dim]extractor: {f['extractor']}[/]")
-            c = res["c2st"]
-            console.print(f"C2ST accuracy {c['c2st_accuracy']:.3f} ± {c['c2st_std']:.3f} ({len(c['folds'])}-fold, "
-                          f"{c['images_per_side']} images per side at {c['size']} px; 0.5 = indistinguishable)")
-            console.print(f"real beside generated: {res['realism_grid']}", highlight=False)
-        console.print(f"wrote {res['written_to']}")
+        if as_json:
+            print(json.dumps(res, indent=1, sort_keys=True, default=str))
+            return
+        print_metrics(res)
+
+
+def _pct(v: float) -> str:
+    return "n/a" if v != v else f"{v:.1%}"
+
+
+def print_metrics(res: dict) -> None:
+    """`factory metrics` for people: a summary table, then per-class counts, reject reasons and realism."""
+    from rich.table import Table
+
+    summary = Table(title=f"[bold]{escape(res['dataset'])}[/]", show_header=False, title_justify="left")
+    summary.add_column("metric", style="bold")
+    summary.add_column("value", justify="right")
+    summary.add_row("samples", str(res["samples"]))
+    summary.add_row("accepted", f"{res['accepted']} (pass rate {_pct(res['pass_rate'])})")
+    summary.add_row("rejected", str(res["rejected"]))
+    spill = _pct(res["spillover_rate"])
+    if res.get("spillover_measured"):
+        spill += f" (mean spillover {res['spillover_mean']:.3f} over {res['spillover_measured']} samples)"
+    summary.add_row("spillover rate", spill)
+    console.print(summary)
+
+    classes = sorted(set(res["images_per_class"]) | set(res["boxes_per_class"]))
+    if classes:
+        t = Table(title="accepted samples per class", title_justify="left")
+        t.add_column("class")
+        t.add_column("images", justify="right")
+        t.add_column("boxes", justify="right")
+        for c in classes:
+            t.add_row(escape(c), str(res["images_per_class"].get(c, 0)), str(res["boxes_per_class"].get(c, 0)))
+        console.print(t)
+    if res["reject_reasons"]:
+        t = Table(title="why samples were rejected", title_justify="left")
+        t.add_column("reason")
+        t.add_column("samples", justify="right")
+        t.add_column("share of all", justify="right")
+        for reason, n in res["reject_reasons"].items():
+            t.add_row(escape(reason), str(n), _pct(n / res["samples"]) if res["samples"] else "n/a")
+        console.print(t)
+    else:
+        console.print("no sample was rejected")
+    if "fidelity" in res:
+        f, c = res["fidelity"], res["c2st"]
+        t = Table(title="realism against the real images", title_justify="left")
+        t.add_column("metric")
+        t.add_column("value", justify="right")
+        t.add_column("notes")
+        t.add_row("FID", f"{f['fid']:.2f}", f"extractor: {escape(str(f['extractor']))}")
+        t.add_row("KID", f"{f['kid_mean']:.4f} ± {f['kid_std']:.4f}", "")
+        if "is_mean" in f:
+            t.add_row("IS", f"{f['is_mean']:.2f}", "")
+        t.add_row("C2ST accuracy", f"{c['c2st_accuracy']:.3f} ± {c['c2st_std']:.3f}",
+                  f"{len(c['folds'])}-fold, {c['images_per_side']} images per side at {c['size']} px; 0.5 = indistinguishable")
+        console.print(t)
+        console.print(f"real beside generated: {res['realism_grid']}", highlight=False)
+    if "written_to" in res:
+        console.print(f"wrote {res['written_to']}", highlight=False)
