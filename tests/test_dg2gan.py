@@ -303,13 +303,16 @@ def test_unknown_class_is_a_checkpoint_error(generator):
 # --- Ray Train ---------------------------------------------------------------------------
 
 
-def test_ray_train_checkpoints_and_resumes(ray_local, shared_data, tmp_path):
+def test_ray_train_checkpoints_and_resumes(ray_local, shared_data, tmp_path, monkeypatch):
+    """Also: a relative `--out` (as the README writes it) lands beside the caller,
+    not in the Ray workers' own working directory."""
     from factory.training.dg2gan import train
 
+    monkeypatch.chdir(tmp_path)
     tc = TrainConfig(
         defect_free=str(shared_data / "magnetic_tile" / "MT_Fray"),  # masks beside: defect-free crops away from defects
         defective=str(shared_data / "magnetic_tile" / "MT_Fray"),
-        out=(tmp_path / "Fray").as_uri(), class_name="Fray", image_size=32, batch_size=4, max_images=4,
+        out="file://./Fray", class_name="Fray", image_size=32, batch_size=4, max_images=4,
         epochs_constant=1, epochs_decay=1, max_steps_per_epoch=2, num_workers=WORKERS, **TINY,
     )
     r = train(tc, storage_path=str(tmp_path / "ray"))

@@ -253,7 +253,7 @@ def train(tc: TrainConfig, storage_path: str | None = None) -> dict[str, Any]:
     from factory.storage.uri import to_uri
 
     check_sources(tc)
-    if tc.out and "://" not in tc.out:
+    if tc.out:  # absolute: the workers write it, and their working directory is not ours
         tc.out = to_uri(tc.out)
     ensure_ray()
     constant, decay = tc.epochs
