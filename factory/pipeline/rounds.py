@@ -4,7 +4,8 @@
 The driver keeps one `Shard` per written shard, never the samples: the full
 record (every sample's id, split and boxes, every file's sha256) stays in
 staging as `_shards/<key>.json` and publish reads it back one at a time, so the
-driver's memory grows with the number of shards, not of samples.
+driver's memory grows with the number of shards, not of samples, except for the
+near-duplicate judge (`Dedupe`): one hash per kept sample.
 """
 
 from __future__ import annotations
@@ -71,8 +72,9 @@ class Dedupe:
     first. `kept` counts the kept samples of that judged prefix: the run stops when
     it reaches `count`, and publish takes exactly those.
 
-    Memory: one hash per kept sample, and the entries of shards that arrived ahead
-    of a slower earlier one."""
+    Memory: the index's ~200 bytes per kept sample (the one part of the driver
+    that grows with samples, not shards: ~0.2 GB at a million), and the entries of
+    shards that arrived ahead of a slower earlier one."""
 
     def __init__(self, max_distance: int):
         self.index = NearDuplicateIndex(max_distance) if max_distance >= 0 else None

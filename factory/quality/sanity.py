@@ -76,30 +76,35 @@ class NearDuplicateIndex:
     """Hashes of the images kept so far, searchable for one within `max_distance`
     bits. Pigeonhole: two 64-bit hashes that differ in at most d bits agree exactly
     on at least one of d + 1 disjoint bit blocks, so only hashes that share a block
-    value are compared (a dataset of millions stays near-linear)."""
+    value are compared: for d = 4 about 70 comparisons a lookup at 100k kept
+    hashes and 700 at a million, instead of all of them. Memory: about 200 bytes
+    per kept hash."""
 
     def __init__(self, max_distance: int = 4):
         self.max_distance = max_distance
         edges = np.linspace(0, 64, max_distance + 2).astype(int)
         self.masks = [((1 << int(b - a)) - 1) << int(a) for a, b in zip(edges[:-1], edges[1:])]
-        self.buckets: list[dict[int, list[tuple[int, int, str]]]] = [{} for _ in self.masks]  # (hash, order, id)
-        self.size = 0
+        self.buckets: list[dict[int, list[int]]] = [{} for _ in self.masks]  # block value -> kept orders
+        self.hashes: list[int] = []
+        self.ids: list[str] = []
 
     def nearest(self, h: int) -> tuple[str, int] | None:
         """(id, distance) of the closest kept hash within `max_distance` (the earliest
         kept wins a tie), or None."""
-        best: tuple[int, int, str] | None = None
+        best: tuple[int, int] | None = None  # (distance, order)
         for mask, bucket in zip(self.masks, self.buckets):
-            for other, order, oid in bucket.get(h & mask, ()):
-                d = hamming(h, other)
-                if d <= self.max_distance and (best is None or (d, order) < best[:2]):
-                    best = (d, order, oid)
-        return None if best is None else (best[2], best[0])
+            for order in bucket.get(h & mask, ()):
+                d = hamming(h, self.hashes[order])
+                if d <= self.max_distance and (best is None or (d, order) < best):
+                    best = (d, order)
+        return None if best is None else (self.ids[best[1]], best[0])
 
     def add(self, h: int, sample_id: str) -> None:
+        order = len(self.hashes)
+        self.hashes.append(h)
+        self.ids.append(sample_id)
         for mask, bucket in zip(self.masks, self.buckets):
-            bucket.setdefault(h & mask, []).append((h, self.size, sample_id))
-        self.size += 1
+            bucket.setdefault(h & mask, []).append(order)
 
 
 def phash_of(scores: dict[str, float]) -> int | None:
