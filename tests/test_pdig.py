@@ -4,6 +4,7 @@ pipeline end to end, missing-weight errors, and a tiny Ray Train run."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -406,14 +407,18 @@ def test_mask_components_become_class_boxes():
 
 # --- training under Ray Train, then generating from the checkpoint ---------------------
 
-def test_ray_train_run_writes_a_small_checkpoint_the_generator_loads(ray_local, shared_data, tiny_dir, tmp_path):
+def test_ray_train_run_writes_a_small_checkpoint_the_generator_loads(ray_local, shared_data, tiny_dir, tmp_path,
+                                                                     monkeypatch):
+    """Also: relative data and base paths (as the README writes them) are read by the
+    workers from the caller's directory, and the base is recorded absolute."""
     from factory.generators.base import load_generator
     from factory.core import Box, WorkItem
     from factory.training.pdig import PDIGTrainConfig, train_pdig
 
     out = tmp_path / "ckpt"
+    monkeypatch.chdir(shared_data)
     metrics = train_pdig(PDIGTrainConfig(
-        data=str(shared_data / "pv_vision_crack" / "train"), base=str(tiny_dir), out=f"file://{out}",
+        data="pv_vision_crack/train", base=os.path.relpath(tiny_dir, shared_data), out=f"file://{out}",
         limit=4, max_steps=2, batch_size=2, bank_size=2, num_workers=1, storage_path=str(tmp_path / "ray"),
     ))
     assert metrics["steps"] == 2 and np.isfinite(metrics["loss"])

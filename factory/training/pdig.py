@@ -7,7 +7,7 @@ trained parts plus a bank of image-prompt embeddings per class (adapter.py).
 from __future__ import annotations
 
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -206,6 +206,9 @@ def train_pdig(cfg: PDIGTrainConfig) -> dict[str, Any]:
     from factory.storage import uri as storage
 
     storage_path = cfg.storage_path or tempfile.mkdtemp(prefix="pdig-train-")
+    # absolute: the workers read them from a working directory that is not ours (and the base is recorded)
+    absolute = lambda p: p if storage.is_s3(p) else str(storage.local_path(p).resolve())  # noqa: E731
+    cfg = replace(cfg, data=absolute(cfg.data), base=absolute(cfg.base))
     n = len(_load_examples(cfg))
     trainer = TorchTrainer(
         train_loop,
