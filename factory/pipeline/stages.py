@@ -18,6 +18,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from fractions import Fraction
+from functools import lru_cache
 from typing import Any, Sequence
 
 import numpy as np
@@ -48,8 +49,13 @@ def split_of(index: int, val_fraction: float = 1 / VAL_EVERY) -> str:
     """The split of plan item `index`: `val` when floor((index + 1) * f) steps up, so
     every run of plan indices holds its share f of val items, spread evenly (f = 0.1:
     index % 10 == 9, as before `output.val_fraction` existed; f = 0: no val split)."""
-    f = Fraction(val_fraction).limit_denominator(1_000_000)  # exact: 0.1 is 1/10, not 0.1000000000000000055
+    f = _exact(val_fraction)
     return "val" if math.floor((index + 1) * f) > math.floor(index * f) else "train"
+
+
+@lru_cache(maxsize=8)  # called per sample with one value per run
+def _exact(fraction: float) -> Fraction:
+    return Fraction(fraction).limit_denominator(1_000_000)  # 0.1 is 1/10, not 0.1000000000000000055
 
 
 @dataclass(frozen=True)
