@@ -82,18 +82,16 @@ def box_histograms(class_names: Sequence[str], box_rows: Sequence[tuple], width:
     import matplotlib.pyplot as plt
 
     a = np.array(box_rows, dtype=float)  # class_id, x1, y1, x2, y2
+    gc, gsize, gaspect = _size_aspect(box_rows, width, height)
     pc, psize, paspect = _size_aspect(planned_rows, width, height)
     present = [c for c in range(len(class_names)) if (a[:, 0] == c).any()]
     fig, axes = plt.subplots(len(present), 3, figsize=(10, 2.4 * len(present)), squeeze=False)
     for row, c in enumerate(present):
-        b = a[a[:, 0] == c]
-        w, h = b[:, 3] - b[:, 1], b[:, 4] - b[:, 2]
-        size = np.sqrt(w * h / (width * height))
+        b, size, lg = a[gc == c], gsize[gc == c], np.log2(gaspect[gc == c])
         ax = axes[row]
         size_range = (0, max(0.5, float(size.max())))
         ax[0].hist(size, bins=20, range=size_range, color="#0072B2", density=True, label="published")
         ax[0].set_title(f"{class_names[c]}: box size (n={len(b)})", fontsize=9)
-        lg = np.log2(w / h)
         aspect_range = (min(float(lg.min()), -0.1), max(float(lg.max()), 0.1))
         ax[1].hist(lg, bins=20, range=aspect_range, color="#E69F00", density=True, label="published")
         ax[1].set_title("log2 aspect (w/h)", fontsize=9)
