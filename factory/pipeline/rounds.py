@@ -72,8 +72,8 @@ class Dedupe:
     first. `kept` counts the kept samples of that judged prefix: the run stops when
     it reaches `count`, and publish takes exactly those.
 
-    Memory: the index's ~200 bytes per kept sample (the one part of the driver
-    that grows with samples, not shards: ~0.2 GB at a million), and the entries of
+    Memory: the index's 0.2-0.3 KB per kept sample (the one part of the driver
+    that grows with samples, not shards: ~0.3 GB at a million), and the entries of
     shards that arrived ahead of a slower earlier one."""
 
     def __init__(self, max_distance: int):
