@@ -10,7 +10,7 @@ is a spec file (made here once with the factory's job, `run_dataset`, seeded
 independently of N) or an existing published version URI:
 
     python benchmarks/value.py --arm procedural=benchmarks/specs/value-procedural-pv.yaml
-    python benchmarks/value.py --arm procedural=... --arm transplant=specs/transplant-pv-el.yaml
+    python benchmarks/value.py --arm procedural=... --arm transplant=benchmarks/specs/value-transplant-pv.yaml
     python benchmarks/value.py --dataset magnetic_tile --arm transplant=specs/transplant-mt.yaml
     python benchmarks/value.py --full --arm ...      # GPU: all sizes incl. all, imgsz 416, converged
     python benchmarks/value.py --smoke --arm ... --work DIR --out FILE   # seconds: checks the script
@@ -43,13 +43,14 @@ SIZES = {
                 gpus=0.0, workers=0, train_args={"val": False}),
     # GPU: converged (a few thousand steps), every size, 5 seeds, four runs sharing one GPU
     "full": dict(sizes=["25", "50", "100", "200", "all"], seeds=[0, 1, 2, 3, 4], steps=4000, imgsz=416, batch=16,
-                 synthetic_ratio=4.0, gpus=0.25, workers=2, train_args={"val": False}),
+                 synthetic_ratio=4.0, gpus=0.25, workers=2, train_args={"val": False, "plots": False}),
 }
 
 
-def real_sets(dataset: str, data: Path, work: Path, limit: int | None = None) -> tuple[str, str, dict]:
-    """The real train and eval splits as YOLO folders (train: train split; eval: held out);
-    `limit` (--smoke): the first that many images of each split."""
+def real_sets(dataset: str, data: Path, work: Path, limit: int | None = None):
+    """The real train and eval splits as YOLO folders (train: train split; eval: held out),
+    and the train split alone as a RealSet (a spec may name it as NAME@1: eval images can
+    then never reach a generator); `limit` (--smoke): the first that many images of each split."""
     from factory.data.adapters import RealSet, load_real, write_yolo
 
     real = load_real(dataset, data / dataset)
@@ -59,7 +60,9 @@ def real_sets(dataset: str, data: Path, work: Path, limit: int | None = None) ->
         write_yolo(RealSet(f"{dataset}-{split}", real.class_names, samples, real.source), str(work / f"real-{split}"))
         out[split] = {"images": len(samples), "with_boxes": sum(1 for s in samples if s.boxes),
                       "boxes": sum(len(s.boxes) for s in samples)}
-    return str(work / "real-train"), str(work / "real-val"), {"classes": real.class_names, **out}
+    train_only = RealSet(real.name, real.class_names, [s for s in real.samples if s.split == "train"][:limit], real.source,
+                         real.settings)
+    return str(work / "real-train"), str(work / "real-val"), {"classes": real.class_names, **out}, train_only
 
 
 def _check_references(spec, eval_dir: str) -> None:
@@ -73,25 +76,33 @@ def _check_references(spec, eval_dir: str) -> None:
             raise SystemExit(f"{ref}: a domain reference is an eval image; name train images only")
 
 
-def make_synthetic(name: str, source: str, work: Path, eval_dir: str, count: int | None = None) -> str:
-    """A spec file -> publish it once with the factory's job; a URI -> use it as it is."""
+def make_synthetic(name: str, source: str, work: Path, eval_dir: str, real_train, count: int | None = None) -> str:
+    """A spec file -> publish it once with the factory's job; a URI -> use it as it is.
+    A spec that names the benchmarked real set as `NAME@1` (transplant: its source and
+    references) gets its train split published into the arm's registry first, as
+    `factory data import` would."""
     if not source.endswith((".yaml", ".yml")):
         return source
     from factory.pipeline import RunOptions, run_dataset
+    from factory.spec import spec_from_dict
     from factory.spec.load import load_spec
-
-    spec = load_spec(source)
-    if count is not None:  # --smoke
-        from factory.spec import spec_from_dict
-
-        spec = spec_from_dict({**spec.to_yaml_dict(), "count": count})
-    _check_references(spec, eval_dir)
     from factory.storage.registry import Registry
 
-    root = str(work / "registry" / name)
+    root = str((work / "registry" / name).resolve())
+    d = load_spec(source).to_yaml_dict()
+    d["output"] = {**d["output"], "uri": f"file://{root}"}  # NAME@VERSION references resolve there
+    if count is not None:  # --smoke
+        d["count"] = count
+    spec = spec_from_dict(d)
+    _check_references(spec, eval_dir)
     reg = Registry(root)
     if spec.version and reg.is_published(spec.name, spec.version):  # made by an earlier run of this benchmark
         return reg.version_uri(spec.name, spec.version)
+    real_name = real_train.name.replace("_", "-").lower()
+    if f"{real_name}@1" in Path(source).read_text() and not reg.is_published(real_name, 1):
+        from factory.data.adapters import publish_real
+
+        publish_real(real_train, root, real_name, 1)
     t = time.time()
     r = run_dataset(spec, RunOptions(out=root, report=False))
     print(f"synthetic arm {name}: {r.uri} ({spec.count} images, {time.time() - t:.0f} s)", flush=True)
@@ -134,9 +145,9 @@ def main() -> None:
 
     t0 = time.time()
     a.work.mkdir(parents=True, exist_ok=True)
-    real_train, real_eval, real_counts = real_sets(a.dataset, a.data, a.work, 60 if a.smoke else None)
+    real_train, real_eval, real_counts, real_train_set = real_sets(a.dataset, a.data, a.work, 60 if a.smoke else None)
     ensure_ray(num_cpus=2 if a.smoke else None)
-    versions = {name: make_synthetic(name, src, a.work, real_eval, 16 if a.smoke else None) for name, src in arms.items()}
+    versions = {name: make_synthetic(name, src, a.work, real_eval, real_train_set, 16 if a.smoke else None) for name, src in arms.items()}
     rows, results = [], {}
     for n in size["sizes"]:
         real_runs: dict[str, dict] | None = None
