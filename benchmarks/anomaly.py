@@ -103,8 +103,8 @@ def run_one(name: str, data, method: str, seed: int, args) -> dict:
     train, test_n, test_d, masks = data
     cfg = AnomalyTrainConfig(method=method, patch_size=args.patch, scale=args.scale, patches_per_image=args.patches_per_image,
                              epochs=args.epochs, width=args.width, fused=2 * args.width, bottleneck=args.width,
-                             head_width=args.width, threads=args.threads, seed=seed)
-    res = train_anomaly(f"{name} normal (80%)", None, cfg, images=train)
+                             head_width=args.width, threads=args.threads, seed=seed, batch_size=args.batch)
+    res = train_anomaly(f"{name} normal (80%)", None, cfg, images=train, use_gpu=args.gpu)
     det = res["detector"]
     t = time.time()
     h_n, h_d = det.heat_scaled(test_n, rescaled=True), det.heat_scaled(test_d, rescaled=True)
@@ -130,21 +130,23 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--width", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--gpu", action="store_true", help="train on a GPU (Ray Train use_gpu); --full turns it on when CUDA is there")
     ap.add_argument("--max-test", type=int, default=100, help="at most this many test images per side (seeded); 0 = all")
     ap.add_argument("--max-train", type=int, default=600, help="at most this many defect-free training images (ELPV, pv)")
     ap.add_argument("--full", action="store_true", help="GPU budget: native scale, 64 px patches, 16 per image, 30 epochs, width 16, all test images")
     ap.add_argument("--json", default=None)
     ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP + "; 1 epoch, scale 0.25, 4 test images a side, at most 32 train images")
     args = ap.parse_args()
+    import torch
+
     if args.smoke:
         args.scale, args.patches_per_image, args.epochs, args.width, args.max_test, args.max_train = 0.25, 1, 1, 4, 4, 32
         smoke_ray()
     if args.full:
         args.scale, args.patch, args.patches_per_image, args.epochs, args.width, args.max_test = 1.0, 64, 16, 30, 16, 0
+        args.gpu = args.gpu or torch.cuda.is_available()
     max_test = args.max_test or None
-
-    import torch
-
     torch.set_num_threads(args.threads)
     from factory.quality.anomaly.patches import PatchConfig
 
@@ -163,7 +165,7 @@ def main() -> None:
 
     print(f"\nQuality-gate anomaly benchmark on {machine()}")
     print(f"scale {args.scale}, {args.patch} px patches x {args.patches_per_image} per image, {args.epochs} epochs, width {args.width}, "
-          f"{args.threads} thread(s), Ray Train 1 worker, thresholds: F1 rule on simulated anomalies (calibration split)\n")
+          f"batch {args.batch}, {args.threads} thread(s), Ray Train 1 worker{' on the GPU' if args.gpu else ''}, thresholds: F1 rule on simulated anomalies (calibration split)\n")
     groups: dict[tuple, list] = {}
     for r in rows:
         groups.setdefault((r["data"], r["method"]), []).append(r)
