@@ -4,6 +4,7 @@
     python benchmarks/anomaly.py                              # CPU-small: every data set, both methods
     python benchmarks/anomaly.py --datasets mt --seeds 0 1    # one data set, spread over seeds
     python benchmarks/anomaly.py --full                       # a GPU budget (native scale, 64 px patches, 30 epochs)
+    python benchmarks/anomaly.py --datasets mt --bank-split 0.5 --banks none real   # + real defects in the simulation
     python benchmarks/anomaly.py --smoke --datasets mt        # seconds of training: checks the script, numbers mean nothing
 
 Data (from ../shared/data and the `elpv-dataset` package), each trained on defect-free
@@ -13,6 +14,10 @@ images only and tested on images the training and calibration never saw:
 - elpv: ELPV cells, p=0 split 80/20 the same way; test = held-out p=0 vs p=1 (no masks).
 - pv: pv_vision cells (train + val folders) without any defect value (1 dark area, 2 cross
   crack, 3 crack) in their mask, split 80/20; test = held-out vs cells with defect pixels.
+With `--bank-split F` (mt), a seeded share F of every defect folder is set aside before any
+sampling: `--banks real` feeds those defects, cut along their masks, into uiidd-disc's
+simulated anomalies (the issue's "transplanted real defects"), and neither bank row nor
+`none` row is ever scored on them.
 Thresholds come from the checkpoint's calibration (simulated anomalies on the calibration
 split); no test label is used before the metrics. Pixel AUROC is at the model's scale.
 Test sets can be subsampled (`--max-test`, seeded) to fit the CPU budget: the table says n.
@@ -53,16 +58,23 @@ def split_normal(items: list, seed: int = 0) -> tuple[list, list]:
     return [items[i] for i in idx[n_test:]], [items[i] for i in idx[:n_test]]
 
 
-def load_mt(root: Path, patch, max_test: int | None, max_train: int | None = None):
+def load_mt(root: Path, patch, max_test: int | None, max_train: int | None = None, bank_split: float = 0.0):
+    """(train, test normal, test defect, test masks, bank pairs): `bank_split` moves that share of
+    every defect folder (seeded) out of the test set; those (image, mask) pairs may feed the
+    simulated-anomaly bank (`--banks real`) and are never scored."""
     from factory.training.anomaly import load_images
 
     free = load_images(str(root / "MT_Free"), patch)
     train, test = split_normal(free)
-    defects = []
+    defects, bank = [], []
     for c in MT_CLASSES:
         pairs = load_images(str(root / f"MT_{c}"), patch, with_masks=True)
-        defects += _take(pairs, None if max_test is None else max(1, max_test // len(MT_CLASSES)), 1)
-    return _take(train, max_train, 4), _take(test, max_test, 2), [d for d, _ in defects], [m for _, m in defects]
+        idx = np.random.default_rng(5).permutation(len(pairs))
+        n_bank = int(round(bank_split * len(pairs)))
+        bank += [pairs[i] for i in sorted(idx[:n_bank])]
+        rest = [pairs[i] for i in sorted(idx[n_bank:])]
+        defects += _take(rest, None if max_test is None else max(1, max_test // len(MT_CLASSES)), 1)
+    return (_take(train, max_train, 4), _take(test, max_test, 2), [d for d, _ in defects], [m for _, m in defects], bank)
 
 
 def load_elpv(patch, max_test: int | None, max_train: int | None):
@@ -74,7 +86,7 @@ def load_elpv(patch, max_test: int | None, max_train: int | None):
     normal = [rescale(im, patch) for im in images[probs == 0]]
     train, test = split_normal(normal)
     defect = [rescale(im, patch) for im in _take(list(images[probs == 1]), max_test, 3)]
-    return _take(train, max_train, 4), _take(test, max_test, 2), defect, [None] * len(defect)
+    return _take(train, max_train, 4), _take(test, max_test, 2), defect, [None] * len(defect), []
 
 
 def load_pv(root: Path, patch, max_test: int | None, max_train: int | None):
@@ -93,24 +105,27 @@ def load_pv(root: Path, patch, max_test: int | None, max_train: int | None):
                 masks.append(rescale_mask(m, x.shape))
     train, test = split_normal(normal)
     keep = _take(list(range(len(defect))), max_test, 3)
-    return _take(train, max_train, 4), _take(test, max_test, 2), [defect[i] for i in keep], [masks[i] for i in keep]
+    return _take(train, max_train, 4), _take(test, max_test, 2), [defect[i] for i in keep], [masks[i] for i in keep], []
 
 
-def run_one(name: str, data, method: str, seed: int, args) -> dict:
+def run_one(name: str, data, method: str, seed: int, args, bank_source: str = "none") -> dict:
     from factory.quality.anomaly.evaluate import evaluate_heat
     from factory.training.anomaly import AnomalyTrainConfig, train_anomaly
 
-    train, test_n, test_d, masks = data
+    train, test_n, test_d, masks, bank = data
+    if bank_source == "real" and not bank:
+        raise SystemExit(f"--banks real needs real defects set aside: give --bank-split > 0 (magnetic tile only)")
     cfg = AnomalyTrainConfig(method=method, patch_size=args.patch, scale=args.scale, patches_per_image=args.patches_per_image,
                              epochs=args.epochs, width=args.width, fused=2 * args.width, bottleneck=args.width,
                              head_width=args.width, threads=args.threads, seed=seed, batch_size=args.batch)
-    res = train_anomaly(f"{name} normal (80%)", None, cfg, images=train, use_gpu=args.gpu)
+    res = train_anomaly(f"{name} normal (80%)", None, cfg, images=train, use_gpu=args.gpu,
+                        defect_pairs=bank if bank_source == "real" else None)
     det = res["detector"]
     t = time.time()
     h_n, h_d = det.heat_scaled(test_n, rescaled=True), det.heat_scaled(test_d, rescaled=True)
     score_s = time.time() - t
     ev = evaluate_heat(h_n, h_d, masks, det.threshold("image", "f1"), det.threshold("pixel", "f1"))
-    row = {"data": name, "method": method, "seed": seed, "train_images": res["train_images"], "calib_images": res["val_images"],
+    row = {"data": name, "method": method + ("+bank" if bank_source == "real" else ""), "seed": seed, "train_images": res["train_images"], "calib_images": res["val_images"],
            "test_normal": len(test_n), "test_defect": len(test_d), "train_s": round(res["train_seconds"], 1),
            "image_auroc": ev["image_auroc"], "pixel_auroc": ev.get("pixel_auroc", float("nan")), "image_f1": ev["image"]["f1"],
            "calib_image_auroc": res["image_auroc"], "images_per_s": round((len(test_n) + len(test_d)) / score_s, 2)}
@@ -135,6 +150,11 @@ def main() -> None:
     ap.add_argument("--max-test", type=int, default=100, help="at most this many test images per side (seeded); 0 = all")
     ap.add_argument("--max-train", type=int, default=600, help="at most this many defect-free training images (ELPV, pv)")
     ap.add_argument("--full", action="store_true", help="GPU budget: native scale, 64 px patches, 16 per image, 30 epochs, width 16, all test images")
+    ap.add_argument("--bank-split", type=float, default=0.0,
+                    help="mt: this share of every defect folder leaves the test set (seeded) and may feed the bank")
+    ap.add_argument("--banks", nargs="+", default=["none"], choices=["none", "real"],
+                    help="uiidd-disc's simulated anomalies: Perlin/patch fills only (none), or also the set-aside real "
+                         "defects cut along their masks (real); both run on the same test split")
     ap.add_argument("--json", default=None)
     ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP + "; 1 epoch, scale 0.25, 4 test images a side, at most 32 train images")
     args = ap.parse_args()
@@ -153,15 +173,17 @@ def main() -> None:
     patch = PatchConfig(size=args.patch, scale=args.scale)
     root = Path(args.data)
     # --max-train caps magnetic tile's training images only in --smoke (its numbers use every MT_Free training tile)
-    loaders = {"mt": lambda: load_mt(root / "magnetic_tile", patch, max_test, args.max_train if args.smoke else None),
+    loaders = {"mt": lambda: load_mt(root / "magnetic_tile", patch, max_test, args.max_train if args.smoke else None,
+                                     args.bank_split),
                "elpv": lambda: load_elpv(patch, max_test, args.max_train),
                "pv": lambda: load_pv(root / "pv_vision_crack", patch, max_test, args.max_train)}
     rows = []
     for name in args.datasets:
         data = loaders[name]()
         for method in args.methods:
-            for seed in args.seeds:
-                rows.append(run_one(name, data, method, seed, args))
+            for bank_source in args.banks if method == "uiidd-disc" else ["none"]:
+                for seed in args.seeds:
+                    rows.append(run_one(name, data, method, seed, args, bank_source))
 
     print(f"\nQuality-gate anomaly benchmark on {machine()}")
     print(f"scale {args.scale}, {args.patch} px patches x {args.patches_per_image} per image, {args.epochs} epochs, width {args.width}, "

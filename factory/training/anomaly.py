@@ -306,9 +306,11 @@ def fit_anomaly_model(patches: np.ndarray, cfg: AnomalyTrainConfig, bank=None, n
 
 def train_anomaly(normal: str, out: str | None, cfg: AnomalyTrainConfig | None = None, num_workers: int = 1,
                   use_gpu: bool = False, val_anomalous: str | None = None, defects: str | None = None,
-                  storage_path: str | None = None, images: list | None = None, run_name: str | None = None) -> dict:
+                  storage_path: str | None = None, images: list | None = None, run_name: str | None = None,
+                  defect_pairs: list | None = None) -> dict:
     """Train, calibrate and save (when `out` is given); returns a summary with the detector
-    under "detector". `images` passes rescaled float images directly (then `normal` only names them)."""
+    under "detector". `images` passes rescaled float images directly (then `normal` only names
+    them); `defect_pairs` likewise passes (image, mask) pairs in place of loading `defects`."""
     from factory.quality.anomaly.calibrate import calibrate_patches
     from factory.quality.anomaly.detector import AnomalyDetector, ScoreConfig
     from factory.quality.anomaly.patches import random_patches
@@ -322,7 +324,9 @@ def train_anomaly(normal: str, out: str | None, cfg: AnomalyTrainConfig | None =
     x_train, x_val = split(images, cfg.val_fraction, cfg.seed)
     if not x_val:
         raise ValueError(f"need at least 2 defect-free images under {normal} (one for training, one held out), got {len(images)}")
-    bank = DefectBank.from_pairs(load_images(defects, patch, with_masks=True), cfg.patch_size) if defects else None
+    if defects and defect_pairs is None:
+        defect_pairs = load_images(defects, patch, with_masks=True)
+    bank = DefectBank.from_pairs(defect_pairs, cfg.patch_size) if defect_pairs else None
     patches = random_patches(x_train, cfg.patches_per_image, cfg.patch_size, np.random.default_rng(cfg.seed))
     t0 = time.time()
     model, head, result = fit_anomaly_model(patches, cfg, bank, num_workers, use_gpu, storage_path, run_name)
