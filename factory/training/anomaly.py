@@ -327,6 +327,7 @@ def train_anomaly(normal: str, out: str | None, cfg: AnomalyTrainConfig | None =
     if defects and defect_pairs is None:
         defect_pairs = load_images(defects, patch, with_masks=True)
     bank = DefectBank.from_pairs(defect_pairs, cfg.patch_size) if defect_pairs else None
+    defect_source = defects or (f"{len(defect_pairs)} (image, mask) pairs passed in" if defect_pairs else None)
     patches = random_patches(x_train, cfg.patches_per_image, cfg.patch_size, np.random.default_rng(cfg.seed))
     t0 = time.time()
     model, head, result = fit_anomaly_model(patches, cfg, bank, num_workers, use_gpu, storage_path, run_name)
@@ -335,7 +336,7 @@ def train_anomaly(normal: str, out: str | None, cfg: AnomalyTrainConfig | None =
                           patch=patch, meta={
                               "method": cfg.method, "trained_on": normal, "train_images": len(x_train),
                               "val_images": len(x_val), "train_patches": int(len(patches)), "train_config": asdict(cfg),
-                              "defect_source": defects, "train_seconds": round(train_s, 1), "workers": num_workers,
+                              "defect_source": defect_source, "train_seconds": round(train_s, 1), "workers": num_workers,
                               "backbone": cfg.backbone or "trained from scratch on the defect-free images"})
     anomalies = load_images(val_anomalous, patch, with_masks=True) if val_anomalous else None
     report = calibrate_patches(det, x_val, anomalies, seed=cfg.seed, bank=bank)
