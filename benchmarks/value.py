@@ -54,14 +54,13 @@ def real_sets(dataset: str, data: Path, work: Path, limit: int | None = None):
     from factory.data.adapters import RealSet, load_real, write_yolo
 
     real = load_real(dataset, data / dataset)
-    out = {}
+    out, by_split = {}, {}
     for split in ("train", "val"):
-        samples = [s for s in real.samples if s.split == split][:limit]
+        samples = by_split[split] = [s for s in real.samples if s.split == split][:limit]
         write_yolo(RealSet(f"{dataset}-{split}", real.class_names, samples, real.source), str(work / f"real-{split}"))
         out[split] = {"images": len(samples), "with_boxes": sum(1 for s in samples if s.boxes),
                       "boxes": sum(len(s.boxes) for s in samples)}
-    train_only = RealSet(real.name, real.class_names, [s for s in real.samples if s.split == "train"][:limit], real.source,
-                         real.settings)
+    train_only = RealSet(real.name, real.class_names, by_split["train"], real.source, real.settings)
     return str(work / "real-train"), str(work / "real-val"), {"classes": real.class_names, **out}, train_only
 
 
