@@ -50,13 +50,17 @@ SIZES = {
 def real_sets(dataset: str, data: Path, work: Path, limit: int | None = None):
     """The real train and eval splits as YOLO folders (train: train split; eval: held out),
     and the train split alone as a RealSet (a spec may name it as NAME@1: eval images can
-    then never reach a generator); `limit` (--smoke): the first that many images of each split."""
+    then never reach a generator); `limit` (--smoke): that many images of each split, evenly
+    spaced through it (magnetic tile lists its folders one after another: every class appears)."""
     from factory.data.adapters import RealSet, load_real, write_yolo
 
     real = load_real(dataset, data / dataset)
     out, by_split = {}, {}
     for split in ("train", "val"):
-        samples = by_split[split] = [s for s in real.samples if s.split == split][:limit]
+        samples = [s for s in real.samples if s.split == split]
+        if limit and len(samples) > limit:
+            samples = [samples[i * len(samples) // limit] for i in range(limit)]
+        by_split[split] = samples
         write_yolo(RealSet(f"{dataset}-{split}", real.class_names, samples, real.source), str(work / f"real-{split}"))
         out[split] = {"images": len(samples), "with_boxes": sum(1 for s in samples if s.boxes),
                       "boxes": sum(len(s.boxes) for s in samples)}
@@ -124,7 +128,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/factory-value"))
     ap.add_argument("--out", type=Path, default=Path("benchmark-value.json"))
     ap.add_argument("--smoke", action="store_true", help="smallest setting: the same code path end to end at tiny sizes "
-                    "(N=25 of the first 60 train images, the first 60 eval images, 1 seed, 2 steps, imgsz 64, "
+                    "(N=25 of 60 train images, 60 eval images, both evenly spaced, 1 seed, 2 steps, imgsz 64, "
                     "16 synthetic images), Ray limited to 2 CPUs; numbers mean nothing")
     a = ap.parse_args()
     size = dict(SIZES["full" if a.full else "cpu"])
