@@ -195,6 +195,11 @@ class _StubDetector:
 
     score_cfg, pre = _Cfg(), _Pre()
 
+    def __init__(self, outside_fractions=None):
+        from factory.quality.anomaly.detector import Calibration
+
+        self.calib = Calibration(outside_fractions=outside_fractions or {})
+
     def threshold(self, level, rule):
         return 1.0
 
@@ -220,6 +225,33 @@ def test_gate_rules_on_hand_made_heat():
     mask_extent = np.zeros((40, 40), bool)
     mask_extent[10:16, 10:14] = True
     assert gate.assess(heat, [_box(10, 10, 14, 16)], [mask_extent]).scores["spillover.max"] == 0.0
+
+
+def test_outside_limit_is_what_clean_calibration_images_show():
+    from factory.quality.anomaly.calibrate import outside_fraction
+    from factory.quality.gate import AnomalyGate
+
+    maps = []
+    for k in range(20):  # clean map k has a k x 2 px hot spot (k = 0, 1: none, or too small to count)
+        h = np.zeros((20, 20))
+        h[0:k, 0:2] = 1.0
+        maps.append(h)
+    shares = [2 * k / 400 if 2 * k >= 4 else 0.0 for k in range(20)]
+    assert outside_fraction(maps, 0.5) == pytest.approx(float(np.quantile(shares, 0.95)))
+    assert outside_fraction(maps, 2.0) == 0.0  # nothing reaches the threshold
+
+    heat = np.zeros((40, 40))
+    heat[10:16, 10:16] = 3.0  # the defect, in its box
+    heat[30:34, 30:36] = 3.0  # 24 px = 1.5% of the image elsewhere: what clean images of this line show
+    box = [_box(8, 8, 18, 18)]
+    fixed = AnomalyGate(_StubDetector(), margin=0.2, min_area=1)
+    assert [r.code for r in fixed.assess(heat, box).reasons] == ["outside_anomaly"]  # over the bare 0.5%
+    calibrated = AnomalyGate(_StubDetector({"f1": 0.02}), margin=0.2, min_area=1)
+    assert calibrated.max_outside_fraction == 0.02 and calibrated.assess(heat, box).accepted
+    heat[0:8, 20:40] = 3.0  # 10% more: beyond the calibrated share too
+    assert [r.code for r in calibrated.assess(heat, box).reasons] == ["outside_anomaly"]
+    # a spec's larger limit still wins
+    assert AnomalyGate(_StubDetector({"f1": 0.02}), max_outside_fraction=0.3).max_outside_fraction == 0.3
 
 
 # --- sanity and near-duplicates ------------------------------------------------------
@@ -348,7 +380,8 @@ def test_train_anomaly_under_ray_train(ray_local, tmp_path):
     assert summary["train_images"] == 8 and summary["val_images"] == 2
     assert summary["metrics"]["epoch"] == 1
     det = AnomalyDetector.load(str(out))
-    assert set(det.calib.pixel_thresholds) == {"f1", "youden", "recall90"}
+    assert set(det.calib.pixel_thresholds) == {"f1", "youden", "recall90"} == set(det.calib.outside_fractions)
+    assert all(0 <= v <= 1 for v in det.calib.outside_fractions.values())
     assert det.calib.source.startswith("simulated")
     spec = DatasetSpec(name="t", count=2, image={"width": 48, "height": 48}, defects=[{"class": "crack"}],
                        quality={"anomaly_checkpoint": str(out)})

@@ -6,7 +6,9 @@ Per sample, from the UIIDD heat map (normalized units; thresholds from the check
 - spillover (see `spillover.py`) of every box <= `spillover_max`; the defect's extent
   is the generator's own mask when it has one, else the heat map's components;
 - outside the boxes the image looks normal: anomalous components that touch no box
-  cover at most `max_outside_fraction` of the image;
+  cover at most `max_outside_fraction` of the image, or what the checkpoint's
+  defect-free calibration images show at the same threshold if that is more
+  (`Calibration.outside_fractions`: a clean background must pass);
 - a negative (no boxes) must score below the image threshold.
 Reasons are short `code: detail` strings ("spillover: 0.31 > 0.20") that the
 pipeline's report counts by code.
@@ -35,7 +37,7 @@ class AnomalyGate:
         self.rule = rule
         self.use_sample_masks = use_sample_masks
         self.margin = margin
-        self.max_outside_fraction = max_outside_fraction
+        self.max_outside_fraction = max(max_outside_fraction, detector.calib.outside_fractions.get(rule, 0.0))
         self.min_area = min_area
         self.batch_size = batch_size
         self.extent_rel = extent_rel  # heat-map extent = pixels >= extent_rel x the defect's peak

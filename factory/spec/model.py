@@ -187,7 +187,7 @@ class QualitySpec(StrictModel):
     image_threshold: float | None = Field(None, description="override the checkpoint's image-score threshold")
     use_generator_masks: bool = True
     box_margin: Annotated[float, Field(ge=0, le=2)] = 0.25
-    max_outside_fraction: Annotated[float, Field(ge=0, le=1)] = 0.005
+    max_outside_fraction: Annotated[float, Field(ge=0, le=1)] = 0.005  # raised to the checkpoint's calibrated share (gate.py)
     min_std: Annotated[float, Field(ge=0)] = 2.0
     max_saturated: Annotated[float, Field(ge=0, le=1)] = 0.5
     duplicate_distance: Annotated[int, Field(ge=-1, le=64)] = 4  # -1 disables near-duplicate rejection

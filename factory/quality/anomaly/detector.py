@@ -74,6 +74,9 @@ class Calibration:
     term_std_map: dict[str, list] = field(default_factory=dict)  # term -> S x S std (floored), for normalize=position
     image_thresholds: dict[str, float] = field(default_factory=dict)  # rule -> threshold on image scores
     pixel_thresholds: dict[str, float] = field(default_factory=dict)  # rule -> threshold on heat-map values
+    # rule -> share of a defect-free image above that rule's pixel threshold (a high quantile over the
+    # calibration split): the gate's outside-the-boxes limit is never below it (empty: older checkpoints)
+    outside_fractions: dict[str, float] = field(default_factory=dict)
     source: str = ""  # what the thresholds were chosen on
 
 
