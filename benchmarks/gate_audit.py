@@ -67,10 +67,11 @@ def main() -> None:
 
     torch.set_num_threads(1)
     from factory.quality.audit import audit, generate
+    from factory.generators.checks import check_spec
     from factory.spec import load_spec
     from factory.training.anomaly import AnomalyTrainConfig, train_anomaly
 
-    spec = load_spec(args.spec)
+    spec = check_spec(load_spec(args.spec), args.spec)  # as `factory quality audit` does: fills references
     tmp = Path(tempfile.mkdtemp(prefix="gate-audit-"))
     normal = args.normal
     if normal is None:
