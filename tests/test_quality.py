@@ -250,8 +250,9 @@ def test_outside_limit_is_what_clean_calibration_images_show():
     assert calibrated.max_outside_fraction == 0.02 and calibrated.assess(heat, box).accepted
     heat[0:8, 20:40] = 3.0  # 10% more: beyond the calibrated share too
     assert [r.code for r in calibrated.assess(heat, box).reasons] == ["outside_anomaly"]
-    # a spec's larger limit still wins
+    # a spec's larger limit still wins; an overriding pixel threshold is not the one calibrated
     assert AnomalyGate(_StubDetector({"f1": 0.02}), max_outside_fraction=0.3).max_outside_fraction == 0.3
+    assert AnomalyGate(_StubDetector({"f1": 0.02}), pixel_threshold=2.0).max_outside_fraction == 0.005
 
 
 # --- sanity and near-duplicates ------------------------------------------------------

@@ -37,7 +37,9 @@ class AnomalyGate:
         self.rule = rule
         self.use_sample_masks = use_sample_masks
         self.margin = margin
-        self.max_outside_fraction = max(max_outside_fraction, detector.calib.outside_fractions.get(rule, 0.0))
+        # what clean images show at the rule's own threshold (not at an overriding pixel_threshold)
+        calibrated = detector.calib.outside_fractions.get(rule, 0.0) if pixel_threshold is None else 0.0
+        self.max_outside_fraction = max(max_outside_fraction, calibrated)
         self.min_area = min_area
         self.batch_size = batch_size
         self.extent_rel = extent_rel  # heat-map extent = pixels >= extent_rel x the defect's peak
