@@ -66,8 +66,8 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    from factory.quality.audit import audit, generate
     from factory.generators.checks import check_spec
+    from factory.quality.audit import audit, generate
     from factory.spec import load_spec
     from factory.training.anomaly import AnomalyTrainConfig, train_anomaly
 

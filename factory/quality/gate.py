@@ -21,6 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from factory.core import Box, Reason, Sample
+from factory.quality.anomaly.postprocess import MIN_ANOMALY_AREA
 from factory.quality.base import Verdict
 from factory.quality.spillover import box_mask, extents_from_binary, sample_extents, spillover, spillover_reasons
 
@@ -30,7 +31,7 @@ class AnomalyGate:
 
     def __init__(self, detector, spillover_max: float = 0.2, rule: str = "f1", use_sample_masks: bool = True,
                  margin: float = 0.25, max_outside_fraction: float = 0.005, pixel_threshold: float | None = None,
-                 image_threshold: float | None = None, min_area: int = 4, batch_size: int = 16,
+                 image_threshold: float | None = None, min_area: int = MIN_ANOMALY_AREA, batch_size: int = 16,
                  mask_spillover_reasons: bool = True, extent_rel: float = 0.5):
         self.detector = detector
         self.spillover_max = spillover_max

@@ -14,7 +14,7 @@ import torch
 
 from factory.quality.anomaly.detector import TERMS, AnomalyDetector
 from factory.quality.anomaly.patches import tiles
-from factory.quality.anomaly.postprocess import connected_components
+from factory.quality.anomaly.postprocess import MIN_ANOMALY_AREA, connected_components
 from factory.quality.anomaly.simulate import DefectBank, simulate
 from factory.quality.anomaly.thresholds import auroc, select_thresholds
 
@@ -31,7 +31,6 @@ NORMAL_PIXEL_QUANTILE = 0.99
 # area (the demo gate: two thirds of its defect-free calibration images over the old fixed 0.5%), so
 # the limit is calibrated too: this quantile of that share over the defect-free calibration images.
 NORMAL_OUTSIDE_QUANTILE = 0.95
-MIN_COMPONENT_AREA = 4  # px; the gate's default min_area
 
 
 @torch.no_grad()
@@ -99,9 +98,9 @@ def _thresholds(det: AnomalyDetector, h_norm: list, h_anom: list, masks: list, s
 
 
 def outside_fraction(h_norm: list, threshold: float, quantile: float = NORMAL_OUTSIDE_QUANTILE) -> float:
-    """The `quantile` of the share of each defect-free heat map covered by components (>= MIN_COMPONENT_AREA
+    """The `quantile` of the share of each defect-free heat map covered by components (>= MIN_ANOMALY_AREA
     px) at or above `threshold`: how much "anomalous" area a clean image shows at that threshold."""
-    shares = [float((connected_components(np.asarray(h) >= threshold, MIN_COMPONENT_AREA)[0] > 0).mean()) for h in h_norm]
+    shares = [float((connected_components(np.asarray(h) >= threshold, MIN_ANOMALY_AREA)[0] > 0).mean()) for h in h_norm]
     return float(np.quantile(shares, quantile))
 
 

@@ -22,6 +22,9 @@ def gaussian_smooth(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     return F.conv2d(x, k.view(1, 1, -1, 1))
 
 
+MIN_ANOMALY_AREA = 4  # px: smaller anomalous components are noise (the gate's and its calibration's one rule)
+
+
 def connected_components(binary: np.ndarray, min_area: int = 1) -> tuple[np.ndarray, int]:
     """8-connected components of a HxW bool map; components smaller than min_area are dropped.
     Returns (labels with 0 = background and 1..n, n)."""
