@@ -204,6 +204,39 @@ def test_split_scoring_pool_writes_the_same_shards(ray_local, tmp_path, monkeypa
     assert parquet(split.uri) == parquet(fused.uri)
 
 
+_RUN_THEN_COUNT_FREE_CPUS = r"""
+import gc, sys, time
+from pathlib import Path
+import ray
+from factory.pipeline import RunOptions, run_dataset
+from factory.ray_runtime import ensure_ray
+from factory.spec import load_spec
+ensure_ray(num_cpus=2)
+gc.disable()  # no collection but the run's own
+for k in range(3):  # whether a run's last tasks are still in flight as it stops is a race: three tries
+    run_dataset(load_spec(Path(sys.argv[1])), RunOptions(out=f"{sys.argv[2]}/{k}", overprovision=20))
+    deadline = time.time() + 30  # actors die asynchronously
+    while ray.available_resources().get("CPU", 0.0) < 2 and time.time() < deadline:
+        time.sleep(0.2)
+    print("FREE_CPUS", ray.available_resources().get("CPU", 0.0))
+"""
+
+
+@pytest.mark.ray
+def test_a_finished_run_gives_its_actors_resources_back(tmp_path):
+    """Ray Data lets a finished pool's actors go by dropping its handles, which its
+    executor keeps in reference cycles. A run must not leave them holding CPUs: in CI
+    a Train run started next in the same process (benchmarks/value.py) waited for them
+    until it timed out. Its own driver process, as there; planned far past `count`, so
+    the run stops with generator tasks in flight, which is when the cycles form."""
+    spec = tiny_spec(tmp_path, count=2, size=512, shard=1, name="free")
+    env = os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run([sys.executable, "-c", _RUN_THEN_COUNT_FREE_CPUS, str(spec), str(tmp_path / "reg")],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split().count("2.0") == 3, proc.stdout[-2000:]
+
+
 @pytest.mark.ray
 def test_worker_kill_9_mid_run_loses_nothing(ray_local, tmp_path):
     """kill -9 the generator actor's process while it writes shards: Ray restarts
@@ -225,14 +258,27 @@ def test_worker_kill_9_mid_run_loses_nothing(ray_local, tmp_path):
         except BaseException as e:  # noqa: BLE001 - re-raised below, in the test's thread
             result["e"] = e
 
+    def generator_actors() -> list:
+        found = []
+        for p in psutil.Process().children(recursive=True):
+            try:
+                if "GenerateStage" in " ".join(p.cmdline()):
+                    found.append(p)
+            except psutil.Error:  # it ended meanwhile
+                pass
+        return found
+
+    deadline = time.time() + 30  # an earlier test's actors die asynchronously after its run
+    while generator_actors() and time.time() < deadline:
+        time.sleep(0.2)
+    assert not generator_actors(), "generator actors outlived the runs that made them"
     t = threading.Thread(target=run)
     t.start()
     deadline = time.time() + 120
     while time.time() < deadline and not (shards.exists() and len(list(shards.glob("*.json"))) >= 2):
         assert t.is_alive(), f"the run ended before a worker could be killed: {result}"
         time.sleep(0.01)
-    workers = [p for p in psutil.Process().children(recursive=True)
-               if "GenerateStage" in " ".join(p.cmdline())]
+    workers = generator_actors()
     assert len(workers) == 1, [w.cmdline() for w in workers]
     done_at_kill = len(list(shards.glob("*.json")))
     workers[0].kill()  # SIGKILL

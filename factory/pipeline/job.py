@@ -20,6 +20,7 @@ first shard leaves no staging behind.
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 import uuid
@@ -179,6 +180,11 @@ def _generate(spec: DatasetSpec, o: RunOptions, reg: Registry, version: int, sta
                 on_progress(prog)
             if run.done >= spec.count:
                 break
+        # Ray Data lets a finished pool's actors go by dropping its handles (it kills
+        # none), and its executor keeps those in reference cycles: until the cycle
+        # collector runs, the generator actors stay alive holding their CPUs/GPUs, and
+        # what this process starts next on Ray (a Train run after a publish) waits for them.
+        gc.collect()
     return prog
 
 
