@@ -174,17 +174,19 @@ def _generate(spec: DatasetSpec, o: RunOptions, reg: Registry, version: int, sta
             state["rounds"] = prog.round
             reg.save_run_state(spec.name, version, state)
         log.info("round %d: %d items", prog.round, sum(b - a for a, b in todo))
-        for rec in run_round(spec, o, staging, spec_hash, todo):
-            run.take(rec)
-            if on_progress:
-                on_progress(prog)
-            if run.done >= spec.count:
-                break
-        # Ray Data lets a finished pool's actors go by dropping its handles (it kills
-        # none), and its executor keeps those in reference cycles: until the cycle
-        # collector runs, the generator actors stay alive holding their CPUs/GPUs, and
-        # what this process starts next on Ray (a Train run after a publish) waits for them.
-        gc.collect()
+        try:
+            for rec in run_round(spec, o, staging, spec_hash, todo):
+                run.take(rec)
+                if on_progress:
+                    on_progress(prog)
+                if run.done >= spec.count:
+                    break
+        finally:
+            # Ray Data lets a finished pool's actors go by dropping its handles (it kills
+            # none), and its executor keeps those in reference cycles: until the cycle
+            # collector runs, the generator actors stay alive holding their CPUs/GPUs, and
+            # what this process starts next on Ray (a Train run after a publish) waits for them.
+            gc.collect()
     return prog
 
 
