@@ -143,6 +143,27 @@ def test_broken_variants_erase_and_move_the_defect():
     assert v["blank"].image.std() == 0 and (v["saturated"].image == 255).all()
 
 
+def test_clean_renders_erase_exactly_the_defect():
+    """A generator that draws the item without boxes into the same image outside them gives
+    the truest erased variant; a sample that differs outside its boxes falls back to inpainting."""
+    from factory.quality.audit import broken_variants, clean_renders
+
+    samples = _procedural_samples(3)
+    samples[2] = Sample(samples[2].item, samples[2].image.copy(), samples[2].boxes, samples[2].mask)
+    samples[2].image[0, 0] ^= 64  # not what its generator draws: its clean render cannot be trusted
+    clean = clean_renders(samples)
+    assert clean[0] is not None and clean[1] is not None and clean[2] is None
+    for s, c in zip(samples[:2], clean):
+        outside = np.ones(s.image.shape[:2], bool)
+        for b in s.boxes:
+            outside[b.y1 : b.y2, b.x1 : b.x2] = False
+        assert (c[outside] == s.image[outside]).all() and (c[s.mask > 0] != s.image[s.mask > 0]).any()
+        v = broken_variants(s, np.random.default_rng(0), c)
+        assert (v["erased"].image == c).all()
+        moved = v["moved"].image
+        assert (moved[s.mask == 0] == c[s.mask == 0]).sum() > 0.9 * (s.mask == 0).sum()  # the defect, pasted on the clean render
+
+
 def test_audit_without_anomaly_model_counts_by_construction():
     """Without an anomaly checkpoint only sanity catches anything: blank and saturated are
     rejected, erased and moved defects pass (the reason the gate needs the anomaly model)."""
@@ -158,6 +179,7 @@ def test_audit_without_anomaly_model_counts_by_construction():
     assert rows["good"]["n"] == 4 and rows["good"]["kept_rate"] == 1.0
     assert rows["blank"]["rejected_rate"] == 1.0 and rows["saturated"]["rejected_rate"] == 1.0
     assert rows["erased"]["rejected"] == 0 and rows["moved"]["rejected"] == 0
+    assert rows["erased"]["erased_by"] == {"clean render": 4, "inpainting": 0}
     assert res["broken_rejected_rate"] == pytest.approx(8 / (8 + rows["moved"]["n"] + 4))
 
 

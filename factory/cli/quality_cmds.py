@@ -120,6 +120,8 @@ def audit_cmd(
             verb = f"kept {r['n'] - r['rejected']}/{r['n']} ({r['kept_rate']:.0%})" if name == "good" else \
                 f"rejected {r['rejected']}/{r['n']} ({r['rejected_rate']:.0%})"
             console.print(f"  {name:10s} {verb}   reasons {r['reasons']}")
+            if "erased_by" in r:
+                console.print(f"  {'':10s} erased as clean renders: {r['erased_by']['clean render']}, by inpainting: {r['erased_by']['inpainting']}")
         console.print(f"broken rejected {res['broken_rejected_rate']:.0%}, good kept {res['good_kept_rate']:.0%}")
 
 

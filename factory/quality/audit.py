@@ -4,10 +4,14 @@
 
 Builds a control set from the spec's own generators: the samples as generated (the
 gate should keep them) and broken variants of each (it should reject them):
-- `erased`: the defect removed by inpainting its mask (or, without a mask, its boxes)
-  from the surrounding background (cv2.inpaint): a generator whose defect went missing;
-- `moved`: the defect's pixels shifted outside its box, the box left where it was
-  (the old place inpainted): a defect that spilled out of its box;
+- `erased`: the sample without its defect, a generator whose defect went missing. Where
+  the generator draws the same item without boxes into the very same image outside
+  them (procedural, transplant), that clean render is the erased sample; otherwise
+  (learned generators redraw everything) the defect's mask, or its boxes, is inpainted
+  from the surrounding background (cv2.inpaint), which leaves smears a gate may
+  rightly call anomalous, so the report counts which way each sample was erased;
+- `moved`: the defect's pixels shifted outside its box onto the erased image, the box
+  left where it was: a defect that spilled out of its box;
 - `blank`: one flat grey level; `saturated`: all white.
 Every variant is stripped of the generator's mask and defect maps so that only the
 pixels decide, as for a learned generator that fails silently. Each variant is
@@ -51,9 +55,10 @@ def inpaint(image: np.ndarray, mask: np.ndarray, grow: int = 2) -> np.ndarray:
     return np.stack(chans, -1)
 
 
-def move_outside(image: np.ndarray, mask: np.ndarray, boxes: Sequence[Box], rng: np.random.Generator) -> np.ndarray | None:
-    """The defect pixels pasted where they overlap no box (the old place inpainted); None if
-    no such place exists in the image."""
+def move_outside(image: np.ndarray, mask: np.ndarray, boxes: Sequence[Box], rng: np.random.Generator,
+                 erased: np.ndarray | None = None) -> np.ndarray | None:
+    """The defect pixels pasted where they overlap no box, onto `erased` (default: the old
+    place inpainted); None if no such place exists in the image."""
     H, W = mask.shape
     ys, xs = np.nonzero(mask)
     if not len(ys):
@@ -67,20 +72,22 @@ def move_outside(image: np.ndarray, mask: np.ndarray, boxes: Sequence[Box], rng:
         moved = np.zeros((H, W), bool)
         moved[ys + dy, xs + dx] = True
         if not (moved & boxed).any():
-            out = inpaint(image, mask)
+            out = (inpaint(image, mask) if erased is None else erased).copy()
             out[ys + dy, xs + dx] = image[ys, xs]
             return out
     return None
 
 
-def broken_variants(sample: Sample, rng: np.random.Generator) -> dict[str, Sample]:
-    """The sample stripped of masks (`good`) and its broken versions; `moved` is left out
-    when the defect cannot be placed outside every box."""
+def broken_variants(sample: Sample, rng: np.random.Generator, clean: np.ndarray | None = None) -> dict[str, Sample]:
+    """The sample stripped of masks (`good`) and its broken versions; `clean` is the sample
+    drawn without its defects (`clean_renders`), else the defect is inpainted. `moved` is
+    left out when the defect cannot be placed outside every box."""
     plain = replace(sample, mask=None, meta={k: v for k, v in sample.meta.items() if k != "defect_maps"})
     img = sample.image
     m = defect_mask(sample)
-    out = {"good": plain, "erased": replace(plain, image=inpaint(img, m))}
-    moved = move_outside(img, m, sample.boxes, rng)
+    erased = inpaint(img, m) if clean is None else clean
+    out = {"good": plain, "erased": replace(plain, image=erased)}
+    moved = move_outside(img, m, sample.boxes, rng, erased)
     if moved is not None:
         out["moved"] = replace(plain, image=moved)
     out["blank"] = replace(plain, image=np.full_like(img, int(img.mean())))
@@ -88,18 +95,47 @@ def broken_variants(sample: Sample, rng: np.random.Generator) -> dict[str, Sampl
     return out
 
 
+def draw_items(items: Sequence, device: str, tolerate_errors: bool = False) -> list[Sample | None]:
+    """Items drawn by their own generators, in order (one generator per kind/checkpoint/params);
+    with `tolerate_errors`, None for the items of a generator that cannot draw them."""
+    by_gen: dict[tuple, list[int]] = {}
+    for i, it in enumerate(items):
+        by_gen.setdefault((it.generator, it.checkpoint, repr(sorted(it.params.items()))), []).append(i)
+    out: list[Sample | None] = [None] * len(items)
+    for (kind, checkpoint, _), idx in by_gen.items():
+        gen = load_generator(kind, checkpoint, items[idx[0]].params, device=device)
+        try:
+            drawn = gen.generate([items[i] for i in idx])
+        except Exception:
+            if not tolerate_errors:
+                raise
+            continue
+        for i, s in zip(idx, drawn):
+            out[i] = s
+    return out
+
+
 def generate(spec, n: int, device: str = "cpu") -> list[Sample]:
     """The first `n` items of the spec's plan that have boxes, drawn by their own generators."""
-    items = [it for it in plan(spec, n=4 * n) if it.boxes][:n]
-    by_gen: dict[tuple, list] = {}
-    for it in items:
-        key = (it.generator, it.checkpoint, repr(sorted(it.params.items())))
-        by_gen.setdefault(key, []).append(it)
-    samples = []
-    for (kind, checkpoint, _), group in by_gen.items():
-        gen = load_generator(kind, checkpoint, group[0].params, device=device)
-        samples += gen.generate(group)
-    return samples
+    return draw_items([it for it in plan(spec, n=4 * n) if it.boxes][:n], device)
+
+
+def clean_renders(samples: Sequence[Sample], device: str = "cpu", grow: int = 2, tolerance: int = 2) -> list[np.ndarray | None]:
+    """Each sample's item drawn again without boxes, kept only where it equals the sample
+    (within `tolerance` grey levels) everywhere outside the sample's planned and final boxes
+    grown by `grow` px: then it is exactly that sample with its defects missing. None where
+    the generator redraws more than the boxes, or cannot draw the item without them."""
+    clean = draw_items([replace(s.item, boxes=()) for s in samples], device, tolerate_errors=True)
+    out = []
+    for s, c in zip(samples, clean):
+        H, W = s.image.shape[:2]
+        inside = np.zeros((H, W), bool)
+        for b in (*s.item.boxes, *s.boxes):
+            inside[max(0, b.y1 - grow) : b.y2 + grow, max(0, b.x1 - grow) : b.x2 + grow] = True
+        same = c is not None and c.image.shape == s.image.shape and \
+            int(np.abs(c.image.astype(np.int16) - s.image.astype(np.int16))[~inside].max(initial=0)) <= tolerance
+        out.append(c.image if same else None)
+    return out
 
 
 def audit(spec, checkpoint: str | None, n: int = 200, seed: int = 0, device: str = "cpu",
@@ -110,10 +146,11 @@ def audit(spec, checkpoint: str | None, n: int = 200, seed: int = 0, device: str
         spec = spec.model_copy(update={"quality": spec.quality.model_copy(update={"anomaly_checkpoint": checkpoint})})
     scorers = build_scorers(spec, device)
     samples = samples if samples is not None else generate(spec, n, device)
+    clean = clean_renders(samples, device)
     rng = np.random.default_rng(seed)
     variants: dict[str, list[Sample]] = {}
-    for s in samples:
-        for name, v in broken_variants(s, rng).items():
+    for s, c in zip(samples, clean):
+        for name, v in broken_variants(s, rng, c).items():
             variants.setdefault(name, []).append(v)
     rows = {}
     for name in ("good", *BROKEN):
@@ -123,6 +160,8 @@ def audit(spec, checkpoint: str | None, n: int = 200, seed: int = 0, device: str
         codes = Counter(r.code for v in verdicts for r in v.reasons)
         rows[name] = {"n": len(batch), "rejected": rejected, "rejected_rate": rejected / max(len(batch), 1),
                       "kept_rate": 1 - rejected / max(len(batch), 1), "reasons": dict(codes.most_common())}
+    n_clean = sum(c is not None for c in clean)
+    rows["erased"]["erased_by"] = {"clean render": n_clean, "inpainting": len(samples) - n_clean}
     return {"spec": spec.name, "checkpoint": checkpoint, "scorers": [s.name for s in scorers], "variants": rows,
             "broken_rejected_rate": _pooled(rows, BROKEN), "good_kept_rate": rows["good"]["kept_rate"]}
 
