@@ -120,10 +120,11 @@ def generate(spec, n: int, device: str = "cpu") -> list[Sample]:
     return draw_items([it for it in plan(spec, n=4 * n) if it.boxes][:n], device)
 
 
-def clean_renders(samples: Sequence[Sample], device: str = "cpu", grow: int = 2, tolerance: int = 2) -> list[np.ndarray | None]:
+def clean_renders(samples: Sequence[Sample], device: str = "cpu", grow: int = 4, tolerance: int = 2) -> list[np.ndarray | None]:
     """Each sample's item drawn again without boxes, kept only where it equals the sample
     (within `tolerance` grey levels) everywhere outside the sample's planned and final boxes
-    grown by `grow` px: then it is exactly that sample with its defects missing. None where
+    grown by `grow` px (the transplant generator's blending margin at its default feather):
+    then it is exactly that sample with its defects missing. None where
     the generator redraws more than the boxes, or cannot draw the item without them."""
     clean = draw_items([replace(s.item, boxes=()) for s in samples], device, tolerate_errors=True)
     out = []
