@@ -35,12 +35,10 @@ def render_negatives(spec, n: int, folder: Path) -> None:
     """Defect-free images from the spec's generators: plan items far past the audited ones, boxes removed."""
     from PIL import Image
 
-    from factory.generators.base import load_generator
     from factory.planning import plan
+    from factory.quality.audit import draw_items
 
-    items = [replace(it, boxes=()) for it in plan(spec, n=n, start=100_000)]
-    gen = load_generator(items[0].generator, items[0].checkpoint, items[0].params)
-    for i, s in enumerate(gen.generate(items)):
+    for i, s in enumerate(draw_items([replace(it, boxes=()) for it in plan(spec, n=n, start=100_000)], "cpu")):
         Image.fromarray(s.image[..., 0] if s.image.shape[-1] == 1 else s.image).save(folder / f"{i:05d}.png")
 
 
@@ -56,6 +54,10 @@ def main() -> None:
     ap.add_argument("--patches-per-image", type=int, default=8)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--width", type=int, default=8)
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0], help="gate training seeds (one row each)")
+    ap.add_argument("--defects", type=int, default=0,
+                    help="train the head with this many of the spec's own labelled defects (other plan items) among its simulated anomalies; "
+                         "a transplant spec's are the same source instances its audited samples paste")
     ap.add_argument("--json", default=None)
     ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP + "; 16 normal images, 4 audited, 1 epoch")
     args = ap.parse_args()
@@ -67,9 +69,10 @@ def main() -> None:
 
     torch.set_num_threads(1)
     from factory.generators.checks import check_spec
-    from factory.quality.audit import audit, generate
+    from factory.quality.anomaly.patches import PatchConfig
+    from factory.quality.audit import audit, generate, labelled_defects
     from factory.spec import load_spec
-    from factory.training.anomaly import AnomalyTrainConfig, train_anomaly
+    from factory.training.anomaly import AnomalyTrainConfig, pairs_at_scale, train_anomaly
 
     spec = check_spec(load_spec(args.spec), args.spec)  # as `factory quality audit` does: fills references
     tmp = Path(tempfile.mkdtemp(prefix="gate-audit-"))
@@ -79,27 +82,33 @@ def main() -> None:
         render_negatives(spec, args.n_normal, tmp / "normal")
         normal = str(tmp / "normal")
     samples = generate(spec, args.n)
+    pairs = pairs_at_scale(labelled_defects(spec, args.defects), PatchConfig(size=args.patch, scale=args.scale)) if args.defects else None
     rows, out = [], {}
     for method in args.methods:
-        cfg = AnomalyTrainConfig(method=method, patch_size=args.patch, scale=args.scale, patches_per_image=args.patches_per_image,
-                                 epochs=args.epochs, width=args.width, fused=2 * args.width, bottleneck=args.width, head_width=args.width)
-        ckpt = f"file://{tmp}/gate-{method}"
-        t = time.time()
-        res = train_anomaly(normal, ckpt, cfg)
-        train_s = time.time() - t
-        rep = audit(spec, ckpt, samples=samples)
-        out[method] = rep | {"train_s": train_s}
-        v = rep["variants"]
-        rows.append([method, f"{res['train_images']} / {res['val_images']}", f"{train_s:.0f}",
-                     f"{v['good']['kept_rate']:.0%} of {v['good']['n']}",
-                     *[f"{v[k]['rejected_rate']:.0%} of {v[k]['n']}" for k in ("erased", "moved", "blank", "saturated")],
-                     f"{rep['broken_rejected_rate']:.0%}", json.dumps(v["good"]["reasons"])])
-        print(json.dumps(out[method], default=float), flush=True)
+        for seed in args.seeds:
+            cfg = AnomalyTrainConfig(method=method, patch_size=args.patch, scale=args.scale, patches_per_image=args.patches_per_image,
+                                     epochs=args.epochs, width=args.width, fused=2 * args.width, bottleneck=args.width,
+                                     head_width=args.width, seed=seed)
+            ckpt = f"file://{tmp}/gate-{method}-{seed}"
+            t = time.time()
+            res = train_anomaly(normal, ckpt, cfg, defect_pairs=pairs if method == "uiidd-disc" else None)
+            train_s = time.time() - t
+            rep = audit(spec, ckpt, samples=samples)
+            out[f"{method} seed {seed}"] = rep | {"train_s": train_s}
+            v = rep["variants"]
+            rows.append([method, seed, f"{res['train_images']} / {res['val_images']}", f"{train_s:.0f}",
+                         f"{v['good']['kept_rate']:.0%} of {v['good']['n']}",
+                         *[f"{v[k]['rejected_rate']:.0%} of {v[k]['n']}" for k in ("erased", "moved", "blank", "saturated")],
+                         f"{rep['broken_rejected_rate']:.0%}", json.dumps(v["good"]["reasons"])])
+            print(json.dumps(out[f"{method} seed {seed}"], default=float), flush=True)
     print(f"\nGate audit of {spec.name} ({args.spec}) on {machine()}")
     print(f"{args.patch} px patches at scale {args.scale}, {args.patches_per_image} per image, {args.epochs} epochs, width {args.width}; "
-          f"normal images: {'the spec generator negatives' if args.normal is None else args.normal}\n")
-    print(table(["method", "train / calib images", "train s", "good kept", "erased rejected", "moved rejected", "blank rejected",
+          f"normal images: {'the spec generator negatives' if args.normal is None else args.normal}; "
+          f"labelled defects in the head's simulated anomalies: {args.defects or 'none'}\n")
+    print(table(["method", "seed", "train / calib images", "train s", "good kept", "erased rejected", "moved rejected", "blank rejected",
                  "saturated rejected", "all broken rejected", "why good ones were rejected"], rows))
+    by = rep["variants"]["erased"]["erased_by"]
+    print(f"\nerased samples: {by['clean render']} drawn by their generator without the defect, {by['inpainting']} inpainted")
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1, default=float))
 

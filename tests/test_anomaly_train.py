@@ -71,3 +71,26 @@ def test_config_errors_name_the_field():
         AnomalyTrainConfig(method="draem")
     with pytest.raises(ValueError, match="patch_size"):
         AnomalyTrainConfig(patch_size=30)
+
+
+@pytest.mark.ray
+def test_train_command_takes_labelled_defects_from_a_spec(ray_local, tmp_path):
+    """`--defects-from SPEC`: the spec's own generators draw labelled defects for the head's
+    simulated anomalies, and the checkpoint records where they came from."""
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from factory.cli import app
+
+    spec = Path(__file__).resolve().parents[1] / "specs" / "demo-pv-el.yaml"
+    normal = _normal_folder(tmp_path / "normal", n=5, size=(48, 48))
+    out = tmp_path / "gate"
+    args = ["train", "anomaly", "--normal", str(normal), "--out", f"file://{out}", "--patch-size", "16", "--scale", "0.5",
+            "--patches-per-image", "4", "--epochs", "1", "--width", "4", "--batch-size", "4"]
+    both = CliRunner().invoke(app, args + ["--defects", str(normal), "--defects-from", str(spec)])
+    assert both.exit_code != 0 and "not both" in both.output
+    res = CliRunner().invoke(app, args + ["--defects-from", str(spec), "--n-defects", "3"])
+    assert res.exit_code == 0, res.output
+    meta = json.loads((out / "config.json").read_text())["meta"]
+    assert meta["defect_source"].startswith("3 labelled samples drawn by the generators of spec demo-pv-el")

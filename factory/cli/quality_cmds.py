@@ -32,6 +32,8 @@ def train_anomaly_cmd(
     lr: float = typer.Option(2e-4),
     width: int = typer.Option(16, help="backbone width (channels at the first level)"),
     defects: Optional[str] = typer.Option(None, help="labelled real defects (images with masks beside them) to transplant as simulated anomalies; never evaluation images"),
+    defects_from: Optional[Path] = typer.Option(None, "--defects-from", help="a spec whose own generators draw the labelled defects (plan items far past the ones it publishes first or audits)"),
+    n_defects: int = typer.Option(200, help="how many labelled samples --defects-from draws"),
     workers: int = typer.Option(1, help="Ray Train workers (DDP when > 1)"),
     threads: int = typer.Option(1, help="torch threads (and CPUs) per worker"),
     gpu: bool = typer.Option(False, "--gpu/--no-gpu", help="one GPU per worker"),
@@ -48,8 +50,20 @@ def train_anomaly_cmd(
         cfg = AnomalyTrainConfig(method=method, patch_size=patch_size, scale=scale, patches_per_image=patches_per_image,
                                  epochs=epochs, batch_size=batch_size, lr=lr, width=width,
                                  backbone=str(backbone) if backbone else None, seed=seed, threads=threads, max_images=max_images)
+        pairs = source = None
+        if defects_from is not None:
+            if defects:
+                raise ValueError("give --defects or --defects-from, not both")
+            from factory.generators.checks import check_spec
+            from factory.quality.audit import labelled_defects
+            from factory.training.anomaly import pairs_at_scale
+
+            spec = check_spec(load_spec_or_exit(defects_from), defects_from)
+            pairs = pairs_at_scale(labelled_defects(spec, n_defects), cfg.patch_config())
+            source = f"{len(pairs)} labelled samples drawn by the generators of spec {spec.name} ({defects_from})"
         ensure_ray(address)
-        res = train_anomaly(normal, out, cfg, num_workers=workers, use_gpu=gpu, val_anomalous=val_anomalous, defects=defects)
+        res = train_anomaly(normal, out, cfg, num_workers=workers, use_gpu=gpu, val_anomalous=val_anomalous, defects=defects,
+                            defect_pairs=pairs, defect_source=source)
         console.print(f"{method}: trained on {res['train_images']} images ({res['val_images']} held out) in {res['train_seconds']:.0f} s")
         console.print(f"calibration ({res['source']} anomalies): image AUROC {res['image_auroc']:.3f}, pixel AUROC {res['pixel_auroc']:.3f}")
         console.print(f"image thresholds {json.dumps({k: round(v, 3) for k, v in res['image_thresholds'].items()})}")

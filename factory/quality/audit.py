@@ -120,6 +120,13 @@ def generate(spec, n: int, device: str = "cpu") -> list[Sample]:
     return draw_items([it for it in plan(spec, n=4 * n) if it.boxes][:n], device)
 
 
+def labelled_defects(spec, n: int, device: str = "cpu", start: int = 200_000) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(image, bool defect mask) of `n` samples the spec's own generators draw for plan items
+    from `start` on, far past the ones `generate` audits: defects of the kind the spec draws,
+    labelled, for the gate's simulated anomalies (`factory train anomaly --defects-from`)."""
+    return [(s.image, defect_mask(s)) for s in draw_items([it for it in plan(spec, n=4 * n, start=start) if it.boxes][:n], device)]
+
+
 def clean_renders(samples: Sequence[Sample], device: str = "cpu", grow: int = 4, tolerance: int = 2) -> list[np.ndarray | None]:
     """Each sample's item drawn again without boxes, kept only where it equals the sample
     (within `tolerance` grey levels) everywhere outside the sample's planned and final boxes

@@ -111,6 +111,17 @@ def load_images(uri: str, patch, max_images: int | None = None, with_masks: bool
         return out
 
 
+def pairs_at_scale(pairs, patch) -> list:
+    """(image, mask) pairs at any size -> the model's scale, as `load_images(..., with_masks=True)` gives them."""
+    from factory.quality.anomaly.patches import rescale, rescale_mask
+
+    out = []
+    for image, mask in pairs:
+        x = rescale(image, patch)
+        out.append((x, rescale_mask(mask, x.shape)))
+    return out
+
+
 def split(items: list, val_fraction: float, seed: int) -> tuple[list, list]:
     idx = np.random.default_rng(seed).permutation(len(items))
     n_val = max(1, int(round(len(items) * val_fraction))) if len(items) > 1 else 0
@@ -307,10 +318,11 @@ def fit_anomaly_model(patches: np.ndarray, cfg: AnomalyTrainConfig, bank=None, n
 def train_anomaly(normal: str, out: str | None, cfg: AnomalyTrainConfig | None = None, num_workers: int = 1,
                   use_gpu: bool = False, val_anomalous: str | None = None, defects: str | None = None,
                   storage_path: str | None = None, images: list | None = None, run_name: str | None = None,
-                  defect_pairs: list | None = None) -> dict:
+                  defect_pairs: list | None = None, defect_source: str | None = None) -> dict:
     """Train, calibrate and save (when `out` is given); returns a summary with the detector
     under "detector". `images` passes rescaled float images directly (then `normal` only names
-    them); `defect_pairs` likewise passes (image, mask) pairs in place of loading `defects`."""
+    them); `defect_pairs` likewise passes (image, mask) pairs at the model's scale in place of
+    loading `defects` (`defect_source` says where they came from, for the checkpoint's record)."""
     from factory.quality.anomaly.calibrate import calibrate_patches
     from factory.quality.anomaly.detector import AnomalyDetector, ScoreConfig
     from factory.quality.anomaly.patches import random_patches
@@ -327,7 +339,7 @@ def train_anomaly(normal: str, out: str | None, cfg: AnomalyTrainConfig | None =
     if defects and defect_pairs is None:
         defect_pairs = load_images(defects, patch, with_masks=True)
     bank = DefectBank.from_pairs(defect_pairs, cfg.patch_size) if defect_pairs else None
-    defect_source = defects or (f"{len(defect_pairs)} (image, mask) pairs passed in" if defect_pairs else None)
+    defect_source = defects or defect_source or (f"{len(defect_pairs)} (image, mask) pairs passed in" if defect_pairs else None)
     patches = random_patches(x_train, cfg.patches_per_image, cfg.patch_size, np.random.default_rng(cfg.seed))
     t0 = time.time()
     model, head, result = fit_anomaly_model(patches, cfg, bank, num_workers, use_gpu, storage_path, run_name)
