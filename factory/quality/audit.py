@@ -115,16 +115,21 @@ def draw_items(items: Sequence, device: str, tolerate_errors: bool = False) -> l
     return out
 
 
+def _boxed_items(spec, n: int, start: int = 0) -> list:
+    """The first `n` items of the spec's plan from `start` on that have boxes."""
+    return [it for it in plan(spec, n=4 * n, start=start) if it.boxes][:n]
+
+
 def generate(spec, n: int, device: str = "cpu") -> list[Sample]:
     """The first `n` items of the spec's plan that have boxes, drawn by their own generators."""
-    return draw_items([it for it in plan(spec, n=4 * n) if it.boxes][:n], device)
+    return draw_items(_boxed_items(spec, n), device)
 
 
 def labelled_defects(spec, n: int, device: str = "cpu", start: int = 200_000) -> list[tuple[np.ndarray, np.ndarray]]:
     """(image, bool defect mask) of `n` samples the spec's own generators draw for plan items
     from `start` on, far past the ones `generate` audits: defects of the kind the spec draws,
     labelled, for the gate's simulated anomalies (`factory train anomaly --defects-from`)."""
-    return [(s.image, defect_mask(s)) for s in draw_items([it for it in plan(spec, n=4 * n, start=start) if it.boxes][:n], device)]
+    return [(s.image, defect_mask(s)) for s in draw_items(_boxed_items(spec, n, start), device)]
 
 
 def clean_renders(samples: Sequence[Sample], device: str = "cpu", grow: int = 4, tolerance: int = 2) -> list[np.ndarray | None]:

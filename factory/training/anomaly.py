@@ -92,23 +92,19 @@ class AnomalyTrainConfig:
 def load_images(uri: str, patch, max_images: int | None = None, with_masks: bool = False) -> list:
     """Every image under a folder/URI at the model's scale (float HxW), or (image, mask) pairs
     when `with_masks` (masks found beside the images by `factory.data.folders`)."""
-    from factory.quality.anomaly.patches import rescale, rescale_mask
+    from factory.quality.anomaly.patches import rescale
     from factory.storage.uri import as_local_dir
 
     with as_local_dir(uri) as root:
         records = scan(root)[: max_images or None]
         if not records:
             raise FileNotFoundError(f"no images under {uri}")
-        out = []
-        for r in records:
-            x = rescale(read_image(r.image), patch)
-            if not with_masks:
-                out.append(x)
-                continue
-            if r.mask is None:
-                raise FileNotFoundError(f"no defect mask found beside {r.image} (e.g. {r.image.with_suffix('.png').name})")
-            out.append((x, rescale_mask(read_mask(r.mask), x.shape)))
-        return out
+        if not with_masks:
+            return [rescale(read_image(r.image), patch) for r in records]
+        unmasked = next((r for r in records if r.mask is None), None)
+        if unmasked is not None:
+            raise FileNotFoundError(f"no defect mask found beside {unmasked.image} (e.g. {unmasked.image.with_suffix('.png').name})")
+        return pairs_at_scale(((read_image(r.image), read_mask(r.mask)) for r in records), patch)
 
 
 def pairs_at_scale(pairs, patch) -> list:
