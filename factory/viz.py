@@ -103,3 +103,24 @@ def decode_png(data: bytes) -> np.ndarray:
     """PNG bytes -> HxWxC uint8 (C = 1 or 3)."""
     a = np.asarray(Image.open(io.BytesIO(data)))
     return a[:, :, None] if a.ndim == 2 else a
+
+
+def box_crop(image: np.ndarray, box: Box, scale: float = 1.5, size: int = 64) -> np.ndarray:
+    """A square grey crop centred on a box, `scale` times its longer side (edge pixels
+    repeat past the image border), resized to size x size: the defect with as much of
+    its surroundings as judges of realism should see."""
+    a = np.asarray(image)
+    a = a[:, :, 0] if a.ndim == 3 else a
+    side = max(2, int(round(scale * max(box.width, box.height))))
+    cy, cx = (box.y1 + box.y2) // 2, (box.x1 + box.x2) // 2
+    y0, x0 = cy - side // 2, cx - side // 2
+    pad = max(0, -y0, -x0, y0 + side - a.shape[0], x0 + side - a.shape[1])
+    if pad:
+        a, y0, x0 = np.pad(a, pad, mode="edge"), y0 + pad, x0 + pad
+    crop = Image.fromarray(np.ascontiguousarray(a[y0:y0 + side, x0:x0 + side]))
+    return np.asarray(crop.resize((size, size), Image.BILINEAR if side > size else Image.NEAREST))
+
+
+def box_crops(images: Sequence[tuple[np.ndarray, Sequence[Box]]], scale: float = 1.5, size: int = 64) -> list[np.ndarray]:
+    """`box_crop` of every box of every (image, boxes), in order."""
+    return [box_crop(im, b, scale, size) for im, boxes in images for b in boxes]

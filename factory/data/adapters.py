@@ -12,6 +12,12 @@ format whatever the authors published.
   crack); one class, a seeded per-file split like magnetic_tile.
 - `yolo`: a YOLO-layout set (e.g. neu_det) read as it is; its `data.yaml` `path:`
   is ignored (it points at the authors' machine) in favour of the yaml's folder.
+  Where `templates/<split>/` sits beside `images/<split>/`, each image's aligned
+  defect-free twin (same stem) gives its instances (golden-template differences).
+- `deeppcb`: DeepPCB's own layout (`*_test.jpg` with `*_temp.jpg` twins,
+  `*_not/*.txt` boxes `x1,y1,x2,y2,type`, a list file such as `trainval.txt`);
+  split by board group (`val_groups` held out whole), instances from the
+  template differences.
 
 Sets with masks also keep each box's exact pixels (`factory.data.instances`), so
 the transplant generator can cut a defect along its outline.
@@ -31,8 +37,10 @@ from PIL import Image
 
 from factory.core import Box
 from factory.data.folders import read_mask
-from factory.data.instances import binary_instances, encode_map, instance_map, instance_mask_path, label_instances
-from factory.data.vocab import MAGNETIC_TILE_CLASSES, PV_VISION_CLASSES, PV_VISION_VALUES
+from factory.data.instances import (binary_instances, difference_instances, encode_map, instance_map, instance_mask_path,
+                                    label_instances, template_path)
+from factory.data.vocab import (DEEPPCB_CLASSES, DEEPPCB_VAL_GROUPS, MAGNETIC_TILE_CLASSES, PV_VISION_CLASSES,
+                                PV_VISION_VALUES)
 from factory.formats import IMAGE_SUFFIXES, label_path, parse_yolo_lines, read_data_yaml, yolo_lines
 from factory.viz import png_bytes
 
@@ -46,6 +54,7 @@ class RealSample:
     height: int
     boxes: list[Box] = field(default_factory=list)
     instances: bytes | None = None  # PNG instance map (k = 1 + box index), for sets with masks
+    template: Path | None = None  # the image's aligned defect-free twin (golden template), where the set has one
 
     @property
     def stem(self) -> str:
@@ -152,7 +161,18 @@ def crackforest(root: str | Path, min_area: int = 16, merge_gap: int = 2, val_fr
                    {"min_area": min_area, "merge_gap": merge_gap, "val_fraction": val_fraction, "seed": seed})
 
 
-def yolo_layout(root: str | Path) -> RealSet:
+def _grey(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im.convert("L"))
+
+
+def _twin(img: Path, boxes: list[Box], template: Path, threshold: int, min_area: int) -> bytes:
+    """The instance map of an image from its golden template (`difference_instances`)."""
+    return encode_map(difference_instances(_grey(img), _grey(template), boxes, threshold, min_area))
+
+
+def yolo_layout(root: str | Path, threshold: int = 64, min_area: int = 4) -> RealSet:
+    """`threshold`, `min_area`: how template differences become instances (sets with `templates/`)."""
     yroot, names, splits = read_data_yaml(root)
     samples = []
     for split, files in splits.items():
@@ -160,8 +180,83 @@ def yolo_layout(root: str | Path) -> RealSet:
             w, h = Image.open(img).size  # reads the header only
             lab = label_path(img)
             boxes = parse_yolo_lines(lab.read_text(), w, h, names) if lab.exists() else []
-            samples.append(RealSample(img, split, w, h, boxes))
-    return RealSet(yroot.name, names, samples, str(yroot), {})
+            twins = _twins_of(img)
+            if twins is None:
+                samples.append(RealSample(img, split, w, h, boxes))
+                continue
+            if not twins:
+                raise FileNotFoundError(f"{img}: no defect-free twin {img.stem}.* in {_templates_dir(img)} "
+                                        "(a set with templates/ needs one per image)")
+            samples.append(RealSample(img, split, w, h, boxes, _twin(img, boxes, twins[0], threshold, min_area), twins[0]))
+    has_templates = any(s.template for s in samples)
+    return RealSet(yroot.name, names, samples, str(yroot),
+                   {"threshold": threshold, "min_area": min_area} if has_templates else {})
+
+
+def _templates_dir(img: Path) -> Path:
+    """`.../templates/<split>/` for `.../images/<split>/<file>` (the YOLO convention for labels/)."""
+    parts = list(img.parent.parts)
+    i = len(parts) - 1 - parts[::-1].index("images") if "images" in parts else -1
+    return Path(*parts[:i], "templates", *parts[i + 1:]) if i >= 0 else img.parent / "templates"
+
+
+def _twins_of(img: Path) -> list[Path] | None:
+    """The image's twins in its templates folder (None: the set has no templates/)."""
+    d = _templates_dir(img)
+    if not d.is_dir():
+        return None
+    return sorted(p for p in d.glob(f"{img.stem}.*") if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _deeppcb_boxes(path: Path, width: int, height: int) -> list[Box]:
+    boxes = []
+    for n, line in enumerate(path.read_text().splitlines(), start=1):
+        parts = line.replace(",", " ").split()
+        if not parts:
+            continue
+        if len(parts) != 5:
+            raise ValueError(f"{path}: line {n}: expected x1,y1,x2,y2,type, got {line!r}")
+        x1, y1, x2, y2, t = (int(float(v)) for v in parts)
+        if not 1 <= t <= len(DEEPPCB_CLASSES):
+            raise ValueError(f"{path}: line {n}: type {t} outside 1..{len(DEEPPCB_CLASSES)}")
+        x1, x2 = sorted((min(max(x1, 0), width), min(max(x2, 0), width)))
+        y1, y2 = sorted((min(max(y1, 0), height), min(max(y2, 0), height)))
+        if x2 > x1 and y2 > y1:
+            boxes.append(Box(t - 1, DEEPPCB_CLASSES[t - 1], x1, y1, x2, y2))
+    return boxes
+
+
+def deeppcb(root: str | Path, list_file: str = "trainval.txt", val_groups: tuple[str, ...] | list[str] = DEEPPCB_VAL_GROUPS,
+            threshold: int = 64, min_area: int = 4) -> RealSet:
+    """DeepPCB pairs listed in `list_file` (`groupG/G/NNNN.jpg groupG/G_not/NNNN.txt` per line):
+    the tested board (`NNNN_test.jpg`) with its boxes, its golden template
+    (`NNNN_temp.jpg`) and the instances that differ from it. Boards of
+    `val_groups` form the val split, whole, so no board is in both splits."""
+    root = Path(root)
+    listing = root / list_file
+    if not listing.is_file():
+        raise FileNotFoundError(f"{listing}: not found (the DeepPCB list of image/annotation pairs)")
+    samples, missing = [], []
+    for n, line in enumerate(listing.read_text().splitlines(), start=1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 2:
+            raise ValueError(f"{listing}: line {n}: expected 'image annotation', got {line!r}")
+        base = root / parts[0]
+        test, temp = base.with_name(f"{base.stem}_test{base.suffix}"), base.with_name(f"{base.stem}_temp{base.suffix}")
+        if not all(p.is_file() for p in (test, temp, root / parts[1])):
+            missing.append(parts[0])  # the authors' trainval.txt lists one pair more than they ship
+            continue
+        w, h = Image.open(test).size
+        boxes = _deeppcb_boxes(root / parts[1], w, h)
+        split = "val" if parts[0].split("/")[0] in set(val_groups) else "train"
+        samples.append(RealSample(test, split, w, h, boxes, _twin(test, boxes, temp, threshold, min_area), temp))
+    if not samples:
+        raise FileNotFoundError(f"{listing}: none of its pairs was found under {root}")
+    return RealSet("deeppcb", list(DEEPPCB_CLASSES), samples, str(root),
+                   {"list_file": list_file, "val_groups": list(val_groups), "threshold": threshold, "min_area": min_area,
+                    "listed_but_missing": missing})
 
 
 ADAPTERS: dict[str, Callable[..., RealSet]] = {
@@ -169,6 +264,7 @@ ADAPTERS: dict[str, Callable[..., RealSet]] = {
     "magnetic_tile": magnetic_tile,
     "crackforest": crackforest,
     "yolo": yolo_layout,
+    "deeppcb": deeppcb,
 }
 
 
@@ -196,12 +292,15 @@ def yolo_files(real: RealSet, split_names: dict[str, str] | None = None) -> dict
         out[f"labels/{split}/{s.stem}.txt"] = ("\n".join(yolo_lines(s.boxes, s.width, s.height)) + "\n").encode() if s.boxes else b""
         if s.instances is not None:
             out[instance_mask_path(split, s.stem)] = s.instances
+        if s.template is not None:
+            out[template_path(split, s.image_path.name)] = s.template.read_bytes()
     splits = sorted({split_names.get(s.split, s.split) for s in real.samples})
     data = {split: f"images/{split}" for split in splits}
     data |= {"nc": len(real.class_names), "names": list(real.class_names)}
     out["data.yaml"] = yaml.safe_dump(data, sort_keys=False).encode()
     info = {"name": real.name, "source": real.source, "settings": real.settings, "splits": real.splits(),
-            "class_counts": real.class_counts(), "instance_masks": any(s.instances is not None for s in real.samples)}
+            "class_counts": real.class_counts(), "instance_masks": any(s.instances is not None for s in real.samples),
+            "templates": any(s.template is not None for s in real.samples)}
     out["import.json"] = json.dumps(info, indent=2).encode()
     return out
 
@@ -236,21 +335,27 @@ def publish_real(real: RealSet, root: str, name: str, version: int | None = None
     """Publish a real set as a registry dataset (`yolo/` tree + manifest written
     last), so consumers read real and synthetic data the same way. Returns the
     version URI."""
+    from factory.storage.manifest import Counts, Manifest
     from factory.storage.registry import Registry, code_version
 
     reg = Registry(root)
     version = version or reg.next_version(name)
     files = yolo_files(real)
     info = json.loads(files["import.json"])
-    manifest = {
-        "kind": "real",
-        "source": real.source,
-        "adapter": real.name,
-        "settings": real.settings,
-        "code_version": code_version(),
-        "classes": list(real.class_names),
-        "counts": {"images": len(real.samples), "splits": info["splits"], "boxes_per_class": info["class_counts"],
-                   "negatives": sum(1 for s in real.samples if not s.boxes)},
-    }
+    images_per_class = {n: 0 for n in real.class_names}
+    for s in real.samples:
+        for n in {b.class_name for b in s.boxes}:
+            images_per_class[n] += 1
+    manifest = Manifest(  # the schema every reader of a version uses (storage/manifest.py)
+        kind="real",
+        source=real.source,
+        adapter=real.name,
+        settings=real.settings,
+        code_version=code_version(),
+        classes=list(real.class_names),
+        formats=["yolo"],
+        counts=Counts(images=len(real.samples), splits=info["splits"], boxes_per_class=info["class_counts"],
+                      images_per_class=images_per_class, negatives=sum(1 for s in real.samples if not s.boxes)),
+    )
     extra = {f"yolo/{k}" if k != "import.json" else k: v for k, v in files.items()}
     return reg.publish(name, version, [], extra, manifest)

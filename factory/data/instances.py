@@ -74,6 +74,35 @@ def decode_map(data: bytes) -> np.ndarray:
         return np.asarray(im).astype(np.int32)
 
 
+def difference_instances(test: np.ndarray, template: np.ndarray, boxes: list[Box], threshold: int = 64,
+                         min_area: int = 4) -> np.ndarray:
+    """The instance map of a defective image and its aligned defect-free twin (a
+    golden template): box k's pixels are where the two differ by more than
+    `threshold` grey levels inside that box, less connected pieces under
+    `min_area` pixels (alignment noise). The instance is the difference only,
+    never the box's background; a box with no difference gets no pixels (its
+    instance falls back to the box)."""
+    if test.shape != template.shape:
+        raise ValueError(f"image {test.shape} and template {template.shape} differ in size")
+    diff = np.abs(test.astype(np.int16) - template.astype(np.int16)) > threshold
+    pixels = []
+    for b in boxes:
+        inside = diff[b.y1:b.y2, b.x1:b.x2]
+        lab, n = ndimage.label(inside, structure=EIGHT_CONNECTED)
+        if n:
+            sizes = ndimage.sum(inside, lab, range(1, n + 1))
+            inside = np.isin(lab, 1 + np.nonzero(sizes >= min_area)[0])
+        m = np.zeros(diff.shape, bool)
+        m[b.y1:b.y2, b.x1:b.x2] = inside
+        pixels.append(m)
+    return instance_map(test.shape, pixels)
+
+
 def instance_mask_path(split: str, stem: str) -> str:
     """Where an imported YOLO tree keeps an image's instance map (relative to the tree)."""
     return f"masks/{split}/{stem}.png"
+
+
+def template_path(split: str, name: str) -> str:
+    """Where an imported YOLO tree keeps an image's aligned defect-free twin (same file name)."""
+    return f"templates/{split}/{name}"

@@ -8,13 +8,17 @@ Spec usage:
       - kind: transplant
         params:
           source: pv-vision-crack@1         # labelled real set from `factory data import` (train split only)
-          blend: poisson                    # or alpha
+          blend: mixed                      # hard, alpha or poisson per paste (or pin one)
+
+          placement: context                # where the background looks like the instance's own spot
 
 Per item: a background (`style["reference"]` modulo the references), flipped and
-slightly jittered in gain/offset/gamma; per planned box, an instance of that class
-picked from the item's seed, fitted, intensity-matched and blended in
-(`paste.py`). Boxes are the tight boxes of the pasted masks; the mask is returned
-for the gate. Negatives are augmented backgrounds. Same item, same bytes.
+slightly jittered in gain/offset/gamma (binary boards: flipped or turned only);
+per planned box, an instance of that class picked from the item's seed, given a
+new shape, placed where it belongs, intensity-matched and blended in (`paste.py`).
+Boxes are the tight boxes of the pasted masks; the mask is returned for the gate
+and each paste's place, match score and blend are recorded on the sample.
+Negatives are augmented backgrounds. Same item, same bytes.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from __future__ import annotations
 from typing import Any, ClassVar, Literal, Sequence
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from factory.core import Box, Sample, WorkItem
 from factory.generators.base import GeneratorParams
@@ -33,12 +37,28 @@ from factory.generators.transplant.sources import background_uris, check_referen
 class TransplantParams(GeneratorParams):
     source: str  # labelled real set: NAME@VERSION or a YOLO folder URI; only its train split is read
     references: str | list[str] | None = None  # defect-free backgrounds; default: the spec's domain.references
-    blend: Literal["poisson", "alpha"] = "poisson"
+    placement: Literal["context", "random"] = "context"  # where the background looks like the instance's spot, or the planned box
+    top_k: int = Field(8, ge=1, le=256)  # context: a seeded choice among this many best separated positions,
+    match_tolerance: float = Field(0.05, ge=0, le=2)  # of those, the ones scoring within this of the best
+    blend: Literal["mixed", "hard", "alpha", "poisson"] = "mixed"  # mixed: hard, alpha or poisson, seeded per paste
     feather: float = Field(2.0, ge=0, le=16)  # px: alpha ramp, Poisson margin, soft edge of box-only instances
     max_distortion: float = Field(1.5, ge=1, le=4)  # how far an instance's aspect may be stretched to the box's
-    jitter: float = Field(0.04, ge=0, le=0.5)  # background gain/gamma change (offset a quarter of it)
+    scale: tuple[float, float] = (0.5, 2.0)  # how far an instance may be scaled toward its planned box
+    flips: bool = True  # mirror instances (and turn them 90 degrees where that fits the box)
+    rotate: bool = True
+    elastic: float = Field(2.0, ge=0, le=32)  # px: largest smooth deformation of an instance
+    contrast: tuple[float, float] = (0.8, 1.25)  # the defect's contrast to its surroundings, times this
+    merge: float = Field(0.0, ge=0, le=1)  # chance that a box gets two instances of its class, merged into one
+    jitter: float = Field(0.04, ge=0, le=0.5)  # background gain/gamma change (offset a quarter of it); not on binary images
     max_per_class: int = Field(5000, ge=1)  # instances read per class
     candidates: int = Field(16, ge=1)  # per box, one of this many instances closest in size and aspect
+
+    @field_validator("scale", "contrast")
+    @classmethod
+    def _range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] <= v[1] <= 16:
+            raise ValueError(f"must be [lo, hi] with 0 < lo <= hi <= 16, got {list(v)}")
+        return v
 
 
 class TransplantGenerator:
@@ -103,41 +123,77 @@ class TransplantGenerator:
         return [self._one(item) for item in items]
 
     def _one(self, item: WorkItem) -> Sample:
-        from factory.generators.transplant.paste import augment, paste  # cv2: imported when generating
+        from factory.generators.transplant.paste import (BLENDS, augment, frame_box, grey_levels, paste, place,
+                                                        turned, vary)
 
+        p = self.p
         seqs = np.random.SeedSequence(item.seed).spawn(1 + len(item.boxes))
         ref_idx = int(item.style.get("reference", item.seed)) % len(self.references)
-        canvas = augment(load_background(self.references[ref_idx], item.width, item.height),
-                         np.random.default_rng(seqs[0]), self.p.jitter)
+        background = load_background(self.references[ref_idx], item.width, item.height)
+        levels = grey_levels(background)
+        canvas = augment(background, np.random.default_rng(seqs[0]), p.jitter, binary=levels is not None)
         mask = np.zeros((item.height, item.width), np.uint16)
-        used = []
+        used, pastes, frames = [], [], {}
         for j, box in enumerate(item.boxes):
             pool = self.bank.get(box.class_name)
             if not pool:
-                raise ValueError(f"transplant source {self.p.source} has no {box.class_name!r} instances in its train "
+                raise ValueError(f"transplant source {p.source} has no {box.class_name!r} instances in its train "
                                  f"split; it has {', '.join(sorted(self.bank))}")
             rng = np.random.default_rng(seqs[1 + j])
-            near = nearest(pool, self.sizes[box.class_name], box.height, box.width, self.p.candidates)
-            inst = pool[near[int(rng.integers(len(near)))]]
-            pasted = paste(canvas, inst, box, rng, self.p.blend, self.p.feather, self.p.max_distortion)
-            mask[pasted] = j + 1
-            used.append(inst.origin)
-        boxes, final = _tight_boxes(item.boxes, mask)
+            near = nearest(pool, self.sizes[box.class_name], box.height, box.width, p.candidates)
+            parts = [pool[near[int(rng.integers(len(near)))]]]
+            if p.merge and rng.random() < p.merge:
+                parts.append(pool[near[int(rng.integers(len(near)))]])
+            anchor = None
+            for inst in parts:
+                v = vary(inst, box, rng, p.max_distortion, p.scale, p.flips, p.rotate, p.elastic, p.contrast)
+                if anchor is None:
+                    at = place(canvas, v, box, rng, p.placement, p.top_k, mask > 0, levels is not None,
+                                   p.match_tolerance)
+                    if p.placement == "context" and p.rotate:  # the turned instance may fit the spot better
+                        t = turned(v)
+                        at_t = place(canvas, t, box, rng, p.placement, p.top_k, mask > 0, levels is not None,
+                                   p.match_tolerance)
+                        if at_t[2] is not None and (at[2] is None or at_t[2] > at[2]):
+                            v, at = t, at_t
+                    anchor = at
+                else:  # the second part of a merged defect: beside the first, overlapping it by about half
+                    h, w = v.patch.shape
+                    at = (anchor[0] + int(rng.integers(-h // 3, h // 3 + 1)), anchor[1] + int(rng.integers(-w // 3, w // 3 + 1)), None)
+                blend = p.blend if p.blend != "mixed" else BLENDS[int(rng.integers(len(BLENDS)))]
+                pasted = paste(canvas, v, at[:2], inst.exact, blend, p.feather, levels)
+                mask[pasted] = j + 1
+                f = frame_box(v, at[:2], mask.shape)
+                if f is not None:
+                    g = frames.get(j, f)
+                    frames[j] = (min(f[0], g[0]), max(f[1], g[1]), min(f[2], g[2]), max(f[3], g[3]))
+                used.append(inst.origin)
+                pastes.append({"box": j, "instance": inst.origin, "at": [int(at[1]), int(at[0])], "scale": round(v.scale, 3),
+                               "blend": blend, "match": None if at[2] is None else round(at[2], 4)})
+        boxes, final = _tight_boxes(item.boxes, mask, frames)
         image = np.clip(np.round(canvas), 0, 255).astype(np.uint8)
         image = np.repeat(image[:, :, None], item.channels, axis=2)
-        meta = {"checkpoint": "", "reference": self.references[ref_idx], "instances": used, "blend": self.p.blend}
+        meta = {"checkpoint": "", "reference": self.references[ref_idx], "instances": used,
+                "provenance": {"reference": self.references[ref_idx], "placement": p.placement, "pastes": pastes}}
         return Sample(item=item, image=image, boxes=boxes, mask=final, meta=meta)
 
 
-def _tight_boxes(planned: Sequence[Box], mask: np.ndarray) -> tuple[list[Box], np.ndarray]:
-    """The tight box of each instance's surviving pixels (a later paste may cover an
-    earlier one), and the mask renumbered to k = 1 + index in the returned boxes."""
+def _tight_boxes(planned: Sequence[Box], mask: np.ndarray,
+                 frames: dict[int, tuple[int, int, int, int]]) -> tuple[list[Box], np.ndarray]:
+    """Each instance's box: the tight box of its surviving pixels (a later paste may
+    cover an earlier one), grown to its annotated frame (the source's own boxes are
+    as loose as its annotators drew them); and the mask renumbered to k = 1 + index
+    in the returned boxes."""
     boxes, out = [], np.zeros(mask.shape, np.uint8)
     for j, b in enumerate(planned):
         ys, xs = np.nonzero(mask == j + 1)
         if len(ys) == 0:
             continue
-        boxes.append(Box(b.class_id, b.class_name, int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1))
+        y1, y2, x1, x2 = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
+        if j in frames:
+            f = frames[j]
+            y1, y2, x1, x2 = min(y1, f[0]), max(y2, f[1]), min(x1, f[2]), max(x2, f[3])
+        boxes.append(Box(b.class_id, b.class_name, x1, y1, x2, y2))
         out[mask == j + 1] = len(boxes)
     return boxes, out
 

@@ -1,7 +1,9 @@
 """The bank of real defect instances a transplant cuts from: per class, each box of
 the source's train split as a grey patch (the box plus a margin of its own
-surroundings, which intensity matching and Poisson blending need) and its alpha:
-the exact instance mask where the source has masks, else a feathered box.
+surroundings, which intensity matching and Poisson blending need), its alpha (the
+exact instance mask where the source has masks or golden templates, else a
+feathered box) and its context: what the spot looked like without the defect (the
+template's patch where the source has templates), which placement matches against.
 """
 
 from __future__ import annotations
@@ -29,6 +31,18 @@ class Instance:
     alpha: np.ndarray  # h x w float32 in [0, 1]: the defect's pixels
     exact: bool  # alpha is the annotated mask (else a feathered box)
     origin: str  # "<image>#<box index>", for provenance
+    context: np.ndarray | None = None  # h x w uint8: the same spot without the defect (its golden template)
+    # (y1, y2, x1, x2) of its hand-drawn box in the patch, where that is looser than the mask (template sets)
+    frame: tuple[int, int, int, int] | None = None
+
+    @property
+    def frame_mask(self) -> np.ndarray:
+        """h x w float32: 1 inside the hand-drawn box (nothing when the box is the mask's own)."""
+        out = np.zeros(self.patch.shape, np.float32)
+        if self.frame:
+            y1, y2, x1, x2 = self.frame
+            out[y1:y2, x1:x2] = 1.0
+        return out
 
     @property
     def size(self) -> tuple[int, int]:
@@ -76,6 +90,9 @@ def load_bank(source: str, classes: list[str] | None = None, max_per_class: int 
         H, W = image.shape
         boxes = parse_yolo_lines(f.labels, W, H, names)
         inst = decode_map(U.read_bytes(U.join(tree, f.instances))) if f.instances else None
+        twin = _grey(U.read_bytes(U.join(tree, f.template))) if f.template else None
+        if twin is not None and twin.shape != image.shape:
+            raise ValueError(f"{source}: {f.template} is {twin.shape[1]}x{twin.shape[0]}, its image {W}x{H}")
         for k, b in enumerate(boxes):
             if classes is not None and b.class_name not in classes:
                 continue
@@ -89,5 +106,8 @@ def load_bank(source: str, classes: list[str] | None = None, max_per_class: int 
                 alpha, exact = (inst[y1:y2, x1:x2] == k + 1).astype(np.float32), True
             else:
                 alpha, exact = feathered_box(y2 - y1, x2 - x1, inner, feather), False
-            bank.setdefault(b.class_name, []).append(Instance(b.class_name, patch, alpha, exact, f"{f.image}#{k}"))
+            context = None if twin is None else twin[y1:y2, x1:x2].copy()
+            bank.setdefault(b.class_name, []).append(
+                Instance(b.class_name, patch, alpha, exact, f"{f.image}#{k}", context,
+                         None if twin is None else (b.y1 - y1, b.y2 - y1, b.x1 - x1, b.x2 - x1)))
     return bank

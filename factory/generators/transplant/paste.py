@@ -1,19 +1,27 @@
-"""Putting one real defect instance into a planned box of a background.
+"""Putting one real defect instance into a background.
 
-Fit (flip, rotate, scale the instance to the box: size exactly, aspect as close
-as `max_distortion` allows), match its intensity to the local background, then
-blend: `alpha` (a feathered mask) or `poisson` (seamless cloning: the pasted
-region keeps the instance's gradients and takes its level from the background's
-boundary; solved here with a sparse solver, so nothing outside the region moves).
+1. `vary`: a new shape from a real instance, seeded: flips, a 90-degree turn when it
+   fits the box's aspect better, scale to the planned box (within `scale` and
+   `max_distortion`), a smooth elastic deformation, and a contrast change of the
+   defect against its own surroundings. The instance's context (what the spot
+   looked like without it) is turned and scaled with it, never deformed.
+2. `place`: where it goes. `context`: where the background looks most like that
+   context (normalized cross-correlation; on binary images the exact pixel
+   agreement), a seeded choice among the best `top_k` separated positions (within
+   `tolerance` of the best) that overlap nothing pasted. `random`: centred on the planned box.
+3. `paste`: match its intensity to the spot, then blend: `hard`, `alpha` (a
+   feathered mask) or `poisson` (seamless cloning, solved with a sparse solver so
+   nothing outside the region moves). Binary images keep their two grey levels.
 
-Only pixels within `margin(feather)` of the pasted mask change: the reported box
-is the tight box of the pasted mask and the mask goes to the quality gate, so
+Only pixels within `margin(feather)` of the pasted mask change: the reported box is
+the tight box of the pasted mask and the mask goes to the quality gate, so
 spillover is measured exactly.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -25,6 +33,9 @@ from factory.generators.transplant.bank import Instance
 
 CROSS = ndimage.generate_binary_structure(2, 1)
 SQUARE = np.ones((3, 3), bool)
+BLENDS = ("hard", "alpha", "poisson")
+LEVEL_BAND = 8  # grey levels either side of a mode that still count as that level
+BINARY_SHARE = 0.98  # share of pixels within the two modes' bands that makes an image binary
 
 
 def margin(feather: float) -> int:
@@ -32,9 +43,32 @@ def margin(feather: float) -> int:
     return int(math.ceil(feather)) + 1
 
 
-def augment(bg: np.ndarray, rng: np.random.Generator, jitter: float) -> np.ndarray:
-    """A background variant: random flips and a small gain/offset/gamma change (never
-    the identity, so no output is a byte copy of a reference)."""
+def grey_levels(image: np.ndarray) -> np.ndarray | None:
+    """The two grey levels of a binary or near-binary image (a binarized PCB scan),
+    or None for a grey image."""
+    hist = np.bincount(np.clip(np.round(image), 0, 255).astype(np.uint8).ravel(), minlength=256)
+    lo, hi = int(np.argmax(hist[:128])), 128 + int(np.argmax(hist[128:]))
+    near = hist[max(0, lo - LEVEL_BAND):lo + LEVEL_BAND + 1].sum() + hist[hi - LEVEL_BAND:hi + LEVEL_BAND + 1].sum()
+    return np.array([lo, hi], np.float32) if near >= BINARY_SHARE * image.size else None
+
+
+def quantize(values: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    """Each value to the nearer of the two levels."""
+    return np.where(np.abs(values - levels[0]) <= np.abs(values - levels[1]), levels[0], levels[1]).astype(np.float32)
+
+
+def augment(bg: np.ndarray, rng: np.random.Generator, jitter: float, binary: bool = False) -> np.ndarray:
+    """A background variant, never the identity (so no output is a byte copy of a
+    reference). Grey images: random flips and a small gain/offset/gamma change.
+    Binary images keep their levels: one of the non-identity flips and turns."""
+    if binary:
+        if bg.shape[0] == bg.shape[1]:  # one of the 7 other elements of the square's symmetry group
+            k = 1 + int(rng.integers(7))
+            out = np.rot90(bg, k % 4)
+            out = out[:, ::-1] if k >= 4 else out
+        else:
+            out = [bg[:, ::-1], bg[::-1], bg[::-1, ::-1]][int(rng.integers(3))]
+        return np.ascontiguousarray(out, dtype=np.float32)
     out = bg[:, ::-1] if rng.random() < 0.5 else bg
     out = out[::-1] if rng.random() < 0.5 else out
     sign = lambda: 1.0 if rng.random() < 0.5 else -1.0  # noqa: E731
@@ -50,71 +84,170 @@ def _tight(binary: np.ndarray) -> tuple[int, int, int, int]:
     return int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
 
 
-def fit_instance(inst: Instance, box: Box, rng: np.random.Generator, max_distortion: float) -> tuple[np.ndarray, np.ndarray]:
-    """(patch, alpha) as floats, flipped/rotated/scaled so the defect's tight box
-    matches the planned box's size (and its aspect within `max_distortion`)."""
+@dataclass
+class Variant:
+    """One seeded shape of an instance, ready to place: all arrays h x w float32."""
+
+    patch: np.ndarray  # the defect with a margin of its surroundings
+    alpha: np.ndarray  # the defect's pixels, 0..1
+    context: np.ndarray  # what placement matches: the template's patch, or the patch itself
+    weight: np.ndarray | None  # which context pixels count (None: all: a template has no defect in it)
+    frame: np.ndarray  # 1 inside the instance's hand-drawn box (how loosely its annotator boxed it), if any
+    scale: float  # the geometric mean scale applied
+
+    @property
+    def binary(self) -> np.ndarray:
+        return self.alpha >= min(0.5, 0.5 * float(self.alpha.max()))
+
+
+def vary(inst: Instance, box: Box, rng: np.random.Generator, max_distortion: float, scale: tuple[float, float],
+         flips: bool = True, rotate: bool = True, elastic: float = 0.0, contrast: tuple[float, float] = (1.0, 1.0)) -> Variant:
+    """A seeded new shape of `inst` sized for `box` (see the module's docstring)."""
     patch, alpha = inst.patch.astype(np.float32), inst.alpha.astype(np.float32)
-    if rng.random() < 0.5:
-        patch, alpha = patch[:, ::-1], alpha[:, ::-1]
-    if rng.random() < 0.5:
-        patch, alpha = patch[::-1], alpha[::-1]
-    y1, y2, x1, x2 = _tight(alpha >= 0.5)
+    context = patch if inst.context is None else inst.context.astype(np.float32)
+    stack = [patch, alpha, context, inst.frame_mask]
+    if flips and rng.random() < 0.5:
+        stack = [a[:, ::-1] for a in stack]
+    if flips and rng.random() < 0.5:
+        stack = [a[::-1] for a in stack]
+    y1, y2, x1, x2 = _tight(stack[1] >= 0.5 * float(stack[1].max()))
     target = math.log(box.width / box.height)
-    if abs(-math.log((x2 - x1) / (y2 - y1)) - target) < abs(math.log((x2 - x1) / (y2 - y1)) - target):
-        patch, alpha = np.rot90(patch), np.rot90(alpha)
-        y1, y2, x1, x2 = _tight(alpha >= 0.5)
+    own = math.log((x2 - x1) / (y2 - y1))
+    if rotate and abs(-own - target) < abs(own - target):
+        stack = [np.rot90(a) for a in stack]
+        y1, y2, x1, x2 = _tight(stack[1] >= 0.5 * float(stack[1].max()))
     sx, sy = box.width / (x2 - x1), box.height / (y2 - y1)
-    g = math.sqrt(sx * sy)
+    g = min(max(math.sqrt(sx * sy), scale[0]), scale[1])
     d = min(max(sx / sy, 1.0 / max_distortion), max_distortion)
     sx, sy = g * math.sqrt(d), g / math.sqrt(d)
-    h, w = patch.shape
+    h, w = stack[0].shape
     size = (max(1, round(w * sx)), max(1, round(h * sy)))
     interp = cv2.INTER_AREA if sx * sy < 1 else cv2.INTER_LINEAR
-    patch = cv2.resize(np.ascontiguousarray(patch), size, interpolation=interp)
-    alpha = cv2.resize(np.ascontiguousarray(alpha), size, interpolation=cv2.INTER_LINEAR)
-    return patch, np.clip(alpha, 0.0, 1.0)
+    patch, alpha, context, frame = (cv2.resize(np.ascontiguousarray(a), size, interpolation=i)
+                                    for a, i in zip(stack, (interp, cv2.INTER_LINEAR, interp, cv2.INTER_NEAREST)))
+    alpha = np.clip(alpha, 0.0, 1.0)
+    if elastic > 0:
+        patch, alpha = _elastic(patch, alpha, elastic, rng)
+    ring = alpha < 0.05
+    if contrast != (1.0, 1.0) and ring.sum() >= 2:
+        k = float(rng.uniform(*contrast))
+        patch = np.clip(patch + (k - 1.0) * alpha * (patch - float(patch[ring].mean())), 0.0, 255.0)
+    weight = None if inst.context is not None else ndimage.binary_erosion(ring, SQUARE, iterations=1).astype(np.float32)
+    return Variant(patch.astype(np.float32), alpha, context.astype(np.float32), weight, frame >= 0.5, g)
 
 
-def paste(canvas: np.ndarray, inst: Instance, box: Box, rng: np.random.Generator, blend: str,
-          feather: float, max_distortion: float) -> np.ndarray:
-    """Paste `inst` centred on `box` into `canvas` (HxW float32, changed in place);
-    returns the HxW bool mask of the pasted defect (clipped to the image)."""
+def turned(v: Variant) -> Variant:
+    """The variant turned 90 degrees (context placement tries both: a vertical trace
+    takes the turned open)."""
+    r = lambda a: None if a is None else np.ascontiguousarray(np.rot90(a))  # noqa: E731
+    return Variant(r(v.patch), r(v.alpha), r(v.context), r(v.weight), r(v.frame), v.scale)
+
+
+def _elastic(patch: np.ndarray, alpha: np.ndarray, amplitude: float, rng: np.random.Generator):
+    """A smooth random displacement of at most `amplitude` px (a field smoothed over a
+    quarter of the patch), applied to the defect and its patch alike."""
+    h, w = patch.shape
+    sigma = max(2.0, min(h, w) / 4)
+    field = [ndimage.gaussian_filter(rng.uniform(-1, 1, (h, w)), sigma) for _ in range(2)]
+    peak = max(float(np.abs(f).max()) for f in field) or 1.0
+    dx, dy = (f / peak * amplitude for f in field)
+    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    mx, my = (gx + dx).astype(np.float32), (gy + dy).astype(np.float32)
+    warp = lambda a: cv2.remap(a, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)  # noqa: E731
+    return warp(patch), np.clip(warp(alpha), 0.0, 1.0)
+
+
+def place(canvas: np.ndarray, v: Variant, box: Box, rng: np.random.Generator, placement: str, top_k: int,
+          forbidden: np.ndarray, exact_match: bool, tolerance: float = 0.05) -> tuple[int, int, float | None]:
+    """(top, left) of the variant's window in the canvas and its match score (None for
+    `random`): a seeded choice among the `top_k` best separated spots that score within
+    `tolerance` of the best. `context` falls back to the planned box when nothing fits."""
+    y1, y2, x1, x2 = _tight(v.binary)
+    planned = (int(round((box.y1 + box.y2) / 2 - (y1 + y2) / 2)), int(round((box.x1 + box.x2) / 2 - (x1 + x2) / 2)))
     H, W = canvas.shape
-    patch, alpha = fit_instance(inst, box, rng, max_distortion)
-    binary = alpha >= min(0.5, 0.5 * float(alpha.max()))
-    y1, y2, x1, x2 = _tight(binary)
-    oy = int(round((box.y1 + box.y2) / 2 - (y1 + y2) / 2))
-    ox = int(round((box.x1 + box.x2) / 2 - (x1 + x2) / 2))
+    h, w = v.patch.shape
+    if placement != "context" or h > H or w > W or (v.weight is not None and v.weight.sum() < 8):
+        return (*planned, None)
+    if exact_match:  # binary: the share of context pixels that agree exactly
+        n = float(h * w if v.weight is None else v.weight.sum())
+        sq = cv2.matchTemplate(canvas, v.context, cv2.TM_SQDIFF, mask=v.weight)
+        score = 1.0 - sq / (n * 255.0 ** 2)
+    else:
+        score = cv2.matchTemplate(canvas, v.context, cv2.TM_CCOEFF_NORMED, mask=v.weight)
+    score = np.where(np.isfinite(score), score, -np.inf).astype(np.float64)
+    if forbidden.any():  # windows whose defect would touch an earlier paste or a labelled box
+        ii = np.pad(forbidden.astype(np.int32).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+        hm, wm = score.shape
+        touched = (ii[y2:y2 + hm, x2:x2 + wm] - ii[y1:y1 + hm, x2:x2 + wm]
+                   - ii[y2:y2 + hm, x1:x1 + wm] + ii[y1:y1 + hm, x1:x1 + wm])
+        score[touched > 0] = -np.inf
+    picks = []
+    for _ in range(top_k):
+        i = int(np.argmax(score))
+        oy, ox = divmod(i, score.shape[1])
+        if not np.isfinite(score[oy, ox]):
+            break
+        picks.append((oy, ox, float(score[oy, ox])))
+        score[max(0, oy - h // 2):oy + h // 2 + 1, max(0, ox - w // 2):ox + w // 2 + 1] = -np.inf
+    if not picks:
+        return (*planned, None)
+    picks = [q for q in picks if q[2] >= picks[0][2] - tolerance]  # only spots nearly as good as the best
+    return picks[int(rng.integers(len(picks)))]
+
+
+def frame_box(v: Variant, at: tuple[int, int], shape: tuple[int, int]) -> tuple[int, int, int, int] | None:
+    """(y1, y2, x1, x2) of the variant's hand-drawn box pasted at `at`, clipped to the
+    image; None when it has none (its box is its mask's)."""
+    if not v.frame.any():
+        return None
+    y1, y2, x1, x2 = _tight(v.frame)
+    y1, y2 = max(0, y1 + at[0]), min(shape[0], y2 + at[0])
+    x1, x2 = max(0, x1 + at[1]), min(shape[1], x2 + at[1])
+    return (y1, y2, x1, x2) if y2 > y1 and x2 > x1 else None
+
+
+def paste(canvas: np.ndarray, v: Variant, at: tuple[int, int], exact: bool, blend: str, feather: float,
+          levels: np.ndarray | None) -> np.ndarray:
+    """Paste the variant with its window's top-left at `at` into `canvas` (HxW float32,
+    changed in place); returns the HxW bool mask of the pasted defect (clipped to the
+    image). `levels`: the background's two grey levels (binary images), kept."""
+    H, W = canvas.shape
+    oy, ox = at
+    patch, alpha, binary = v.patch.copy(), v.alpha, v.binary
     R = margin(feather)
-    # a canvas padded by R + 1, so the patch's window and the blend region fit inside
-    P = R + 1 + max(patch.shape)
+    P = R + 1 + max(patch.shape)  # a canvas padded so the window and the blend region fit inside
     big = np.pad(canvas, P, mode="edge")
     h, w = patch.shape
     win = (slice(oy + P, oy + P + h), slice(ox + P, ox + P + w))
     inside = np.zeros_like(big, bool)
     inside[P:P + H, P:P + W] = True
-    _match_intensity(patch, alpha, big[win], inside[win])
+    if levels is None:
+        _match_intensity(patch, alpha, big[win], inside[win])
+    else:  # binary: the instance takes the background's two levels
+        patch = quantize(patch, levels)
     pasted = np.zeros_like(big, bool)
     pasted[win] = binary
     pasted &= inside
     if not pasted.any():
         return np.zeros((H, W), bool)
     region = ndimage.binary_dilation(pasted, SQUARE, iterations=R) & inside
+    src = big.copy()
+    src[win] = patch
     if blend == "poisson":
-        src = big.copy()
-        src[win] = patch
         big[region] = _poisson(src, big, region)
+    elif blend == "hard":
+        big[pasted] = src[pasted]
     else:
         a = np.zeros_like(big)
-        if inst.exact:
+        if exact:
             soft = ndimage.gaussian_filter(binary.astype(np.float32), feather / 2) if feather > 0 else binary
             a[win] = np.maximum(binary.astype(np.float32), soft)
         else:
             a[win] = alpha
         a = np.where(region, a, 0.0)
-        src = big.copy()
-        src[win] = patch
         big = big * (1.0 - a) + src * a
+    if levels is not None:
+        big[region] = quantize(big[region], levels)
     canvas[:] = big[P:P + H, P:P + W]
     return pasted[P:P + H, P:P + W]
 

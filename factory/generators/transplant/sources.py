@@ -70,6 +70,7 @@ class TrainFile:
     image: str  # path relative to the tree
     labels: str  # YOLO label text ("" when none)
     instances: str | None  # relative path of its instance map, when the set has masks
+    template: str | None = None  # relative path of its aligned defect-free twin, when the set has templates
 
 
 def _names(tree: str) -> list[str]:
@@ -99,7 +100,8 @@ def train_files(tree: str) -> tuple[list[str], list[TrainFile]]:
         lab = f"labels/{TRAIN}/{stem_rel}.txt"
         text = U.read_bytes(U.join(tree, lab)).decode() if lab in have else ""
         inst = f"masks/{TRAIN}/{stem_rel}.png"
-        out.append(TrainFile(rel, text, inst if inst in have else None))
+        twin = f"templates/{TRAIN}/{rel[len(prefix):]}"
+        out.append(TrainFile(rel, text, inst if inst in have else None, twin if twin in have else None))
     return names, out
 
 
@@ -121,6 +123,7 @@ def background_uris(refs: str | list[str]) -> list[str]:
             tree = tree_uri(r)
             _, files = train_files(tree)
             out += [U.join(tree, f.image) for f in files if not f.labels.strip()]
+            out += [U.join(tree, f.template) for f in files if f.template]  # golden templates are defect-free
         else:
             out += image_uris(r)
     return out
@@ -157,6 +160,11 @@ def check_source(text: str, classes: list[str]) -> tuple[str | None, dict[str, s
         return str(e), {}
     if not files:
         return f"{text}: its train split has no images", {}
+    if any(f.template for f in files):
+        lone = [f.image for f in files if f.labels.strip() and not f.template]
+        if lone:
+            return (f"{text}: {len(lone)} labelled train images have no defect-free twin in templates/ "
+                    f"(first: {lone[0]}); a set with templates needs one per image"), {}
     counts = class_counts(names, files)
     have = ", ".join(f"{c} ({n})" for c, n in sorted(counts.items())) or "none"
     return None, {c: f"the transplant source {text} has no {c!r} instances in its train split; it has: {have}"

@@ -1,0 +1,207 @@
+"""Golden-template instances, context placement and binary images, on tiny
+hand-made boards: a YOLO set whose images have aligned defect-free twins
+(`templates/` beside `images/`), and the DeepPCB importer on the real set."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from factory.core import Box
+from factory.data.adapters import load_real, publish_real
+from factory.data.instances import decode_map, difference_instances
+from factory.generators.base import load_generator
+from factory.generators.checks import check_spec
+from factory.generators.transplant.bank import Instance, load_bank
+from factory.generators.transplant.paste import grey_levels, place, vary
+from factory.planning import plan
+from factory.spec import spec_from_dict
+
+W = 96
+TRACE = slice(40, 50)  # rows of the one horizontal trace (copper = 0 on a white board)
+
+
+def _board(trace_rows=TRACE, width=W) -> np.ndarray:
+    b = np.full((width, width), 255, np.uint8)
+    b[trace_rows, :] = 0
+    return b
+
+
+def _write(root, split, stem, image, template, boxes):
+    for sub, arr in (("images", image), ("templates", template)):
+        (root / sub / split).mkdir(parents=True, exist_ok=True)
+        if arr is not None:
+            Image.fromarray(arr).save(root / sub / split / f"{stem}.png")
+    (root / "labels" / split).mkdir(parents=True, exist_ok=True)
+    (root / "labels" / split / f"{stem}.txt").write_text(
+        "".join(f"{c} {(x1 + x2) / 2 / W} {(y1 + y2) / 2 / W} {(x2 - x1) / W} {(y2 - y1) / W}\n" for c, x1, y1, x2, y2 in boxes))
+
+
+def _make_set(root, with_twins=True):
+    """Train boards with an `open` (a 4-px white cut through the trace), boxed loosely;
+    val: one board. Returns the drawn difference of the first train board."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "data.yaml").write_text("train: images/train\nval: images/val\nnames: [open, short]\n")
+    drawn = None
+    for i in range(3):
+        tmpl = _board()
+        img = tmpl.copy()
+        x = 20 + 20 * i
+        img[TRACE, x:x + 4] = 255  # the open
+        if i == 0:
+            drawn = img != tmpl
+        _write(root, "train", f"b{i}", img, tmpl if with_twins or i else None, [(0, x - 6, 34, x + 10, 56)])
+    _write(root, "val", "v0", _board(), _board(), [])
+    return drawn
+
+
+@pytest.fixture
+def boards(tmp_path):
+    drawn = _make_set(tmp_path / "pcb")
+    reg = (tmp_path / "reg").as_uri()
+    publish_real(load_real("yolo", tmp_path / "pcb"), reg, "tiny-pcb", 1)
+    bg = tmp_path / "bg"  # defect-free boards of the line with the trace elsewhere
+    bg.mkdir()
+    for i, rows in enumerate((slice(20, 30), slice(62, 72))):
+        Image.fromarray(_board(rows)).save(bg / f"clean{i}.png")
+    return {"tmp": tmp_path, "reg": reg, "drawn": drawn, "bg": bg}
+
+
+def _spec(boards, **params):
+    return spec_from_dict({
+        "name": "tpcb", "seed": 3, "count": 6, "image": {"width": W, "height": W, "channels": 1},
+        "domain": {"references": [boards["bg"].as_uri()]},
+        "defects": [{"class": "open", "boxes": {"count": [1, 1], "size": {"min": 0.15, "max": 0.2}}}],
+        "generators": [{"kind": "transplant", "params": {"source": "tiny-pcb@1", **params}}],
+        "quality": {"duplicate_distance": -1},
+        "output": {"uri": boards["reg"], "shard_size": 4},
+    })
+
+
+def _generate(spec, n=6):
+    spec = check_spec(spec)
+    g = spec.generators[0]
+    gen = load_generator(g.kind, g.checkpoint, g.params)
+    items = [it for it in plan(spec, n=n) if it.boxes]
+    return items, gen.generate(items)
+
+
+def test_instance_mask_is_the_drawn_difference(boards):
+    real = load_real("yolo", boards["tmp"] / "pcb")
+    s = next(s for s in real.samples if s.stem == "b0")
+    inst = decode_map(s.instances)
+    assert ((inst == 1) == boards["drawn"]).all()  # the cut only, never the box's background
+    bank = load_bank(f"{boards['reg']}/tiny-pcb@1")
+    i0 = next(i for i in bank["open"] if "b0" in i.origin)
+    assert i0.exact and i0.context is not None
+    assert (i0.context == 0).sum() > 0 and (i0.context[i0.alpha >= 0.5] == 0).all()  # the twin shows the trace there
+
+
+def test_difference_drops_specks_and_stays_in_its_box():
+    a, b = np.zeros((20, 20), np.uint8), np.zeros((20, 20), np.uint8)
+    a[5:8, 5:8] = 255  # the defect
+    a[12, 12] = 255  # one-pixel alignment noise inside the box
+    a[1, 18] = 255  # a difference outside every box
+    m = difference_instances(a, b, [Box(0, "x", 3, 3, 15, 15)], min_area=4)
+    assert (m == 1).sum() == 9 and m[12, 12] == 0 and m[1, 18] == 0
+
+
+def test_context_placement_puts_an_open_on_the_trace(boards):
+    items, samples = _generate(_spec(boards, placement="context", blend="hard", elastic=0, scale=[1, 1], max_distortion=1))
+    assert samples
+    for s in samples:
+        black = s.image[:, :, 0] == 0
+        rows, cols = np.nonzero(black.mean(1) > 0.5)[0], np.nonzero(black.mean(0) > 0.5)[0]
+        across = 0 if len(rows) else 1  # the trace runs along x (its rows are black) or, turned, along y
+        band = rows if len(rows) else cols
+        for k in range(1, len(s.boxes) + 1):
+            at = np.nonzero(s.mask == k)[across]
+            assert set(at.tolist()) <= set(band.tolist()), "the cut must lie on the trace"
+        p = s.meta["provenance"]["pastes"][0]
+        assert p["match"] is not None and p["match"] > 0.95
+
+
+def test_random_placement_records_no_match(boards):
+    _, samples = _generate(_spec(boards, placement="random"))
+    assert all(p["match"] is None for s in samples for p in s.meta["provenance"]["pastes"])
+
+
+@pytest.mark.parametrize("blend", ["mixed", "alpha", "poisson", "hard"])
+def test_binary_boards_keep_their_two_grey_levels(boards, blend):
+    _, samples = _generate(_spec(boards, blend=blend))
+    for s in samples:
+        assert set(np.unique(s.image).tolist()) <= {0, 255}, f"{blend} greyed a binary board"
+        assert s.boxes
+
+
+def test_boxes_keep_the_annotators_margin(boards):
+    """The source boxes are looser than the cut (6 px beside, 6 above): so are the pasted ones."""
+    _, samples = _generate(_spec(boards, placement="context", blend="hard", elastic=0, scale=[1, 1], flips=False,
+                                 rotate=False, max_distortion=1))
+    for s in samples:
+        for k, b in enumerate(s.boxes, start=1):
+            ys, xs = np.nonzero(s.mask == k)
+            assert b.x1 < xs.min() and b.x2 > xs.max() + 1 and b.y1 < ys.min() and b.y2 > ys.max() + 1
+
+
+def test_same_item_same_bytes(boards):
+    spec = _spec(boards, blend="mixed", merge=0.5)
+    _, a = _generate(spec)
+    _, b = _generate(spec)
+    assert [s.image.tobytes() for s in a] == [s.image.tobytes() for s in b]
+    assert [s.meta["provenance"] for s in a] == [s.meta["provenance"] for s in b]
+
+
+def test_vary_changes_shape_within_bounds():
+    patch = np.full((30, 30), 200, np.uint8)
+    alpha = np.zeros((30, 30), np.float32)
+    patch[10:20, 12:16], alpha[10:20, 12:16] = 40, 1.0
+    inst = Instance("crack", patch, alpha, True, "x#0")
+    box = Box(0, "crack", 0, 0, 4, 10)
+    shapes = set()
+    for seed in range(8):
+        v = vary(inst, box, np.random.default_rng(seed), 1.5, (0.5, 2.0), elastic=2.0, contrast=(0.8, 1.25))
+        shapes.add(v.binary.tobytes())
+        assert 0.5 <= v.scale <= 2.0
+    assert len(shapes) > 4  # elastic deformation: new shapes, not one
+    big = Box(0, "crack", 0, 0, 40, 100)  # 10x the instance: scaled at most 2x
+    assert vary(inst, big, np.random.default_rng(0), 1.5, (0.5, 2.0)).scale == 2.0
+
+
+def test_place_skips_forbidden_windows():
+    canvas = _board().astype(np.float32)
+    ctx = canvas[36:54, 30:50].copy()
+    v = vary(Instance("open", ctx.astype(np.uint8), np.pad(np.ones((10, 4), np.float32), ((4, 4), (8, 8))), True, "x", ctx.astype(np.uint8)),
+             Box(0, "open", 0, 0, 4, 10), np.random.default_rng(0), 1.5, (1, 1), flips=False, rotate=False)
+    forbidden = np.zeros(canvas.shape, bool)
+    forbidden[:, :60] = True  # only the right of the trace is free
+    oy, ox, score = place(canvas, v, Box(0, "open", 0, 0, 4, 10), np.random.default_rng(0), "context", 3, forbidden, True)
+    assert ox + 8 >= 60 and score > 0.99
+
+
+def test_grey_levels_tell_binary_from_grey():
+    assert grey_levels(_board().astype(np.float32)).tolist() == [0, 255]
+    assert grey_levels(np.random.default_rng(0).uniform(0, 255, (32, 32))) is None
+
+
+def test_validation_names_missing_twin_and_unknown_placement(tmp_path):
+    _make_set(tmp_path / "pcb", with_twins=False)
+    with pytest.raises(FileNotFoundError, match="b0.*twin"):
+        load_real("yolo", tmp_path / "pcb")
+    drawn_reg = (tmp_path / "reg").as_uri()
+    boards = {"bg": tmp_path, "reg": drawn_reg}
+    from factory.spec import SpecError
+
+    with pytest.raises(SpecError, match=r"generators\[0\]\.params\.placement"):
+        check_spec(_spec(boards, placement="anywhere"))
+
+
+def test_deeppcb_import_splits_by_board_group(shared_data):
+    real = load_real("deeppcb", shared_data / "deeppcb")
+    groups = {split: {s.image_path.parts[-3] for s in real.samples if s.split == split} for split in ("train", "val")}
+    assert groups["train"] and groups["val"] and not groups["train"] & groups["val"]
+    assert all(s.template is not None and s.template.name.endswith("_temp.jpg") for s in real.samples)
+    s = real.samples[0]
+    inst = decode_map(s.instances)
+    assert inst.max() >= 1 and all((inst == k + 1).sum() <= b.width * b.height for k, b in enumerate(s.boxes))
