@@ -3,65 +3,50 @@
     ray job submit --working-dir . -- python jobs/generate.py specs/demo-pv-el.yaml --out s3://bucket/datasets
     factory submit specs/demo-pv-el.yaml --address http://HEAD:8265     (ships the spec in FACTORY_SPEC_YAML)
 
+It runs the same command as `factory run SPEC [options]` (every option of `factory
+run` is accepted: `python jobs/generate.py --help`), so a job and a laptop run share
+one code path and one set of defaults. `--spec-env VAR` reads the spec's YAML from
+the environment variable VAR instead of a file (what `factory submit` sends).
 Inside a job `ray.init()` joins the job's cluster (RAY_ADDRESS is set by Ray).
-Progress goes to stdout as plain lines (job logs are not a terminal); the last line
-is the manifest summary as JSON.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
-import time
-from factory.spec import SpecError, load_spec, parse_spec
+import tempfile
+from pathlib import Path
+
+from factory.cli import app
 
 
-def main(argv: list[str] | None = None) -> int:
-    from factory.pipeline import RunError, RunOptions, run_dataset
-    from factory.storage import StorageError
-    from factory.retrain.trigger import publish_hook  # spec `retrain: {on: publish}` -> one Ray job
-
-    ap = argparse.ArgumentParser(prog="jobs/generate.py", description=__doc__.split("\n\n")[0])
-    ap.add_argument("spec", nargs="?", help="spec file (or use --spec-env)")
-    ap.add_argument("--spec-env", help="read the spec's YAML from this environment variable")
-    ap.add_argument("--out", help="registry root URI")
-    ap.add_argument("--version", type=int)
-    ap.add_argument("--resume", action="store_true")
-    ap.add_argument("--restart", action="store_true", help="discard this version's staging first")
-    ap.add_argument("--actors", type=int)
-    a = ap.parse_args(argv)
-    try:
-        if a.spec_env:
-            spec = parse_spec(os.environ.get(a.spec_env, ""), f"${a.spec_env}")
-        elif a.spec:
-            spec = load_spec(a.spec)
+def _spec_from_env(argv: list[str], folder: str) -> list[str]:
+    """`--spec-env VAR` (or `--spec-env=VAR`) -> the path of a file holding $VAR, as the spec argument."""
+    out, var, i = [], None, 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--spec-env" and i + 1 < len(argv):
+            var, i = argv[i + 1], i + 2
+            continue
+        if a.startswith("--spec-env="):
+            var = a.split("=", 1)[1]
         else:
-            ap.error("give a spec file or --spec-env VAR")
-    except SpecError as e:
-        print(e, file=sys.stderr)
-        return 2
-    last = [0.0]
+            out.append(a)
+        i += 1
+    if var is None:
+        return out
+    if var not in os.environ:
+        sys.exit(f"error: --spec-env {var}: no such environment variable")
+    path = Path(folder) / f"{var}.yaml"  # spec errors name this file
+    path.write_text(os.environ[var])
+    return [str(path), *out]
 
-    def show(p) -> None:
-        if time.time() - last[0] > 2 or p.phase == "publishing" or p.accepted >= p.count:
-            last[0] = time.time()
-            print(f"[{spec.name}] round {p.round}: {min(p.accepted, p.count)}/{p.count} accepted, {p.rejected} rejected ({p.phase})",
-                  flush=True)
 
-    try:
-        r = run_dataset(spec, RunOptions(out=a.out, version=a.version, resume=a.resume, restart=a.restart,
-                                           actors=a.actors, on_publish=publish_hook), show)
-    except (StorageError, RunError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    m = r.manifest
-    print(f"published {spec.name}@{r.version} at {r.uri}; report {r.report_uri}", flush=True)
-    print(json.dumps({"uri": r.uri, "version": r.version, "counts": m["counts"], "reject_reasons": m["reject_reasons"],
-                      "seconds": round(r.seconds, 1)}))
-    return 0
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    with tempfile.TemporaryDirectory(prefix="factory-job-") as folder:
+        app(["run", *_spec_from_env(argv, folder)], prog_name="jobs/generate.py")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -149,7 +149,7 @@ def test_datasets_list_and_show(tmp_path):
     from factory.cli import app
 
     reg = _stage_and_publish(str(tmp_path))
-    m = reg.manifest("toy", 1)
+    m = reg.manifest("toy", 1).to_dict()
     m.update(name="toy", classes=["a", "b"], spec_hash="0" * 64, code_version="t", formats=["parquet"], gate=["x"],
              counts={"accepted": 3, "rejected": 0, "surplus": 0, "negatives": 0,
                      "images_per_class": {"a": 0, "b": 3}, "boxes_per_class": {"a": 0, "b": 3}},

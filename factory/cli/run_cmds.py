@@ -6,10 +6,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
+import shlex
 import sys
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import typer
 from rich.table import Table
@@ -18,12 +18,37 @@ from factory.cli.app import app, datasets_app
 from factory.cli.common import EXIT_INVALID, console, fail, friendly_errors, load_spec_or_exit, ray_output_to_log
 from factory.ray_runtime import JobServerError, job_client
 
+if TYPE_CHECKING:
+    from factory.storage import Manifest
+
 SpecArg = typer.Argument(..., help="Path to the dataset spec (YAML).", show_default=False)
 RefArg = typer.Argument(..., help="NAME@VERSION or ROOT/NAME@VERSION (e.g. s3://bucket/datasets/demo-pv-el@3).",
                         show_default=False)
-DEFAULT_ROOT = os.environ.get("FACTORY_ROOT", "file://./datasets")
-RootOpt = typer.Option(DEFAULT_ROOT, "--root", help="Registry root when the reference has none (env FACTORY_ROOT).")
+RootOpt = typer.Option(None, "--root", show_default=False,
+                       help="Registry root when the reference has none [default: env FACTORY_ROOT, else file://./datasets].")
 REPO = Path(__file__).resolve().parents[2]
+
+# `factory run`'s options, declared once: `run` takes them and `submit` forwards every one of them to the job
+OutOpt = typer.Option(None, "--out", help="Registry root URI (file://... or s3://...); default: the spec's output.uri.")
+VersionOpt = typer.Option(None, "--version", min=1, help="Version to publish; default: the spec's, else the next free one.")
+ResumeOpt = typer.Option(False, "--resume", help="Continue an interrupted run of this version, reusing its written shards (or finish its publish).")
+RestartOpt = typer.Option(False, "--restart", help="Discard this version's staging (an interrupted run's shards) and start over.")
+ActorsOpt = typer.Option(None, "--actors", min=1, help="Generator actors per generator (default: one per CPU, or per GPU).")
+OverprovisionOpt = typer.Option(1.1, "--overprovision", min=1.0, help="Plan count x this in the first round (1 / expected pass rate).")
+VerboseOpt = typer.Option(False, "--verbose", help="Show Ray's own output here instead of in the run's log file.")
+
+
+def run_argv(out: str | None = None, version: int | None = None, resume: bool = False, restart: bool = False,
+             actors: int | None = None, overprovision: float = 1.1, verbose: bool = False) -> list[str]:
+    """`factory run`'s options (all but the spec and --address) as command-line arguments."""
+    args = [] if out is None else ["--out", out]
+    args += [] if version is None else ["--version", str(version)]
+    args += ["--resume"] if resume else []
+    args += ["--restart"] if restart else []
+    args += [] if actors is None else ["--actors", str(actors)]
+    args += ["--overprovision", repr(float(overprovision))]
+    args += ["--verbose"] if verbose else []
+    return args
 
 
 @contextlib.contextmanager
@@ -42,14 +67,14 @@ def _errors() -> Iterator[None]:
 @app.command()
 def run(
     spec: Path = SpecArg,
-    out: str | None = typer.Option(None, "--out", help="Registry root URI (file://... or s3://...); default: the spec's output.uri."),
-    version: int | None = typer.Option(None, "--version", min=1, help="Version to publish; default: the spec's, else the next free one."),
-    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run of this version, reusing its written shards (or finish its publish)."),
-    restart: bool = typer.Option(False, "--restart", help="Discard this version's staging (an interrupted run's shards) and start over."),
+    out: str | None = OutOpt,
+    version: int | None = VersionOpt,
+    resume: bool = ResumeOpt,
+    restart: bool = RestartOpt,
     address: str | None = typer.Option(None, "--address", help="Ray cluster address; default: RAY_ADDRESS, else an embedded local Ray."),
-    actors: int | None = typer.Option(None, "--actors", min=1, help="Generator actors per generator (default: one per CPU, or per GPU)."),
-    overprovision: float = typer.Option(1.1, "--overprovision", min=1.0, help="Plan count x this in the first round (1 / expected pass rate)."),
-    verbose: bool = typer.Option(False, "--verbose", help="Show Ray's own output here instead of in the run's log file."),
+    actors: int | None = ActorsOpt,
+    overprovision: float = OverprovisionOpt,
+    verbose: bool = VerboseOpt,
 ) -> None:
     """Generate, check and publish a dataset version (a Ray Data job)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -86,26 +111,37 @@ def run(
         console.print(note)
 
 
-def summary_table(m: dict, seconds: float | None = None) -> Table:
-    """Per-class counts, then one row per headline number."""
-    c = m["counts"]
-    t = Table(title=f"{m['name']}@{m['version']}", title_justify="left")
+def summary_table(manifest: "Manifest | dict", seconds: float | None = None) -> Table:
+    """Per-class counts, then one row per headline number (a generated version's
+    gate numbers, or an imported real set's source)."""
+    from factory.storage import Manifest
+
+    m = Manifest.of(manifest)
+    c = m.counts
+    t = Table(title=f"{m.ref}" + (" (real)" if m.kind == "real" else ""), title_justify="left")
     t.add_column("class")
     t.add_column("images", justify="right")
     t.add_column("boxes", justify="right")
-    for name in m["classes"]:
-        t.add_row(name, str(c["images_per_class"].get(name, 0)), str(c["boxes_per_class"].get(name, 0)))
-    t.add_row("(no defect)", str(c["negatives"]), "0", style="dim", end_section=True)
-    reasons = ", ".join(f"{k} {v}" for k, v in m.get("reject_reasons", {}).items()) or "none"
-    rate = f"{c['pass_rate']:.0%}" if c.get("pass_rate") is not None else "-"
-    t.add_row("published", str(c["accepted"]), "", style="bold")
-    t.add_row("rejected", str(c["rejected"]), reasons)
-    t.add_row("surplus", str(c["surplus"]), "accepted, not needed")
-    t.add_row("pass rate", rate, "")
+    for name in m.classes:
+        images = "-" if c.images_per_class is None else str(c.images_per_class.get(name, 0))
+        t.add_row(name, images, str(c.boxes_per_class.get(name, 0)))
+    t.add_row("(no defect)", "-" if c.negatives is None else str(c.negatives), "0", style="dim", end_section=True)
+    t.add_row("published", str(c.published), ", ".join(f"{k} {v}" for k, v in c.splits.items()), style="bold")
+    if m.kind == "real":
+        t.add_row("source", m.source or "-", f"imported by the {m.adapter} adapter" if m.adapter else "")
+        return t
+    reasons = ", ".join(f"{k} {v}" for k, v in m.reject_reasons.items()) or "none"
+    t.add_row("rejected", _num(c.rejected), reasons)
+    t.add_row("surplus", _num(c.surplus), "accepted, not needed")
+    t.add_row("pass rate", f"{c.pass_rate:.0%}" if c.pass_rate is not None else "-", "")
     if seconds:
-        t.add_row("time", f"{seconds:.0f} s", f"{c['accepted'] / seconds:.1f} img/s")
-    t.add_row("spec hash", m["spec_hash"][:12], "")
+        t.add_row("time", f"{seconds:.0f} s", f"{c.published / seconds:.1f} img/s")
+    t.add_row("spec hash", (m.spec_hash or "-")[:12], "")
     return t
+
+
+def _num(v: int | None) -> str:
+    return "-" if v is None else str(v)
 
 
 # --- cluster jobs -----------------------------------------------------------
@@ -124,21 +160,23 @@ AddressOpt = typer.Option(None, "--address", help="Ray dashboard address, e.g. h
 def submit(
     spec: Path = SpecArg,
     address: str | None = AddressOpt,
-    out: str | None = typer.Option(None, "--out", help="Registry root URI, as seen from the cluster."),
-    version: int | None = typer.Option(None, "--version", min=1),
-    resume: bool = typer.Option(False, "--resume"),
-    restart: bool = typer.Option(False, "--restart"),
+    out: str | None = OutOpt,
+    version: int | None = VersionOpt,
+    resume: bool = ResumeOpt,
+    restart: bool = RestartOpt,
+    actors: int | None = ActorsOpt,
+    overprovision: float = OverprovisionOpt,
+    verbose: bool = VerboseOpt,
 ) -> None:
-    """Submit `factory run` as a Ray job (jobs/generate.py) through the Job Submission API."""
+    """Submit `factory run` as a Ray job (jobs/generate.py) through the Job Submission API; every
+    option but --address goes to `factory run` in the job (--out as the cluster sees it)."""
     s = load_spec_or_exit(spec)
-    args = [] if out is None else ["--out", out]
-    args += [] if version is None else ["--version", str(version)]
-    args += ["--resume"] if resume else []
-    args += ["--restart"] if restart else []
+    args = run_argv(out=out, version=version, resume=resume, restart=restart, actors=actors,
+                    overprovision=overprovision, verbose=verbose)
     client = _job_client(address)
     with _errors():
         job_id = client.submit_job(
-            entrypoint="python jobs/generate.py --spec-env FACTORY_SPEC_YAML " + " ".join(args),
+            entrypoint=shlex.join(["python", "jobs/generate.py", "--spec-env", "FACTORY_SPEC_YAML", *args]),
             runtime_env={
                 "working_dir": str(REPO),
                 "excludes": [".venv", ".git", "datasets", "out", "runs", "checkpoints", "*.pt", "*.safetensors"],
@@ -182,11 +220,11 @@ def logs(job_id: str = typer.Argument(..., help="Job id printed by `factory subm
 
 
 # --- consumers --------------------------------------------------------------
-def _open(ref: str, root: str):
-    from factory.storage import DatasetRef, Registry
+def _open(ref: str, root: str | None):
+    from factory.storage import DatasetRef, Registry, default_root
 
     try:
-        r = DatasetRef.parse(ref, default_root=root)
+        r = DatasetRef.parse(ref, default_root=root or default_root())
     except ValueError as e:
         fail(str(e), EXIT_INVALID)
     reg = Registry(r.root)
@@ -195,15 +233,17 @@ def _open(ref: str, root: str):
 
 
 @app.command()
-def show(ref: str = RefArg, root: str = RootOpt) -> None:
+def show(ref: str = RefArg, root: str | None = RootOpt) -> None:
     """Summary of a published version: counts, reject reasons, per-class table, files."""
     with _errors():
         reg, name, version, m = _open(ref, root)
     console.print(summary_table(m))
-    size = sum(f["bytes"] for f in m["files"].values())
+    files = m.files or {}
+    size = sum(f.bytes for f in files.values())
+    made = f"gate: {', '.join(m.gate) or '-'}" if m.kind == "generated" else "imported real data"
     console.print(
-        f"{reg.version_uri(name, version)}\ncreated {m['created_at']}, code {m['code_version']}, formats "
-        f"{', '.join(m['formats'])}, {len(m['files'])} files ({size / 1e6:.1f} MB), gate: {', '.join(m['gate'])}"
+        f"{reg.version_uri(name, version)}\ncreated {m.created_at or '-'}, code {m.code_version or '-'}, formats "
+        f"{', '.join(m.format_names()) or '-'}, {len(files)} files ({size / 1e6:.1f} MB), {made}"
     )
     with _errors():
         from factory.storage import uri as U
@@ -219,7 +259,7 @@ def pull(
     ref: str = RefArg,
     fmt: str = typer.Option(..., "--format", help="yolo, coco or parquet."),
     to: Path = typer.Option(..., "--to", help="Local folder to write into."),
-    root: str = RootOpt,
+    root: str | None = RootOpt,
 ) -> None:
     """Download one format of a published version and verify every file's sha256."""
     from factory.storage import uri as U
@@ -230,21 +270,22 @@ def pull(
     with _errors():
         reg, name, version, m = _open(ref, root)
         base = reg.version_uri(name, version)
-        paths = [p for p in m["files"] if p.startswith(fmt + "/")]  # a format's files live under its name
+        files = m.files or {}
+        paths = [p for p in files if p.startswith(fmt + "/")]  # a format's files live under its name
         if not paths:
-            fail(f"{base}: this version has no {fmt} files (formats: {', '.join(m['formats'])})")
+            fail(f"{base}: this version has no {fmt} files (formats: {', '.join(m.format_names()) or 'none'})")
         to.mkdir(parents=True, exist_ok=True)
         bad = []
         with console.status(f"pulling {len(paths)} files"):
             for p in paths:
                 data = U.read_bytes(U.join(base, p))
-                if hashlib.sha256(data).hexdigest() != m["files"][p]["sha256"]:
+                if hashlib.sha256(data).hexdigest() != files[p].sha256:
                     bad.append(p)
                     continue
                 dest = to / p[len(fmt) + 1:]
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 dest.write_bytes(data)
-        (to / "manifest.json").write_text(json.dumps(m, indent=1))
+        (to / "manifest.json").write_text(json.dumps(m.to_dict(), indent=1))
     if bad:
         fail(f"{len(bad)} files do not match the manifest's sha256 (first: {base}/{bad[0]}); not written")
     hint = {"yolo": f" - train with data={to / 'data.yaml'}",
@@ -253,28 +294,29 @@ def pull(
 
 
 @datasets_app.command("list")
-def datasets_list(root: str = typer.Argument(DEFAULT_ROOT, help="Registry root URI (default: env FACTORY_ROOT or ./datasets).")) -> None:
+def datasets_list(root: str | None = typer.Argument(None, show_default=False,
+                                                   help="Registry root URI [default: env FACTORY_ROOT, else file://./datasets].")) -> None:
     """Every published version under a root, and "unfinished" ones: a run holds the
     version without having published it (running now, or interrupted: finish it
     with `factory run --resume`, or drop it with `--restart`)."""
     from datetime import datetime, timezone
 
-    from factory.storage import Registry
+    from factory.storage import Registry, default_root
 
     with _errors():
-        reg = Registry(root)
+        reg = Registry(root or default_root())
         t = Table(title=f"datasets in {reg.root}")
-        for col in ("name", "version", "status", "images", "rejected", "classes", "created", "spec hash"):
+        for col in ("name", "version", "status", "kind", "images", "rejected", "classes", "created", "spec hash"):
             t.add_column(col, no_wrap=col == "status", min_width=10 if col == "status" else None)
         for name in reg.names():
             for v in reg.versions(name):
                 m = reg.manifest(name, v, files=False)
-                t.add_row(name, str(v), "published", str(m["counts"]["accepted"]), str(m["counts"]["rejected"]),
-                          ", ".join(m["classes"]), m["created_at"], m["spec_hash"][:12])
+                t.add_row(name, str(v), "published", m.kind, str(m.counts.published), _num(m.counts.rejected),
+                          ", ".join(m.classes), m.created_at, (m.spec_hash or "-")[:12])
             for v in reg.staged(name):
                 st = reg.run_state(name, v) or {}
                 started = datetime.fromtimestamp(st.get("started_at", 0), timezone.utc).isoformat(timespec="seconds")
-                t.add_row(name, str(v), "[yellow]unfinished[/]", "", "", "", started,
+                t.add_row(name, str(v), "[yellow]unfinished[/]", "generated", "", "", "", started,
                           str(st.get("spec_hash", ""))[:12])
     console.print(t if t.row_count else f"no published datasets in {reg.root}")
     if any("unfinished" in str(c) for col in t.columns for c in col._cells):

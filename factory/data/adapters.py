@@ -335,6 +335,8 @@ def publish_real(real: RealSet, root: str, name: str, version: int | None = None
     """Publish a real set as a registry dataset (`yolo/` tree + manifest written
     last), so consumers read real and synthetic data the same way. Returns the
     version URI."""
+    from collections import Counter
+
     from factory.storage.manifest import Counts, Manifest
     from factory.storage.registry import Registry, code_version
 
@@ -342,10 +344,7 @@ def publish_real(real: RealSet, root: str, name: str, version: int | None = None
     version = version or reg.next_version(name)
     files = yolo_files(real)
     info = json.loads(files["import.json"])
-    images_per_class = {n: 0 for n in real.class_names}
-    for s in real.samples:
-        for n in {b.class_name for b in s.boxes}:
-            images_per_class[n] += 1
+    images_per_class = Counter(n for s in real.samples for n in {b.class_name for b in s.boxes})
     manifest = Manifest(  # the schema every reader of a version uses (storage/manifest.py)
         kind="real",
         source=real.source,
@@ -355,7 +354,8 @@ def publish_real(real: RealSet, root: str, name: str, version: int | None = None
         classes=list(real.class_names),
         formats=["yolo"],
         counts=Counts(images=len(real.samples), splits=info["splits"], boxes_per_class=info["class_counts"],
-                      images_per_class=images_per_class, negatives=sum(1 for s in real.samples if not s.boxes)),
+                      images_per_class={n: images_per_class[n] for n in real.class_names},
+                      negatives=sum(1 for s in real.samples if not s.boxes)),
     )
     extra = {f"yolo/{k}" if k != "import.json" else k: v for k, v in files.items()}
     return reg.publish(name, version, [], extra, manifest)

@@ -13,6 +13,7 @@ import logging
 from dataclasses import dataclass
 
 from factory.pipeline.options import RunOptions
+from factory.pipeline.records import ShardRecord
 from factory.pipeline.stages import GenerateStage, ScoreWriteStage, ShardTarget, generator_key
 from factory.spec import DatasetSpec
 from factory.storage import uri as U
@@ -123,7 +124,7 @@ def run_round(spec: DatasetSpec, o: RunOptions, staging: str, spec_hash: str, to
         for bundle in it:
             for ref in bundle.block_refs:
                 for text in BlockAccessor.for_block(ray.get(ref)).to_arrow().column("record").to_pylist():
-                    yield json.loads(text)
+                    yield ShardRecord.of(text)
     finally:
         close = getattr(it, "close", None)
         if close:

@@ -30,6 +30,7 @@ from factory.generators.checks import check_spec
 from factory.pipeline.graph import Pool, plan_pools, run_round
 from factory.pipeline.options import Progress, RunError, RunOptions, RunResult
 from factory.pipeline.publish import publish_version, select
+from factory.pipeline.records import ShardRecord
 from factory.pipeline.rounds import MAX_ROUNDS, Dedupe, Shard, iter_records, missing, round_size, tally, top_reasons
 from factory.pipeline.stages import split_of
 from factory.ray_runtime import ensure_ray
@@ -134,7 +135,8 @@ class _Run:
         self.dedupe = dedupe
         self.prog = Progress(count=spec.count)
 
-    def take(self, rec: dict[str, Any]) -> None:
+    def take(self, rec: ShardRecord | dict[str, Any]) -> None:
+        rec = ShardRecord.of(rec)
         self.shards.append(Shard.of(rec))
         tally(self.prog, self.shards[-1:])
         dups = self.dedupe.add(rec)

@@ -18,6 +18,7 @@ from collections import Counter
 from typing import Any
 
 from factory.pipeline.options import RunError, RunOptions
+from factory.pipeline.records import SampleSummary
 from factory.pipeline.rounds import Dedupe, Shard, read_record
 from factory.spec import DatasetSpec
 from factory.storage import uri as U
@@ -68,14 +69,14 @@ class _Stats:
         self.images, self.boxes, self.generators, self.splits = Counter(), Counter(), Counter(), Counter()
         self.negatives, self.box_rows, self.grid_ok, self.grid_bad = 0, [], [], []
 
-    def add(self, samples: list[list[Any]]) -> None:
-        for _index, _sid, split, gen, boxes, *_hash in samples:
-            self.splits[split] += 1
-            self.generators[gen] += 1
-            self.images.update({self.names[b[0]] for b in boxes})
-            self.boxes.update(self.names[b[0]] for b in boxes)
-            self.negatives += not boxes
-            self.box_rows += [tuple(b) for b in boxes][: MAX_REPORT_BOXES - len(self.box_rows)]
+    def add(self, samples: list[SampleSummary]) -> None:
+        for s in samples:
+            self.splits[s.split] += 1
+            self.generators[s.generator] += 1
+            self.images.update({self.names[b[0]] for b in s.boxes})
+            self.boxes.update(self.names[b[0]] for b in s.boxes)
+            self.negatives += not s.boxes
+            self.box_rows += list(s.boxes)[: MAX_REPORT_BOXES - len(self.box_rows)]
 
     def sample_accepted(self, staging: str, path: str, keep: set[str]) -> None:
         import pyarrow.parquet as pq
@@ -113,21 +114,21 @@ def publish_version(spec: DatasetSpec, reg: Registry, version: int, shards: list
     made: list[dict[str, Any]] = []  # the published shards in plan order, and the node that made each
     for shard in kept:
         rec = read_record(staging, shard.key)
-        gate = gate or rec.get("gate", [])  # the scorers' names, as the actors built them
+        gate = gate or list(rec.gate)  # the scorers' names, as the actors built them
         if shard.key in take:
-            samples = sorted((x for x in rec["samples"] if x[1] not in dedupe.duplicates),
-                             key=lambda x: x[0])[: take[shard.key]]
-            cut = len(samples) < len(rec["samples"])
-            ids = {x[1] for x in samples}
+            samples = sorted((x for x in rec.samples if x.sample_id not in dedupe.duplicates),
+                             key=lambda x: x.index)[: take[shard.key]]
+            cut = len(samples) < len(rec.samples)
+            ids = {x.sample_id for x in samples}
             for sink in sinks:
-                own = [f for f in rec["files"] if f["path"].startswith(sink.format + "/")]
+                own = [f for f in rec.files if f["path"].startswith(sink.format + "/")]
                 sink.publish_shard(pub, staging, own, ids if cut else None, part)
                 if sink.format == "parquet" and own:
                     stats.sample_accepted(staging, own[0]["path"], ids)
             part += 1
             stats.add(samples)
-            made.append({"key": shard.key, "node": rec.get("node"), "samples": len(samples)})
-        for f in rec["rejected_files"]:
+            made.append({"key": shard.key, "node": rec.node, "samples": len(samples)})
+        for f in rec.rejected_files:
             stats.sample_rejected(staging, f["path"])
             pub.move([(f["path"], {**f, "path": f"rejected/part-{rejected_part:05d}.parquet"})])
             rejected_part += 1

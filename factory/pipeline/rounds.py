@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import bisect
 import heapq
-import json
 import math
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
 from factory.pipeline.options import Progress
+from factory.pipeline.records import ShardRecord
 from factory.quality.sanity import NearDuplicateIndex
 from factory.storage import uri as U
 
@@ -36,10 +36,10 @@ class Shard:
     reasons: Counter  # reject reason codes
 
     @classmethod
-    def of(cls, rec: dict[str, Any]) -> "Shard":
-        codes = Counter(code for _, _, codes in rec["rejects"] for code in codes)
-        idx = sorted([s[0] for s in rec["samples"]] + [r[0] for r in rec["rejects"]])
-        return cls(rec["key"], len(rec["samples"]), len(rec["rejects"]), _runs(idx), codes)
+    def of(cls, rec: ShardRecord | dict[str, Any]) -> "Shard":
+        rec = ShardRecord.of(rec)
+        codes = Counter(code for r in rec.rejects for code in r.reasons)
+        return cls(rec.key, len(rec.samples), len(rec.rejects), _runs(rec.indices), codes)
 
 
 def _runs(sorted_indices: list[int]) -> list[tuple[int, int]]:
@@ -90,12 +90,13 @@ class Dedupe:
         d = self.duplicate_indices
         return sum(bisect.bisect_left(d, b) - bisect.bisect_left(d, a) for a, b in runs)
 
-    def add(self, rec: dict[str, Any]) -> int:
+    def add(self, rec: ShardRecord | dict[str, Any]) -> int:
         """Take one shard record; returns how many duplicates that uncovered (in any shard)."""
-        for s in rec["samples"]:
-            self._push(s[0], s[1], s[5] if len(s) > 5 else None, True)
-        for r in rec["rejects"]:
-            self._push(r[0], r[1], None, False)
+        rec = ShardRecord.of(rec)
+        for s in rec.samples:
+            self._push(s.index, s.sample_id, s.phash, True)
+        for r in rec.rejects:
+            self._push(r.index, r.sample_id, None, False)
         found = 0
         while self._pending and self._pending[0][0] == self.frontier:
             index, sid, h, accepted = heapq.heappop(self._pending)
@@ -121,8 +122,8 @@ class Dedupe:
         heapq.heappush(self._pending, (index, sid, h, accepted))
 
 
-def read_record(staging: str, key: str) -> dict[str, Any]:
-    return json.loads(U.read_bytes(U.join(staging, "_shards", f"{key}.json")))
+def read_record(staging: str, key: str) -> ShardRecord:
+    return ShardRecord.of(U.read_bytes(U.join(staging, "_shards", f"{key}.json")))
 
 
 def iter_records(staging: str):

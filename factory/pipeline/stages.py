@@ -24,6 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from factory.core import Box, Reason, Sample, WorkItem
+from factory.pipeline.records import RejectSummary, SampleSummary, ShardRecord
 from factory.planning import iter_plan
 from factory.spec import DatasetSpec
 from factory.storage import uri as U
@@ -156,7 +157,8 @@ def to_columns(results: Sequence[Result], shard: int, spec: DatasetSpec) -> dict
         "mask": masks,
         "has_mask": np.array([s is not None and s.mask is not None for _, s, _ in results], bool),
         "boxes": np.array([json.dumps([b.to_dict() for b in s.boxes]) if s else "[]" for _, s, _ in results], object),
-        "meta": np.array([json.dumps({"checkpoint": str((s.meta or {}).get("checkpoint") or "")}) if s else "{}"
+        "meta": np.array([json.dumps({"checkpoint": str((s.meta or {}).get("checkpoint") or ""),
+                                      "provenance": (s.meta or {}).get("provenance") or {}}) if s else "{}"
                           for _, s, _ in results], object),
         "error": np.array([e for _, _, e in results], object),
     }
@@ -228,6 +230,7 @@ class ScoreWriteStage:
                 "scores": v.scores,
                 "split": split_of(item.index, self.val_fraction),
                 "work_item": json.dumps(item.to_row()),
+                "provenance": json.dumps((s.meta or {}).get("provenance") or {}, sort_keys=True) if s is not None else "{}",
                 "reasons": [str(r) for r in v.reasons],  # Parquet text: `code: detail`
                 "reason_codes": [r.code for r in v.reasons],
                 "error": err,
@@ -248,8 +251,9 @@ def node_id() -> str | None:
 
 def write_shard(rows: list[dict[str, Any]], target: ShardTarget, gate: list[str]) -> str:
     """Write one shard (accepted rows through the format sinks, rejected rows to
-    `rejected/`), then its record `_shards/<key>.json` LAST: a shard without a
-    record is ignored by publish and redone by a resumed run. Returns the record."""
+    `rejected/`), then its record (`ShardRecord`) `_shards/<key>.json` LAST: a shard
+    without a record is ignored by publish and redone by a resumed run. Returns the
+    record's JSON text (what the actor hands the driver)."""
 
     accepted = [r for r in rows if not r["reasons"]]
     rejected = [r for r in rows if r["reasons"]]
@@ -258,20 +262,15 @@ def write_shard(rows: list[dict[str, Any]], target: ShardTarget, gate: list[str]
     for sink in sinks_for(target.formats):
         files += sink.write(target.staging, key, accepted)
     rejected_files = ParquetSink("rejected", REJECT_SCHEMA).write(target.staging, key, rejected)
-    record = {
-        "key": key,
-        "files": files,
-        "rejected_files": rejected_files,
-        # [index, sample_id, split, generator, [[class_id, x1, y1, x2, y2], ...], perceptual hash or None]
-        "samples": [
-            [r["item_index"], r["sample_id"], r["split"], r["generator"],
-             [[b["class_id"], b["x1"], b["y1"], b["x2"], b["y2"]] for b in r["boxes"]], phash_of(r["scores"])]
-            for r in accepted
-        ],
-        "rejects": [[r["item_index"], r["sample_id"], r["reason_codes"]] for r in rejected],
-        "gate": gate,  # the scorers that judged these samples
-        "node": node_id(),  # the Ray node whose actor wrote this shard
-    }
-    text = json.dumps(record)
+    record = ShardRecord(
+        key=key,
+        files=tuple(files),
+        rejected_files=tuple(rejected_files),
+        samples=tuple(SampleSummary.of_row(r, phash_of(r["scores"])) for r in accepted),
+        rejects=tuple(RejectSummary(r["item_index"], r["sample_id"], tuple(r["reason_codes"])) for r in rejected),
+        gate=tuple(gate),
+        node=node_id(),
+    )
+    text = record.to_json()
     U.write_bytes(U.join(target.staging, "_shards", f"{key}.json"), text.encode())
     return text

@@ -224,7 +224,7 @@ def _realism(gen: list[bytes], reals: list[str], base: str, size: int, inception
         if not inception_weights and not ckpt:
             weights = str(train_indomain_extractor(reals, Path(tmp) / "indomain.pt"))
             if write:
-                U.write_bytes(U.join(base, "metrics", "indomain-extractor.pt"), Path(weights).read_bytes())
+                U.write_bytes(U.join(extras_for(base), "metrics", "indomain-extractor.pt"), Path(weights).read_bytes())
         out["fidelity"] = fidelity(gen, reals, size, inception_weights, ckpt, indomain_weights=weights)
     out["c2st"] = c2st(gen, reals)
     if write:

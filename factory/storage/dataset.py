@@ -9,18 +9,20 @@ import io
 from typing import Any
 
 from factory.storage import uri as U
-from factory.storage.registry import DatasetRef, Registry
+from factory.storage.manifest import Manifest
+from factory.storage.registry import DatasetRef, Registry, default_root
 
 
-def _resolve(ref: str | DatasetRef, root: str | None) -> tuple[str, dict[str, Any], list[str]]:
-    r = ref if isinstance(ref, DatasetRef) else DatasetRef.parse(ref, default_root=root)
+def _resolve(ref: str | DatasetRef, root: str | None) -> tuple[str, Manifest, list[str]]:
+    r = ref if isinstance(ref, DatasetRef) else DatasetRef.parse(ref, default_root=root or default_root())
     reg = Registry(r.root)
     name, version = reg.resolve(r)
     manifest = reg.manifest(name, version)
     base = reg.version_uri(name, version)
-    parts = sorted(p for p in manifest["files"] if p.startswith("parquet/") and p.endswith(".parquet"))
+    parts = sorted(p for p in manifest.files or {} if p.startswith("parquet/") and p.endswith(".parquet"))
     if not parts:
-        raise ValueError(f"{base}: this version has no Parquet shards (formats: {manifest.get('formats')})")
+        raise ValueError(f"{base}: this version has no Parquet shards "
+                         f"(formats: {', '.join(manifest.format_names()) or 'none'})")
     return base, manifest, parts
 
 

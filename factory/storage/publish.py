@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from factory.storage import uri as U
+from factory.storage.manifest import Manifest
 from factory.storage.shards import file_entry
 from factory.storage.uri import StorageError
 
@@ -79,11 +80,13 @@ class Publication:
             sha = hashlib.file_digest(f, "sha256").hexdigest()
         self.move([(src, {"path": path, "sha256": sha, "bytes": Path(local).stat().st_size})])
 
-    def commit(self, manifest: dict[str, Any]) -> str:
+    def commit(self, manifest: "Manifest | dict[str, Any]") -> str:
         self.seal(manifest)
         return self.finish()
 
-    def seal(self, manifest: dict[str, Any]) -> None:
+    def seal(self, manifest: "Manifest | dict[str, Any]") -> None:
+        if isinstance(manifest, Manifest):
+            manifest = manifest.to_dict()
         self.registry.refuse_published(self.name, self.version)
         self._plan.close()
         head = {"format": MANIFEST_FORMAT, "name": self.name, "version": self.version, "uri": self.uri,
@@ -169,8 +172,10 @@ def _clean(registry: "Registry", name: str, version: int) -> None:
             U.local_path(U.join(registry.root, name, STAGING)).rmdir()
 
 
-def read_file_list(version_uri: str, manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def read_file_list(version_uri: str, manifest: "Manifest | dict[str, Any]") -> dict[str, dict[str, Any]]:
     """The version's files {path: {sha256, bytes}}, checked against the manifest."""
+    if isinstance(manifest, Manifest):
+        manifest = manifest.to_dict()
     if "files" in manifest:  # format 1: the list inline
         return manifest["files"]
     info = manifest["file_list"]

@@ -12,6 +12,7 @@ manifest = not published, and a version with one is never written again.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 from dataclasses import dataclass
@@ -19,13 +20,21 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from factory.storage import uri as U
+from factory.storage.manifest import Manifest
 from factory.storage.publish import MANIFEST, STAGING, Publication, PublishedError, is_sealed, read_file_list
 from factory.storage.uri import StorageError
 
+DEFAULT_ROOT = "file://./datasets"
 EXTRAS = "_extras"  # <name>/_extras/v<N>/: metrics and retraining runs of a published version
 
 RUN_LOCK = "_run.json"  # in a staging prefix: the run that owns it (its state), created exclusively
 _REF = re.compile(r"^(?P<name>[a-z0-9][a-z0-9-]{0,62})(@(?P<version>v?\d+|latest))?$")
+
+
+def default_root() -> str:
+    """The registry root when none is named: `$FACTORY_ROOT`, else `file://./datasets`
+    (read when called, so a command sees the environment it runs in)."""
+    return os.environ.get("FACTORY_ROOT") or DEFAULT_ROOT
 
 
 @dataclass(frozen=True)
@@ -80,16 +89,19 @@ class Registry:
     def is_published(self, name: str, version: int) -> bool:
         return U.exists(U.join(self.version_uri(name, version), MANIFEST))
 
-    def manifest(self, name: str, version: int, files: bool = True) -> dict[str, Any]:
-        """The version's manifest; with `files`, its file list (files.jsonl) read
-        into `manifest["files"]` as {path: {sha256, bytes}}."""
+    def manifest(self, name: str, version: int, files: bool = True) -> Manifest:
+        """The version's manifest (generated or imported: one schema); with `files`,
+        its file list (files.jsonl, checked) read into `manifest.files`."""
         where = U.join(self.version_uri(name, version), MANIFEST)
         if not U.exists(where):
             raise StorageError(f"{where}: {name}@{version} is not published (no manifest)")
         m = json.loads(U.read_bytes(where))
         if files:
             m["files"] = read_file_list(self.version_uri(name, version), m)
-        return m
+        try:
+            return Manifest.model_validate(m)
+        except ValueError as e:
+            raise StorageError(f"{where}: not a manifest this version of the factory reads ({e})") from None
 
     def versions(self, name: str) -> list[int]:
         """Published versions of a dataset, ascending."""
@@ -159,7 +171,7 @@ class Registry:
         return Publication(self, name, version)
 
     def publish(self, name: str, version: int, moves: Iterable[tuple[str, dict[str, Any]]],
-                extra: dict[str, bytes], manifest: dict[str, Any]) -> str:
+                extra: dict[str, bytes], manifest: "Manifest | dict[str, Any]") -> str:
         """All at once: move `moves`, write `extra`, commit `manifest`."""
         pub = self.begin(name, version)
         pub.move(moves)
@@ -191,7 +203,7 @@ def code_version() -> str:
     return f"{version}+{sha}" if sha else version
 
 
-def verify_files(version_uri: str, manifest: dict[str, Any], paths: Iterable[str] | None = None) -> list[str]:
+def verify_files(version_uri: str, manifest: "Manifest | dict[str, Any]", paths: Iterable[str] | None = None) -> list[str]:
     """Paths whose sha256 differs from the manifest (or which are missing)."""
     import hashlib
 

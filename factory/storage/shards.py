@@ -61,6 +61,7 @@ SAMPLE_SCHEMA = pa.schema(
         ("scores", pa.map_(pa.string(), pa.float64())),
         ("split", pa.string()),
         ("work_item", pa.string()),  # the full WorkItem as JSON: everything needed to remake the sample
+        ("provenance", pa.string()),  # JSON: what the generator used (references, instances, placements); {} when it says nothing
     ]
 )
 

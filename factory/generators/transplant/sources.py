@@ -17,7 +17,6 @@ resolves against `$FACTORY_ROOT` (default `file://./datasets`).
 from __future__ import annotations
 
 import io
-import os
 from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
@@ -26,13 +25,10 @@ import numpy as np
 
 from factory.data.folders import image_uris, is_image_name
 from factory.storage import uri as U
+from factory.storage import default_root
 from factory.storage.registry import DatasetRef, Registry
 
 TRAIN = "train"  # the only split a transplant ever cuts from or paints on
-
-
-def default_root() -> str:
-    return os.environ.get("FACTORY_ROOT", "file://./datasets")
 
 
 def is_version_ref(text: str) -> bool:
