@@ -320,3 +320,106 @@ def test_publish_without_a_job_server_is_a_note_not_a_failure(tmp_path, real_yol
     notes = T.publish_hook(spec, version)
     assert len(notes) == 1 and "job not submitted" in notes[0] and "factory retrain" in notes[0]
     assert not list((tmp_path / "reg" / "syn-el" / "v1").glob("retrain/*/trigger.json"))  # the watcher can still pick it up
+
+
+# --- issue 25: cheap, honest scoring; protocols -------------------------------------------
+
+def test_retrain_settings_protocol_and_evals_fields():
+    from pydantic import ValidationError
+
+    s = RetrainSettings()
+    assert (s.evals, s.schedule, s.finetune_fraction) == (5, "mix", 0.5)
+    for bad, field in (({"evals": -1}, "evals"), ({"finetune_fraction": 0}, "finetune_fraction"),
+                       ({"finetune_fraction": 1.5}, "finetune_fraction"), ({"schedule": "both"}, "schedule"),
+                       ({"train_args": {"val": True}}, "train_args")):
+        with pytest.raises(ValidationError) as e:
+            RetrainSettings.model_validate(bad)
+        assert [err["loc"][0] for err in e.value.errors()] == [field]
+    assert RetrainSettings(evals=0).evals == 0
+    # the spec's retrain: section and the publish trigger carry the same settings
+    spec = spec_from_dict({**SYN_SPEC, "retrain": {"real_train": "/r", "real_eval": "/e", "schedule": "pretrain_finetune",
+                                                    "finetune_fraction": 0.25, "evals": 2}})
+    got = spec.retrain.settings()
+    assert (got.schedule, got.finetune_fraction, got.evals) == ("pretrain_finetune", 0.25, 2)
+    argv = shlex.split(T.job_entrypoint("file:///v", "/r", "/e", got, "rid"))
+    sent = json.loads(argv[argv.index("--config") + 1])
+    assert (sent["schedule"], sent["finetune_fraction"], sent["evals"]) == ("pretrain_finetune", 0.25, 2)
+    with pytest.raises(ValueError, match="finetune_fraction"):
+        spec_from_dict({**SYN_SPEC, "retrain": {"real_train": "/r", "real_eval": "/e", "finetune_fraction": 0}})
+
+
+def test_eval_points_are_evenly_spaced_inside_the_run():
+    from factory.retrain.arm import Evaluations, eval_points
+
+    assert eval_points(600, 5) == [100, 200, 300, 400, 500]
+    assert eval_points(600, 0) == [] and eval_points(None, 5) == []
+    assert eval_points(3, 5) == [1, 2]  # tiny runs: fewer distinct points, never the end (the final score is)
+    ev = Evaluations(eval_points(12, 5), 12)  # points 2, 4, 6, 8, 10
+    assert [ev.due(n) for n in (3, 6, 9, 12)] == [True, True, True, False]  # several points in one epoch: once
+
+
+def test_plan_pretrain_finetune_matches_the_real_arms_steps():
+    sel = RD.Selection(["a"], _items([{0}] * 10), _items([{0}] * 30), [])
+    s = RetrainSettings(batch=4, steps=40, arms=["real", "mixed"], schedule="pretrain_finetune", finetune_fraction=0.25)
+    plans = L.plan_arms(sel, s)
+    ph = plans["mixed"].phases
+    assert [p["data"] for p in ph] == ["synthetic", "real"]
+    assert [p["stop_steps"] for p in ph] == [30, 10] and sum(p["stop_steps"] for p in ph) == plans["real"].stop_steps == 40
+    assert ph[0]["epochs"] == 4 and ph[1]["epochs"] == 4  # 8 and 3 batches per epoch
+    assert ph[0]["close_mosaic"] == 0 and ph[1]["close_mosaic"] > 0  # the mosaic-free tail ends the run
+    assert plans["real"].phases is None and plans["mixed"].total_steps == 40
+    # a real-only run plans like the real arm of a joint run (warm-up from the mixed arm's epochs)
+    assert L.plan_arms(sel, s.model_copy(update={"arms": ["real"]}))["real"] == plans["real"]
+    with pytest.raises(C.RetrainError, match="at least 2"):
+        L.plan_arms(sel, s.model_copy(update={"steps": 1}))
+
+
+def test_validations_are_capped_and_counted_from_ultralytics(tmp_path, real_yolo, offline):
+    """A run validates at most `evals` times while training plus the final score,
+    counted by the validator's own on_val_start callback (what ultralytics ran)."""
+    from factory.retrain.arm import train_arm
+
+    s = RetrainSettings(steps=12, imgsz=64, batch=2, workers=0, evals=5, arms=["real"], train_args={"plots": False})
+    sel = RD.select(Path(real_yolo), Path(real_yolo), None, s, 0)
+    plan = L.plan_arms(sel, s)["real"]  # 6 images, batch 2: 3 steps per epoch, 4 epochs
+    m = train_arm("real", 0, tmp_path / "w", sel, s, plan)
+    v = m["validations"]
+    assert m["steps"] == 12 and v["points"] == [2, 4, 6, 8, 10]
+    assert v["total"] <= s.evals + 1 and v["final"] == 1
+    # epochs end at steps 3, 6, 9, 12: points 2 | 4, 6 | 8 each once; 10 is covered by the final score
+    assert v["during_training"] == 3 and m["curve"]["steps"] == [3, 6, 9, 12]
+    assert m["curve"]["phase"][-1] == "final" and m["curve"]["map50"][-1] == m["map50"]
+    assert m["train_seconds"] > 0 and m["val_seconds"] > 0
+
+
+def test_pretrain_finetune_same_steps_and_no_real_image_in_pretraining(tmp_path, real_yolo, offline):
+    from factory.retrain.arm import train_arm
+
+    version = _publish_synthetic(tmp_path / "reg", SYN_SPEC)
+    syn = Path(C.yolo_uri(version).removeprefix("file://"))
+    s = RetrainSettings(steps=6, imgsz=64, batch=2, workers=0, evals=0, arms=["real", "mixed"], schedule="pretrain_finetune",
+                        train_args={"plots": False})
+    sel = RD.select(Path(real_yolo), Path(real_yolo), syn, s, 0)
+    plans = L.plan_arms(sel, s)
+    mixed = train_arm("mixed", 0, tmp_path / "m", sel, s, plans["mixed"])
+    real = train_arm("real", 0, tmp_path / "r", sel, s, plans["real"])
+    assert mixed["steps"] == real["steps"] == 6 and [p["steps"] for p in mixed["phases"]] == [3, 3]
+    pre, fine = mixed["phases"]
+    assert pre["train_dirs"] == ["synthetic/images"] and fine["train_dirs"] == ["real/images"]
+    # what ultralytics loaded, by the file each laid-out image points at
+    assert pre["loaded"] == {"real": 0, "synthetic": len(sel.synthetic), "other": 0}
+    assert fine["loaded"] == {"real": len(sel.real), "synthetic": 0, "other": 0}
+    assert mixed["schedule"] == "pretrain_finetune" and mixed["validations"] == {
+        "during_training": 0, "final": 1, "total": 1, "points": [], "limit": 1}
+    from factory.retrain.compare import compare
+
+    c = compare({"real": {0: real}, "mixed": {0: mixed}}, s)
+    assert c["schedule"] == "pretrain_finetune" and "synthetic images only for 50%" in c["protocol"]
+    assert c["steps_matched"] is True and c["convergence"]["converged"] is None
+    from factory.retrain.report import render_report
+
+    c.update(run_id="r1", version="v", real_train="t", real_eval="e", settings=s.model_dump(mode="json"),
+             data={"0": sel.counts})
+    html = render_report(c)
+    assert html.index("Converged") < html.index("Paired gain") < html.index("Arms (mean")
+    assert "pretrain_finetune" in html and "synthetic, then real" in html

@@ -64,6 +64,12 @@ def retrain_cmd(
     arms: Optional[str] = typer.Option(None, "--arms", help="real,mixed or real,mixed,synthetic (default: real,mixed)"),
     real_limit: Optional[int] = typer.Option(None, "--real-limit", help="a seeded subset of N real train images, every class in it"),
     synthetic_ratio: Optional[float] = typer.Option(None, "--synthetic-ratio", help="synthetic images per real train image"),
+    schedule: Optional[str] = typer.Option(None, "--schedule", help="mixed arm: mix (real + synthetic together, the default) "
+                                           "or pretrain_finetune (synthetic only, then real only from those weights)"),
+    finetune_fraction: Optional[float] = typer.Option(None, "--finetune-fraction", help="pretrain_finetune: share of the "
+                                                      "steps spent fine-tuning on real images [default: 0.5]"),
+    evals: Optional[int] = typer.Option(None, "--evals", help="validations while training, evenly spaced in steps, plus "
+                                        "the final score [default: 5; 0: only the final score]"),
     class_map: Optional[list[str]] = typer.Option(None, "--class-map", help="SYNTHETIC=REAL, repeatable; SYNTHETIC= drops a class"),
     gpus: Optional[float] = typer.Option(None, "--gpus", help="GPU share per run (0.5 = two runs share one GPU)"),
     parallel: Optional[int] = typer.Option(None, "--parallel", help="runs side by side at most (default: as many as fit)"),
@@ -94,7 +100,8 @@ def retrain_cmd(
             s = _settings(config, model=model, budget=budget, steps=steps, epochs=epochs, imgsz=imgsz, batch=batch,
                           seeds=_list(seeds, "--seeds", int), arms=_list(arms and [arms], "--arms"), real_limit=real_limit,
                           synthetic_ratio=synthetic_ratio, class_map=_class_map(class_map), gpus=gpus, parallel=parallel,
-                          workers=workers, min_gain=min_gain)
+                          workers=workers, min_gain=min_gain, schedule=schedule, finetune_fraction=finetune_fraction,
+                          evals=evals)
         except ValidationError as e:
             fail("; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()), EXIT_INVALID)
         try:
@@ -122,14 +129,31 @@ def _print_comparison(c: dict) -> None:
 
     if c.get("skipped"):
         console.print(f"run {c['run_id']} already finished: not training again (use --force to retrain)")
+    # the answer first: converged or not, the paired gain with its interval, per-class AP50 side by side
+    conv = c.get("convergence") or {}
+    console.print(f"converged: {'unknown' if conv.get('converged') is None else 'yes' if conv['converged'] else 'NO'}"
+                  f" ({conv.get('note', 'not recorded')})", highlight=False)
+    main = c["gains"].get("mixed_vs_real", {}).get("map50")
+    if main:
+        ci = f"95% interval [{main['ci95'][0]:+.4f}, {main['ci95'][1]:+.4f}]" if main["ci95"] else "one seed: no interval"
+        console.print(f"paired mAP50 gain: {main['mean']:+.4f} ({ci}); protocol {c.get('protocol', 'mix')}", highlight=False)
+    pc = Table(title="per-class AP50 (mean over seeds)")
+    pc.add_column("class")
+    for a in c["arms"].values():
+        pc.add_column(a["label"], justify="right")
+    for n in next(iter(c["arms"].values()))["summary"]["per_class_ap50"]:
+        pc.add_row(n, *[f"{v['mean']:.4f}" if (v := a["summary"]["per_class_ap50"][n]) else "n/a" for a in c["arms"].values()])
+    console.print(pc)
     t = Table(title=f"retrain {c['run_id']}: real eval set, mean over seeds {c['seeds']}")
-    for col in ("arm", "steps", "epochs", "images seen", "mAP50", "mAP50-95", "precision", "recall"):
+    for col in ("arm", "steps", "epochs", "images seen", "train s", "val s", "mAP50", "mAP50-95", "precision", "recall"):
         t.add_column(col, justify="left" if col == "arm" else "right")
     for a in c["arms"].values():
         sm = a["summary"]
         cells = [f"{sm[k]['mean']:.4f}" + (f" ± {sm[k]['std']:.4f}" if sm[k]["std"] is not None else "")
                  for k in ("map50", "map50_95", "precision", "recall")]
-        t.add_row(a["label"], f"{sm['steps']['mean']:.0f}", f"{sm['epochs']['mean']:.1f}", f"{sm['images_seen']['mean']:.0f}", *cells)
+        secs = [f"{sm[k]['mean']:.0f}" if sm.get(k) else "" for k in ("train_seconds", "val_seconds")]
+        t.add_row(a["label"], f"{sm['steps']['mean']:.0f}", f"{sm['epochs']['mean']:.1f}", f"{sm['images_seen']['mean']:.0f}",
+                  *secs, *cells)
     console.print(t)
     console.print(c["budget_note"], highlight=False)
     for name, g in c["gains"].items():
@@ -157,7 +181,8 @@ def _watch(root: str, real_train: str, real_eval: str, s, address: str | None, i
 
 @data_app.command("import")
 def import_cmd(
-    kind: str = typer.Argument(..., help="pv_vision_crack | magnetic_tile | yolo (a YOLO-layout set such as neu_det)"),
+    kind: str = typer.Argument(..., help="pv_vision_crack | magnetic_tile | crackforest | deeppcb | yolo (a YOLO-layout set such as neu_det; "
+                      "with templates/ beside images/, each image's defect-free twin)"),
     source: Path = typer.Argument(..., help="the data set's folder"),
     name: Optional[str] = typer.Option(None, "--name", help="registry dataset name [default: from the kind]"),
     root: str = typer.Option(DEFAULT_ROOT, "--root", help="registry root to publish into"),
@@ -176,8 +201,8 @@ def import_cmd(
 
         opts = {k: v for k, v in dict(min_area=min_area, merge_gap=merge_gap, val_fraction=val_fraction, seed=seed).items()
                 if v is not None}
-        if kind == "yolo" and opts:
-            fail(f"a YOLO-layout set is read as it is; {sorted(opts)} do not apply", EXIT_INVALID)
+        if kind in ("yolo", "deeppcb") and {"val_fraction", "seed", "merge_gap"} & set(opts):
+            fail(f"{kind} keeps its own split and boxes; {sorted(opts)} do not apply", EXIT_INVALID)
         try:
             real = load_real(kind, source, **opts)
         except TypeError as e:

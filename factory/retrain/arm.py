@@ -3,7 +3,12 @@ eval set, upload what it made. This is the body of one Ray Train worker.
 
 The optimizer steps are counted from the optimizer itself (a step hook), not
 derived from the arguments, and a step budget is enforced by stopping
-ultralytics' own loop after exactly that many steps. Ray's environment is left
+ultralytics' own loop after exactly that many steps. ultralytics' own
+validation (per epoch, at its last epoch, of best.pt) is off: a run validates
+at `evals` points evenly spaced in steps, plus the final score of its last
+weights, and counts what ultralytics actually validated. `pretrain_finetune`'s
+mixed arm is two train() calls in one worker: synthetic only, then real only
+from the first one's last.pt. Ray's environment is left
 as Ray set it: each run is a one-worker TorchTrainer, so ultralytics sees
 RANK 0 of a world of 1 and trains on its own.
 """
@@ -11,8 +16,8 @@ RANK 0 of a world of 1 and trains on its own.
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -21,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from factory.retrain.config import RetrainError, RetrainSettings, settings_from
-from factory.retrain.data import select, write_arm
+from factory.retrain.data import Selection, select, write_arm
 from factory.retrain.offline import network_attempts, setup_ultralytics_offline
 from factory.storage.uri import as_local_dir, join, upload_dir, write_bytes
 
@@ -34,26 +39,92 @@ class ArmPlan:
     stop_steps: int | None  # stop after exactly this many optimizer steps (None: run all epochs)
     warmup_epochs: float  # the same warm-up in optimizer steps for every arm
     close_mosaic: int  # the same mosaic-free tail in optimizer steps, as near as whole epochs allow
+    total_steps: int | None = None  # the whole run's steps (all phases): where the evaluations are spaced
+    # pretrain_finetune: train() calls in sequence, each {data: synthetic|real, epochs, stop_steps,
+    # warmup_epochs, close_mosaic}; the next starts from the previous one's last.pt
+    phases: list[dict[str, Any]] | None = None
+
+    def phase_list(self, arm: str) -> list[dict[str, Any]]:
+        return self.phases or [dict(data=arm, epochs=self.epochs, stop_steps=self.stop_steps,
+                                    warmup_epochs=self.warmup_epochs, close_mosaic=self.close_mosaic)]
+
+
+def eval_points(total_steps: int | None, evals: int) -> list[int]:
+    """Where a run validates while training: `evals` points evenly spaced in optimizer
+    steps strictly inside the run (step T * i / (evals + 1)); the end of the run is
+    the final score of its last weights, so it is never validated twice."""
+    if not total_steps or evals <= 0:
+        return []
+    return sorted({p for i in range(1, evals + 1) if 0 < (p := round(total_steps * i / (evals + 1))) < total_steps})
+
+
+class Evaluations:
+    """The validations of one run (all its phases): which points are still due, the
+    curve they make, their time, and how many validations ultralytics actually ran
+    (counted by its validator's `on_val_start` callback)."""
+
+    def __init__(self, points: list[int], total_steps: int | None):
+        self.pending, self.total = list(points), total_steps
+        self.curve: dict[str, list] = {"steps": [], "epoch": [], "map50": [], "map50_95": [], "phase": []}
+        self.seconds = 0.0
+        self.ran = 0  # validations ultralytics ran (on_val_start), training and final score together
+
+    def on_val_start(self, _validator) -> None:
+        self.ran += 1
+
+    def due(self, steps: int) -> bool:
+        """Has the run crossed an evaluation point? (Several crossed in one epoch: one validation.)"""
+        crossed = [p for p in self.pending if p <= steps]
+        if not crossed:
+            return False
+        self.pending = [p for p in self.pending if p > steps]
+        return self.total is None or steps < self.total
 
 
 class StepCounter:
     """ultralytics callbacks: count optimizer steps, batches and images as they
-    happen, stop at the budget, and note the step count at each epoch's end."""
+    happen, stop at the budget, and validate at the evaluation points. The
+    trainer's own validation (every epoch with `val`, and even with `val=False`
+    at the last epoch, plus best.pt after training) is switched off: the run
+    validates only where `Evaluations` says, and the driver scores last.pt."""
 
-    def __init__(self, stop_steps: int | None):
+    def __init__(self, stop_steps: int | None, evals: Evaluations | None = None, offset_steps: int = 0,
+                 offset_epochs: float = 0.0, phase: str = ""):
         self.stop_steps, self.steps, self.batches, self.images = stop_steps, 0, 0, 0
-        self.epoch_steps: list[tuple[int, bool]] = []  # (steps so far, validated this epoch?)
+        self.evals = evals or Evaluations([], None)
+        self.offset_steps, self.offset_epochs, self.phase = offset_steps, offset_epochs, phase
+        self.loaded: list[str] = []  # the train images ultralytics loaded (its dataset's files)
         self._in_epoch = 0
+        self._validate = None
 
     def attach(self, model) -> None:
+        model.add_callback("on_pretrain_routine_end", self._take_over_validation)
         model.add_callback("on_train_start", self._on_train_start)
         model.add_callback("on_train_epoch_start", self._on_epoch_start)
         model.add_callback("on_train_batch_end", self._on_batch_end)
-        model.add_callback("on_fit_epoch_end", self._on_fit_epoch_end)
+        model.add_callback("on_train_epoch_end", self._on_train_epoch_end)
+        model.add_callback("on_val_start", self.evals.on_val_start)  # the trainer's validator shares these callbacks
+
+    def _take_over_validation(self, trainer) -> None:
+        from ultralytics.utils.torch_utils import strip_optimizer
+
+        self._validate = trainer.validate
+
+        def skipped():  # what ultralytics calls at its last epoch / stop even with val=False
+            return trainer.metrics, trainer.fitness
+
+        def final_eval():  # ultralytics would validate best.pt here; only strip the checkpoints
+            for f in (trainer.last, trainer.best):
+                if f.exists():
+                    strip_optimizer(f)
+
+        trainer.validate, trainer.final_eval = skipped, final_eval
 
     def _on_train_start(self, trainer) -> None:
         self.n_images = len(trainer.train_loader.dataset)
         self.batch = trainer.batch_size
+        self.nb = len(trainer.train_loader)
+        self.loaded = [str(f) for f in getattr(trainer.train_loader.dataset, "im_files", [])]
 
         def hook(*_):
             self.steps += 1
@@ -68,11 +139,24 @@ class StepCounter:
         self._in_epoch += 1
         self.batches += 1
         if self.stop_steps is not None and self.steps >= self.stop_steps:
-            trainer.stop = True  # ultralytics leaves its batch loop, validates and saves last.pt
+            trainer.stop = True  # ultralytics leaves its batch loop and saves last.pt (it does not validate: see above)
 
-    def _on_fit_epoch_end(self, trainer) -> None:
-        # with val=False ultralytics validates only at the end; other epochs repeat stale numbers
-        self.epoch_steps.append((self.steps, bool(trainer.args.val or trainer.stop)))
+    def _on_train_epoch_end(self, trainer) -> None:
+        at = self.offset_steps + self.steps
+        if not self.evals.due(at) or self._validate is None:
+            return
+        trainer.ema.update_attr(trainer.model, include=["yaml", "nc", "args", "names", "stride", "class_weights"])
+        t = time.time()
+        metrics, _ = self._validate()  # the EMA weights on the eval set; fitness is left alone (no best.pt, no early stop)
+        self.evals.seconds += time.time() - t
+        if metrics:
+            trainer.metrics = metrics  # results.csv shows the real numbers at this epoch
+            c = self.evals.curve
+            c["steps"].append(at)
+            c["epoch"].append(round(self.offset_epochs + self.batches / max(self.nb, 1), 3))
+            c["map50"].append(float(metrics.get("metrics/mAP50(B)", float("nan"))))
+            c["map50_95"].append(float(metrics.get("metrics/mAP50-95(B)", float("nan"))))
+            c["phase"].append(self.phase)
 
 
 def _metrics_of(m, names: list[str]) -> dict[str, Any]:
@@ -93,20 +177,21 @@ def _metrics_of(m, names: list[str]) -> dict[str, Any]:
             "per_class": per_class}
 
 
-def _curve(results_csv: Path, epoch_steps: list[tuple[int, bool]]) -> dict[str, list[float]]:
-    """mAP50 on the eval set after each validated epoch (ultralytics' own validation), with the step count there."""
-    if not results_csv.exists():
-        return {}
-    rows = [{k.strip(): v for k, v in r.items()} for r in csv.DictReader(results_csv.open())]
-    kept = [(r, steps) for r, (steps, validated) in zip(rows, epoch_steps) if validated]
-    rows = [r for r, _ in kept]
-    return {"epoch": [int(float(r["epoch"])) for r in rows], "steps": [steps for _, steps in kept],
-            "map50": [float(r.get("metrics/mAP50(B)", "nan")) for r in rows],
-            "box_loss": [float(r.get("train/box_loss", "nan")) for r in rows]}
+def _origin_counts(loaded: list[str], sources: dict[str, set[str]]) -> dict[str, int]:
+    """How many of the images ultralytics loaded are real, synthetic or neither (by the file each link points at)."""
+    out = {k: 0 for k in sources} | {"other": 0}
+    for f in loaded:
+        target = os.path.realpath(f)
+        kind = next((k for k, files in sources.items() if target in files), "other")
+        out[kind] += 1
+    return out
 
 
-def train_arm(arm: str, seed: int, work: Path, data_yaml: Path, s: RetrainSettings, plan: ArmPlan) -> dict[str, Any]:
-    """Train and score one arm with ultralytics in this process (any node)."""
+def train_arm(arm: str, seed: int, work: Path, sel: Selection, s: RetrainSettings, plan: ArmPlan) -> dict[str, Any]:
+    """Lay out, train and score one arm with ultralytics in this process (any node):
+    one train() call per phase (one, or two for pretrain_finetune's mixed arm: the
+    second starts from the first's last.pt), validations only at the evaluation
+    points, then the final score of the last weights on the eval set."""
     setup_ultralytics_offline()
     import torch
     import yaml
@@ -116,28 +201,57 @@ def train_arm(arm: str, seed: int, work: Path, data_yaml: Path, s: RetrainSettin
         raise RetrainError(f"{s.model}: weights not found; give a local .pt or a model .yaml (nothing is downloaded)")
     device = "0" if s.gpus and torch.cuda.is_available() else "cpu"  # Ray set CUDA_VISIBLE_DEVICES to this run's GPU
     runs, name = work / "runs", f"{arm}-s{seed}"
-    args = dict(data=str(data_yaml), epochs=plan.epochs, imgsz=s.imgsz, batch=s.batch, seed=seed, deterministic=True,
-                workers=s.workers, device=device, amp=False, project=str(runs), name=name, exist_ok=True, plots=True,
-                verbose=False, nbs=s.batch, warmup_epochs=plan.warmup_epochs, close_mosaic=plan.close_mosaic)
-    if not s.model.endswith(".pt"):
-        args["pretrained"] = False  # a .yaml trains from scratch; a .pt starts from its own weights
-    args.update({k: v for k, v in s.train_args.items() if k not in ("warmup_epochs", "close_mosaic")})
-    model = YOLO(s.model)
-    counter = StepCounter(plan.stop_steps)
-    counter.attach(model)
-    t0 = time.time()
-    model.train(**args)
-    train_s = time.time() - t0
-    names = list(yaml.safe_load(data_yaml.read_text())["names"])
+    sources = {"real": {os.path.realpath(p) for p, _ in sel.real}, "synthetic": {os.path.realpath(p) for p, _ in sel.synthetic}}
+    phases = plan.phase_list(arm)
+    evals = Evaluations(eval_points(plan.total_steps, s.evals), plan.total_steps)
+    weights, done, wall = s.model, [], 0.0
+    for k, ph in enumerate(phases):
+        pname = name if k == len(phases) - 1 else f"{name}-{ph['data']}"
+        data_yaml = write_arm(work / f"data-{k}", sel, ph["data"])
+        args = dict(data=str(data_yaml), epochs=ph["epochs"], imgsz=s.imgsz, batch=s.batch, seed=seed, deterministic=True,
+                    workers=s.workers, device=device, amp=False, project=str(runs), name=pname, exist_ok=True, plots=True,
+                    verbose=False, nbs=s.batch, warmup_epochs=ph["warmup_epochs"], close_mosaic=ph["close_mosaic"])
+        if not weights.endswith(".pt"):
+            args["pretrained"] = False  # a .yaml trains from scratch; a .pt starts from its own weights
+        args.update({k2: v for k2, v in s.train_args.items() if k2 not in ("warmup_epochs", "close_mosaic")})
+        args["val"] = False  # validation is ours: at the evaluation points only
+        model = YOLO(weights)
+        counter = StepCounter(ph["stop_steps"], evals, sum(d["steps"] for d in done),
+                              sum(d["epochs"] for d in done), ph["data"])
+        counter.attach(model)
+        val_before, t0 = evals.seconds, time.time()
+        model.train(**args)
+        seconds = time.time() - t0
+        wall += seconds
+        nb = -(-counter.n_images // counter.batch)
+        done.append(dict(data=ph["data"], steps=counter.steps, batches=counter.batches, images_seen=counter.images,
+                         epochs=round(counter.batches / nb, 3), train_images=counter.n_images,
+                         train_seconds=round(seconds - (evals.seconds - val_before), 2),
+                         loaded=_origin_counts(counter.loaded, sources),
+                         train_dirs=yaml.safe_load(data_yaml.read_text())["train"]))
+        weights = str(runs / pname / "weights" / "last.pt")
+    names = list(sel.class_names)
     # score the final weights: best.pt was picked on the eval set and would flatter every arm
-    m = YOLO(str(runs / name / "weights" / "last.pt")).val(
-        data=str(data_yaml), split="val", imgsz=s.imgsz, batch=s.batch, device=device, project=str(runs),
-        name=f"{name}-eval", exist_ok=True, plots=True, verbose=False)
+    final = YOLO(weights)
+    final.add_callback("on_val_start", evals.on_val_start)
+    during = evals.ran
+    t = time.time()
+    m = final.val(data=str(data_yaml), split="val", imgsz=s.imgsz, batch=s.batch, device=device, project=str(runs),
+                  name=f"{name}-eval", exist_ok=True, plots=True, verbose=False)
+    final_s = time.time() - t
     out = _metrics_of(m, names)
-    nb = -(-counter.n_images // counter.batch)
-    out.update(arm=arm, seed=seed, steps=counter.steps, batches=counter.batches, images_seen=counter.images,
-               epochs=round(counter.batches / nb, 3), train_images=counter.n_images, plan=asdict(plan),
-               curve=_curve(runs / name / "results.csv", counter.epoch_steps), train_seconds=round(train_s, 2),
+    steps = sum(d["steps"] for d in done)
+    curve = {k: list(v) for k, v in evals.curve.items()}
+    for k, v in (("steps", steps), ("epoch", round(sum(d["epochs"] for d in done), 3)), ("map50", out["map50"]),
+                 ("map50_95", out["map50_95"]), ("phase", "final")):
+        curve[k].append(v)
+    out.update(arm=arm, seed=seed, steps=steps, batches=sum(d["batches"] for d in done),
+               images_seen=sum(d["images_seen"] for d in done), epochs=round(sum(d["epochs"] for d in done), 3),
+               train_images=sum(d["train_images"] for d in done), plan=asdict(plan), curve=curve,
+               schedule=s.schedule if arm == "mixed" else "mix", phases=done,
+               train_seconds=round(wall - evals.seconds, 2), val_seconds=round(evals.seconds + final_s, 2),
+               validations={"during_training": during, "final": evals.ran - during, "total": evals.ran,
+                            "points": eval_points(plan.total_steps, s.evals), "limit": s.evals + 1},
                device=device)
     return out
 
@@ -156,16 +270,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             real_eval = stack.enter_context(as_local_dir(config["real_eval"]))
             synthetic = stack.enter_context(as_local_dir(config["synthetic"])) if arm != "real" else None
             sel = select(real_train, real_eval, synthetic, s, seed, (config["real_train"], config["real_eval"], config["synthetic"]))
-            data_yaml = write_arm(work / "data", sel, arm)
             with network_attempts() as attempts:  # ultralytics must not download anything
-                metrics = train_arm(arm, seed, work, data_yaml, s, ArmPlan(**config["plan"]))
+                metrics = train_arm(arm, seed, work, sel, s, ArmPlan(**config["plan"]))
         if attempts and config.get("no_network"):
             raise RetrainError(f"{arm}: training tried to reach the network: {sorted(set(attempts))[:5]}")
         metrics["data"] = sel.counts
         metrics["network_attempts"] = sorted(set(attempts))
         runs, name, dst = work / "runs", f"{arm}-s{seed}", join(out, arm, f"seed{seed}")
         upload_dir(runs / name / "weights", join(dst, "weights"))
-        for sub, src in (("train", runs / name), ("eval", runs / f"{name}-eval")):
+        pre = [("pretrain", runs / f"{name}-{p['data']}") for p in metrics["phases"][:-1]]
+        for sub, src in (*pre, ("train", runs / name), ("eval", runs / f"{name}-eval")):
             for p in sorted(src.glob("*")):
                 if p.is_file():  # plots, results.csv, args.yaml
                     write_bytes(join(dst, sub, p.name), p.read_bytes())

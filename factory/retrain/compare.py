@@ -35,8 +35,50 @@ def _run_row(m: dict[str, Any]) -> dict[str, Any]:
     row = {k: m[k] for k in RUN_FIELDS}
     row["per_class_ap50"] = {n: c["ap50"] for n, c in m["per_class"].items()}
     row["curve"] = m.get("curve", {})
-    row["train_seconds"] = m.get("train_seconds")
+    for k in ("train_seconds", "val_seconds", "validations", "schedule"):
+        row[k] = m.get(k)
+    row["phases"] = [{k: p.get(k) for k in ("data", "steps", "epochs", "images_seen", "train_images", "loaded", "train_seconds")}
+                     for p in m.get("phases", [])]
     return row
+
+
+PROTOCOLS = {
+    "mix": "mix: the mixed arm trains on real and synthetic images together",
+    "pretrain_finetune": "pretrain_finetune: the mixed arm trains on synthetic images only for {pre:.0%} of the steps, "
+                         "then fine-tunes those weights on real images only for the other {post:.0%}",
+}
+
+
+def protocol_note(s: RetrainSettings) -> str:
+    return PROTOCOLS[s.schedule].format(pre=1 - s.finetune_fraction, post=s.finetune_fraction)
+
+
+def convergence(arms: dict[str, Any], tolerance: float = 0.02) -> dict[str, Any]:
+    """Has training levelled off? Per arm, the mean over seeds of how far mAP50 moved
+    between the evaluation nearest half the run and the final score; converged when
+    no arm moved more than `tolerance`. Unknown without evaluations during training."""
+    moved: dict[str, float] = {}
+    for arm, a in arms.items():
+        deltas = []
+        for r in a["seeds"].values():
+            c = r.get("curve") or {}
+            steps, m = c.get("steps", [])[:-1], c.get("map50", [])[:-1]  # the last point is the final score
+            if not steps:
+                continue
+            half = c["steps"][-1] / 2
+            i = min(range(len(steps)), key=lambda j: abs(steps[j] - half))
+            deltas.append(r["map50"] - m[i])
+        if deltas:
+            moved[arm] = statistics.fmean(deltas)
+    if len(moved) < len(arms):
+        return {"converged": None, "moved": moved, "tolerance": tolerance,
+                "note": "unknown: no evaluation during training (evals: 0)"}
+    ok = all(abs(v) <= tolerance for v in moved.values())
+    worst = max(moved, key=lambda k: abs(moved[k]))
+    return {"converged": ok, "moved": moved, "tolerance": tolerance,
+            "note": (f"converged: no arm's mAP50 moved more than {tolerance} over the second half of training"
+                     if ok else f"not converged: {ARM_LABELS[worst]} moved {moved[worst]:+.3f} mAP50 over the second "
+                     f"half of training (more than {tolerance}); train longer before reading the gain")}
 
 
 def compare(runs: dict[str, dict[int, dict[str, Any]]], s: RetrainSettings) -> dict[str, Any]:
@@ -50,7 +92,10 @@ def compare(runs: dict[str, dict[int, dict[str, Any]]], s: RetrainSettings) -> d
         summary["per_class_ap50"] = {
             n: mean_std(v) if (v := [r["per_class_ap50"][n] for r in rows.values() if r["per_class_ap50"][n] is not None])
             else None for n in names}
-        arms[arm] = {"label": ARM_LABELS[arm], "seeds": rows, "summary": summary}
+        summary["train_seconds"] = mean_std([r["train_seconds"] or 0.0 for r in rows.values()])
+        summary["val_seconds"] = mean_std([r["val_seconds"] or 0.0 for r in rows.values()])
+        label = "synthetic, then real (fine-tune)" if arm == "mixed" and s.schedule == "pretrain_finetune" else ARM_LABELS[arm]
+        arms[arm] = {"label": label, "seeds": rows, "summary": summary}
     gains: dict[str, Any] = {}
     if "real" in runs:
         for arm in (a for a in ("mixed", "synthetic") if a in runs):
@@ -70,7 +115,9 @@ def compare(runs: dict[str, dict[int, dict[str, Any]]], s: RetrainSettings) -> d
                        "synthetic data's effect with the extra steps") if not matched else \
             f"budget: epochs ({s.epochs}); the arms happen to match in steps ({steps})"
     out: dict[str, Any] = {"seeds": seeds, "budget": s.budget, "steps_matched": matched, "steps_per_arm": steps,
-                           "budget_note": budget_note, "arms": arms, "gains": gains, "min_gain": s.min_gain}
+                           "budget_note": budget_note, "arms": arms, "gains": gains, "min_gain": s.min_gain,
+                           "schedule": s.schedule, "finetune_fraction": s.finetune_fraction if s.schedule != "mix" else None,
+                           "protocol": protocol_note(s), "evals": s.evals, "convergence": convergence(arms)}
     main = gains.get("mixed_vs_real", {}).get("map50")
     if main is not None:
         ci = main["ci95"]

@@ -9,6 +9,7 @@ import json
 from typing import Any
 
 from factory.spec.retrain import RetrainSettings, RetrainSpec
+from factory.storage.manifest import Manifest
 from factory.storage.registry import DatasetRef, Registry, extras_for
 from factory.storage.uri import exists, join, read_bytes, to_uri
 
@@ -61,9 +62,11 @@ def yolo_uri(uri: str) -> str:
     raise RetrainError(f"{uri}: neither yolo/data.yaml (a registry version) nor data.yaml (a YOLO folder) found")
 
 
-def read_manifest(version_uri: str) -> dict | None:
+def read_manifest(version_uri: str) -> Manifest | None:
+    """The version's manifest (one schema for generated and imported versions; `kind`
+    tells them apart), None when it is not published."""
     uri = join(version_uri, "manifest.json")
-    return json.loads(read_bytes(uri)) if exists(uri) else None
+    return Manifest.model_validate_json(read_bytes(uri)) if exists(uri) else None
 
 
 def run_id_for(version_uri: str, real_train: str, real_eval: str, s: RetrainSettings, manifest: dict | None = None) -> str:

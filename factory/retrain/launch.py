@@ -34,24 +34,55 @@ ULTRALYTICS_WARMUP_EPOCHS, ULTRALYTICS_CLOSE_MOSAIC = 3.0, 10  # ultralytics' de
 def plan_arms(sel: Selection, s: RetrainSettings) -> dict[str, ArmPlan]:
     """Each arm's schedule. `budget: steps`: every arm stops after the same number
     of optimizer steps (`steps`, or the mixed arm's steps at `epochs`; the largest
-    arm's when there is no mixed arm) and gets the same warm-up and mosaic-free
-    tail in steps; its epoch count is what that budget takes on its data.
-    `budget: epochs`: every arm runs `epochs` epochs with ultralytics' schedule."""
+    arm's when there is no synthetic data) and gets the same warm-up and mosaic-free
+    tail in steps (those of `warmup_epochs` / `close_mosaic` epochs of the mixed
+    arm, whichever arms run together, so a run's plan does not depend on its
+    companions); its epoch count is what that budget takes on its data.
+    `budget: epochs`: every arm runs `epochs` epochs with ultralytics' schedule.
+    `schedule: pretrain_finetune`: the mixed arm runs two phases, synthetic only
+    then real only from those weights, whose steps add up to the same budget."""
     warm = float(s.train_args.get("warmup_epochs", ULTRALYTICS_WARMUP_EPOCHS))
     close = int(s.train_args.get("close_mosaic", ULTRALYTICS_CLOSE_MOSAIC))
-    if s.budget == "epochs":
-        return {a: ArmPlan(s.epochs, None, warm, close) for a in s.arms}
     acc = max(round(s.train_args.get("nbs", s.batch) / s.batch), 1)  # batches per optimizer step
     nb = {a: sel.batches_per_epoch(a, s.batch) for a in s.arms}
+    if s.budget == "epochs":
+        plans = {a: ArmPlan(s.epochs, None, warm, close, total_steps=s.epochs * nb[a] // acc) for a in s.arms}
+        if s.schedule == "pretrain_finetune" and "mixed" in s.arms:
+            e1 = max(1, round((1 - s.finetune_fraction) * s.epochs))
+            e2 = max(1, s.epochs - e1)
+            n1, n2 = sel.batches_per_epoch("synthetic", s.batch), sel.batches_per_epoch("real", s.batch)
+            plans["mixed"] = ArmPlan(e1 + e2, None, warm, close, total_steps=(e1 * n1 + e2 * n2) // acc, phases=[
+                dict(data="synthetic", epochs=e1, stop_steps=None, warmup_epochs=warm, close_mosaic=0),
+                dict(data="real", epochs=e2, stop_steps=None, warmup_epochs=warm, close_mosaic=min(close, e2))])
+        return plans
     if not all(nb.values()):
         raise RetrainError(f"an arm has no training images: batches per epoch {nb}")
-    ref = "mixed" if "mixed" in s.arms else max(nb, key=nb.get)
-    target = s.steps or max(1, s.epochs * nb[ref] // acc)
+    nb_ref = sel.batches_per_epoch("mixed", s.batch) if sel.synthetic else max(nb.values())
+    target = s.steps or max(1, s.epochs * nb_ref // acc)
+    slack = 1 if acc > 1 else 0  # warm-up steps accumulate less: slack
+
+    def phase(data: str, n: int, steps: int, tail: bool) -> dict:
+        epochs = math.ceil(steps * acc / n) + slack
+        return dict(data=data, epochs=epochs, stop_steps=steps, warmup_epochs=round(warm * nb_ref / n, 4),
+                    close_mosaic=min(epochs, round(close * nb_ref / n)) if tail else 0)
+
     plans = {}
     for a in s.arms:
-        epochs = math.ceil(target * acc / nb[a]) + (1 if acc > 1 else 0)  # warm-up steps accumulate less: slack
-        plans[a] = ArmPlan(epochs=epochs, stop_steps=target, warmup_epochs=round(warm * nb[ref] / nb[a], 4),
-                           close_mosaic=min(epochs, round(close * nb[ref] / nb[a])))
+        p = phase(a, nb[a], target, True)
+        plans[a] = ArmPlan(epochs=p["epochs"], stop_steps=target, warmup_epochs=p["warmup_epochs"],
+                           close_mosaic=p["close_mosaic"], total_steps=target)
+    if s.schedule == "pretrain_finetune" and "mixed" in s.arms:
+        if target < 2:
+            raise RetrainError(f"schedule pretrain_finetune needs at least 2 optimizer steps (a budget of {target})")
+        t2 = min(target - 1, max(1, round(s.finetune_fraction * target)))
+        n1, n2 = sel.batches_per_epoch("synthetic", s.batch), sel.batches_per_epoch("real", s.batch)
+        if not (n1 and n2):
+            raise RetrainError(f"pretrain_finetune needs synthetic and real train images (batches per epoch {n1}, {n2})")
+        # each phase warms up like a fresh run (its optimizer starts afresh); the mosaic-free tail ends phase 2
+        phases = [phase("synthetic", n1, target - t2, False), phase("real", n2, t2, True)]
+        plans["mixed"] = ArmPlan(epochs=sum(p["epochs"] for p in phases), stop_steps=target,
+                                 warmup_epochs=phases[0]["warmup_epochs"], close_mosaic=phases[1]["close_mosaic"],
+                                 total_steps=target, phases=phases)
     return plans
 
 

@@ -16,7 +16,13 @@ class RetrainSettings(StrictModel):
     synthetic), `synthetic` (synthetic only: the domain gap). `budget: steps`
     (the default) gives every arm the same number of optimizer steps, `steps`
     or, when unset, the mixed arm's steps at `epochs`; `budget: epochs` trains
-    every arm `epochs` epochs (the arms then differ in steps)."""
+    every arm `epochs` epochs (the arms then differ in steps). `evals`: how often
+    a run scores itself on the eval set while training (evenly spaced in
+    optimizer steps), on top of the final score of its last weights.
+    `schedule`: `mix` trains the mixed arm on real + synthetic together;
+    `pretrain_finetune` trains it on synthetic only for `1 - finetune_fraction`
+    of the step budget, then fine-tunes those weights on real only for the rest
+    (same total optimizer steps as the real arm)."""
 
     model: str = "yolov8n.yaml"
     budget: Literal["steps", "epochs"] = "steps"
@@ -29,6 +35,12 @@ class RetrainSettings(StrictModel):
     real_limit: Annotated[int, Field(ge=1)] | None = Field(
         default=None, description="train on a seeded subset of this many real train images in which every class appears")
     synthetic_ratio: Annotated[float, Field(gt=0, le=1000)] = 1.0
+    schedule: Literal["mix", "pretrain_finetune"] = Field(
+        default="mix", description="mixed arm: real + synthetic together (mix), or synthetic first, then real (pretrain_finetune)")
+    finetune_fraction: Annotated[float, Field(gt=0, lt=1)] = Field(
+        default=0.5, description="pretrain_finetune: the share of the step budget spent fine-tuning on real images")
+    evals: Annotated[int, Field(ge=0, le=1000)] = Field(
+        default=5, description="validations on the eval set while training, evenly spaced in steps (0: only the final score)")
     class_map: dict[str, str | None] = Field(default_factory=dict, description="synthetic class -> real class (null drops it)")
     workers: Annotated[int, Field(ge=0, le=64)] = 2
     gpus: Annotated[float, Field(ge=0, le=1, description="GPU share per run; 0.5 lets two runs share one GPU")] = 0
@@ -57,6 +69,8 @@ class RetrainSettings(StrictModel):
         owned = sorted(set(v) & {"data", "epochs", "imgsz", "batch", "seed", "device", "project", "name", "workers"})
         if owned:
             raise ValueError(f"{owned} are retrain settings of their own, not train_args")
+        if "val" in v:
+            raise ValueError("val: validation while training is the `evals` setting (0: only the final score), not train_args")
         return v
 
 
