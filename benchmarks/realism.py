@@ -1,10 +1,13 @@
 """Realism of each generator arm against held-out real images of the line: C2ST
 accuracy (a from-scratch CNN at 64 px telling generated from real, k-fold; 0.5 =
-indistinguishable) and KID/FID with the in-domain extractor (trained on the real
-reference images only), plus generation images/s on one core.
+indistinguishable) on whole images and on box crops (square crops 1.5x a box's
+longer side around every box, at 64 px: the defects, not the backgrounds), KID/FID
+with the in-domain extractor (trained on the real reference images only), plus
+generation images/s on one core.
 
     python benchmarks/realism.py --domain pv --seeds 0 1 [--grid docs/realism_grid.png]
     python benchmarks/realism.py --domain mt --seeds 0 1
+    python benchmarks/realism.py --domain pcb --seeds 0 1   # DeepPCB: the transplant options one by one
     python benchmarks/realism.py --domain pv --smoke   # checks the script, numbers mean nothing
 
 Evaluation hygiene: the reference set is never a background, a defect source or
@@ -15,6 +18,9 @@ a fitting reference.
 - mt (magnetic tile, the importer's seeded 80/20 split): backgrounds and fitting:
   MT_Free tiles; defects: train-split masks; reference: the val split's defect
   tiles; floor: train defect tiles vs those.
+- pcb (DeepPCB, the importer's split by board group): defects and backgrounds
+  (golden templates) from the train groups; reference: the val groups' boards;
+  floor: train boards vs those (different boards: the floor is the board gap).
 Real sets are imported (once) into --work, never into the repository. Real and
 generated images are centre-cropped to a square and resized the same way.
 """
@@ -34,7 +40,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import SMOKE_HELP, machine, table  # noqa: E402
 
-from factory.data.adapters import magnetic_tile, publish_real, pv_vision_crack  # noqa: E402
+from factory.data.adapters import RealSet, deeppcb, magnetic_tile, publish_real, pv_vision_crack  # noqa: E402
 from factory.data.folders import list_images  # noqa: E402
 from factory.generators.base import load_generator  # noqa: E402
 from factory.generators.checks import check_spec  # noqa: E402
@@ -43,7 +49,7 @@ from factory.quality.metrics import fidelity  # noqa: E402
 from factory.quality.realism import c2st, train_indomain_extractor  # noqa: E402
 from factory.spec import spec_from_dict  # noqa: E402
 from factory.storage.registry import Registry  # noqa: E402
-from factory.viz import draw_boxes, grid, png_bytes  # noqa: E402
+from factory.viz import box_crops, draw_boxes, grid, png_bytes  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SIDE = 128  # real and generated images are stored at this size before the C2ST's 64 px
@@ -55,6 +61,11 @@ def square(path_or_array, side: int = SIDE) -> np.ndarray:
     w, h = im.size
     s = min(w, h)
     return np.asarray(im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)).resize((side, side), Image.BILINEAR))
+
+
+def grey(path) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im.convert("L"))
 
 
 def _registry(work: Path, name: str, load) -> str:
@@ -74,7 +85,7 @@ def pv_setup(data: Path, work: Path, n: int, rng, limit: int | None = None) -> d
         if not np.isin(m, [1, 2, 3]).any():
             clean.append(str(img))
     val = sorted((root / "val" / "img").iterdir())[:limit]
-    train = sorted((root / "train" / "img").iterdir())[:limit]
+    train = pv_vision_crack(root, splits=("train",), limit=limit).samples
     floor = [train[i] for i in rng.choice(len(train), min(n, len(val)), replace=False)]
     boxes = {
         "crack": {"count": [1, 4], "size": {"dist": "loguniform", "min": 0.03, "max": 0.35}, "aspect": {"dist": "loguniform", "min": 0.5, "max": 6}},
@@ -86,7 +97,8 @@ def pv_setup(data: Path, work: Path, n: int, rng, limit: int | None = None) -> d
             "defects": [{"class": c, "weight": w, "boxes": boxes[c]} for c, w in (("crack", 0.5), ("dark_area", 0.25), ("cross_crack", 0.25))]}
     labelled_val = pv_vision_crack(root, splits=("val",), limit=limit).samples
     return {"spec": spec, "proc_classes": None, "refs": clean, "source": source,
-            "real": [s.image_path for s in labelled_val], "real_boxes": [s.boxes for s in labelled_val], "floor": floor}
+            "real": [s.image_path for s in labelled_val], "real_boxes": [s.boxes for s in labelled_val],
+            "floor": [s.image_path for s in floor], "floor_boxes": [s.boxes for s in floor]}
 
 
 def mt_setup(data: Path, work: Path, n: int, rng) -> dict:
@@ -94,7 +106,7 @@ def mt_setup(data: Path, work: Path, n: int, rng) -> dict:
     source = _registry(work, "magnetic-tile", lambda: magnetic_tile(root))
     samples = magnetic_tile(root, negatives=False).samples  # the importer's split (seed 0, 20% val)
     real = [s for s in samples if s.split == "val" and s.boxes]
-    train = [s.image_path for s in samples if s.split == "train" and s.boxes]
+    train = [s for s in samples if s.split == "train" and s.boxes]
     floor = [train[i] for i in rng.choice(len(train), min(n, len(real)), replace=False)]
     sizes = {"blowhole": (0.03, 0.09), "break": (0.05, 0.4), "crack": (0.04, 0.2), "fray": (0.1, 0.6), "uneven": (0.3, 0.7)}
     weights = {"blowhole": 115, "break": 85, "crack": 57, "fray": 32, "uneven": 103}
@@ -105,23 +117,58 @@ def mt_setup(data: Path, work: Path, n: int, rng) -> dict:
     refs = [str(p) for p in list_images(root / "MT_Free" / "Imgs")]
     proc = [{"class": "crack", "boxes": spec["defects"][2]["boxes"]}, {"class": "black_spot", "boxes": spec["defects"][0]["boxes"]}]
     return {"spec": spec, "proc_classes": proc, "refs": refs, "source": source,
-            "real": [s.image_path for s in real], "real_boxes": [s.boxes for s in real], "floor": floor}
+            "real": [s.image_path for s in real], "real_boxes": [s.boxes for s in real],
+            "floor": [s.image_path for s in floor], "floor_boxes": [s.boxes for s in floor]}
+
+
+def pcb_setup(data: Path, work: Path, n: int, rng, limit: int | None = None) -> dict:
+    """Two sources from the train groups: with golden templates (instances = template
+    differences) and box-only (instances = feathered box crops, as before templates)."""
+    real = deeppcb(data / "deeppcb")
+    train = [s for s in real.samples if s.split == "train"][:limit]
+    val = [s for s in real.samples if s.split == "val"][:limit]
+    tag = "-smoke" if limit else ""
+    source = _registry(work, "deeppcb" + tag, lambda: RealSet(real.name, real.class_names, train, real.source, real.settings))
+    boxonly = [type(s)(s.image_path, s.split, s.width, s.height, s.boxes) for s in train]
+    old = _registry(work, "deeppcb-boxonly" + tag, lambda: RealSet(real.name, real.class_names, boxonly, real.source, {}))
+    box = {"count": [1, 3], "size": {"dist": "loguniform", "min": 0.045, "max": 0.1},
+           "aspect": {"dist": "loguniform", "min": 0.6, "max": 1.8}}
+    spec = {"name": "realism-pcb", "seed": 13, "count": n, "image": {"width": 640, "height": 640},
+            "classes_per_image": [2, 4], "defects": [{"class": c, "boxes": box} for c in real.class_names]}
+    floor = [train[i] for i in rng.choice(len(train), min(n, len(val)), replace=False)]
+    return {"spec": spec, "proc_classes": None, "refs": [str(s.template) for s in train], "source": source,
+            "old_source": old, "real": [s.image_path for s in val], "real_boxes": [s.boxes for s in val],
+            "floor": [s.image_path for s in floor], "floor_boxes": [s.boxes for s in floor]}
 
 
 def arms(setup: dict) -> dict[str, dict]:
     """Arm name -> spec dict."""
     base = setup["spec"]
+    transplant = lambda source, **p: dict(base, generators=[{"kind": "transplant", "params": {  # noqa: E731
+        "source": source, "references": setup["refs"], **p}}])
+    old = {"placement": "random", "blend": "poisson", "elastic": 0, "contrast": [1, 1]}  # before context and shapes
+    if "old_source" in setup:  # pcb: the transplant's options one by one
+        return {
+            "transplant before (box crops, random, poisson)": transplant(setup["old_source"], **old),
+            "+ template instances": transplant(setup["source"], **old),
+            "+ templates, context placement": transplant(setup["source"], **dict(old, placement="context")),
+            "+ templates, mixed blends": transplant(setup["source"], **dict(old, blend="mixed")),
+            "+ templates, new shapes": transplant(setup["source"], **dict(old, elastic=2, contrast=[0.8, 1.25])),
+            "transplant, all (the defaults)": transplant(setup["source"]),
+        }
     proc = dict(base, defects=setup["proc_classes"] or base["defects"])
-    out = {
+    return {
         "procedural default style": dict(proc, generators=[{"kind": "procedural"}]),
         "procedural fitted": dict(proc, domain={"style": "fit", "references": setup["refs"]}, generators=[{"kind": "procedural"}]),
         "procedural on real backgrounds": dict(proc, generators=[{"kind": "procedural", "params": {
             "background": "references", "references": setup["refs"]}}]),
+        "transplant before (random, poisson)": transplant(setup["source"], **old),
+        "transplant, context placement": transplant(setup["source"], **dict(old, placement="context")),
+        "transplant, mixed blends": transplant(setup["source"], **dict(old, blend="mixed")),
+        "transplant, new shapes": transplant(setup["source"], **dict(old, elastic=2, contrast=[0.8, 1.25])),
+        "transplant poisson": transplant(setup["source"], blend="poisson"),
+        "transplant, all (the defaults)": transplant(setup["source"]),
     }
-    for blend in ("alpha", "poisson"):
-        out[f"transplant {blend}"] = dict(base, generators=[{"kind": "transplant", "params": {
-            "source": setup["source"], "references": setup["refs"], "blend": blend}}])
-    return out
 
 
 def generate(spec_dict: dict, n: int):
@@ -136,7 +183,7 @@ def generate(spec_dict: dict, n: int):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--domain", choices=["pv", "mt"], required=True)
+    ap.add_argument("--domain", choices=["pv", "mt", "pcb"], required=True)
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "factory-realism")
     ap.add_argument("--n", type=int, default=172, help="images per side (capped by the reference set)")
@@ -152,36 +199,48 @@ def main() -> None:
     rng = np.random.default_rng(0)
     if args.domain == "pv":
         setup = pv_setup(args.data, args.work, args.n, rng, limit=40 if args.smoke else None)
+    elif args.domain == "pcb":
+        setup = pcb_setup(args.data, args.work, args.n, rng, limit=40 if args.smoke else None)
     else:
         setup = mt_setup(args.data, args.work, args.n, rng)
     if args.smoke:  # style fitting and real backgrounds from a few references
         setup["refs"] = setup["refs"][:16]
     real = [square(p) for p in setup["real"]]
+    real_crops = box_crops([(grey(p), b) for p, b in zip(setup["real"], setup["real_boxes"])])
     n = min(args.n, len(real))
     weights = train_indomain_extractor(real, args.work / f"indomain-{args.domain}.pt")
     real_png = [png_bytes(a) for a in real]
 
-    def score(images: list[np.ndarray]) -> dict:
+    def score(images: list[np.ndarray], crops: list[np.ndarray]) -> dict:
         runs = [c2st(images, real, seed=s) for s in args.seeds]
         accs = [r["c2st_accuracy"] for r in runs]
+        crop_runs = [c2st(crops, real_crops, seed=s) for s in args.seeds]
+        crop_accs = [r["c2st_accuracy"] for r in crop_runs]
         fid = fidelity([png_bytes(a) for a in images], real_png, size=64, indomain_weights=str(weights))
-        return {"c2st": float(np.mean(accs)), "spread": float(np.std(accs)) if len(accs) > 1 else runs[0]["c2st_std"],
+        spread = lambda v, r: float(np.std(v)) if len(v) > 1 else r[0]["c2st_std"]  # noqa: E731
+        return {"c2st": float(np.mean(accs)), "spread": spread(accs, runs), "crops": float(np.mean(crop_accs)),
+                "crops_spread": spread(crop_accs, crop_runs), "n_crops": crop_runs[0]["images_per_side"],
                 "kid": fid["kid_mean"], "kid_std": fid["kid_std"], "fid": fid["fid"]}
+
+    def row(name: str, s: dict, rate: str) -> list[str]:
+        return [name, f"{s['c2st']:.3f} ± {s['spread']:.3f}", f"{s['crops']:.3f} ± {s['crops_spread']:.3f} ({s['n_crops']})",
+                f"{s['kid']:.4f} ± {s['kid_std']:.4f}", f"{s['fid']:.2f}", rate]
 
     rows, generated = [], {}
     for name, spec_dict in arms(setup).items():
         samples, rate, spec = generate(dict(spec_dict, count=n), n)
         generated[name] = (samples, spec)
-        s = score([square(sm.image[:, :, 0]) for sm in samples])
-        rows.append([name, f"{s['c2st']:.3f} ± {s['spread']:.3f}", f"{s['kid']:.4f} ± {s['kid_std']:.4f}", f"{s['fid']:.2f}", f"{rate:.1f}"])
+        crops = box_crops([(sm.image, sm.boxes) for sm in samples])
+        rows.append(row(name, score([square(sm.image[:, :, 0]) for sm in samples], crops), f"{rate:.1f}"))
         print(" | ".join(rows[-1]), flush=True)
-    s = score([square(p) for p in setup["floor"]])
-    rows.append(["real vs real floor (train vs reference)", f"{s['c2st']:.3f} ± {s['spread']:.3f}", f"{s['kid']:.4f} ± {s['kid_std']:.4f}", f"{s['fid']:.2f}", "-"])
-    rows.append(["DG2GAN", "not run: no checkpoint at hand", "", "", ""])
+    floor_crops = box_crops([(grey(p), b) for p, b in zip(setup["floor"], setup["floor_boxes"])])
+    rows.append(row("real vs real floor (train vs reference)", score([square(p) for p in setup["floor"]], floor_crops), "-"))
+    rows.append(["DG2GAN", "not run: no checkpoint at hand", "", "", "", ""])
     print(f"\n{args.domain}: {n} images per side, C2ST at 64 px (5-fold, seeds {args.seeds}; ± = std over seeds, "
-          "or over folds with one seed), KID/FID with the in-domain extractor")
+          "or over folds with one seed; box crops: 1.5x the box, at most 500 per side, count in brackets), "
+          "KID/FID with the in-domain extractor")
     print(f"machine: {machine()}\n")
-    print(table(["arm", "C2ST accuracy", "KID", "FID", "images/s (1 core)"], rows))
+    print(table(["arm", "C2ST whole image", "C2ST box crops", "KID", "FID", "images/s (1 core)"], rows))
     if args.grid:
         write_grid(args.grid, setup, generated)
 
