@@ -46,7 +46,11 @@ class Instance:
 
     @property
     def size(self) -> tuple[int, int]:
-        """(height, width) of the defect's tight box."""
+        """(height, width) of the box it is published with: its hand-drawn box where it has
+        one, else the defect's tight box (what a planned box's size means)."""
+        if self.frame:
+            y1, y2, x1, x2 = self.frame
+            return y2 - y1, x2 - x1
         ys, xs = np.nonzero(self.alpha >= 0.5)
         return int(ys.max() - ys.min() + 1), int(xs.max() - xs.min() + 1)
 

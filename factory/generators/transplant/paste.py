@@ -110,12 +110,12 @@ def vary(inst: Instance, box: Box, rng: np.random.Generator, max_distortion: flo
         stack = [a[:, ::-1] for a in stack]
     if flips and rng.random() < 0.5:
         stack = [a[::-1] for a in stack]
-    y1, y2, x1, x2 = _tight(stack[1] >= 0.5 * float(stack[1].max()))
+    y1, y2, x1, x2 = _extent(stack)
     target = math.log(box.width / box.height)
     own = math.log((x2 - x1) / (y2 - y1))
     if rotate and abs(-own - target) < abs(own - target):
         stack = [np.rot90(a) for a in stack]
-        y1, y2, x1, x2 = _tight(stack[1] >= 0.5 * float(stack[1].max()))
+        y1, y2, x1, x2 = _extent(stack)
     sx, sy = box.width / (x2 - x1), box.height / (y2 - y1)
     g = min(max(math.sqrt(sx * sy), scale[0]), scale[1])
     d = min(max(sx / sy, 1.0 / max_distortion), max_distortion)
@@ -141,6 +141,14 @@ def turned(v: Variant) -> Variant:
     takes the turned open)."""
     r = lambda a: None if a is None else np.ascontiguousarray(np.rot90(a))  # noqa: E731
     return Variant(r(v.patch), r(v.alpha), r(v.context), r(v.weight), r(v.frame), v.scale)
+
+
+def _extent(stack: list[np.ndarray]) -> tuple[int, int, int, int]:
+    """The rectangle a planned box's size refers to: the hand-drawn frame where there is
+    one (stack[3]), else the defect's tight box (stack[1])."""
+    if stack[3].any():
+        return _tight(stack[3] >= 0.5)
+    return _tight(stack[1] >= 0.5 * float(stack[1].max()))
 
 
 def _elastic(patch: np.ndarray, alpha: np.ndarray, amplitude: float, rng: np.random.Generator):
