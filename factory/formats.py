@@ -103,3 +103,36 @@ def label_path(image: Path) -> Path:
     i = len(parts) - 1 - parts[::-1].index("images")
     parts[i] = "labels"
     return Path(*parts).with_suffix(".txt")
+
+
+def mask_polygons(mask, k: int, box: Box | None = None) -> list[list[float]]:
+    """The outlines of instance `k` of an instance map (HxW, k = 1 + box index) as
+    polygons [x1, y1, x2, y2, ...] through the centres of its boundary pixels, largest
+    first; a piece too thin for a polygon becomes its pixels' rectangle. No pixels:
+    the box's rectangle, or [] without a box."""
+    import cv2
+    import numpy as np
+
+    m = (np.asarray(mask) == k).astype(np.uint8)
+    if not m.any():
+        return [] if box is None else [[box.x1, box.y1, box.x2, box.y1, box.x2, box.y2, box.x1, box.y2]]
+    contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    polys = []
+    for c in sorted(contours, key=lambda c: (-cv2.contourArea(c), -len(c))):
+        pts = c.reshape(-1, 2).astype(np.float64) + 0.5
+        if len(pts) < 3:  # a line or a point: its pixels' rectangle
+            (x1, y1), (x2, y2) = pts.min(0) - 0.5, pts.max(0) + 0.5
+            pts = np.array([[x1, y1], [x2, y1], [x2, y2], [x1, y2]])
+        polys.append([round(float(v), 2) for v in pts.ravel()])
+    return polys
+
+
+def yolo_seg_text(boxes: Sequence[Box], polygons: Sequence[Sequence[Sequence[float]]], width: int, height: int) -> str:
+    """YOLO segmentation label lines: `class x1 y1 x2 y2 ...` normalized, one line per
+    box with its largest polygon (its box's rectangle when it has none)."""
+    lines = []
+    for b, polys in zip(boxes, polygons):
+        poly = polys[0] if polys else [b.x1, b.y1, b.x2, b.y1, b.x2, b.y2, b.x1, b.y2]
+        xy = " ".join(f"{v / (width if i % 2 == 0 else height):.6f}" for i, v in enumerate(poly))
+        lines.append(f"{b.class_id} {xy}\n")
+    return "".join(lines)

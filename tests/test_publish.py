@@ -326,3 +326,52 @@ def test_shard_target_carries_no_credentials(monkeypatch):
     for secret in (b"AKIASECRETSECRET0001", b"very-secret-key-value", b"AKIAEXPLICIT00000001", b"explicit-secret"):
         assert secret not in blob
     assert b"http://127.0.0.1:9" in blob  # the endpoint is not a secret: workers need it
+
+
+# --- masks out: segmentation labels --------------------------------------------
+def test_yolo_seg_and_coco_carry_the_generators_exact_outlines(tmp_path, no_ray):
+    """`output.formats: [yolo_seg, coco]`: each box's polygon comes from the generator's
+    own mask (the procedural renderer returns exact masks): filled back in, it covers
+    the mask's pixels, and it stays inside its box."""
+    import cv2
+    from typer.testing import CliRunner
+
+    from factory.cli import app
+    from factory.core import WorkItem
+    from factory.generators.base import load_generator
+
+    spec = load_spec(tiny_spec(tmp_path, count=6, shard=4))
+    spec.output.formats = ["parquet", "yolo_seg", "coco"]
+    root = str(tmp_path / "reg")
+    r = run_dataset(spec, RunOptions(out=root, report=False))
+    files = _files(r.uri)
+    assert "yolo_seg/data.yaml" in files and not any(p.startswith("yolo/") for p in files)
+    from factory.storage import read_table
+
+    rows = read_table(f"{root}/{spec.name}@1").to_pylist()
+    anns = [a for split in ("train", "val") if f"coco/annotations/instances_{split}.json" in files
+            for a in json.loads(U.read_bytes(U.join(r.uri, f"coco/annotations/instances_{split}.json")))["annotations"]]
+    checked = 0
+    for row in rows:
+        item = WorkItem.from_row(json.loads(row["work_item"]))
+        sample = load_generator(item.generator, None, item.params).generate([item])[0]
+        text = U.read_bytes(U.join(r.uri, f"yolo_seg/labels/{row['split']}/{row['sample_id']}.txt")).decode()
+        lines = text.splitlines()
+        assert len(lines) == len(row["boxes"])
+        for k, (line, b) in enumerate(zip(lines, row["boxes"]), start=1):
+            cls, *xy = line.split()
+            assert int(cls) == b["class_id"] and len(xy) >= 6 and len(xy) % 2 == 0
+            pts = np.array([float(v) for v in xy]).reshape(-1, 2) * [row["width"], row["height"]]
+            assert (pts[:, 0] >= b["x1"]).all() and (pts[:, 0] <= b["x2"]).all()
+            assert (pts[:, 1] >= b["y1"]).all() and (pts[:, 1] <= b["y2"]).all()
+            filled = np.zeros((row["height"], row["width"]), np.uint8)
+            cv2.fillPoly(filled, [np.round(pts - 0.5).astype(np.int32)], 1)
+            mask = sample.mask == k
+            if mask.sum() >= 20:  # the largest piece's outline covers most of the instance
+                assert (filled.astype(bool) & mask).sum() >= 0.6 * mask.sum()
+                checked += 1
+        mine = [a for a in anns if a["image_id"] == row["item_index"]]
+        assert all(a["segmentation"] and len(a["segmentation"][0]) >= 6 for a in mine)
+    assert checked
+    res = CliRunner().invoke(app, ["pull", f"{root}/{spec.name}@1", "--format", "yolo_seg", "--to", str(tmp_path / "s")])
+    assert res.exit_code == 0 and (tmp_path / "s" / "data.yaml").exists(), res.output

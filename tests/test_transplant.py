@@ -121,7 +121,7 @@ def test_val_split_never_reaches_a_synthetic_image(world):
     # the val set's imported images are also no background
     spec = _spec(world, refs=["tiny-pv@1"])
     gen = _generator(spec)
-    assert len(gen.references) == 1 and gen.references[0].endswith("/images/train/train4.png")
+    assert len(gen.backgrounds) == 1 and gen.backgrounds[0].endswith("/images/train/train4.png")
     samples = gen.generate(plan(spec, n=12))
     assert all("images/train/" in o for s in samples for o in s.meta["instances"])
     assert not any((s.image == VAL_LEVEL).sum() > 20 for s in samples)

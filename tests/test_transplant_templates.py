@@ -205,3 +205,37 @@ def test_deeppcb_import_splits_by_board_group(shared_data):
     s = real.samples[0]
     inst = decode_map(s.instances)
     assert inst.max() >= 1 and all((inst == k + 1).sum() <= b.width * b.height for k, b in enumerate(s.boxes))
+
+
+@pytest.mark.parametrize("backgrounds", ["labelled", "both"])
+def test_labelled_backgrounds_keep_their_boxes_and_pastes_stay_off_them(boards, backgrounds):
+    spec = _spec(boards, backgrounds=backgrounds, placement="random", blend="hard")
+    items, samples = _generate(spec)
+    assert spec.class_names[0] == "open"
+    kept_any = 0
+    for item, s in zip(items, samples):
+        kept = s.meta["provenance"]["kept_boxes"]
+        assert len(s.boxes) == len(item.boxes) + kept
+        kept_any += kept
+        pasted = np.isin(s.mask, list(range(1, len(s.boxes) - kept + 1)))
+        for k, b in enumerate(s.boxes[len(s.boxes) - kept:], start=len(s.boxes) - kept + 1):
+            assert (b.class_id, b.class_name) == (0, "open")
+            assert not pasted[b.y1:b.y2, b.x1:b.x2].any(), "a paste landed on a kept defect"
+            cut = s.mask == k
+            assert cut.any() and (s.image[:, :, 0][cut] == 255).all()  # the kept open, moved with its background
+    assert kept_any > 0
+    if backgrounds == "labelled":
+        assert all(s.meta["provenance"]["kept_boxes"] == 1 for s in samples)
+
+
+def test_move_boxes_follows_turn():
+    from factory.generators.transplant.paste import move_boxes, turn
+
+    img = np.zeros((6, 8), np.uint8)
+    img[1:3, 2:7] = 1
+    b = Box(0, "x", 2, 1, 7, 3)
+    for ops in [("r",), ("h",), ("v",), ("r", "h"), ("r", "r", "r", "h"), ("h", "v")]:
+        t = turn(img, ops)
+        (m,) = move_boxes((b,), ops, 6, 8)
+        ys, xs = np.nonzero(t)
+        assert (m.x1, m.y1, m.x2, m.y2) == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1), ops

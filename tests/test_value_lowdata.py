@@ -73,7 +73,7 @@ def test_low_data_transplant_uses_only_the_seeds_subset(tmp_path, shared_data, r
     gen = TransplantGenerator.load(None, params)
     # backgrounds: defect-free train images only
     free = {s.image_path.name for s in train if not s.boxes}
-    assert gen.references and {Path(r).name for r in gen.references} <= free
+    assert gen.backgrounds and {Path(r).name for r in gen.backgrounds} <= free
     # the bank holds instances of the subset only
     assert {o.origin.split("#")[0].rsplit("/", 1)[-1] for pool in gen.bank.values() for o in pool} <= subset_names
 

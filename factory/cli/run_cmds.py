@@ -257,7 +257,7 @@ def show(ref: str = RefArg, root: str | None = RootOpt) -> None:
 @app.command()
 def pull(
     ref: str = RefArg,
-    fmt: str = typer.Option(..., "--format", help="yolo, coco or parquet."),
+    fmt: str = typer.Option(..., "--format", help="yolo, yolo_seg, coco or parquet."),
     to: Path = typer.Option(..., "--to", help="Local folder to write into."),
     root: str | None = RootOpt,
 ) -> None:
@@ -289,6 +289,7 @@ def pull(
     if bad:
         fail(f"{len(bad)} files do not match the manifest's sha256 (first: {base}/{bad[0]}); not written")
     hint = {"yolo": f" - train with data={to / 'data.yaml'}",
+            "yolo_seg": f" - train a segmentation model with data={to / 'data.yaml'}",
             "coco": f" - annotations in {to / 'annotations'}, images in {to / 'images'}"}.get(fmt, "")
     console.print(f"[green]pulled[/] {name}@{version} ({fmt}, {len(paths)} files, checksums ok) to {to}{hint}")
 

@@ -24,6 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from factory.core import Box, Reason, Sample, WorkItem
+from factory.formats import mask_polygons
 from factory.pipeline.records import RejectSummary, SampleSummary, ShardRecord
 from factory.planning import iter_plan
 from factory.spec import DatasetSpec
@@ -231,6 +232,7 @@ class ScoreWriteStage:
                 "split": split_of(item.index, self.val_fraction),
                 "work_item": json.dumps(item.to_row()),
                 "provenance": json.dumps((s.meta or {}).get("provenance") or {}, sort_keys=True) if s is not None else "{}",
+                "segments": _segments(s) if s is not None and SEGMENT_FORMATS & set(self.target.formats) else None,
                 "reasons": [str(r) for r in v.reasons],  # Parquet text: `code: detail`
                 "reason_codes": [r.code for r in v.reasons],
                 "error": err,
@@ -247,6 +249,17 @@ def node_id() -> str | None:
     import ray
 
     return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+
+
+SEGMENT_FORMATS = {"yolo_seg", "coco"}  # the sinks that write each box's outline
+
+
+def _segments(s: Sample) -> list[list[list[float]]]:
+    """Each box's outline polygons from the generator's instance mask (its rectangle
+    where the generator returns no mask)."""
+    if s.mask is None:
+        return [mask_polygons(np.zeros((1, 1)), 1, b) for b in s.boxes]
+    return [mask_polygons(s.mask, k, b) for k, b in enumerate(s.boxes, start=1)]
 
 
 def write_shard(rows: list[dict[str, Any]], target: ShardTarget, gate: list[str]) -> str:

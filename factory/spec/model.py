@@ -200,7 +200,7 @@ DEFAULT_VAL_FRACTION = 0.1  # one plan index in ten: what versions published bef
 
 class OutputSpec(StrictModel):
     uri: str = "file://./datasets"
-    formats: list[Literal["parquet", "yolo", "coco"]] = Field(default_factory=lambda: ["parquet", "yolo"])
+    formats: list[Literal["parquet", "yolo", "yolo_seg", "coco"]] = Field(default_factory=lambda: ["parquet", "yolo"])
     shard_size: Annotated[int, Field(gt=0, le=100_000)] = 256
     val_fraction: Annotated[float, Field(ge=0, lt=1)] = Field(
         DEFAULT_VAL_FRACTION, description="share of the plan in the YOLO `val` split (every 1/f-th plan index); 0: none")

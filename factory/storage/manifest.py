@@ -116,7 +116,7 @@ class Manifest(_Open):
         if self.formats is not None:
             return list(self.formats)
         tops = {p.split("/", 1)[0] for p in (self.files or {}) if "/" in p}
-        return sorted(tops & {"parquet", "yolo", "coco"})
+        return sorted(tops & {"parquet", "yolo", "yolo_seg", "coco"})
 
     # Read-only mapping access, for callers not yet moved to the fields (the manifest's JSON keys).
     def __getitem__(self, key: str) -> Any:

@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from factory.core import Box
-from factory.formats import yolo_data_yaml, yolo_text
+from factory.formats import yolo_data_yaml, yolo_seg_text, yolo_text
 from factory.storage.uri import is_s3, join, read_bytes, write_bytes
 
 BOX_TYPE = pa.struct(
@@ -162,12 +162,15 @@ class YoloSink(Sink):
 
     format = "yolo"
 
+    def label(self, r: dict[str, Any]) -> str:
+        return yolo_text([Box.from_dict(b) for b in r["boxes"]], r["width"], r["height"])
+
     def write(self, prefix: str, shard: str, rows: Sequence[dict[str, Any]]) -> list[FileEntry]:
         files: list[tuple[str, str, bytes]] = []
         for r in rows:
             split, sid = r["split"], r["sample_id"]
-            files.append((sid, f"yolo/images/{split}/{sid}.png", r["image"]))
-            files.append((sid, f"yolo/labels/{split}/{sid}.txt", yolo_text([Box.from_dict(b) for b in r["boxes"]], r["width"], r["height"]).encode()))
+            files.append((sid, f"{self.format}/images/{split}/{sid}.png", r["image"]))
+            files.append((sid, f"{self.format}/labels/{split}/{sid}.txt", self.label(r).encode()))
         return self._write_files(prefix, files)
 
     def publish_shard(self, out: Output, staging: str, files: Sequence[FileEntry], keep: set[str] | None,
@@ -180,7 +183,20 @@ class YoloSink(Sink):
         data_yaml = yolo_data_yaml(class_names, ["train", "val"] if splits["val"] else ["train"])
         if not splits["val"]:  # ultralytics needs a val split: point it at train, and say so
             data_yaml += b"val: images/train  # no sample fell in the val split\n"
-        out.put("yolo/data.yaml", data_yaml)
+        out.put(f"{self.format}/data.yaml", data_yaml)
+
+
+class YoloSegSink(YoloSink):
+    """The same tree under `yolo_seg/` with segmentation labels: `class x1 y1 x2 y2 ...`
+    (normalized) per box, its outline from the generator's exact mask (the box's
+    rectangle where it has none); ultralytics' segmentation models and copy-paste
+    augmentation read it as is."""
+
+    format = "yolo_seg"
+
+    def label(self, r: dict[str, Any]) -> str:
+        boxes = [Box.from_dict(b) for b in r["boxes"]]
+        return yolo_seg_text(boxes, r.get("segments") or [[] for _ in boxes], r["width"], r["height"])
 
 
 class CocoSink(Sink):
@@ -201,7 +217,8 @@ class CocoSink(Sink):
             return []
         files = [(r["sample_id"], f"coco/images/{r['split']}/{r['sample_id']}.png", r["image"]) for r in rows]
         part = [{"sample": r["sample_id"], "index": r["item_index"], "split": r["split"], "width": r["width"],
-                 "height": r["height"], "boxes": [[b["class_id"], b["x1"], b["y1"], b["x2"], b["y2"]] for b in r["boxes"]]}
+                 "height": r["height"], "boxes": [[b["class_id"], b["x1"], b["y1"], b["x2"], b["y2"]] for b in r["boxes"]],
+                 **({"segments": r["segments"]} if r.get("segments") is not None else {})}
                 for r in rows]
         data = json.dumps(part).encode()
         write_bytes(join(prefix, f"coco/_parts/{shard}.json"), data)
@@ -229,11 +246,13 @@ class CocoSink(Sink):
                         {"id": s["index"], "file_name": f"{s['split']}/{s['sample']}.png", "width": s["width"],
                          "height": s["height"]}))
                     sp[2] += 1
-                    for cid, x1, y1, x2, y2 in s["boxes"]:
+                    for j, (cid, x1, y1, x2, y2) in enumerate(s["boxes"]):
                         ann_id += 1
-                        sp[1].write((",\n" if sp[3] else "") + json.dumps(
-                            {"id": ann_id, "image_id": s["index"], "category_id": cid + 1,
-                             "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0}))
+                        ann = {"id": ann_id, "image_id": s["index"], "category_id": cid + 1,
+                               "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0}
+                        if "segments" in s:  # the exact outline: COCO polygons (several for a split instance)
+                            ann["segmentation"] = s["segments"][j]
+                        sp[1].write((",\n" if sp[3] else "") + json.dumps(ann))
                         sp[3] += 1
             categories = json.dumps([{"id": i + 1, "name": n} for i, n in enumerate(class_names)])
             for split, (images, anns, _, _) in sorted(spools.items()):
@@ -251,7 +270,7 @@ class CocoSink(Sink):
                 out.put_file(f"coco/annotations/instances_{split}.json", dest)
 
 
-SINKS: dict[str, type[Sink]] = {"parquet": ParquetSink, "yolo": YoloSink, "coco": CocoSink}
+SINKS: dict[str, type[Sink]] = {"parquet": ParquetSink, "yolo": YoloSink, "yolo_seg": YoloSegSink, "coco": CocoSink}
 
 
 def sinks_for(formats: Sequence[str]) -> list[Sink]:

@@ -31,7 +31,8 @@ from pydantic import Field, field_validator
 from factory.core import Box, Sample, WorkItem
 from factory.generators.base import GeneratorParams
 from factory.generators.transplant.bank import load_bank, nearest
-from factory.generators.transplant.sources import background_uris, check_references, check_source, load_background, qualify
+from factory.generators.transplant.sources import (Labelled, background_uris, check_references, check_source,
+                                                   labelled_backgrounds, load_background, load_labelled, qualify)
 
 
 class TransplantParams(GeneratorParams):
@@ -50,6 +51,8 @@ class TransplantParams(GeneratorParams):
     contrast: tuple[float, float] = (0.8, 1.25)  # the defect's contrast to its surroundings, times this
     merge: float = Field(0.0, ge=0, le=1)  # chance that a box gets two instances of its class, merged into one
     jitter: float = Field(0.04, ge=0, le=0.5)  # background gain/gamma change (offset a quarter of it); not on binary images
+    backgrounds: Literal["defect_free", "labelled", "both"] = "defect_free"  # labelled: the source's train images, boxes kept
+    classes: list[str] | None = None  # the spec's class names in id order (set from the spec: kept boxes' ids)
     max_per_class: int = Field(5000, ge=1)  # instances read per class
     candidates: int = Field(16, ge=1)  # per box, one of this many instances closest in size and aspect
 
@@ -71,8 +74,8 @@ class TransplantGenerator:
     wants_gpu: ClassVar[bool] = False
     Params: ClassVar[type[TransplantParams]] = TransplantParams
 
-    def __init__(self, params: TransplantParams, bank: dict, references: list[str]):
-        self.p, self.bank, self.references = params, bank, references
+    def __init__(self, params: TransplantParams, bank: dict, backgrounds: list, source_names: tuple[str, ...] = ()):
+        self.p, self.bank, self.backgrounds, self.source_names = params, bank, backgrounds, source_names
         self.sizes = {c: np.array([i.size for i in pool], float) for c, pool in bank.items()}
 
     @classmethod
@@ -80,15 +83,25 @@ class TransplantGenerator:
         if checkpoint:
             raise ValueError(f"the transplant generator takes no checkpoint, got {checkpoint!r}")
         p = cls.Params.parse(cls.kind, params)
-        if not p.references:
-            raise ValueError("transplant needs params.references (defect-free images of the line), e.g. domain.references")
-        refs = background_uris(p.references)
-        if not refs:
-            raise ValueError(f"no defect-free images in references {p.references}")
+        backgrounds: list = []
+        if p.backgrounds != "labelled":
+            if not p.references:
+                raise ValueError("transplant needs params.references (defect-free images of the line), e.g. domain.references")
+            backgrounds = background_uris(p.references)
+            if not backgrounds:
+                raise ValueError(f"no defect-free images in references {p.references}")
+        names: list[str] = []
+        if p.backgrounds != "defect_free":
+            if not p.classes:
+                raise ValueError("backgrounds: labelled needs params.classes (the spec's class names; `check_spec` sets them)")
+            names, labelled = labelled_backgrounds(p.source, p.classes)
+            if not labelled:
+                raise ValueError(f"{p.source}: no labelled train image whose classes are all among {p.classes}")
+            backgrounds += labelled
         bank = load_bank(p.source, None, p.max_per_class, p.feather)
         if not bank:
             raise ValueError(f"{p.source}: no defect instances in its train split")
-        return cls(p, bank, refs)
+        return cls(p, bank, backgrounds, tuple(names))
 
     @classmethod
     def prepare_params(cls, params: dict[str, Any], spec) -> dict[str, Any]:
@@ -98,6 +111,8 @@ class TransplantGenerator:
         refs = params.get("references")
         if refs:
             params["references"] = [qualify(r, root) for r in ([refs] if isinstance(refs, str) else refs)]
+        if params.get("backgrounds", "defect_free") != "defect_free":
+            params["classes"] = list(spec.class_names)
         return params
 
     @classmethod
@@ -123,46 +138,18 @@ class TransplantGenerator:
         return [self._one(item) for item in items]
 
     def _one(self, item: WorkItem) -> Sample:
-        from factory.generators.transplant.paste import (BLENDS, augment, frame_box, grey_levels, paste, place,
-                                                        turned, vary)
+        from factory.generators.transplant.paste import frame_box, paste  # cv2: imported when generating
 
         p = self.p
         seqs = np.random.SeedSequence(item.seed).spawn(1 + len(item.boxes))
-        ref_idx = int(item.style.get("reference", item.seed)) % len(self.references)
-        background = load_background(self.references[ref_idx], item.width, item.height)
-        levels = grey_levels(background)
-        canvas = augment(background, np.random.default_rng(seqs[0]), p.jitter, binary=levels is not None)
+        ref, canvas, levels, kept, kept_map = self._background(item, np.random.default_rng(seqs[0]))
         mask = np.zeros((item.height, item.width), np.uint16)
+        forbidden = kept_map > 0  # a paste never lands on a kept defect
         used, pastes, frames = [], [], {}
         for j, box in enumerate(item.boxes):
-            pool = self.bank.get(box.class_name)
-            if not pool:
-                raise ValueError(f"transplant source {p.source} has no {box.class_name!r} instances in its train "
-                                 f"split; it has {', '.join(sorted(self.bank))}")
-            rng = np.random.default_rng(seqs[1 + j])
-            near = nearest(pool, self.sizes[box.class_name], box.height, box.width, p.candidates)
-            parts = [pool[near[int(rng.integers(len(near)))]]]
-            if p.merge and rng.random() < p.merge:
-                parts.append(pool[near[int(rng.integers(len(near)))]])
-            anchor = None
-            for inst in parts:
-                v = vary(inst, box, rng, p.max_distortion, p.scale, p.flips, p.rotate, p.elastic, p.contrast)
-                if anchor is None:
-                    at = place(canvas, v, box, rng, p.placement, p.top_k, mask > 0, levels is not None,
-                                   p.match_tolerance)
-                    if p.placement == "context" and p.rotate:  # the turned instance may fit the spot better
-                        t = turned(v)
-                        at_t = place(canvas, t, box, rng, p.placement, p.top_k, mask > 0, levels is not None,
-                                   p.match_tolerance)
-                        if at_t[2] is not None and (at[2] is None or at_t[2] > at[2]):
-                            v, at = t, at_t
-                    anchor = at
-                else:  # the second part of a merged defect: beside the first, overlapping it by about half
-                    h, w = v.patch.shape
-                    at = (anchor[0] + int(rng.integers(-h // 3, h // 3 + 1)), anchor[1] + int(rng.integers(-w // 3, w // 3 + 1)), None)
-                blend = p.blend if p.blend != "mixed" else BLENDS[int(rng.integers(len(BLENDS)))]
-                pasted = paste(canvas, v, at[:2], inst.exact, blend, p.feather, levels)
-                mask[pasted] = j + 1
+            for inst, at, v, blend in self._paste_box(canvas, box, np.random.default_rng(seqs[1 + j]), levels,
+                                                      forbidden | (mask > 0)):
+                mask[paste(canvas, v, at[:2], inst.exact, blend, p.feather, levels)] = j + 1
                 f = frame_box(v, at[:2], mask.shape)
                 if f is not None:
                     g = frames.get(j, f)
@@ -171,11 +158,63 @@ class TransplantGenerator:
                 pastes.append({"box": j, "instance": inst.origin, "at": [int(at[1]), int(at[0])], "scale": round(v.scale, 3),
                                "blend": blend, "match": None if at[2] is None else round(at[2], 4)})
         boxes, final = _tight_boxes(item.boxes, mask, frames)
+        for k, b in enumerate(kept, start=1):  # the labelled background's own defects, after the pasted ones
+            boxes.append(b)
+            final[(kept_map == k) & (final == 0)] = len(boxes)
         image = np.clip(np.round(canvas), 0, 255).astype(np.uint8)
         image = np.repeat(image[:, :, None], item.channels, axis=2)
-        meta = {"checkpoint": "", "reference": self.references[ref_idx], "instances": used,
-                "provenance": {"reference": self.references[ref_idx], "placement": p.placement, "pastes": pastes}}
+        meta = {"checkpoint": "", "reference": ref, "instances": used,
+                "provenance": {"reference": ref, "placement": p.placement, "pastes": pastes, "kept_boxes": len(kept)}}
         return Sample(item=item, image=image, boxes=boxes, mask=final, meta=meta)
+
+    def _background(self, item: WorkItem, rng: np.random.Generator):
+        """(its URI, the augmented canvas, its grey levels if binary, kept boxes, their map):
+        `style["reference"]` picks among the defect-free references and, with
+        `backgrounds: labelled | both`, the source's labelled train images (boxes kept)."""
+        from factory.generators.transplant.paste import augment, grey_levels, move_boxes, turn
+
+        pick = self.backgrounds[int(item.style.get("reference", item.seed)) % len(self.backgrounds)]
+        if isinstance(pick, Labelled):
+            background, boxes, kept_map = load_labelled(pick, self.source_names, tuple(self.p.classes or ()),
+                                                        item.width, item.height)
+        else:
+            background, boxes, kept_map = load_background(pick, item.width, item.height), (), None
+        levels = grey_levels(background)
+        canvas, ops = augment(background, rng, self.p.jitter, binary=levels is not None)
+        kept = move_boxes(boxes, ops, item.height, item.width)
+        kept_map = np.zeros(canvas.shape, np.uint16) if kept_map is None else np.ascontiguousarray(turn(kept_map, ops))
+        return (pick.uri if isinstance(pick, Labelled) else pick), canvas, levels, kept, kept_map
+
+    def _paste_box(self, canvas: np.ndarray, box: Box, rng: np.random.Generator, levels, forbidden: np.ndarray):
+        """The instance(s) for one planned box, each varied, placed and given a blend:
+        [(instance, (top, left, match), variant, blend)]; two with `merge`."""
+        from factory.generators.transplant.paste import BLENDS, place, turned, vary
+
+        p = self.p
+        pool = self.bank.get(box.class_name)
+        if not pool:
+            raise ValueError(f"transplant source {p.source} has no {box.class_name!r} instances in its train "
+                             f"split; it has {', '.join(sorted(self.bank))}")
+        near = nearest(pool, self.sizes[box.class_name], box.height, box.width, p.candidates)
+        parts = [pool[near[int(rng.integers(len(near)))]]]
+        if p.merge and rng.random() < p.merge:
+            parts.append(pool[near[int(rng.integers(len(near)))]])
+        out: list = []
+        for inst in parts:
+            v = vary(inst, box, rng, p.max_distortion, p.scale, p.flips, p.rotate, p.elastic, p.contrast)
+            if not out:
+                at = place(canvas, v, box, rng, p.placement, p.top_k, forbidden, levels is not None, p.match_tolerance)
+                if p.placement == "context" and p.rotate:  # the turned instance may fit the spot better
+                    t = turned(v)
+                    at_t = place(canvas, t, box, rng, p.placement, p.top_k, forbidden, levels is not None, p.match_tolerance)
+                    if at_t[2] is not None and (at[2] is None or at_t[2] > at[2]):
+                        v, at = t, at_t
+            else:  # the second part of a merged defect: beside the first, overlapping it by about half
+                h, w = v.patch.shape
+                first = out[0][1]
+                at = (first[0] + int(rng.integers(-h // 3, h // 3 + 1)), first[1] + int(rng.integers(-w // 3, w // 3 + 1)), None)
+            out.append((inst, at, v, p.blend if p.blend != "mixed" else BLENDS[int(rng.integers(len(BLENDS)))]))
+        return out
 
 
 def _tight_boxes(planned: Sequence[Box], mask: np.ndarray,

@@ -57,26 +57,48 @@ def quantize(values: np.ndarray, levels: np.ndarray) -> np.ndarray:
     return np.where(np.abs(values - levels[0]) <= np.abs(values - levels[1]), levels[0], levels[1]).astype(np.float32)
 
 
-def augment(bg: np.ndarray, rng: np.random.Generator, jitter: float, binary: bool = False) -> np.ndarray:
+def augment(bg: np.ndarray, rng: np.random.Generator, jitter: float,
+            binary: bool = False) -> tuple[np.ndarray, tuple[str, ...]]:
     """A background variant, never the identity (so no output is a byte copy of a
-    reference). Grey images: random flips and a small gain/offset/gamma change.
-    Binary images keep their levels: one of the non-identity flips and turns."""
+    reference), and the turns and flips that made it (`turn`, `move_boxes`). Grey
+    images: random flips and a small gain/offset/gamma change. Binary images keep
+    their levels: one of the non-identity flips and turns."""
     if binary:
         if bg.shape[0] == bg.shape[1]:  # one of the 7 other elements of the square's symmetry group
             k = 1 + int(rng.integers(7))
-            out = np.rot90(bg, k % 4)
-            out = out[:, ::-1] if k >= 4 else out
+            ops = ("r",) * (k % 4) + (("h",) if k >= 4 else ())
         else:
-            out = [bg[:, ::-1], bg[::-1], bg[::-1, ::-1]][int(rng.integers(3))]
-        return np.ascontiguousarray(out, dtype=np.float32)
-    out = bg[:, ::-1] if rng.random() < 0.5 else bg
-    out = out[::-1] if rng.random() < 0.5 else out
+            ops = [("h",), ("v",), ("h", "v")][int(rng.integers(3))]
+        return np.ascontiguousarray(turn(bg, ops), dtype=np.float32), ops
+    ops = (("h",) if rng.random() < 0.5 else ()) + (("v",) if rng.random() < 0.5 else ())
+    out = turn(bg, ops)
     sign = lambda: 1.0 if rng.random() < 0.5 else -1.0  # noqa: E731
     gain = 1.0 + sign() * rng.uniform(0.25, 1.0) * jitter
     gamma = 1.0 + sign() * rng.uniform(0.0, 1.0) * jitter
     offset = sign() * rng.uniform(0.25, 1.0) * jitter * 0.25
     x = np.clip(out / 255.0, 0.0, 1.0) ** gamma
-    return np.ascontiguousarray(np.clip((x * gain + offset) * 255.0, 0.0, 255.0), dtype=np.float32)
+    return np.ascontiguousarray(np.clip((x * gain + offset) * 255.0, 0.0, 255.0), dtype=np.float32), ops
+
+
+def turn(a: np.ndarray, ops: tuple[str, ...]) -> np.ndarray:
+    """Apply turns (`r`: 90 degrees counter-clockwise) and flips (`h`: left-right, `v`: up-down) in order."""
+    for op in ops:
+        a = np.rot90(a) if op == "r" else a[:, ::-1] if op == "h" else a[::-1]
+    return a
+
+
+def move_boxes(boxes: tuple[Box, ...], ops: tuple[str, ...], height: int, width: int) -> list[Box]:
+    """The boxes of an image after `turn(image, ops)`."""
+    out = list(boxes)
+    for op in ops:
+        if op == "r":
+            out = [Box(b.class_id, b.class_name, b.y1, width - b.x2, b.y2, width - b.x1) for b in out]
+            height, width = width, height
+        elif op == "h":
+            out = [Box(b.class_id, b.class_name, width - b.x2, b.y1, width - b.x1, b.y2) for b in out]
+        else:
+            out = [Box(b.class_id, b.class_name, b.x1, height - b.y2, b.x2, height - b.y1) for b in out]
+    return out
 
 
 def _tight(binary: np.ndarray) -> tuple[int, int, int, int]:
@@ -169,26 +191,37 @@ def place(canvas: np.ndarray, v: Variant, box: Box, rng: np.random.Generator, pl
           forbidden: np.ndarray, exact_match: bool, tolerance: float = 0.05) -> tuple[int, int, float | None]:
     """(top, left) of the variant's window in the canvas and its match score (None for
     `random`): a seeded choice among the `top_k` best separated spots that score within
-    `tolerance` of the best. `context` falls back to the planned box when nothing fits."""
+    `tolerance` of the best, none of whose defect pixels' box touches `forbidden`.
+    `random`: centred on the planned box, or a seeded free spot where that is taken.
+    `context` falls back to the planned box when nothing fits."""
     y1, y2, x1, x2 = _tight(v.binary)
     planned = (int(round((box.y1 + box.y2) / 2 - (y1 + y2) / 2)), int(round((box.x1 + box.x2) / 2 - (x1 + x2) / 2)))
     H, W = canvas.shape
     h, w = v.patch.shape
-    if placement != "context" or h > H or w > W or (v.weight is not None and v.weight.sum() < 8):
-        return (*planned, None)
-    if exact_match:  # binary: the share of context pixels that agree exactly
+    fits = h <= H and w <= W
+    if placement != "context" or not fits or (v.weight is not None and v.weight.sum() < 8):
+        py, px = planned
+        taken = forbidden[max(0, py + y1):max(0, py + y2), max(0, px + x1):max(0, px + x2)].any()
+        if not (taken and fits):
+            return (*planned, None)
+        score = np.zeros((H - h + 1, W - w + 1))  # any free spot will do
+        matched = False
+    elif exact_match:  # binary: the share of context pixels that agree exactly
         n = float(h * w if v.weight is None else v.weight.sum())
-        sq = cv2.matchTemplate(canvas, v.context, cv2.TM_SQDIFF, mask=v.weight)
-        score = 1.0 - sq / (n * 255.0 ** 2)
+        score = 1.0 - cv2.matchTemplate(canvas, v.context, cv2.TM_SQDIFF, mask=v.weight) / (n * 255.0 ** 2)
+        matched = True
     else:
         score = cv2.matchTemplate(canvas, v.context, cv2.TM_CCOEFF_NORMED, mask=v.weight)
+        matched = True
     score = np.where(np.isfinite(score), score, -np.inf).astype(np.float64)
-    if forbidden.any():  # windows whose defect would touch an earlier paste or a labelled box
+    if forbidden.any():  # windows whose defect would touch an earlier paste or a kept box
         ii = np.pad(forbidden.astype(np.int32).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
         hm, wm = score.shape
         touched = (ii[y2:y2 + hm, x2:x2 + wm] - ii[y1:y1 + hm, x2:x2 + wm]
                    - ii[y2:y2 + hm, x1:x1 + wm] + ii[y1:y1 + hm, x1:x1 + wm])
         score[touched > 0] = -np.inf
+    if not matched:  # a random free spot: jitter the flat score so the choice is seeded, not top-left
+        score[np.isfinite(score)] = rng.random(int(np.isfinite(score).sum()))
     picks = []
     for _ in range(top_k):
         i = int(np.argmax(score))
@@ -199,6 +232,8 @@ def place(canvas: np.ndarray, v: Variant, box: Box, rng: np.random.Generator, pl
         score[max(0, oy - h // 2):oy + h // 2 + 1, max(0, ox - w // 2):ox + w // 2 + 1] = -np.inf
     if not picks:
         return (*planned, None)
+    if not matched:
+        return (picks[0][0], picks[0][1], None)
     picks = [q for q in picks if q[2] >= picks[0][2] - tolerance]  # only spots nearly as good as the best
     return picks[int(rng.integers(len(picks)))]
 

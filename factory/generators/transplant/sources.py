@@ -23,6 +23,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from factory.core import Box
 from factory.data.folders import image_uris, is_image_name
 from factory.storage import uri as U
 from factory.storage import default_root
@@ -133,19 +134,82 @@ def read_grey(uri: str) -> np.ndarray:
         return np.asarray(im.convert("L"))
 
 
+def _centre_crop(w: int, h: int, width: int, height: int) -> tuple[int, int, int, int]:
+    """(left, top, crop width, crop height): the centred crop of a w x h image to the item's aspect."""
+    scale = min(w / width, h / height)
+    cw, ch = round(width * scale), round(height * scale)
+    return (w - cw) // 2, (h - ch) // 2, cw, ch
+
+
 @lru_cache(maxsize=128)
 def load_background(uri: str, width: int, height: int) -> np.ndarray:
     """A reference, grey, centre-cropped to the item's aspect and resized (float32 0..255, read-only)."""
     from PIL import Image
 
     im = Image.fromarray(read_grey(uri))
-    w, h = im.size
-    scale = min(w / width, h / height)
-    cw, ch = round(width * scale), round(height * scale)
-    left, top = (w - cw) // 2, (h - ch) // 2
+    left, top, cw, ch = _centre_crop(*im.size, width, height)
     a = np.asarray(im.crop((left, top, left + cw, top + ch)).resize((width, height), Image.BICUBIC), np.float32)
     a.setflags(write=False)
     return a
+
+
+@dataclass(frozen=True)
+class Labelled:
+    """A labelled train image of the source used as a background: its defects stay, with their boxes."""
+
+    uri: str
+    labels: str  # its YOLO label text (the source's class ids)
+    instances: str | None  # URI of its instance map, when the source has one
+
+
+def labelled_backgrounds(source: str, classes: list[str]) -> tuple[list[str], list[Labelled]]:
+    """(the source's class names, its labelled train images whose every box is of a class in `classes`)."""
+    tree = tree_uri(source)
+    names, files = train_files(tree)
+    out = []
+    for f in files:
+        ids = {int(line.split()[0]) for line in f.labels.splitlines() if line.strip()}
+        if ids and all(names[i] in classes for i in ids):
+            out.append(Labelled(U.join(tree, f.image), f.labels, U.join(tree, f.instances) if f.instances else None))
+    return names, out
+
+
+@lru_cache(maxsize=32)
+def load_labelled(bg: Labelled, names: tuple[str, ...], classes: tuple[str, ...], width: int,
+                  height: int) -> tuple[np.ndarray, tuple[Box, ...], np.ndarray]:
+    """A labelled background cropped and resized as `load_background` does, its boxes and
+    instance map moved with it (k = 1 + index in the returned boxes; a box without
+    mask pixels fills its rectangle). Class ids are the spec's (`classes`); a box
+    the crop cuts keeps its visible part."""
+    from PIL import Image
+
+    from factory.data.instances import decode_map
+    from factory.formats import parse_yolo_lines
+
+    grey = read_grey(bg.uri)
+    H, W = grey.shape
+    left, top, cw, ch = _centre_crop(W, H, width, height)
+    sx, sy = width / cw, height / ch
+    image = load_background(bg.uri, width, height)
+    src = decode_map(U.read_bytes(bg.instances)) if bg.instances else None
+    if src is not None:
+        crop = np.ascontiguousarray(src[top:top + ch, left:left + cw].astype(np.int32))
+        src = np.asarray(Image.fromarray(crop).resize((width, height), Image.NEAREST))
+    boxes, inst = [], np.zeros((height, width), np.uint16)
+    for k, b in enumerate(parse_yolo_lines(bg.labels, W, H, list(names))):
+        x1, x2 = max(0.0, (b.x1 - left) * sx), min(float(width), (b.x2 - left) * sx)
+        y1, y2 = max(0.0, (b.y1 - top) * sy), min(float(height), (b.y2 - top) * sy)
+        if x2 - x1 < 1 or y2 - y1 < 1:
+            continue
+        box = Box(classes.index(b.class_name), b.class_name, int(x1), int(y1), int(np.ceil(x2)), int(np.ceil(y2)))
+        pixels = np.zeros((height, width), bool)
+        pixels[box.y1:box.y2, box.x1:box.x2] = True
+        if src is not None and (src[pixels] == k + 1).any():
+            pixels &= src == k + 1
+        boxes.append(box)
+        inst[pixels & (inst == 0)] = len(boxes)
+    inst.setflags(write=False)
+    return image, tuple(boxes), inst
 
 
 def check_source(text: str, classes: list[str]) -> tuple[str | None, dict[str, str]]:
