@@ -136,3 +136,23 @@ def yolo_seg_text(boxes: Sequence[Box], polygons: Sequence[Sequence[Sequence[flo
         xy = " ".join(f"{v / (width if i % 2 == 0 else height):.6f}" for i, v in enumerate(poly))
         lines.append(f"{b.class_id} {xy}\n")
     return "".join(lines)
+
+
+def yolo_label_boxes(image: Path, width: int, height: int) -> list[Box] | None:
+    """The pixel boxes of an image's YOLO label file (class ids kept, no names), or None
+    when it has none (a folder of plain images)."""
+    try:
+        lab = label_path(Path(image))
+    except ValueError:
+        return None
+    if not lab.exists():
+        return None
+    out = []
+    for line in lab.read_text().splitlines():
+        parts = line.split()
+        if len(parts) == 5:
+            c, cx, cy, w, h = int(float(parts[0])), *(float(v) for v in parts[1:])
+            x1, y1 = max(0, round((cx - w / 2) * width)), max(0, round((cy - h / 2) * height))
+            x2, y2 = min(width, round((cx + w / 2) * width)), min(height, round((cy + h / 2) * height))
+            out.append(Box(c, str(c), x1, y1, max(x2, x1 + 1), max(y2, y1 + 1)))
+    return out

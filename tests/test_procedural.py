@@ -144,3 +144,49 @@ def test_drawn_boxes_follow_the_specs_size_and_aspect(cls):
     assert size_ks <= planned_size_ks + KS_SLACK and aspect_ks <= planned_aspect_ks + KS_SLACK
     aspect = np.array([b.width / b.height for b in drawn])
     assert 0.45 < aspect.min() and aspect.max() < 2.2
+
+
+def test_preview_draws_each_generator_with_its_own_params(tmp_path):
+    """Two procedural generators of one spec differ only in params: the preview draws
+    each item with its own (different pixels from the same plan item otherwise)."""
+    import yaml
+
+    from factory.cli.spec_cmds import generator_for
+    from factory.planning import plan
+    from factory.spec import load_spec
+
+    d = {"name": "two", "seed": 2, "count": 8, "image": {"width": 64, "height": 64},
+         "defects": [{"class": "crack", "boxes": {"size": {"min": 0.2, "max": 0.3}}}],
+         "generators": [{"kind": "procedural", "weight": 1}, {"kind": "procedural", "weight": 1,
+                                                               "params": {"background": "references", "references": str(tmp_path / "bg")}}]}
+    (tmp_path / "bg").mkdir()
+    from PIL import Image
+    Image.fromarray(np.full((64, 64), 30, np.uint8)).save(tmp_path / "bg" / "dark.png")
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(d))
+    spec = load_spec(tmp_path / "s.yaml")
+    items = plan(spec, n=8)
+    loaded: dict = {}
+    by_params = {}
+    for it in items:
+        s = generator_for(it, loaded).generate([it])[0]
+        by_params.setdefault(bool(it.params), []).append(float(s.image.mean()))
+    assert len(loaded) == 2 and set(by_params) == {False, True}
+    assert max(by_params[True]) < min(by_params[False])  # the dark references show through
+
+
+def test_preview_crops_puts_real_and_generated_defects_side_by_side(tmp_path, demo_spec_path):
+    real = tmp_path / "real" / "images"
+    real.mkdir(parents=True)
+    (tmp_path / "real" / "labels").mkdir()
+    from PIL import Image
+    for i in range(3):
+        Image.fromarray(np.full((80, 80), 100 + 20 * i, np.uint8)).save(real / f"r{i}.png")
+        (tmp_path / "real" / "labels" / f"r{i}.txt").write_text("0 0.5 0.5 0.3 0.2\n")
+    out = tmp_path / "crops.png"
+    r = subprocess.run([sys.executable, "-m", "factory.cli", "preview", str(demo_spec_path), "--n", "3", "--out", str(out),
+                        "--compare-to", str(real), "--crops", "--cols", "2"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert "box crops" in r.stdout and Image.open(out).width > 4 * 96
+    r = subprocess.run([sys.executable, "-m", "factory.cli", "preview", str(demo_spec_path), "--crops"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "--compare-to" in r.stderr + r.stdout

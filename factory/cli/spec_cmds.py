@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import typer
 from rich.table import Table
 
@@ -114,24 +115,28 @@ def preview(
     compare_to: Path | None = typer.Option(
         None, help="A folder of real images: puts one real image beside each generated one."
     ),
+    crops: bool = typer.Option(
+        False, "--crops", help="Show the defects: square crops 1.5x around every box, generated beside real ones "
+        "(--compare-to must be a YOLO images/<split> folder, whose labels give the real boxes)."),
 ) -> None:
     """Generate a few images in-process and save a grid with boxes and class names drawn."""
     from factory.planning import plan
 
     s = load_spec_or_exit(spec)
+    if crops and not compare_to:
+        fail("--crops needs --compare-to (a folder of labelled real images)", EXIT_INVALID)
     with friendly_errors():
         items = plan(s, n=n)
         tiles, captions = [], []
         real = _real_images(compare_to, n) if compare_to else []
-        generators = {}
+        if crops:
+            _preview_crops(s, items, real, out, cols)
+            return
+        loaded: dict = {}
         with _progress() as progress:
             task = progress.add_task("generating", total=len(items))
             for i, item in enumerate(items):
-                key = (item.generator, item.checkpoint)
-                if key not in generators:
-                    g = next(g for g in s.generators if g.kind == item.generator and g.checkpoint == item.checkpoint)
-                    generators[key] = load_generator(g.kind, g.checkpoint, g.params)
-                sample = generators[key].generate([item])[0]
+                sample = generator_for(item, loaded).generate([item])[0]
                 tiles.append(draw_boxes(sample.image, sample.boxes))
                 captions.append(f"{item.generator} #{item.index}")
                 if real:
@@ -142,6 +147,54 @@ def preview(
         out.parent.mkdir(parents=True, exist_ok=True)
         picture.save(out)
     console.print(f"wrote {out} ({len(items)} generated{' beside real images from ' + str(compare_to) if real else ''})")
+
+
+def generator_for(item, loaded: dict):
+    """The generator that draws `item`: its own kind, checkpoint and params (two
+    generators of one kind in a spec differ in params), loaded once into `loaded`."""
+    import json
+
+    key = (item.generator, item.checkpoint, json.dumps(item.params, sort_keys=True))
+    if key not in loaded:
+        loaded[key] = load_generator(item.generator, item.checkpoint, item.params)
+    return loaded[key]
+
+
+def _preview_crops(s, items, real: list[Path], out: Path, cols: int) -> None:
+    """Rows of generated box crops (each generator with its own params), and real
+    crops from the labelled real images, alternating."""
+    from PIL import Image
+
+    from factory.formats import yolo_label_boxes
+    from factory.viz import box_crops
+
+    made, loaded = [], {}
+    with _progress() as progress:
+        task = progress.add_task("generating", total=len(items))
+        for item in items:
+            made += [(sm.image, sm.boxes) for sm in generator_for(item, loaded).generate([item])]
+            progress.advance(task)
+    real_items = []
+    for p in real:
+        grey = np.asarray(Image.open(p).convert("L"))
+        real_items.append((grey, yolo_label_boxes(p, grey.shape[1], grey.shape[0]) or []))
+    gen_crops, real_crops = box_crops(made, size=96), box_crops(real_items, size=96)
+    if not real_crops:
+        fail(f"--crops: no YOLO labels beside the images in {real[0].parent if real else 'the folder'}")
+    if not gen_crops:
+        fail("--crops: the generated images have no boxes (the spec's negatives only?)")
+    per_row = max(2, cols * 2)
+    tiles, captions = [], []
+    for r in range(max(1, -(-max(len(gen_crops), len(real_crops)) // per_row))):
+        for label, pool in (("generated", gen_crops), ("real", real_crops)):
+            row = pool[r * per_row:(r + 1) * per_row]
+            tiles += [Image.fromarray(c).convert("RGB") for c in row]
+            captions += [label] * len(row)
+            tiles += [Image.new("RGB", (96, 96), (24, 24, 24))] * (per_row - len(row))
+            captions += [""] * (per_row - len(row))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    grid(tiles, cols=per_row, captions=captions, tile_size=96).save(out)
+    console.print(f"wrote {out} ({len(gen_crops)} generated and {len(real_crops)} real box crops, rows alternating)")
 
 
 def _real_images(folder: Path, n: int) -> list[Path]:
