@@ -214,7 +214,10 @@ def main() -> None:
     def score(images: list[np.ndarray], crops: list[np.ndarray]) -> dict:
         runs = [c2st(images, real, seed=s) for s in args.seeds]
         accs = [r["c2st_accuracy"] for r in runs]
-        crop_runs = [c2st(crops, real_crops, seed=s) for s in args.seeds]
+        try:
+            crop_runs = [c2st(crops, real_crops, seed=s) for s in args.seeds]
+        except ValueError:  # too few boxes on one side (--smoke's few images)
+            crop_runs = [{"c2st_accuracy": float("nan"), "c2st_std": float("nan"), "images_per_side": len(crops)}]
         crop_accs = [r["c2st_accuracy"] for r in crop_runs]
         fid = fidelity([png_bytes(a) for a in images], real_png, size=64, indomain_weights=str(weights))
         spread = lambda v, r: float(np.std(v)) if len(v) > 1 else r[0]["c2st_std"]  # noqa: E731

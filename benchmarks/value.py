@@ -285,11 +285,14 @@ def main() -> None:
                                        f"n{n}-s{seed}" if n != "all" else "all")
                         for name in arms}
             first = next(iter(versions.values()))
-            for label, steps in (("B", B), ("2B", 2 * B)):  # real only: the same for every arm
+
+            def real_only(label: str, steps: int) -> None:  # the same for every arm
                 _, r = run(first, settings(n, seed, steps=steps, arms=["real"]), "real")
                 real_runs[label][seed] = r
                 print(f"N={n} seed {seed} real only at {label} ({steps} steps): mAP50 {r['map50']:.3f}, "
                       f"{r['wall_seconds']:.0f} s", flush=True)
+
+            real_only("B", B)
             for name, version in versions.items():
                 for ratio in size["ratios"]:
                     for protocol in size["protocols"]:
@@ -298,6 +301,7 @@ def main() -> None:
                         mixed_runs.setdefault((name, ratio, protocol), {})[seed] = r
                         print(f"N={n} seed {seed} + {name} ratio {ratio:g} {protocol}: mAP50 {r['map50']:.3f}, "
                               f"{r['wall_seconds']:.0f} s", flush=True)
+            real_only("2B", 2 * B)  # last: the paired comparison at B is in hand even if this is cut short
         mb, m2b = _mean([r["map50"] for r in real_runs["B"].values()]), _mean([r["map50"] for r in real_runs["2B"].values()])
         converged = abs(m2b - mb) <= CONVERGED
         row = {"converged": converged, "real_B_mean": mb, "real_2B_mean": m2b, "real": real_runs, "arms": {}}
