@@ -123,8 +123,20 @@ def test_context_placement_puts_an_open_on_the_trace(boards):
 
 
 def test_random_placement_records_no_match(boards):
-    _, samples = _generate(_spec(boards, placement="random"))
+    _, samples = _generate(_spec(boards, placement="random", min_visible=0))
     assert all(p["match"] is None for s in samples for p in s.meta["provenance"]["pastes"])
+
+
+def test_an_invisible_paste_is_undone_and_its_box_dropped(boards):
+    """Placed at random, most opens land on bare substrate (white on white): no label on nothing."""
+    items, samples = _generate(_spec(boards, placement="random", blend="hard"))
+    dropped = [p for s in samples for p in s.meta["provenance"]["pastes"] if "dropped" in p]
+    assert dropped
+    for item, s in zip(items, samples):
+        assert len(s.boxes) == sum(1 for p in s.meta["provenance"]["pastes"] if "dropped" not in p)
+        for k, b in enumerate(s.boxes, start=1):
+            assert (s.image[:, :, 0][s.mask == k] == 255).mean() > 0.9  # every kept cut is white, at the (black) trace
+            assert (s.image[:, :, 0][b.y1:b.y2, b.x1:b.x2] == 0).any()
 
 
 @pytest.mark.parametrize("blend", ["mixed", "alpha", "poisson", "hard"])
@@ -215,7 +227,8 @@ def test_labelled_backgrounds_keep_their_boxes_and_pastes_stay_off_them(boards, 
     kept_any = 0
     for item, s in zip(items, samples):
         kept = s.meta["provenance"]["kept_boxes"]
-        assert len(s.boxes) == len(item.boxes) + kept
+        pasted_boxes = sum(1 for p in s.meta["provenance"]["pastes"] if "dropped" not in p)
+        assert len(s.boxes) == pasted_boxes + kept
         kept_any += kept
         pasted = np.isin(s.mask, list(range(1, len(s.boxes) - kept + 1)))
         for k, b in enumerate(s.boxes[len(s.boxes) - kept:], start=len(s.boxes) - kept + 1):

@@ -52,6 +52,7 @@ class TransplantParams(GeneratorParams):
     merge: float = Field(0.0, ge=0, le=1)  # chance that a box gets two instances of its class, merged into one
     jitter: float = Field(0.04, ge=0, le=0.5)  # background gain/gamma change (offset a quarter of it); not on binary images
     backgrounds: Literal["defect_free", "labelled", "both"] = "defect_free"  # labelled: the source's train images, boxes kept
+    min_visible: float = Field(0.3, ge=0, le=1)  # a paste changing fewer of its pixels than this is undone, its box dropped
     classes: list[str] | None = None  # the spec's class names in id order (set from the spec: kept boxes' ids)
     max_per_class: int = Field(5000, ge=1)  # instances read per class
     candidates: int = Field(16, ge=1)  # per box, one of this many instances closest in size and aspect
@@ -149,7 +150,15 @@ class TransplantGenerator:
         for j, box in enumerate(item.boxes):
             for inst, at, v, blend in self._paste_box(canvas, box, np.random.default_rng(seqs[1 + j]), levels,
                                                       forbidden | (mask > 0)):
-                mask[paste(canvas, v, at[:2], inst.exact, blend, p.feather, levels)] = j + 1
+                before = canvas.copy()
+                pasted = paste(canvas, v, at[:2], inst.exact, blend, p.feather, levels)
+                visible = float((np.abs(canvas - before)[pasted] > (127 if levels is not None else 8)).mean()) \
+                    if pasted.any() else 0.0
+                if visible < p.min_visible:  # e.g. an open cut into bare substrate: a label on nothing
+                    canvas[:] = before
+                    pastes.append({"box": j, "instance": inst.origin, "dropped": f"invisible ({visible:.2f} changed)"})
+                    continue
+                mask[pasted] = j + 1
                 f = frame_box(v, at[:2], mask.shape)
                 if f is not None:
                     g = frames.get(j, f)
