@@ -1,17 +1,22 @@
 """Benchmark of the quality gate's anomaly model: `uiidd` (the paper's heat map) vs
-`uiidd-disc` (UIIDD + discriminative head on simulated anomalies), same patches, same budget.
+`uiidd-disc` (UIIDD + discriminative head on simulated anomalies), same patches, same budget,
+and `patchcore` (pretrained EfficientNet-Lite features + a coreset memory bank: no training loop).
 
     python benchmarks/anomaly.py                              # CPU-small: every data set, both methods
     python benchmarks/anomaly.py --datasets mt --seeds 0 1    # one data set, spread over seeds
     python benchmarks/anomaly.py --full                       # a GPU budget (native scale, 64 px patches, 30 epochs)
     python benchmarks/anomaly.py --datasets mt --bank-split 0.5 --banks none real   # + real defects in the simulation
     python benchmarks/anomaly.py --smoke --datasets mt        # seconds of training: checks the script, numbers mean nothing
+    python benchmarks/anomaly.py --datasets mt --methods patchcore --max-test 0      # PatchCore, every real defect
+    python benchmarks/anomaly.py --datasets mt --methods patchcore --pc-blocks 2 4 --pc-size 320 --pc-coreset 20000
 
 Data (from ../shared/data and the `elpv-dataset` package), each trained on defect-free
 images only and tested on images the training and calibration never saw:
 - mt: magnetic tile, MT_Free split 80/20 (seeded); the 80% is split again by the trainer
   (80% train, 20% calibration); test = the held-out 20% vs the five MT_<defect> folders.
 - elpv: ELPV cells, p=0 split 80/20 the same way; test = held-out p=0 vs p=1 (no masks).
+- deeppcb: defect-free templates (`*_temp.jpg`) of all groups but the last two train; test = the
+  last two groups' templates vs their tested boards (`*_test.jpg`); boxes only (no pixel AUROC).
 - pv: pv_vision cells (train + val folders) without any defect value (1 dark area, 2 cross
   crack, 3 crack) in their mask, split 80/20; test = held-out vs cells with defect pixels.
 With `--bank-split F` (mt), a seeded share F of every defect folder is set aside before any
@@ -21,6 +26,9 @@ simulated anomalies (the issue's "transplanted real defects"), and neither bank 
 Thresholds come from the checkpoint's calibration (simulated anomalies on the calibration
 split); no test label is used before the metrics. Pixel AUROC is at the model's scale.
 Test sets can be subsampled (`--max-test`, seeded) to fit the CPU budget: the table says n.
+`patchcore` reads the same splits at native resolution (it resizes to `--pc-size` itself, or
+tiles at `--pc-scale`); its pixel AUROC is at the images' own size; "train s" is the fit
+(features + coreset), "images/s" the scoring speed.
 """
 
 from __future__ import annotations
@@ -108,11 +116,30 @@ def load_pv(root: Path, patch, max_test: int | None, max_train: int | None):
     return _take(train, max_train, 4), _take(test, max_test, 2), [defect[i] for i in keep], [masks[i] for i in keep], []
 
 
+def load_deeppcb(root: Path, patch, max_test: int | None, max_train: int | None, test_groups: int = 2):
+    """DeepPCB: the defect-free templates (`*_temp.jpg`) of all groups but the last `test_groups` (sorted)
+    are the training images; test = those groups' templates (normal) vs their tested boards (`*_test.jpg`,
+    each with at least one defect; boxes only, so no pixel AUROC)."""
+    from factory.data.folders import read_image
+    from factory.quality.anomaly.patches import rescale
+
+    groups = sorted(p for p in root.glob("group*") if p.is_dir())
+    train_g, test_g = groups[:-test_groups], groups[-test_groups:]
+    temp = lambda gs: sorted(f for g in gs for f in g.glob("*/*_temp.jpg"))
+    train = [rescale(read_image(f), patch) for f in _take(temp(train_g), max_train, 4)]
+    normal = [rescale(read_image(f), patch) for f in _take(temp(test_g), max_test, 2)]
+    tested = sorted(f for g in test_g for f in g.glob("*/*_test.jpg"))
+    defect = [rescale(read_image(f), patch) for f in _take(tested, max_test, 3)]
+    return train, normal, defect, [None] * len(defect), []
+
+
 def run_one(name: str, data, method: str, seed: int, args, bank_source: str = "none") -> dict:
     from factory.quality.anomaly.evaluate import evaluate_heat
     from factory.training.anomaly import AnomalyTrainConfig, train_anomaly
 
     train, test_n, test_d, masks, bank = data
+    if method == "patchcore":
+        return run_patchcore(name, data, seed, args)
     if bank_source == "real" and not bank:
         raise SystemExit(f"--banks real needs real defects set aside: give --bank-split > 0 (magnetic tile only)")
     cfg = AnomalyTrainConfig(method=method, patch_size=args.patch, scale=args.scale, patches_per_image=args.patches_per_image,
@@ -133,10 +160,38 @@ def run_one(name: str, data, method: str, seed: int, args, bank_source: str = "n
     return row
 
 
+def run_patchcore(name: str, data, seed: int, args) -> dict:
+    """PatchCore: memory from the training split, calibration on its held-out share (simulated anomalies)."""
+    from factory.quality.anomaly.evaluate import evaluate_heat
+    from factory.training.anomaly import AnomalyTrainConfig, train_anomaly
+
+    train, test_n, test_d, masks, _ = data
+    cfg = AnomalyTrainConfig(method="patchcore", seed=seed, net=args.pc_net, blocks=tuple(args.pc_blocks), image_size=args.pc_size,
+                             pc_scale=args.pc_scale, coreset_size=args.pc_coreset, max_patches=args.pc_pool,
+                             pc_sigma=args.pc_sigma, batch_size=args.batch, keep_aspect=args.pc_keep_aspect)
+    res = train_anomaly(f"{name} normal (80%)", None, cfg, images=train)
+    det = res["detector"]
+    t = time.time()
+    h_n, h_d = det.heat_maps(test_n, original_size=True), det.heat_maps(test_d, original_size=True)
+    score_s = time.time() - t
+    ev = evaluate_heat(h_n, h_d, masks, det.threshold("image", "f1"), det.threshold("pixel", "f1"))
+    fit = res["metrics"]
+    row = {"data": name, "method": f"patchcore-{args.pc_net}-b{''.join(map(str, args.pc_blocks))}-{args.pc_size}"
+                                    + (f"-tiles{args.pc_scale}" if args.pc_scale else "") + ("-aspect" if args.pc_keep_aspect else "")
+                                    + f"-m{fit['memory']}",
+           "seed": seed, "train_images": res["train_images"], "calib_images": res["val_images"],
+           "test_normal": len(test_n), "test_defect": len(test_d), "train_s": round(res["train_seconds"], 1),
+           "image_auroc": ev["image_auroc"], "pixel_auroc": ev.get("pixel_auroc", float("nan")), "image_f1": ev["image"]["f1"],
+           "calib_image_auroc": res["image_auroc"], "images_per_s": round((len(test_n) + len(test_d)) / score_s, 2),
+           "memory": fit["memory"], "pool": fit["pool"], "feature_s": fit["feature_seconds"], "coreset_s": fit["coreset_seconds"]}
+    print(json.dumps(row), flush=True)
+    return row
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "data"))
-    ap.add_argument("--datasets", nargs="+", default=["mt", "elpv", "pv"], choices=["mt", "elpv", "pv"])
+    ap.add_argument("--datasets", nargs="+", default=["mt", "elpv", "pv"], choices=["mt", "elpv", "pv", "deeppcb"])
     ap.add_argument("--methods", nargs="+", default=["uiidd", "uiidd-disc"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--scale", type=float, default=0.5, help="resize factor before patching (1.0 = native pixels)")
@@ -155,6 +210,14 @@ def main() -> None:
     ap.add_argument("--banks", nargs="+", default=["none"], choices=["none", "real"],
                     help="uiidd-disc's simulated anomalies: Perlin/patch fills only (none), or also the set-aside real "
                          "defects cut along their masks (real); both run on the same test split")
+    ap.add_argument("--pc-net", default="lite0", help="patchcore: EfficientNet-Lite variant")
+    ap.add_argument("--pc-blocks", nargs="+", type=int, default=[4, 5], help="patchcore: stages whose features are concatenated")
+    ap.add_argument("--pc-size", type=int, default=224, help="patchcore: network input side")
+    ap.add_argument("--pc-scale", type=float, default=None, help="patchcore: native-scale tiles at this factor (default: whole image resized)")
+    ap.add_argument("--pc-coreset", type=int, default=10000, help="patchcore: memory bank size")
+    ap.add_argument("--pc-keep-aspect", action="store_true", help="patchcore: short side to --pc-size, aspect kept")
+    ap.add_argument("--pc-pool", type=int, default=100_000, help="patchcore: random pool of training patches for the coreset")
+    ap.add_argument("--pc-sigma", type=float, default=4.0, help="patchcore: heat-map smoothing (model pixels)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP + "; 1 epoch, scale 0.25, 4 test images a side, at most 32 train images")
     args = ap.parse_args()
@@ -162,6 +225,7 @@ def main() -> None:
 
     if args.smoke:
         args.scale, args.patches_per_image, args.epochs, args.width, args.max_test, args.max_train = 0.25, 1, 1, 4, 4, 32
+        args.pc_size, args.pc_coreset, args.pc_pool = 64, 200, 2000
         smoke_ray()
     if args.full:
         args.scale, args.patch, args.patches_per_image, args.epochs, args.width, args.max_test = 1.0, 64, 16, 30, 16, 0
@@ -176,11 +240,23 @@ def main() -> None:
     loaders = {"mt": lambda: load_mt(root / "magnetic_tile", patch, max_test, args.max_train if args.smoke else None,
                                      args.bank_split),
                "elpv": lambda: load_elpv(patch, max_test, args.max_train),
-               "pv": lambda: load_pv(root / "pv_vision_crack", patch, max_test, args.max_train)}
+               "pv": lambda: load_pv(root / "pv_vision_crack", patch, max_test, args.max_train),
+               "deeppcb": lambda: load_deeppcb(root / "deeppcb", patch, max_test, args.max_train)}
+    # patchcore reads the same splits at native resolution (scale 1.0; it resizes or tiles itself)
+    native = PatchConfig(size=32, scale=1.0)
+    native_loaders = {"mt": lambda: load_mt(root / "magnetic_tile", native, max_test, args.max_train if args.smoke else None,
+                                            args.bank_split),
+                      "elpv": lambda: load_elpv(native, max_test, args.max_train),
+                      "pv": lambda: load_pv(root / "pv_vision_crack", native, max_test, args.max_train),
+                      "deeppcb": lambda: load_deeppcb(root / "deeppcb", native, max_test, args.max_train)}
     rows = []
     for name in args.datasets:
-        data = loaders[name]()
-        for method in args.methods:
+        trained = [m for m in args.methods if m != "patchcore"]
+        data = loaders[name]() if trained else None
+        if "patchcore" in args.methods:
+            for seed in args.seeds:
+                rows.append(run_one(name, native_loaders[name](), "patchcore", seed, args))
+        for method in trained:
             for bank_source in args.banks if method == "uiidd-disc" else ["none"]:
                 for seed in args.seeds:
                     rows.append(run_one(name, data, method, seed, args, bank_source))
@@ -188,6 +264,11 @@ def main() -> None:
     print(f"\nQuality-gate anomaly benchmark on {machine()}")
     print(f"scale {args.scale}, {args.patch} px patches x {args.patches_per_image} per image, {args.epochs} epochs, width {args.width}, "
           f"batch {args.batch}, {args.threads} thread(s), Ray Train 1 worker{' on the GPU' if args.gpu else ''}, thresholds: F1 rule on simulated anomalies (calibration split)\n")
+    if "patchcore" in args.methods:
+        print(f"patchcore: {args.pc_net} stages {args.pc_blocks}, {args.pc_size} px "
+              f"{'tiles at scale ' + str(args.pc_scale) if args.pc_scale else ('short side, aspect kept' if args.pc_keep_aspect else 'square')}, "
+              f"coreset {args.pc_coreset} of at most {args.pc_pool} pooled patches, sigma {args.pc_sigma}; no training loop "
+              f"(train s = features + coreset); images at native resolution\n")
     groups: dict[tuple, list] = {}
     for r in rows:
         groups.setdefault((r["data"], r["method"]), []).append(r)

@@ -4,6 +4,7 @@
     python benchmarks/gate_audit.py                         # demo spec (procedural generator), CPU-small
     python benchmarks/gate_audit.py --spec SPEC --normal DIR  # a spec whose line has real defect-free images
     python benchmarks/gate_audit.py --smoke                 # seconds of training: checks the script, numbers mean nothing
+    python benchmarks/gate_audit.py --methods patchcore uiidd-disc   # the pretrained-feature gate beside the trained one
 
 Without `--normal`, the defect-free training images are the spec's own generator's
 negatives (its plan items with the boxes removed, other seeds than the audited
@@ -58,11 +59,14 @@ def main() -> None:
     ap.add_argument("--defects", type=int, default=0,
                     help="train the head with this many of the spec's own labelled defects (other plan items) among its simulated anomalies; "
                          "a transplant spec's are the same source instances its audited samples paste")
+    ap.add_argument("--pc-size", type=int, default=224, help="patchcore: network input side")
+    ap.add_argument("--pc-coreset", type=int, default=10000, help="patchcore: memory bank size")
     ap.add_argument("--json", default=None)
     ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP + "; 16 normal images, 4 audited, 1 epoch")
     args = ap.parse_args()
     if args.smoke:
         args.n_normal, args.n, args.patches_per_image, args.epochs, args.width = 16, 4, 2, 1, 4
+        args.pc_size, args.pc_coreset = 64, 200
         smoke_ray()
 
     import torch
@@ -88,7 +92,7 @@ def main() -> None:
         for seed in args.seeds:
             cfg = AnomalyTrainConfig(method=method, patch_size=args.patch, scale=args.scale, patches_per_image=args.patches_per_image,
                                      epochs=args.epochs, width=args.width, fused=2 * args.width, bottleneck=args.width,
-                                     head_width=args.width, seed=seed)
+                                     head_width=args.width, seed=seed, image_size=args.pc_size, coreset_size=args.pc_coreset)
             ckpt = f"file://{tmp}/gate-{method}-{seed}"
             t = time.time()
             res = train_anomaly(normal, ckpt, cfg, defect_pairs=pairs if method == "uiidd-disc" else None)

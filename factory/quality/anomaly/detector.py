@@ -26,6 +26,8 @@ Without it (old checkpoints, tiny tests) images are squashed to image_size.
 
 Checkpoint: `<uri>/model.pt` holds plain state dicts only (loaded with
 weights_only=True) and `<uri>/config.json` everything else (configs, calibration).
+`AnomalyDetector.load` also reads `--method patchcore` checkpoints (format patchcore-v1)
+and returns a `PatchCoreDetector` (`patchcore.py`), which has the same scoring interface.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from factory.generators.base import CheckpointError
 
 FORMAT = "uiidd-v2"
 LEGACY_FORMAT = "uiidd-v1"  # one pickled dict in model.pt (configs inside); still loadable
+PATCHCORE_FORMAT = "patchcore-v1"  # a `factory.quality.anomaly.patchcore` checkpoint; `load` returns a PatchCoreDetector
 METHODS = ("uiidd", "uiidd-disc")
 TERMS = ("rec", "feat", "disc")
 
@@ -243,6 +246,10 @@ class AnomalyDetector:
 
     @classmethod
     def from_parts(cls, config: dict, weights: dict, device: str = "cpu") -> "AnomalyDetector":
+        if config.get("format") == PATCHCORE_FORMAT:  # `--method patchcore`: same interface, its own class
+            from factory.quality.anomaly.patchcore import PatchCoreDetector
+
+            return PatchCoreDetector.from_parts(config, weights, device)
         if config.get("format") not in (FORMAT, LEGACY_FORMAT):
             raise ValueError(f"not a UIIDD anomaly checkpoint (format {config.get('format')!r}, expected {FORMAT!r})")
         model = UIIDDModel(ModelConfig(**config["model_config"]))

