@@ -358,3 +358,24 @@ def test_missing_data_folder_fails_before_ray(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="defective images"):
         check_sources(TrainConfig(str(tmp_path), str(tmp_path / "missing"), str(tmp_path / "out")))
+
+
+def test_a_missing_name_at_version_reference_fails_validate_naming_the_field(tmp_path):
+    """DG2GAN resolves `NAME@VERSION` references in the spec's registry like every
+    family that takes references: a missing one is a validate error, not a worker's."""
+    from factory.generators.checks import check_spec
+    from factory.spec import SpecError, spec_from_dict
+
+    spec = spec_from_dict({
+        "name": "d", "count": 4, "image": {"width": 64, "height": 64},
+        "domain": {"references": ["pv-vision-crack@1"]},
+        "defects": [{"class": "crack"}],
+        "generators": [{"kind": "dg2gan", "checkpoint": (tmp_path / "run").as_uri()}],
+        "output": {"uri": (tmp_path / "reg").as_uri()},
+    })
+    with pytest.raises(SpecError) as e:
+        check_spec(spec)
+    fields = [f for f, _ in e.value.problems]
+    assert "domain.references" in fields, e.value.problems
+    why = dict(e.value.problems)["domain.references"]
+    assert "pv-vision-crack@1" in why and str(tmp_path / "reg") in why

@@ -51,7 +51,7 @@ def test_dg2gan_takes_domain_references_or_refuses():
     d["domain"] = {"references": ["file:///data/MT_Free"]}
     assert check_spec(spec_from_dict(d), check_uris=False).generators[0].params["references"] == ["file:///data/MT_Free"]
     d["generators"][0]["params"] = {"references": "file:///elsewhere"}
-    assert check_spec(spec_from_dict(d), check_uris=False).generators[0].params["references"] == "file:///elsewhere"
+    assert check_spec(spec_from_dict(d), check_uris=False).generators[0].params["references"] == ["file:///elsewhere"]  # one reference or a list: a list
 
 
 @pytest.mark.parametrize("gen, loc, fragment", [

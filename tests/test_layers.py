@@ -1,6 +1,6 @@
-"""The layer contract (pyproject.toml [tool.importlinter]): lower layers never import
-higher ones. Checked on the tree as it is, and shown to fail on a copy where the
-bottom layer imports the top."""
+"""The import contracts (pyproject.toml [tool.importlinter]): lower layers never import
+higher ones, and no generator family imports another. Checked on the tree as it is,
+and shown to fail on copies that break each."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def _copy_tree(dst: Path) -> Path:
 def test_the_tree_keeps_its_layers(tmp_path):
     r = _lint(_copy_tree(tmp_path))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
-    assert "1 kept, 0 broken" in r.stdout
+    assert "2 kept, 0 broken" in r.stdout
 
 
 def test_a_lower_layer_importing_a_higher_one_breaks_the_contract(tmp_path):
@@ -36,3 +36,11 @@ def test_a_lower_layer_importing_a_higher_one_breaks_the_contract(tmp_path):
     core.write_text(core.read_text() + "\nfrom factory.pipeline import job  # noqa: E402\n")
     r = _lint(root)
     assert r.returncode != 0 and "factory.core is not allowed to import factory.pipeline" in r.stdout, r.stdout[-3000:]
+
+
+def test_a_family_importing_another_breaks_the_contract(tmp_path):
+    root = _copy_tree(tmp_path)
+    init = root / "factory" / "generators" / "procedural" / "__init__.py"
+    init.write_text(init.read_text() + "\nfrom factory.generators.transplant import sources  # noqa: E402\n")
+    r = _lint(root)
+    assert r.returncode != 0 and "families BROKEN" in r.stdout, r.stdout[-3000:]

@@ -70,7 +70,7 @@ def test_message_shape_names_file_field_and_reason():
         ("defects.0.boxes.size.dist", "gamma", "defects[0].boxes.size.dist", "must be 'uniform', 'loguniform' or 'normal'"),
         ("defects.0.boxes.overlap", "sometimes", "defects[0].boxes.overlap", "expected true or false"),
         ("output.shard_size", -1, "output.shard_size", "must be > 0, got -1"),
-        ("output.formats", ["parquet", "tiff"], "output.formats[1]", "must be 'parquet', 'yolo' or 'coco'"),
+        ("output.formats", ["parquet", "tiff"], "output.formats[1]", "must be 'parquet', 'yolo', 'yolo_seg' or 'coco'"),
         ("output.uri", "gs://bucket/x", "output.uri", "scheme must be file:// or s3://"),
         ("output.val_fraction", 1, "output.val_fraction", "must be < 1, got 1"),
         ("output.val_fraction", -0.1, "output.val_fraction", "must be >= 0, got -0.1"),

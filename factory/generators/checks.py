@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from factory.generators.base import generator_class
 from factory.generators.procedural.fit import fitted_domain
-from factory.generators.transplant.sources import background_uris, qualify
+from factory.generators.references import background_uris, qualify
 from factory.spec import DatasetSpec
 from factory.spec.load import SpecError, describe_error
 from factory.storage.uri import StorageError

@@ -25,7 +25,7 @@ from pydantic import Field
 
 from factory.core import Sample, WorkItem
 from factory.generators.base import CheckpointError, GeneratorParams
-from factory.data.folders import image_uris
+from factory.generators.references import background_uris, qualify_references, reference_problems
 
 
 class DG2GANParams(GeneratorParams):
@@ -56,8 +56,18 @@ class DG2GANGenerator:
         self.threshold, self.min_area, self.batch_size, self.flip = p.threshold, p.min_area, p.batch_size, p.flip
 
     @classmethod
+    def prepare_params(cls, params: dict[str, Any], spec) -> dict[str, Any]:
+        """Bare `NAME@VERSION` references -> `ROOT/NAME@VERSION` in the spec's registry."""
+        return qualify_references(params, spec.output.uri)
+
+    @classmethod
     def check_resources(cls, params: dict[str, Any], spec, where: str, checkpoint: str | None = None) -> list[tuple[str, str]]:
-        """Before any Ray worker starts: a trained run is where the spec says."""
+        """Before any Ray worker starts: the references hold defect-free images and a
+        trained run is where the spec says."""
+        return reference_problems(params, spec, where) + cls._check_runs(params, where, checkpoint)
+
+    @staticmethod
+    def _check_runs(params: dict[str, Any], where: str, checkpoint: str | None) -> list[tuple[str, str]]:
         from factory.storage import uri as U
 
         hint = "train one with `factory train dg2gan --defect-free DIR --defective DIR --class NAME --out URI`"
@@ -99,7 +109,10 @@ class DG2GANGenerator:
         refs = p.references
         if not refs:
             raise ValueError("dg2gan needs params.references: a folder/URI (or list) of defect-free images, e.g. domain.references")
-        return cls(models, reference_uris(refs), params, device)
+        uris = background_uris(refs)
+        if not uris:
+            raise ValueError(f"no reference images found in {refs}")
+        return cls(models, uris, params, device)
 
     def _model(self, class_name: str):
         if class_name in self.models:
@@ -154,15 +167,6 @@ class DG2GANGenerator:
         return samples
 
 
-def reference_uris(refs: str | list[str]) -> list[str]:
-    """Image URIs from folders/URIs or image files (sorted, masks beside JPGs skipped)."""
-
-    out = [u for r in ([refs] if isinstance(refs, str) else list(refs)) for u in image_uris(str(r))]
-    if not out:
-        raise ValueError(f"no reference images found in {refs}")
-    return out
-
-
 @lru_cache(maxsize=64)
 def _reference(uri: str, width: int, height: int, channels: int) -> np.ndarray:
     """The reference image centre-cropped to the item's aspect and resized: HxWxC uint8."""
@@ -185,4 +189,4 @@ def _reference(uri: str, width: int, height: int, channels: int) -> np.ndarray:
     return a
 
 
-__all__ = ["DG2GANGenerator", "reference_uris"]
+__all__ = ["DG2GANGenerator"]

@@ -13,7 +13,7 @@ import numpy as np
 from factory.core import Sample, WorkItem
 from factory.generators.base import GeneratorParams
 from factory.generators.procedural.render import DEFECTS, render_el
-from factory.generators.transplant.sources import background_uris, check_references, load_background, qualify
+from factory.generators.references import background_uris, load_background, qualify_references, reference_problems
 
 CLASSES = tuple(DEFECTS)
 
@@ -42,17 +42,13 @@ class ProceduralELGenerator:
 
     @classmethod
     def prepare_params(cls, params: dict[str, Any], spec) -> dict[str, Any]:
-        refs = params.get("references")
-        if refs:
-            params["references"] = [qualify(r, spec.output.uri) for r in ([refs] if isinstance(refs, str) else refs)]
-        return params
+        return qualify_references(params, spec.output.uri)
 
     @classmethod
     def check_resources(cls, params: dict[str, Any], spec, where: str, checkpoint: str | None = None) -> list[tuple[str, str]]:
-        if params.get("background") != "references" or not params.get("references"):
+        if params.get("background") != "references":
             return []
-        why = check_references(params["references"])
-        return [(f"{where}.params.references", why)] if why else []
+        return reference_problems(params, spec, where)
 
     @classmethod
     def load(cls, checkpoint: str | None, params: dict[str, Any], device: str = "cpu") -> "ProceduralELGenerator":

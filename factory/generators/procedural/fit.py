@@ -22,7 +22,7 @@ from scipy import ndimage, signal
 
 from factory.core import WorkItem
 from factory.generators.procedural.render import TEX_BINS, TEX_LEVELS, radial_band, render_el
-from factory.generators.transplant.sources import read_grey
+from factory.generators.references import read_grey
 
 WORK = 256
 MAX_REFERENCES = 64  # evenly spaced over the sorted references: enough for percentiles, fast

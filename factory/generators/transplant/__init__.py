@@ -31,8 +31,9 @@ from pydantic import Field, field_validator
 from factory.core import Box, Sample, WorkItem
 from factory.generators.base import GeneratorParams
 from factory.generators.transplant.bank import load_bank, nearest
-from factory.generators.transplant.sources import (Labelled, background_uris, check_references, check_source,
-                                                   labelled_backgrounds, load_background, load_labelled, qualify)
+from factory.generators.references import (background_uris, load_background, qualify, qualify_references,
+                                           reference_problems)
+from factory.generators.transplant.sources import Labelled, check_source, labelled_backgrounds, load_labelled
 
 
 class TransplantParams(GeneratorParams):
@@ -107,11 +108,8 @@ class TransplantGenerator:
     @classmethod
     def prepare_params(cls, params: dict[str, Any], spec) -> dict[str, Any]:
         """Bare `NAME@VERSION` source/references -> `ROOT/NAME@VERSION` in the spec's registry."""
-        root = spec.output.uri
-        params["source"] = qualify(params["source"], root)
-        refs = params.get("references")
-        if refs:
-            params["references"] = [qualify(r, root) for r in ([refs] if isinstance(refs, str) else refs)]
+        params["source"] = qualify(params["source"], spec.output.uri)
+        qualify_references(params, spec.output.uri)
         if params.get("backgrounds", "defect_free") != "defect_free":
             params["classes"] = list(spec.class_names)
         return params
@@ -126,14 +124,7 @@ class TransplantGenerator:
             problems.append((f"{where}.params.source", why))
         problems += [(f"defects[{i}].class", missing[d.class_name]) for i, d in enumerate(spec.defects)
                      if d.class_name in missing]
-        refs = params.get("references")
-        if refs:
-            why = check_references(refs)
-            if why:
-                domain_refs = [qualify(r, spec.output.uri) for r in spec.domain.references]
-                field = "domain.references" if refs == domain_refs else f"{where}.params.references"
-                problems.append((field, why))
-        return problems
+        return problems + reference_problems(params, spec, where)
 
     def generate(self, items: Sequence[WorkItem]) -> list[Sample]:
         return [self._one(item) for item in items]

@@ -17,7 +17,7 @@ from scipy import ndimage
 
 from factory.data.instances import decode_map
 from factory.formats import parse_yolo_lines
-from factory.generators.transplant.sources import train_files, tree_uri
+from factory.generators.references import train_files, tree_uri
 from factory.storage import uri as U
 
 MARGIN = 0.25  # patch margin around the box, as a share of its side (at least MIN_MARGIN px)
