@@ -183,6 +183,7 @@ def _train_yolo(dev, dry, work):
     from PIL import Image
 
     from factory.retrain.arm import ArmPlan, train_arm
+    from factory.retrain.data import Selection
     from factory.spec.retrain import RetrainSettings
 
     root = work / "yolo"
@@ -197,8 +198,10 @@ def _train_yolo(dev, dry, work):
     (root / "data.yaml").write_text("train: images/train\nval: images/val\nnames: {0: crack}\n")
     epochs = 1 if dry else 3
     cfg = RetrainSettings(epochs=epochs, imgsz=size, batch=8 if dry else 32, workers=0, gpus=1 if dev == "cuda" else 0,
-                          train_args={"plots": False})
-    out = train_arm("gpu-bench", 0, work / "yolo-runs", root / "data.yaml", cfg,
+                          evals=0, train_args={"plots": False})
+    items = {split: [(p, ["0 0.5 0.5 0.2 0.3"]) for p in sorted((root / "images" / split).glob("*.png"))]
+             for split in ("train", "val")}
+    out = train_arm("real", 0, work / "yolo-runs", Selection(["crack"], items["train"], [], items["val"]), cfg,
                     ArmPlan(epochs=epochs, stop_steps=None, warmup_epochs=0.0, close_mosaic=0))
     return (f"yolov8n.yaml from scratch, {n} images at {size} px, batch {cfg.batch}, {epochs} epoch(s), train + val",
             f"{n * epochs / out['train_seconds']:.1f} train images/s ({out['train_seconds']:.1f} s, start-up included)")
