@@ -78,6 +78,17 @@ def synthetic_anomalies(x: torch.Tensor, seed: int = 0) -> tuple[torch.Tensor, t
     return out.clamp(0, 1), masks
 
 
+def simulated_anomalies(normal, seed: int, bank=None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """One simulated anomaly (image, bool mask) on each held-out defect-free image, seeded:
+    what calibration scores against when no real defects are given."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for x in normal:
+        xa, m = simulate(x[None, None], rng, bank, p_anomaly=1.0)
+        out.append((xa[0, 0], m[0, 0] > 0))
+    return out
+
+
 def _thresholds(det: AnomalyDetector, h_norm: list, h_anom: list, masks: list, seed: int, max_pixels: int) -> dict:
     """Image and pixel thresholds (all three rules) from heat maps of normal and anomalous images."""
     scores = np.r_[[float(h.max()) for h in h_norm], [float(h.max()) for h in h_anom]]
@@ -135,14 +146,9 @@ def calibrate_patches(det: AnomalyDetector, normal: list[np.ndarray], anomalies:
         for k in TERMS:
             v = torch.cat(sums[k])
             det.calib.term_mean[k], det.calib.term_std[k] = float(v.mean()), float(v.std()) or 1.0
-    source = "real"
+    source = "real" if anomalies is not None else "simulated"
     if anomalies is None:
-        rng = np.random.default_rng(seed)
-        anomalies = []
-        for x in normal:
-            xa, m = simulate(x[None, None], rng, bank, p_anomaly=1.0)
-            anomalies.append((xa[0, 0], m[0, 0] > 0))
-        source = "simulated"
+        anomalies = simulated_anomalies(normal, seed, bank)
     h_norm = det.heat_scaled(normal, rescaled=True)
     h_anom = det.heat_scaled([a for a, _ in anomalies], rescaled=True)
     report = _thresholds(det, h_norm, h_anom, [m for _, m in anomalies], seed, max_pixels)

@@ -116,6 +116,21 @@ def raw_terms(model: UIIDDModel, x: torch.Tensor, window: int = 5) -> dict[str, 
     return {"rec": rec, "feat": feat, "disc": disc / len(fr)}
 
 
+def save_checkpoint(uri: str, weights: dict, config: dict) -> str:
+    """A gate checkpoint, whatever its method: `<uri>/model.pt` (tensors, loaded with
+    `weights_only=True`) + `<uri>/config.json`; returns the model URI."""
+    import json
+
+    from factory.storage.uri import join, write_bytes
+
+    buf = io.BytesIO()
+    torch.save(weights, buf)
+    target = join(uri, "model.pt")
+    write_bytes(target, buf.getvalue())
+    write_bytes(join(uri, "config.json"), json.dumps(config, indent=1, sort_keys=True, default=float).encode())
+    return target
+
+
 class AnomalyDetector:
     """A trained UIIDD model (+ optional discriminative head) ready to score images
     (numpy HxW[xC] uint8 in, heat maps out)."""
@@ -233,16 +248,7 @@ class AnomalyDetector:
 
     def save(self, uri: str) -> str:
         """Write `<uri>/model.pt` (state dicts) + `<uri>/config.json`; returns the model URI."""
-        import json
-
-        from factory.storage.uri import join, write_bytes
-
-        buf = io.BytesIO()
-        torch.save(self.weights(), buf)
-        target = join(uri, "model.pt")
-        write_bytes(target, buf.getvalue())
-        write_bytes(join(uri, "config.json"), json.dumps(self.config(), indent=1, sort_keys=True, default=float).encode())
-        return target
+        return save_checkpoint(uri, self.weights(), self.config())
 
     @classmethod
     def from_parts(cls, config: dict, weights: dict, device: str = "cpu") -> "AnomalyDetector":

