@@ -82,6 +82,13 @@ class Calibration:
     outside_fractions: dict[str, float] = field(default_factory=dict)
     source: str = ""  # what the thresholds were chosen on
 
+    def threshold(self, level: str, rule: str) -> float:
+        """The `image` or `pixel` threshold of a rule (`f1`, `youden`, `recall90`)."""
+        table = self.image_thresholds if level == "image" else self.pixel_thresholds
+        if rule not in table:
+            raise ValueError(f"the anomaly checkpoint has no {level} threshold for rule {rule!r}; it has {sorted(table)}")
+        return table[rule]
+
 
 def local_ssim(a: torch.Tensor, b: torch.Tensor, window: int = 5, c1: float = 1e-4, c2: float = 9e-4) -> torch.Tensor:
     """Eq. 7's local structural similarity per position, averaged over channels: B x 1 x H x W."""
@@ -225,10 +232,7 @@ class AnomalyDetector:
         return (height / self.pre.image_size + width / self.pre.image_size) / 2
 
     def threshold(self, level: str, rule: str) -> float:
-        table = self.calib.image_thresholds if level == "image" else self.calib.pixel_thresholds
-        if rule not in table:
-            raise ValueError(f"the anomaly checkpoint has no {level} threshold for rule {rule!r}; it has {sorted(table)}")
-        return table[rule]
+        return self.calib.threshold(level, rule)
 
     # --- persistence ----------------------------------------------------------
     def config(self) -> dict:

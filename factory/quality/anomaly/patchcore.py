@@ -290,10 +290,7 @@ class PatchCoreDetector:
         return (height / self.cfg.image_size + width / self.cfg.image_size) / 2
 
     def threshold(self, level: str, rule: str) -> float:
-        table = self.calib.image_thresholds if level == "image" else self.calib.pixel_thresholds
-        if rule not in table:
-            raise ValueError(f"the anomaly checkpoint has no {level} threshold for rule {rule!r}; it has {sorted(table)}")
-        return table[rule]
+        return self.calib.threshold(level, rule)
 
     # --- persistence ---------------------------------------------------------------------
     def config(self) -> dict:
