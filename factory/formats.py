@@ -105,6 +105,11 @@ def label_path(image: Path) -> Path:
     return Path(*parts).with_suffix(".txt")
 
 
+def box_polygon(b: Box) -> list[float]:
+    """A box as a polygon [x1, y1, x2, y1, x2, y2, x1, y2] (an outline where no mask is known)."""
+    return [b.x1, b.y1, b.x2, b.y1, b.x2, b.y2, b.x1, b.y2]
+
+
 def mask_polygons(mask, k: int, box: Box | None = None) -> list[list[float]]:
     """The outlines of instance `k` of an instance map (HxW, k = 1 + box index) as
     polygons [x1, y1, x2, y2, ...] through the centres of its boundary pixels, largest
@@ -115,7 +120,7 @@ def mask_polygons(mask, k: int, box: Box | None = None) -> list[list[float]]:
 
     m = (np.asarray(mask) == k).astype(np.uint8)
     if not m.any():
-        return [] if box is None else [[box.x1, box.y1, box.x2, box.y1, box.x2, box.y2, box.x1, box.y2]]
+        return [] if box is None else [box_polygon(box)]
     contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     polys = []
     for c in sorted(contours, key=lambda c: (-cv2.contourArea(c), -len(c))):
@@ -132,7 +137,7 @@ def yolo_seg_text(boxes: Sequence[Box], polygons: Sequence[Sequence[Sequence[flo
     box with its largest polygon (its box's rectangle when it has none)."""
     lines = []
     for b, polys in zip(boxes, polygons):
-        poly = polys[0] if polys else [b.x1, b.y1, b.x2, b.y1, b.x2, b.y2, b.x1, b.y2]
+        poly = polys[0] if polys else box_polygon(b)
         xy = " ".join(f"{v / (width if i % 2 == 0 else height):.6f}" for i, v in enumerate(poly))
         lines.append(f"{b.class_id} {xy}\n")
     return "".join(lines)

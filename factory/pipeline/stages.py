@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from factory.core import Box, Reason, Sample, WorkItem
-from factory.formats import mask_polygons
+from factory.formats import box_polygon, mask_polygons
 from factory.pipeline.records import RejectSummary, SampleSummary, ShardRecord
 from factory.planning import iter_plan
 from factory.spec import DatasetSpec
@@ -258,7 +258,7 @@ def _segments(s: Sample) -> list[list[list[float]]]:
     """Each box's outline polygons from the generator's instance mask (its rectangle
     where the generator returns no mask)."""
     if s.mask is None:
-        return [mask_polygons(np.zeros((1, 1)), 1, b) for b in s.boxes]
+        return [[box_polygon(b)] for b in s.boxes]
     return [mask_polygons(s.mask, k, b) for k, b in enumerate(s.boxes, start=1)]
 
 
