@@ -204,7 +204,7 @@ def place(canvas: np.ndarray, v: Variant, box: Box, rng: np.random.Generator, pl
         taken = forbidden[max(0, py + y1):max(0, py + y2), max(0, px + x1):max(0, px + x2)].any()
         if not (taken and fits):
             return (*planned, None)
-        score = np.zeros((H - h + 1, W - w + 1))  # any free spot will do
+        score = rng.random((H - h + 1, W - w + 1))  # any free spot will do: a seeded random one
         matched = False
     elif exact_match:  # binary: the share of context pixels that agree exactly
         n = float(h * w if v.weight is None else v.weight.sum())
@@ -220,8 +220,6 @@ def place(canvas: np.ndarray, v: Variant, box: Box, rng: np.random.Generator, pl
         touched = (ii[y2:y2 + hm, x2:x2 + wm] - ii[y1:y1 + hm, x2:x2 + wm]
                    - ii[y2:y2 + hm, x1:x1 + wm] + ii[y1:y1 + hm, x1:x1 + wm])
         score[touched > 0] = -np.inf
-    if not matched:  # a random free spot: jitter the flat score so the choice is seeded, not top-left
-        score[np.isfinite(score)] = rng.random(int(np.isfinite(score).sum()))
     picks = []
     for _ in range(top_k):
         i = int(np.argmax(score))
