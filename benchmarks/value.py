@@ -33,11 +33,16 @@ folder (defect tiles and MT_Free), by file name; neu_det: its `val` split;
 deeppcb: the boards of the held-out groups (whole boards, the adapter's split).
 None feeds training, synthesis or calibration: N-subsets are drawn from the
 train split only, and a spec's references must name train images only (checked).
+
+Finished runs are kept under WORK/runs/ (keyed by data, arm, version and settings)
+and reused, so a cut-short benchmark resumes and a larger one (more seeds, 2B)
+trains only what is new.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -267,12 +272,22 @@ def main() -> None:
                     finetune_fraction=size["finetune_fraction"])
         return RetrainSettings(**{**base, **kw})
 
-    def run(version: str, s: RetrainSettings, arm: str) -> tuple[dict, dict]:
+    def run(version: str, s: RetrainSettings, arm: str) -> dict:
+        """One retrain run's result, kept under WORK/runs/ so that a cut-short or extended
+        benchmark (more seeds, ratios, or 2B) reuses finished runs with identical inputs."""
+        key = {"dataset": a.dataset, "real_train": real_train, "real_eval": real_eval, "arm": arm,
+               "version": None if arm == "real" else version, "settings": s.model_dump(mode="json")}
+        cached = a.work / "runs" / (hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20] + ".json")
+        if cached.exists():
+            print(f"reusing {cached}", flush=True)
+            return json.loads(cached.read_text())["result"]
         t = time.time()
         c = retrain(version, real_train, real_eval, s)
         r = c["arms"][arm]["seeds"][str(s.seeds[0])]
         r = {**r, "wall_seconds": round(time.time() - t, 1), "run_id": c["run_id"], "version": version}
-        return c, r
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        cached.write_text(json.dumps({"key": key, "result": r}, indent=1, default=str))
+        return r
 
     results: dict = {}
     for n in size["sizes"]:
@@ -287,7 +302,7 @@ def main() -> None:
             first = next(iter(versions.values()))
 
             def real_only(label: str, steps: int) -> None:  # the same for every arm
-                _, r = run(first, settings(n, seed, steps=steps, arms=["real"]), "real")
+                r = run(first, settings(n, seed, steps=steps, arms=["real"]), "real")
                 real_runs[label][seed] = r
                 print(f"N={n} seed {seed} real only at {label} ({steps} steps): mAP50 {r['map50']:.3f}, "
                       f"{r['wall_seconds']:.0f} s", flush=True)
@@ -297,7 +312,7 @@ def main() -> None:
                 for ratio in size["ratios"]:
                     for protocol in size["protocols"]:
                         s = settings(n, seed, arms=["mixed"], synthetic_ratio=ratio, schedule=protocol)
-                        _, r = run(version, s, "mixed")
+                        r = run(version, s, "mixed")
                         mixed_runs.setdefault((name, ratio, protocol), {})[seed] = r
                         print(f"N={n} seed {seed} + {name} ratio {ratio:g} {protocol}: mAP50 {r['map50']:.3f}, "
                               f"{r['wall_seconds']:.0f} s", flush=True)

@@ -108,7 +108,7 @@ def test_missing_bucket_names_uri(s3_server):
 def test_unreachable_endpoint_names_uri(s3_server):
     from s3_server import free_port
 
-    configure_storage(endpoint_url=f"http://127.0.0.1:{free_port()}", max_attempts=2)  # (each try backs off)
+    configure_storage(endpoint_url=f"http://127.0.0.1:{free_port()}", retry_seconds=0.5)  # (keeps trying for half a second)
     try:
         with pytest.raises(StorageError, match=r"s3://bkt/root: cannot reach the S3 endpoint http://127\.0\.0\.1:\d+"):
             U.check_root("s3://bkt/root")

@@ -7,21 +7,28 @@ Credentials are resolved in one place, `_credentials`: explicit ones given to
 variables, config files, instance roles) of whichever process asks. They are
 never put into anything sent to Ray workers: a worker resolves its own.
 
-Transient errors (connection resets and timeouts, HTTP 5xx, throttling) are
-retried by botocore's `standard` retry mode (exponential backoff with jitter, at
-most 20 s between tries) up to `max_attempts` tries per request (env
-FACTORY_S3_MAX_ATTEMPTS, default 10: about a minute of outage is ridden out);
-only then does the request fail, with one `StorageError` naming the URI.
+Transient errors (connection resets and timeouts, HTTP 5xx, throttling: botocore's
+standard retry conditions) are retried against a deadline, not a try count: every
+request keeps trying, with exponential backoff and full jitter (0.1 s doubling to
+at most 5 s between tries), until `retry_seconds` have passed since its first send
+(env FACTORY_S3_RETRY_SECONDS, default 120). botocore's own standard mode gives up
+far sooner under concurrency: its retry quota is shared by the client, so sixteen
+parallel PUTs through a half-second outage drained it within 0.3 s. Only after the
+deadline does the request fail, with one `StorageError` that names the URI and says
+how many tries over how many seconds it made.
 """
 
 from __future__ import annotations
 
 import os
+import random
+import threading
+import time
 from dataclasses import dataclass
 from functools import lru_cache
 from urllib.parse import urlparse
 
-RETRY_MODE = "standard"  # botocore's: backoff with jitter on connection errors, 5xx, throttling, timeouts
+DEFAULT_RETRY_SECONDS = 120.0
 
 
 @dataclass(frozen=True)
@@ -32,7 +39,7 @@ class StorageConfig:
     access_key: str | None = None
     secret_key: str | None = None
     session_token: str | None = None
-    max_attempts: int | None = None  # tries per request; None: FACTORY_S3_MAX_ATTEMPTS or 10
+    retry_seconds: float | None = None  # how long a request keeps retrying; None: FACTORY_S3_RETRY_SECONDS or 120
 
 
 _config = StorageConfig()
@@ -40,10 +47,10 @@ _config = StorageConfig()
 
 def configure_storage(endpoint_url: str | None = None, region: str | None = None, access_key: str | None = None,
                       secret_key: str | None = None, session_token: str | None = None,
-                      max_attempts: int | None = None) -> None:
+                      retry_seconds: float | None = None) -> None:
     """Override the S3 endpoint (otherwise AWS_ENDPOINT_URL / boto3 defaults apply),
-    the retry budget and, for this process only, the credentials."""
-    set_storage_config(StorageConfig(endpoint_url, region, access_key, secret_key, session_token, max_attempts))
+    the retry deadline and, for this process only, the credentials."""
+    set_storage_config(StorageConfig(endpoint_url, region, access_key, secret_key, session_token, retry_seconds))
 
 
 def storage_config() -> StorageConfig:
@@ -66,8 +73,42 @@ def region() -> str:
     return _config.region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
 
 
-def max_attempts() -> int:
-    return _config.max_attempts or int(os.environ.get("FACTORY_S3_MAX_ATTEMPTS", "10"))
+def retry_seconds() -> float:
+    if _config.retry_seconds is not None:
+        return _config.retry_seconds
+    return float(os.environ.get("FACTORY_S3_RETRY_SECONDS", DEFAULT_RETRY_SECONDS))
+
+
+_gave_up = threading.local()  # the last request this thread gave up on: (tries, seconds), for the error message
+
+
+def last_give_up() -> tuple[int, float] | None:
+    return getattr(_gave_up, "value", None)
+
+
+class DeadlineRetry:
+    """botocore `needs-retry` handler: retry what the standard conditions call
+    transient until `seconds` after the request's first send; no shared quota."""
+
+    def __init__(self, seconds: float):
+        from botocore.retries import standard
+
+        self.seconds = seconds
+        self.conditions = standard.StandardRetryConditions(max_attempts=1_000_000)
+        self.adapter = standard.RetryEventAdapter()
+
+    def __call__(self, **kwargs):
+        context = self.adapter.create_retry_context(**kwargs)
+        start = context.request_context.setdefault("factory_first_send", time.monotonic())
+        if context.attempt_number == 1:
+            _gave_up.value = None
+        if not self.conditions.is_retryable(context):
+            return None
+        left = start + self.seconds - time.monotonic()
+        if left <= 0:
+            _gave_up.value = (context.attempt_number, round(time.monotonic() - start, 1))
+            return None
+        return min(left, random.uniform(0, min(5.0, 0.1 * 2 ** (context.attempt_number - 1))))
 
 
 def _credentials() -> dict[str, str | None]:
@@ -86,20 +127,25 @@ def client():
     c = _credentials()
     creds = {"aws_access_key_id": c["access_key"], "aws_secret_access_key": c["secret_key"],
              "aws_session_token": c["session_token"]} if c else {}
-    return boto3.client(
+    s3 = boto3.client(
         "s3", endpoint_url=endpoint(), region_name=region(), **creds,
-        config=Config(retries={"max_attempts": max_attempts(), "mode": RETRY_MODE}, connect_timeout=5,
-                      read_timeout=60, max_pool_connections=32),
+        config=Config(retries={"mode": "standard"}, connect_timeout=5, read_timeout=60, max_pool_connections=32),
     )
+    # botocore's standard handler (shared quota, try count) is replaced by the deadline
+    s3.meta.events.unregister("needs-retry.s3", unique_id="retry-config-s3")
+    s3.meta.events.register("needs-retry.s3", DeadlineRetry(retry_seconds()), unique_id="retry-config-s3")
+    return s3
 
 
 def arrow_filesystem():
-    """A pyarrow S3 filesystem with the same endpoint, region and retry budget.
+    """A pyarrow S3 filesystem with the same endpoint and region; its AWS standard
+    retry strategy counts tries, so it gets about as many as the deadline allows.
     Ray Data pickles it into its read tasks, so it carries no credentials: each
     task resolves its own from the AWS chain."""
     import pyarrow.fs as pafs
 
-    kwargs = {"region": region(), "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=max_attempts())}
+    kwargs = {"region": region(), "retry_strategy": pafs.AwsStandardS3RetryStrategy(
+        max_attempts=max(3, int(retry_seconds() / 5)))}
     if endpoint():
         parsed = urlparse(endpoint())
         kwargs["endpoint_override"] = parsed.netloc or parsed.path

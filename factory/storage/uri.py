@@ -101,13 +101,22 @@ def _errors(uri: str) -> Iterator[None]:
         raise StorageError(f"{uri}: {reason}") from e
     except (EndpointConnectionError, ConnectionClosedError, ConnectTimeoutError, ReadTimeoutError) as e:
         raise StorageError(f"{uri}: cannot reach the S3 endpoint {s3_endpoint() or '(AWS default)'} "
-                           f"(gave up after {s3.max_attempts()} tries: {type(e).__name__})") from e
+                           f"({_gave_up_how()}: {type(e).__name__})") from e
     except NoCredentialsError as e:
         raise StorageError(f"{uri}: no AWS credentials found (set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)") from e
     except BotoCoreError as e:
         raise StorageError(f"{uri}: {e}") from e
     except OSError as e:
         raise StorageError(f"{uri}: {e.strerror or e}") from e
+
+
+def _gave_up_how() -> str:
+    """What the retrying really did before this error (this thread's last give-up)."""
+    tries = s3.last_give_up()
+    if tries is None:
+        return f"gave up within the retry deadline of {s3.retry_seconds():g} s (FACTORY_S3_RETRY_SECONDS)"
+    return (f"still failing after {tries[0]} tries over {tries[1]:g} s, the retry deadline "
+            f"(FACTORY_S3_RETRY_SECONDS={s3.retry_seconds():g})")
 
 
 def read_bytes(uri: str) -> bytes:
