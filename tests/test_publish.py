@@ -95,9 +95,12 @@ def test_crash_anywhere_in_publish_is_finished_by_resume(where, tmp_path, no_ray
         resume = RunOptions(out=root, version=version, report=False, resume=True)
         with monkeypatch.context() as m:
             m.setattr(job, "run_round", lambda *a: pytest.fail("--resume generated again"))
-            if fn == "delete_prefix" or not crashed:  # committed: a rerun cleans up, then refuses
+            if not crashed:  # published and cleaned up: a rerun refuses
                 with pytest.raises(PublishedError):
                     run_dataset(spec, resume)
+            elif fn == "delete_prefix":  # committed: a plain rerun cleans up, then refuses; --resume says it is done
+                r = run_dataset(spec, resume)
+                assert r.version == version and "published" in r.notes[0] and "no new version" in r.notes[0]
             else:
                 assert version not in reg.versions(spec.name), f"visible before its manifest ({fn} #{n + 1})"
                 with pytest.raises(RunError, match="--resume"):
@@ -105,6 +108,31 @@ def test_crash_anywhere_in_publish_is_finished_by_resume(where, tmp_path, no_ray
                 run_dataset(spec, resume)
         assert _files(reg.version_uri(spec.name, version)) == want, f"crash at {fn} #{n + 1}"
         assert not U.list_files(reg.staging_uri(spec.name, version)) and reg.staged(spec.name) == []
+
+
+@pytest.mark.parametrize("where", ["file", "s3"])
+def test_every_kill_on_an_unpinned_spec_ends_with_one_version(where, tmp_path, no_ray, monkeypatch, request):
+    """A spec without `version`: after a kill anywhere in publish, past the manifest
+    included, `--resume` finishes that run's version: exactly one version, no
+    staging left (it used to publish a duplicate v2 and leave v1's staging)."""
+    bucket = request.getfixturevalue("s3_bucket") if where == "s3" else None
+    spec = load_spec(tiny_spec(tmp_path, count=5, shard=4))
+    spec.version = None
+    points = [("move", 0), ("move", 3), ("write_file", 0), ("write_file", 1), ("create_exclusive", 1),
+              ("delete_prefix", 1)]
+    for i, (fn, n) in enumerate(points):
+        root = str(tmp_path / f"reg{i}") if where == "file" else f"s3://{bucket}/reg{i}"
+        with monkeypatch.context() as m:
+            crash_after(m, fn, n)
+            with pytest.raises(Crash):
+                run_dataset(spec, RunOptions(out=root, report=False))
+        reg = Registry(root)
+        with monkeypatch.context() as m:
+            m.setattr(job, "run_round", lambda *a: pytest.fail("--resume generated again"))
+            r = run_dataset(spec, RunOptions(out=root, report=False, resume=True))
+        assert (r.version, reg.versions(spec.name)) == (1, [1]), f"kill at {fn} #{n + 1}"
+        assert reg.staged(spec.name, published=True) == [], f"staging left after a kill at {fn} #{n + 1}"
+        assert not U.list_files(U.join(reg.dataset_uri(spec.name), "_staging"))
 
 
 # --- 17.6 atomic locks and commits --------------------------------------------

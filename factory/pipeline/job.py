@@ -50,11 +50,18 @@ def run_dataset(spec: DatasetSpec, options: RunOptions | None = None,
     root = U.to_uri(o.out or spec.output.uri)
     U.check_root(root)
     reg = Registry(root)
-    version = o.version or spec.version or reg.next_version(spec.name)
-    if reg.is_published(spec.name, version) and reg.is_sealed(spec.name, version):
-        finish(reg, spec.name, version)  # a crash hit the cleanup after the commit: clean up, then refuse
-    reg.refuse_published(spec.name, version)
     spec_hash = spec.spec_hash()
+    version = o.version or spec.version or (o.resume and _interrupted(reg, spec.name, spec_hash)) \
+        or reg.next_version(spec.name)
+    if reg.is_published(spec.name, version) and reg.is_sealed(spec.name, version):
+        manifest = finish(reg, spec.name, version)  # a crash hit the cleanup after the commit: clean up
+        if o.resume and reg.run_state(spec.name, version) is None:  # resuming that run: it is done now
+            reported = U.exists(U.join(reg.version_uri(spec.name, version), "report.html"))
+            result = _result(spec, reg, version, o, manifest, reported, time.time() - t0)
+            result.notes.insert(0, f"the interrupted run had published {spec.name}@{version} already; "
+                                   "its staging is cleaned up now (no new version)")
+            return result
+    reg.refuse_published(spec.name, version)
     if o.restart:
         reg.discard_staging(spec.name, version)
     state, fresh = _claim(reg, spec, version, spec_hash, o.resume)
@@ -81,6 +88,16 @@ def run_dataset(spec: DatasetSpec, options: RunOptions | None = None,
     result = _result(spec, reg, version, o, manifest, reported, seconds)
     result.resumed_shards = resumed
     return result
+
+
+def _interrupted(reg: Registry, name: str, spec_hash: str) -> int | None:
+    """`--resume` without a pinned version: the newest version an interrupted run of
+    this same spec left staging for (published already, or not), else None."""
+    for version in reversed(reg.staged(name, published=True)):
+        state = reg.run_state(name, version)
+        if state and state.get("spec_hash") == spec_hash:
+            return version
+    return None
 
 
 def _result(spec: DatasetSpec, reg: Registry, version: int, o: RunOptions, manifest: dict[str, Any],

@@ -120,12 +120,13 @@ class Registry:
             raise StorageError(f"{self.dataset_uri(ref.name)}: no published versions of {ref.name!r}")
         return ref.name, versions[-1]
 
-    def staged(self, name: str) -> list[int]:
-        """Versions with a run lock in staging: running now, or interrupted."""
+    def staged(self, name: str, published: bool = False) -> list[int]:
+        """Versions with a run lock in staging: running now, or interrupted; with
+        `published`, also published ones whose cleanup a crash cut short."""
         out = []
         for d in U.list_dirs(U.join(self.dataset_uri(name), STAGING)):
             if (re.fullmatch(r"v\d+", d) and U.exists(U.join(self.staging_uri(name, int(d[1:])), RUN_LOCK))
-                    and not self.is_published(name, int(d[1:]))):  # (a cleanup cut short after the commit)
+                    and (published or not self.is_published(name, int(d[1:])))):
                 out.append(int(d[1:]))
         return sorted(out)
 
