@@ -403,3 +403,16 @@ def test_yolo_seg_and_coco_carry_the_generators_exact_outlines(tmp_path, no_ray)
     assert checked
     res = CliRunner().invoke(app, ["pull", f"{root}/{spec.name}@1", "--format", "yolo_seg", "--to", str(tmp_path / "s")])
     assert res.exit_code == 0 and (tmp_path / "s" / "data.yaml").exists(), res.output
+
+
+def test_report_links_to_where_retraining_is_written(tmp_path, no_ray):
+    """The version report's "Detector retraining" link leads to `_extras/v<N>/retrain/`,
+    where `factory retrain` and the publish trigger write (a version never changes)."""
+    import re
+
+    spec = load_spec(tiny_spec(tmp_path, count=3, shard=4))
+    r = run_dataset(spec, RunOptions(out=str(tmp_path / "reg"), report=True))
+    report = U.local_path(r.report_uri)
+    href = re.search(r'<a href="([^"]*retrain[^"]*)"', report.read_text()).group(1)
+    want = U.local_path(U.join(Registry(str(tmp_path / "reg")).extras_uri(spec.name, r.version), "retrain", "index.html"))
+    assert (report.parent / href).resolve() == want.resolve()
