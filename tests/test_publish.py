@@ -416,3 +416,20 @@ def test_report_links_to_where_retraining_is_written(tmp_path, no_ray):
     href = re.search(r'<a href="([^"]*retrain[^"]*)"', report.read_text()).group(1)
     want = U.local_path(U.join(Registry(str(tmp_path / "reg")).extras_uri(spec.name, r.version), "retrain", "index.html"))
     assert (report.parent / href).resolve() == want.resolve()
+
+
+def test_python_api_is_as_quiet_as_the_cli(tmp_path, no_ray):
+    """`factory.open_dataset` starts Ray the CLI's way: no Ray INFO/WARNING lines on the
+    console and nothing written under ~/.ray (it printed ~15 lines and wrote an auth token)."""
+    spec = load_spec(tiny_spec(tmp_path, count=3, shard=4))
+    run_dataset(spec, RunOptions(out=str(tmp_path / "reg"), report=False))
+    home = tmp_path / "home"
+    home.mkdir()
+    code = f"import factory; print('rows', factory.open_dataset({str(tmp_path / 'reg') + '/' + spec.name + '@1'!r}).count())"
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("RAY_")}
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                       env={**env, "HOME": str(home)})
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.strip().splitlines() == ["rows 3"]
+    assert [ln for ln in p.stderr.splitlines() if ln.strip()] == []
+    assert not (home / ".ray").exists()

@@ -30,10 +30,14 @@ def open_dataset(ref: str | DatasetRef, root: str | None = None, **read_kwargs: 
     """A published version as a `ray.data.Dataset` (one row per accepted sample).
 
     `ref` is `ROOT/NAME@VERSION` (`@latest` or no version = newest), e.g.
-    `open_dataset("s3://bucket/datasets/demo-pv-el@3")`.
+    `open_dataset("s3://bucket/datasets/demo-pv-el@3")`. Ray is joined or started
+    the CLI's way (`ensure_ray`: quiet, no auth token written), not Ray's default way.
     """
     import ray
 
+    from factory.ray_runtime import ensure_ray
+
+    ensure_ray()
     base, _, parts = _resolve(ref, root)
     fs, path = U.arrow_filesystem(base)
     return ray.data.read_parquet([f"{path}/{p}" for p in parts], filesystem=fs, **read_kwargs)
