@@ -76,6 +76,10 @@ def test_metrics_cli_without_extractor_trains_its_own(ray_local, tmp_path):
     assert out["fidelity_pretrained"]["fid"] >= 0 and "lite0" in out["fidelity_pretrained"]["extractor"]
     assert (tmp_path / "reg" / "m" / "_extras" / f"v{result.version}" / "metrics" / "realism.png").exists()
     assert "skipped" in out["c2st_box_crops"] and "C2ST box crops" in res.output  # plain images: no real boxes
+    floor = out["real_floor"]  # the same measures between two halves of the real images, printed beside
+    assert "floor: real vs real (6 a half)" in " ".join(res.output.split())
+    assert floor["images_per_half"] == 6 and "at least 10 images per side" in floor["c2st"]["skipped"]
+    assert floor["fidelity_pretrained"]["kid_mean"] == floor["fidelity_pretrained"]["kid_mean"]
 
     # a labelled real folder (YOLO: images/ + labels/): the C2ST also judges crops around the boxes
     (tmp_path / "yolo" / "images").mkdir(parents=True)
@@ -89,6 +93,7 @@ def test_metrics_cli_without_extractor_trains_its_own(ray_local, tmp_path):
     out = json.loads((tmp_path / "reg" / "m" / "_extras" / f"v{result.version}" / "metrics" / "quality.json").read_text())
     crops = out["c2st_box_crops"]
     assert 0.0 <= crops["c2st_accuracy"] <= 1.0 and crops["images_per_side"] == 12  # 12 generated boxes, 24 real crops
+    assert out["real_floor"]["c2st_box_crops"]["images_per_side"] == 12  # two halves of 6 images, 2 boxes each
 
 
 def test_pretrained_kid_tells_a_different_set_from_a_like_one():

@@ -11,7 +11,7 @@ import typer
 from rich.markup import escape
 
 from factory.cli.app import app, train_app
-from factory.cli.common import console, friendly_errors, load_spec_or_exit
+from factory.cli.common import console, friendly_errors, load_spec_or_exit, plural
 from factory.ray_runtime import ensure_ray
 
 
@@ -75,7 +75,7 @@ def train_anomaly_cmd(
             ensure_ray(address)
         res = train_anomaly(normal, out, cfg, num_workers=workers, use_gpu=gpu, val_anomalous=val_anomalous, defects=defects,
                             defect_pairs=pairs, defect_source=source)
-        console.print(f"{method}: trained on {res['train_images']} images ({res['val_images']} held out) in {res['train_seconds']:.0f} s")
+        console.print(f"{method}: trained on {plural(res['train_images'], 'image')} ({res['val_images']} held out) in {res['train_seconds']:.0f} s")
         if method == "patchcore":
             m = res["metrics"]
             console.print(f"memory bank: {m['memory']} patches x {m['feature_dim']} dims (coreset of {m['pool']} pooled from {m['patches_seen']})")
@@ -196,7 +196,7 @@ def print_metrics(res: dict) -> None:
     summary.add_row("rejected", str(res["rejected"]))
     spill = _pct(res["spillover_rate"])
     if res.get("spillover_measured"):
-        spill += f" (mean spillover {res['spillover_mean']:.3f} over {res['spillover_measured']} samples)"
+        spill += f" (mean spillover {res['spillover_mean']:.3f} over {plural(res['spillover_measured'], 'sample')})"
     summary.add_row("spillover rate", spill)
     console.print(summary)
 
@@ -221,29 +221,41 @@ def print_metrics(res: dict) -> None:
         console.print("no sample was rejected")
     if "fidelity" in res:
         f, c = res["fidelity"], res["c2st"]
+        floor = res.get("real_floor") or {}
         t = Table(title="realism against the real images", title_justify="left")
         t.add_column("metric")
-        t.add_column("value", justify="right")
+        t.add_column("generated vs real", justify="right")
+        t.add_column(f"floor: real vs real ({floor.get('images_per_half', '-')} a half)", justify="right")
         t.add_column("notes")
-        t.add_row("FID", f"{f['fid']:.2f}", f"extractor: {escape(str(f['extractor']))}")
-        t.add_row("KID", f"{f['kid_mean']:.4f} ± {f['kid_std']:.4f}", "")
-        fp = res.get("fidelity_pretrained") or {}
+
+        def c2st_cell(x: dict) -> str:
+            return f"{x['c2st_accuracy']:.3f} ± {x['c2st_std']:.3f}" if "c2st_accuracy" in x else "-"
+
+        def kid_cell(x: dict) -> str:
+            return f"{x['kid_mean']:.4f} ± {x['kid_std']:.4f}" if "kid_mean" in x else "-"
+
+        fp, floor_fp = res.get("fidelity_pretrained") or {}, floor.get("fidelity_pretrained") or {}
+        t.add_row("FID", f"{f['fid']:.2f}", "", f"extractor: {escape(str(f['extractor']))}")
+        t.add_row("KID", kid_cell(f), "", "")
         if "fid" in fp:
-            t.add_row("FID, ImageNet features", f"{fp['fid']:.2f}", f"extractor: {escape(str(fp['extractor']))}; "
-                      "comparable across lines and runs")
-            t.add_row("KID, ImageNet features", f"{fp['kid_mean']:.4f} ± {fp['kid_std']:.4f}", "")
+            t.add_row("FID, ImageNet features", f"{fp['fid']:.2f}", f"{floor_fp['fid']:.2f}" if "fid" in floor_fp else "-",
+                      f"extractor: {escape(str(fp['extractor']))}; comparable across lines and runs")
+            t.add_row("KID, ImageNet features", kid_cell(fp), kid_cell(floor_fp), escape(floor_fp.get("skipped", "")))
         elif fp:
-            t.add_row("FID/KID, ImageNet features", "-", escape(fp["skipped"]))
+            t.add_row("FID/KID, ImageNet features", "-", "-", escape(fp["skipped"]))
         if "is_mean" in f:
-            t.add_row("IS", f"{f['is_mean']:.2f}", "")
-        t.add_row("C2ST accuracy", f"{c['c2st_accuracy']:.3f} ± {c['c2st_std']:.3f}",
-                  f"{len(c['folds'])}-fold, {c['images_per_side']} images per side at {c['size']} px; 0.5 = indistinguishable")
-        cc = res.get("c2st_box_crops") or {}
+            t.add_row("IS", f"{f['is_mean']:.2f}", "", "")
+        fc = floor.get("c2st") or {}
+        t.add_row("C2ST accuracy", c2st_cell(c), c2st_cell(fc),
+                  f"{len(c['folds'])}-fold, {c['images_per_side']} images per side at {c['size']} px; 0.5 = "
+                  f"indistinguishable{'; floor: ' + escape(fc['skipped']) if 'skipped' in fc else ''}")
+        cc, fcc = res.get("c2st_box_crops") or {}, floor.get("c2st_box_crops") or {}
         if "c2st_accuracy" in cc:
-            t.add_row("C2ST box crops", f"{cc['c2st_accuracy']:.3f} ± {cc['c2st_std']:.3f}",
-                      f"crops 1.5x each box, {cc['images_per_side']} per side: the defects, not the backgrounds")
+            t.add_row("C2ST box crops", c2st_cell(cc), c2st_cell(fcc),
+                      f"crops 1.5x each box, {cc['images_per_side']} per side: the defects, not the backgrounds"
+                      f"{'; floor: ' + escape(fcc['skipped']) if 'skipped' in fcc else ''}")
         elif cc:
-            t.add_row("C2ST box crops", "-", escape(cc["skipped"]))
+            t.add_row("C2ST box crops", "-", "-", escape(cc["skipped"]))
         console.print(t)
         console.print(f"real beside generated: {res['realism_grid']}", highlight=False)
     if "written_to" in res:

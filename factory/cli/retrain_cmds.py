@@ -12,7 +12,15 @@ from typing import Optional
 import typer
 
 from factory.cli.app import app, data_app
-from factory.cli.common import EXIT_INVALID, console, fail, friendly_errors
+from factory.cli.common import EXIT_INVALID, console, fail, friendly_errors, plural
+from factory.spec.retrain import RetrainSettings
+
+
+def _default(field: str) -> str:
+    """What `--help` shows for an option left unset: the setting's own default (the
+    options are None so that --config and a spec's `retrain:` section can fill them)."""
+    v = RetrainSettings.model_fields[field].get_default(call_default_factory=True)
+    return ",".join(map(str, v)) if isinstance(v, list) else str(v)
 
 DEFAULT_ROOT = "file://./datasets"
 
@@ -54,26 +62,26 @@ def retrain_cmd(
     target: Optional[str] = typer.Argument(None, help="NAME@VERSION, ROOT/NAME@VERSION, or a version / YOLO folder URI"),
     real_train: Optional[str] = typer.Option(None, "--real-train", help="real train set: YOLO folder URI or NAME@VERSION (its train split)"),
     real_eval: Optional[str] = typer.Option(None, "--real-eval", help="held-out real eval set: YOLO folder URI or NAME@VERSION (its val split)"),
-    model: Optional[str] = typer.Option(None, "--model", help="yolov8n.yaml (from scratch) or a local .pt [default: yolov8n.yaml]"),
-    budget: Optional[str] = typer.Option(None, "--budget", help="steps (the default): every arm the same optimizer steps; epochs: the same epochs"),
+    model: Optional[str] = typer.Option(None, "--model", show_default=_default("model"), help="yolov8n.yaml (from scratch) or a local .pt"),
+    budget: Optional[str] = typer.Option(None, "--budget", show_default=_default("budget"), help="steps: every arm the same optimizer steps; epochs: the same epochs"),
     steps: Optional[int] = typer.Option(None, "--steps", help="optimizer steps per arm (default: the mixed arm's steps at --epochs)"),
-    epochs: Optional[int] = typer.Option(None, "--epochs"),
-    imgsz: Optional[int] = typer.Option(None, "--imgsz"),
-    batch: Optional[int] = typer.Option(None, "--batch"),
-    seeds: Optional[list[str]] = typer.Option(None, "--seeds", help="seeds, e.g. 0,1,2: every arm per seed; mean, std and paired gain"),
-    arms: Optional[str] = typer.Option(None, "--arms", help="real,mixed or real,mixed,synthetic (default: real,mixed)"),
-    real_limit: Optional[int] = typer.Option(None, "--real-limit", help="a seeded subset of N real train images, every class in it"),
-    synthetic_ratio: Optional[float] = typer.Option(None, "--synthetic-ratio", help="synthetic images per real train image"),
-    schedule: Optional[str] = typer.Option(None, "--schedule", help="mixed arm: mix (real + synthetic together, the default) "
+    epochs: Optional[int] = typer.Option(None, "--epochs", show_default=_default("epochs")),
+    imgsz: Optional[int] = typer.Option(None, "--imgsz", show_default=_default("imgsz")),
+    batch: Optional[int] = typer.Option(None, "--batch", show_default=_default("batch")),
+    seeds: Optional[list[str]] = typer.Option(None, "--seeds", show_default=_default("seeds"), help="seeds, e.g. 0,1,2: every arm per seed; mean, std and paired gain"),
+    arms: Optional[str] = typer.Option(None, "--arms", show_default=_default("arms"), help="real,mixed or real,mixed,synthetic"),
+    real_limit: Optional[int] = typer.Option(None, "--real-limit", show_default="all", help="a seeded subset of N real train images, every class in it"),
+    synthetic_ratio: Optional[float] = typer.Option(None, "--synthetic-ratio", show_default=_default("synthetic_ratio"), help="synthetic images per real train image"),
+    schedule: Optional[str] = typer.Option(None, "--schedule", show_default=_default("schedule"), help="mixed arm: mix (real + synthetic together) "
                                            "or pretrain_finetune (synthetic only, then real only from those weights)"),
-    finetune_fraction: Optional[float] = typer.Option(None, "--finetune-fraction", help="pretrain_finetune: share of the "
+    finetune_fraction: Optional[float] = typer.Option(None, "--finetune-fraction", show_default=_default("finetune_fraction"), help="pretrain_finetune: share of the "
                                                       "steps spent fine-tuning on real images [default: 0.5]"),
-    evals: Optional[int] = typer.Option(None, "--evals", help="validations while training, evenly spaced in steps, plus "
+    evals: Optional[int] = typer.Option(None, "--evals", show_default=_default("evals"), help="validations while training, evenly spaced in steps, plus "
                                         "the final score [default: 5; 0: only the final score]"),
     class_map: Optional[list[str]] = typer.Option(None, "--class-map", help="SYNTHETIC=REAL, repeatable; SYNTHETIC= drops a class"),
-    gpus: Optional[float] = typer.Option(None, "--gpus", help="GPU share per run (0.5 = two runs share one GPU)"),
+    gpus: Optional[float] = typer.Option(None, "--gpus", show_default=_default("gpus"), help="GPU share per run (0.5 = two runs share one GPU)"),
     parallel: Optional[int] = typer.Option(None, "--parallel", help="runs side by side at most (default: as many as fit)"),
-    workers: Optional[int] = typer.Option(None, "--workers", help="dataloader workers"),
+    workers: Optional[int] = typer.Option(None, "--workers", show_default=_default("workers"), help="dataloader workers"),
     min_gain: Optional[float] = typer.Option(None, "--min-gain", help="flag the run when the mean mAP50 gain is below this"),
     config: Optional[str] = typer.Option(None, "--config", help="settings as a JSON object (options given override it)"),
     root: str = typer.Option(DEFAULT_ROOT, "--root", help="registry root for NAME@VERSION"),
@@ -212,7 +220,7 @@ def import_cmd(
             where = out
         else:
             where = publish_real(real, root, name or real.name.replace("_", "-").lower(), version)
-        t = Table(title=f"{kind}: {len(real.samples)} images")
+        t = Table(title=f"{kind}: {plural(len(real.samples), 'image')}")
         t.add_column("class")
         t.add_column("boxes", justify="right")
         for c, n in real.class_counts().items():

@@ -85,6 +85,7 @@ def run(
     s = load_spec_or_exit(spec)
     if resume and restart:
         fail("--resume and --restart exclude each other", EXIT_INVALID)
+    _hint_on_ctrl_c(spec, out, version)
     opts = RunOptions(out=out, version=version, resume=resume, restart=restart, address=address, actors=actors,
                       overprovision=overprovision, on_publish=publish_hook)
     with _errors(), ray_output_to_log("run", verbose) as log, Progress(
@@ -103,12 +104,30 @@ def run(
     if log:
         console.print(f"[dim]Ray's log: {log}[/]")
     if result.resumed_shards:
-        console.print(f"resumed: reused {result.resumed_shards} shards written by the interrupted run")
+        console.print(f"resumed: reused {plural(result.resumed_shards, 'shard')} written by the interrupted run")
     console.print(f"[green]published[/] {s.name}@{result.version} at {result.uri}")
     if result.report_uri:
         console.print(f"report: {result.report_uri}\nimage grid: {result.grid_uri}")
     for note in result.notes:
         console.print(note)
+
+
+def _hint_on_ctrl_c(spec: Path, out: str | None, version: int | None) -> None:
+    """On Ctrl-C, say at once how to go on (before Ray and the job wind down, which
+    takes a while), then interrupt as usual."""
+    import signal
+
+    again = ["factory", "run", str(spec)] + (["--out", out] if out else []) + ([f"--version={version}"] if version else [])
+    hint = (f"interrupted: nothing new is published. `{shlex.join(again + ['--resume'])}` goes on from the shards "
+            f"written so far; `--restart` discards them and starts over")
+
+    def interrupted(signum, frame) -> None:
+        err_console.print(hint, highlight=False, soft_wrap=True)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        raise KeyboardInterrupt
+
+    with contextlib.suppress(ValueError):  # not the main thread: leave SIGINT alone
+        signal.signal(signal.SIGINT, interrupted)
 
 
 def summary_table(manifest: "Manifest | dict", seconds: float | None = None) -> Table:

@@ -233,29 +233,67 @@ def list_real_images(uri: str, limit: int | None = None) -> list[str]:
     return paths
 
 
+def _labelled(paths: Sequence[str]) -> list[tuple[np.ndarray, list]]:
+    """(grey image, boxes) of the real images that have YOLO labels beside them."""
+    from PIL import Image
+
+    from factory.formats import yolo_label_boxes
+
+    out = []
+    for path in paths:
+        with Image.open(path) as im:
+            grey = np.asarray(im.convert("L"))
+        boxes = yolo_label_boxes(Path(path), grey.shape[1], grey.shape[0])
+        if boxes:
+            out.append((grey, boxes))
+    return out
+
+
+NO_LABELS = "the real images have no YOLO labels beside them (give an imported set's images/<split> folder)"
+
+
 def _crop_c2st(gen: list[bytes], gen_boxes: list[list[dict]], reals: list[str]) -> dict[str, Any]:
     """The C2ST on square crops 1.5x around every box (the defects, not the
     backgrounds), against the real images' own boxes (their YOLO label files)."""
     from PIL import Image
 
-    from factory.formats import yolo_label_boxes
     from factory.viz import box_crops
 
-    real_items = []
-    for path in reals:
-        with Image.open(path) as im:
-            grey = np.asarray(im.convert("L"))
-        boxes = yolo_label_boxes(Path(path), grey.shape[1], grey.shape[0])
-        if boxes:
-            real_items.append((grey, boxes))
+    real_items = _labelled(reals)
     if not real_items:
-        return {"skipped": "the real images have no YOLO labels beside them (give an imported set's images/<split> folder)"}
+        return {"skipped": NO_LABELS}
     generated = [(np.asarray(Image.open(io.BytesIO(g)).convert("L")), [Box.from_dict(b) for b in bs])
                  for g, bs in zip(gen, gen_boxes) if bs]
     try:
         return c2st(box_crops(generated), box_crops(real_items))
     except ValueError as e:  # too few boxes on one side
         return {"skipped": str(e)}
+
+
+def _skipped(fn, *args, **kwargs) -> dict[str, Any]:
+    try:
+        return fn(*args, **kwargs)
+    except ValueError as e:  # too few images on one side
+        return {"skipped": str(e)}
+
+
+def real_floor(reals: list[str]) -> dict[str, Any]:
+    """The same measures between two seeded halves of the real images: the scale the
+    generated-vs-real numbers are read on (a C2ST never reaches 0.5 with this few
+    images; KID is not 0 between two draws of one line)."""
+    from factory.quality.backbone import MissingWeightsError
+    from factory.viz import box_crops
+
+    order = np.random.default_rng(0).permutation(len(reals))
+    a, b = [reals[i] for i in order[: len(reals) // 2]], [reals[i] for i in order[len(reals) // 2:]]
+    out: dict[str, Any] = {"images_per_half": len(a), "c2st": _skipped(c2st, a, b)}
+    la, lb = _labelled(a), _labelled(b)
+    out["c2st_box_crops"] = _skipped(c2st, box_crops(la), box_crops(lb)) if la and lb else {"skipped": NO_LABELS}
+    try:
+        out["fidelity_pretrained"] = fidelity(a, b, pretrained="lite0")
+    except (MissingWeightsError, ValueError) as e:
+        out["fidelity_pretrained"] = {"skipped": str(e)}
+    return out
 
 
 def _realism(gen: list[bytes], gen_boxes: list[list[dict]], reals: list[str], base: str, size: int,
@@ -283,6 +321,7 @@ def _realism(gen: list[bytes], gen_boxes: list[list[dict]], reals: list[str], ba
         out["fidelity_pretrained"] = {"skipped": str(e)}
     out["c2st"] = c2st(gen, reals)
     out["c2st_box_crops"] = _crop_c2st(gen, gen_boxes, reals)
+    out["real_floor"] = real_floor(reals)
     if write:
         from PIL import Image
 
