@@ -182,6 +182,12 @@ def make_synthetic(name: str, source: str, work: Path, eval_dir: str, real_train
     spec = spec_from_dict(d)
     _check_references(spec, eval_dir)
     if spec.version and reg.is_published(spec.name, spec.version):  # made by an earlier run of this benchmark
+        from factory.generators.checks import check_spec
+
+        made = reg.manifest(spec.name, spec.version, files=False).spec_hash
+        if made != check_spec(spec).spec_hash():  # (hashed as the job hashes it: references qualified)
+            raise SystemExit(f"{reg.version_uri(spec.name, spec.version)} was made from another spec than {source} "
+                             f"(the spec changed since): use a new --work, or delete {root}/{spec.name}")
         return reg.version_uri(spec.name, spec.version)
     t = time.time()
     r = run_dataset(spec, RunOptions(out=root, report=False))
