@@ -137,6 +137,9 @@ class Sample:
     defect pixels (0 = background, k = 1 + index of the box in `boxes`) when the
     generator knows it exactly, else None. `meta` carries provenance (checkpoint,
     extra per-sample info) and optional debugging arrays (e.g. attention maps).
+    `background` is the image before any defect was drawn, when the generator knows
+    it (transplant), and `blend_px` how far outside a box drawing may change it: the
+    gate's exact outside-the-box test (quality/outside.py). Never written out.
     """
 
     item: WorkItem
@@ -144,6 +147,8 @@ class Sample:
     boxes: list[Box]
     mask: np.ndarray | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    background: np.ndarray | None = None  # HxWxC uint8, like `image`
+    blend_px: int = 0
 
     @property
     def sample_id(self) -> str:

@@ -387,7 +387,7 @@ def test_train_anomaly_under_ray_train(ray_local, tmp_path):
     spec = DatasetSpec(name="t", count=2, image={"width": 48, "height": 48}, defects=[{"class": "crack"}],
                        quality={"anomaly_checkpoint": str(out)})
     scorers = build_scorers(spec)
-    assert [s.name for s in scorers] == ["sanity", "boxes", "spillover", "near_duplicate", "anomaly"]
+    assert [s.name for s in scorers] == ["sanity", "boxes", "spillover", "outside", "near_duplicate", "anomaly"]
     img, boxes, mask = render(procedural_items(1, 48, seed=3))[0]
     v = scorers[-1].score([Sample(_item(48, 48, boxes), img, boxes, mask)])[0]
     assert "anomaly.image_score" in v.scores and v.scores["spillover.from_mask"] == 1.0

@@ -279,3 +279,54 @@ def test_box_only_source_gives_feathered_box_instances(world, tmp_path):
     spec = _spec(world, classes=("scratch",), source=yolo.as_uri())
     s = _generator(spec).generate([it for it in plan(spec, n=4) if it.boxes])[0]
     assert s.boxes and s.mask.max() == len(s.boxes)
+
+
+@pytest.mark.parametrize("blend", ["mixed", "poisson"])
+def test_exact_outside_test_passes_every_transplant_and_catches_a_changed_pixel(world, blend):
+    """Transplant knows its background: outside the boxes (+ the blend margin) every
+    pixel equals it, for every sample (issue 27, item 4). One changed pixel far from
+    the boxes is rejected as `outside_changed`; the anomaly gate then leaves the
+    outside to this test (it turns no outside heat into a reason)."""
+    from factory.quality import OutsideExactScorer
+
+    spec = _spec(world, blend)
+    gen = _generator(spec)
+    items = [it for it in plan(spec, n=12) if it.boxes]
+    samples = gen.generate(items)
+    bg_only = gen.generate([dataclasses.replace(items[0], boxes=())])[0].image
+    assert np.array_equal(samples[0].background, bg_only)  # the background is the item drawn without its boxes
+    verdicts = OutsideExactScorer().score(samples)
+    assert [v.reasons for v in verdicts] == [[]] * len(samples)
+    s = samples[0]
+    far = np.ones(s.image.shape[:2], bool)
+    for b in s.boxes:
+        far[max(0, b.y1 - s.blend_px - 1): b.y2 + s.blend_px + 1, max(0, b.x1 - s.blend_px - 1): b.x2 + s.blend_px + 1] = False
+    y, x = np.argwhere(far)[0]
+    broken = dataclasses.replace(s, image=s.image.copy())
+    broken.image[y, x] ^= 0x40
+    (v,) = OutsideExactScorer().score([broken])
+    assert [r.code for r in v.reasons] == ["outside_changed"] and v.scores["outside.changed_px"] == 1
+    assert OutsideExactScorer().score([dataclasses.replace(broken, background=None)])[0].reasons == []  # unknown: no verdict
+
+
+def test_anomaly_gate_leaves_the_outside_to_the_exact_test():
+    from factory.core import Box
+    from factory.quality.gate import AnomalyGate
+
+    class Det:  # the gate's view of a detector: thresholds and the heat maps' scale
+        calib = type("C", (), {"outside_fractions": {}})()
+        score_cfg = type("S", (), {"sigma": 0.0})()
+
+        def threshold(self, kind, rule):
+            return 0.5
+
+        def image_px_per_model_px(self, H, W):
+            return 1.0
+
+    gate = AnomalyGate(Det(), max_outside_fraction=0.0)
+    heat = np.zeros((32, 32), np.float32)
+    heat[4:8, 4:8] = 1.0  # the defect, in its box
+    heat[20:30, 20:30] = 1.0  # heat far outside it
+    box = [Box(0, "crack", 3, 3, 9, 9)]
+    assert "outside_anomaly" in [r.code for r in gate.assess(heat, box).reasons]
+    assert "outside_anomaly" not in [r.code for r in gate.assess(heat, box, outside_known=True).reasons]

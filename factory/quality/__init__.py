@@ -10,20 +10,24 @@ from __future__ import annotations
 
 from factory.quality.base import Scorer, Verdict, score_all
 from factory.quality.boxes import BoxScorer
+from factory.quality.outside import OutsideExactScorer
 from factory.quality.sanity import NearDuplicateScorer, SanityScorer
 from factory.quality.spillover import SpilloverScorer
 
 
 def build_scorers(spec, device: str = "cpu") -> list[Scorer]:
     """Every check a sample passes, from the spec's `quality` section, in order: image
-    sanity, boxes, mask spillover (from the generator's own masks), near-duplicates,
+    sanity, boxes, mask spillover (from the generator's own masks), the exact
+    outside-the-box test (where the generator knows its background), near-duplicates,
     and the anomaly gate when `quality.anomaly_checkpoint` is set (its heat-map
-    spillover covers samples without a generator mask)."""
+    spillover covers samples without a generator mask; outside the boxes it judges
+    only samples whose background is not known)."""
     q = spec.quality
     scorers: list[Scorer] = [
         SanityScorer(spec.image.width, spec.image.height, spec.image.channels, q.min_std, q.max_saturated),
         BoxScorer(spec.class_names),
         SpilloverScorer(q.spillover_max),
+        OutsideExactScorer(),
         NearDuplicateScorer(q.duplicate_distance),
     ]
     if q.anomaly_checkpoint:
@@ -43,4 +47,4 @@ def gate_gpus(spec) -> float:
     return float(spec.quality.gpus) if spec.quality.anomaly_checkpoint else 0.0
 
 
-__all__ = ["BoxScorer", "gate_gpus", "NearDuplicateScorer", "SanityScorer", "Scorer", "SpilloverScorer", "Verdict", "build_scorers", "score_all"]
+__all__ = ["BoxScorer", "gate_gpus", "NearDuplicateScorer", "OutsideExactScorer", "SanityScorer", "Scorer", "SpilloverScorer", "Verdict", "build_scorers", "score_all"]

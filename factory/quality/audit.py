@@ -13,7 +13,8 @@ gate should keep them) and broken variants of each (it should reject them):
 - `moved`: the defect's pixels shifted outside its box onto the erased image, the box
   left where it was: a defect that spilled out of its box;
 - `blank`: one flat grey level; `saturated`: all white.
-Every variant is stripped of the generator's mask and defect maps so that only the
+Every variant is stripped of the generator's mask, defect maps and background (the
+exact outside test, quality/outside.py, is not what is audited) so that only the
 pixels decide, as for a learned generator that fails silently. Each variant is
 scored as its own batch with `build_scorers(spec)` (the one list of checks, here
 with `quality.anomaly_checkpoint` = the checkpoint under audit).
@@ -82,7 +83,8 @@ def broken_variants(sample: Sample, rng: np.random.Generator, clean: np.ndarray 
     """The sample stripped of masks (`good`) and its broken versions; `clean` is the sample
     drawn without its defects (`clean_renders`), else the defect is inpainted. `moved` is
     left out when the defect cannot be placed outside every box."""
-    plain = replace(sample, mask=None, meta={k: v for k, v in sample.meta.items() if k != "defect_maps"})
+    plain = replace(sample, mask=None, meta={k: v for k, v in sample.meta.items() if k != "defect_maps"},
+                    background=None)
     img = sample.image
     m = defect_mask(sample)
     erased = inpaint(img, m) if clean is None else clean

@@ -54,9 +54,12 @@ class AnomalyGate:
         pixels within this many model pixels of the box (scaled to the image in `assess`)."""
         return float(self.detector.score_cfg.sigma)
 
-    def assess(self, heat: np.ndarray, boxes: Sequence[Box], extents: list[np.ndarray] | None = None) -> Verdict:
+    def assess(self, heat: np.ndarray, boxes: Sequence[Box], extents: list[np.ndarray] | None = None,
+               outside_known: bool = False) -> Verdict:
         """Judge one sample from its heat map (HxW, the image's size) and boxes;
-        `extents` are the generator's exact per-box defect extents when known."""
+        `extents` are the generator's exact per-box defect extents when known;
+        `outside_known`: the exact outside test (quality/outside.py) judges the
+        pixels outside the boxes, so the heat there is not turned into a reason."""
         H, W = heat.shape
         thr, ithr = self.pixel_threshold, self.image_threshold
         binary = heat >= thr
@@ -86,7 +89,7 @@ class AnomalyGate:
         for b in boxes:
             grown |= box_mask(b, H, W, self.margin)
         outside_frac = float(stray.mean())
-        if outside_frac > self.max_outside_fraction:
+        if outside_frac > self.max_outside_fraction and not outside_known:
             reasons.append(Reason("outside_anomaly", f"{outside_frac:.3f} > {self.max_outside_fraction:.3f}"))
         valid = [v for v in spills if v == v]
         scores.update({
@@ -106,7 +109,7 @@ class AnomalyGate:
             heats = self.detector.heat_maps([s.image for s in batch], original_size=True)
             for s, h in zip(batch, heats):
                 ext = sample_extents(s) if self.use_sample_masks else None
-                out.append(self.assess(h, s.boxes, ext))
+                out.append(self.assess(h, s.boxes, ext, s.background is not None))
         return out
 
 

@@ -130,11 +130,12 @@ class TransplantGenerator:
         return [self._one(item) for item in items]
 
     def _one(self, item: WorkItem) -> Sample:
-        from factory.generators.transplant.paste import frame_box, paste  # cv2: imported when generating
+        from factory.generators.transplant.paste import frame_box, margin, paste  # cv2: imported when generating
 
         p = self.p
         seqs = np.random.SeedSequence(item.seed).spawn(1 + len(item.boxes))
         ref, canvas, levels, kept, kept_map = self._background(item, np.random.default_rng(seqs[0]))
+        background = np.repeat(np.clip(np.round(canvas), 0, 255).astype(np.uint8)[:, :, None], item.channels, axis=2)
         mask = np.zeros((item.height, item.width), np.uint16)
         forbidden = kept_map > 0  # a paste never lands on a kept defect
         used, pastes, frames = [], [], {}
@@ -165,7 +166,8 @@ class TransplantGenerator:
         image = np.repeat(image[:, :, None], item.channels, axis=2)
         meta = {"checkpoint": "", "reference": ref, "instances": used,
                 "provenance": {"reference": ref, "placement": p.placement, "pastes": pastes, "kept_boxes": len(kept)}}
-        return Sample(item=item, image=image, boxes=boxes, mask=final, meta=meta)
+        return Sample(item=item, image=image, boxes=boxes, mask=final, meta=meta, background=background,
+                      blend_px=margin(p.feather))
 
     def _background(self, item: WorkItem, rng: np.random.Generator):
         """(its URI, the augmented canvas, its grey levels if binary, kept boxes, their map):
