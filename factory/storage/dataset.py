@@ -1,7 +1,9 @@
 """Reading a published version: `open_dataset` (Ray Data) and `read_table` /
 `read_pandas` (plain pyarrow, for users without Ray). Both read only the Parquet
 files the manifest lists, so a reader never sees a staging or half-published
-file."""
+file; `read_table` also checks each part against the file list's sha256, so a
+damaged part is named instead of read (Ray Data reads the parts itself, on the
+workers: `open_dataset` names a part only when pyarrow cannot parse it)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,8 @@ from typing import Any
 
 from factory.storage import uri as U
 from factory.storage.manifest import Manifest
-from factory.storage.registry import DatasetRef, Registry, default_root
+from factory.storage.registry import DatasetRef, Registry, default_root, read_listed
+from factory.storage.uri import StorageError
 
 
 def _resolve(ref: str | DatasetRef, root: str | None) -> tuple[str, Manifest, list[str]]:
@@ -48,8 +51,14 @@ def read_table(ref: str | DatasetRef, root: str | None = None, columns: list[str
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    base, _, parts = _resolve(ref, root)
-    tables = [pq.read_table(io.BytesIO(U.read_bytes(U.join(base, p))), columns=columns) for p in parts]
+    base, manifest, parts = _resolve(ref, root)
+    tables = []
+    for p in parts:
+        data = read_listed(base, p, manifest.files[p].sha256)
+        try:
+            tables.append(pq.read_table(io.BytesIO(data), columns=columns))
+        except (pa.ArrowException, OSError) as e:  # matches its hash, yet unreadable: written so
+            raise StorageError(f"{U.join(base, p)}: not a readable Parquet file ({e})") from None
     return pa.concat_tables(tables)
 
 

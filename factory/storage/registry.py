@@ -11,10 +11,12 @@ manifest = not published, and a version with one is never written again.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -92,12 +94,26 @@ class Registry:
     def manifest(self, name: str, version: int, files: bool = True) -> Manifest:
         """The version's manifest (generated or imported: one schema); with `files`,
         its file list (files.jsonl, checked) read into `manifest.files`."""
-        where = U.join(self.version_uri(name, version), MANIFEST)
+        base = self.version_uri(name, version)
+        where = U.join(base, MANIFEST)
         if not U.exists(where):
             raise StorageError(f"{where}: {name}@{version} is not published (no manifest)")
-        m = json.loads(U.read_bytes(where))
+        m = _json(where)
+        if not isinstance(m, dict):
+            raise StorageError(f"{where}: not a manifest (a JSON {type(m).__name__}, not an object)")
         if files:
-            m["files"] = read_file_list(self.version_uri(name, version), m)
+            info = m.get("file_list")
+            if isinstance(info, dict) and not is_listed_path(info.get("path")):
+                raise StorageError(f"{where}: file_list.path {info.get('path')!r} is not a path inside the version")
+            listed = U.join(base, info["path"]) if isinstance(info, dict) else where
+            try:
+                m["files"] = read_file_list(base, m)
+            except (ValueError, KeyError, TypeError) as e:  # (a forged list whose hash matches)
+                raise StorageError(f"{listed}: not a file list this version of the factory reads ({e!r})") from None
+            bad = next((p for p in m["files"] if not is_listed_path(p)), None)
+            if bad is not None:
+                raise StorageError(f"{listed}: lists {bad!r}, which is not a relative, normalized path inside the "
+                                   f"version; refusing the whole version")
         try:
             return Manifest.model_validate(m)
         except ValueError as e:
@@ -130,6 +146,12 @@ class Registry:
                 out.append(int(d[1:]))
         return sorted(out)
 
+    def leftover_staging(self, name: str) -> list[int]:
+        """Published versions whose staging folder is still there (a cleanup cut
+        short): nothing reads it, it only takes space."""
+        return sorted(int(d[1:]) for d in U.list_dirs(U.join(self.dataset_uri(name), STAGING))
+                      if re.fullmatch(r"v\d+", d) and self.is_published(name, int(d[1:])))
+
     def names(self) -> list[str]:
         """Dataset names (folders of the root)."""
         return [n for n in U.list_dirs(self.root) if _REF.match(n)]
@@ -153,7 +175,7 @@ class Registry:
 
     def run_state(self, name: str, version: int) -> dict[str, Any] | None:
         where = U.join(self.staging_uri(name, version), RUN_LOCK)
-        return json.loads(U.read_bytes(where)) if U.exists(where) else None
+        return _json(where) if U.exists(where) else None
 
     def save_run_state(self, name: str, version: int, state: dict[str, Any]) -> None:
         U.write_bytes(U.join(self.staging_uri(name, version), RUN_LOCK), json.dumps(state).encode())
@@ -204,18 +226,63 @@ def code_version() -> str:
     return f"{version}+{sha}" if sha else version
 
 
-def verify_files(version_uri: str, manifest: "Manifest | dict[str, Any]", paths: Iterable[str] | None = None) -> list[str]:
-    """Paths whose sha256 differs from the manifest (or which are missing)."""
-    import hashlib
+def _json(uri: str) -> Any:
+    """A JSON file, or a StorageError naming it (a truncated file must say which one)."""
+    data = U.read_bytes(uri)
+    try:
+        return json.loads(data)
+    except ValueError as e:
+        raise StorageError(f"{uri}: not valid JSON ({e}; {len(data)} bytes): damaged or cut short") from None
 
-    bad = []
-    files = read_file_list(version_uri, manifest)
-    for path in paths if paths is not None else files:
-        want = files[path]["sha256"]
+
+def is_listed_path(path: str) -> bool:
+    """Whether a path from a version's file list names a file inside the version:
+    relative, normalized (no `..`, `.` or empty part), no backslash or NUL. A file
+    list is data from the store; a path that is not one of these could make a reader
+    write (pull) or read outside the version."""
+    return (isinstance(path, str) and bool(path) and "\\" not in path and "\0" not in path
+            and all(part not in ("", ".", "..") for part in path.split("/")))
+
+
+def read_listed(version_uri: str, path: str, sha256: str | None = None) -> bytes:
+    """One file of a version, by its listed path, checked: the path stays inside the
+    version, a local file is no symlink and lies under none below the version folder
+    (a version holds plain files; a link would read what the version does not hold),
+    and with `sha256` its bytes match the file list."""
+    uri = U.join(version_uri, path)
+    if not is_listed_path(path):
+        raise StorageError(f"{version_uri}: listed path {path!r} leaves the version folder; refusing it")
+    if not U.is_s3(uri):
+        base = str(U.local_path(version_uri))
+        if os.path.realpath(os.path.join(base, path)) != os.path.join(os.path.realpath(base), path):
+            raise StorageError(f"{uri}: is (or lies under) a symbolic link; a version holds plain files only, "
+                               f"refusing to follow it")
+    data = U.read_bytes(uri)
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        raise StorageError(f"{uri}: sha256 differs from the version's file list (damaged, or changed after publishing)")
+    return data
+
+
+def check_files(version_uri: str, manifest: "Manifest | dict[str, Any]",
+                paths: Iterable[str] | None = None) -> dict[str, str]:
+    """Every listed file (or those in `paths`) read and checked as `read_listed` does:
+    {path: the error naming it} for each that fails (empty: all match)."""
+    m = Manifest.of(manifest)
+    files = {p: e.sha256 for p, e in m.files.items()} if m.files is not None else {
+        p: e["sha256"] for p, e in read_file_list(version_uri, m).items()}
+
+    def check(path: str) -> str | None:
         try:
-            got = hashlib.sha256(U.read_bytes(U.join(version_uri, path))).hexdigest()
-        except StorageError:
-            got = None
-        if got != want:
-            bad.append(path)
-    return bad
+            read_listed(version_uri, path, files[path])
+        except StorageError as e:
+            return str(e)
+        return None
+
+    todo = list(paths if paths is not None else files)
+    with ThreadPoolExecutor(max_workers=16 if U.is_s3(version_uri) else 1) as pool:  # a request per file on S3
+        return {p: e for p, e in zip(todo, pool.map(check, todo)) if e}
+
+
+def verify_files(version_uri: str, manifest: "Manifest | dict[str, Any]", paths: Iterable[str] | None = None) -> list[str]:
+    """Paths whose file differs from the manifest, is missing, or is a link (see `check_files`)."""
+    return list(check_files(version_uri, manifest, paths))
