@@ -158,7 +158,7 @@ def metrics_cmd(
     dataset: str = typer.Argument(..., help="NAME@VERSION (or ROOT/NAME@VERSION)"),
     real: Optional[str] = typer.Option(None, "--real", help="folder or URI of real reference images for FID/KID"),
     root: Optional[str] = typer.Option(None, show_default=False,
-                                       help="registry root, when DATASET names none [default: env FACTORY_ROOT, else file://./datasets]"),
+                                       help="registry root, when DATASET names none (default: env FACTORY_ROOT, else file://./datasets)"),
     inception_weights: Optional[Path] = typer.Option(None, help="local torch-fidelity Inception weights file (standard FID, and IS)"),
     extractor: Optional[str] = typer.Option(None, help="UIIDD checkpoint for the FID/KID extractor (default: the spec's quality.anomaly_checkpoint; "
                                             "without one, a small CNN is trained on the real images)"),

@@ -75,9 +75,9 @@ def retrain_cmd(
     schedule: Optional[str] = typer.Option(None, "--schedule", show_default=_default("schedule"), help="mixed arm: mix (real + synthetic together) "
                                            "or pretrain_finetune (synthetic only, then real only from those weights)"),
     finetune_fraction: Optional[float] = typer.Option(None, "--finetune-fraction", show_default=_default("finetune_fraction"), help="pretrain_finetune: share of the "
-                                                      "steps spent fine-tuning on real images [default: 0.5]"),
+                                                      "steps spent fine-tuning on real images"),
     evals: Optional[int] = typer.Option(None, "--evals", show_default=_default("evals"), help="validations while training, evenly spaced in steps, plus "
-                                        "the final score [default: 5; 0: only the final score]"),
+                                        "the final score (0: only the final score)"),
     class_map: Optional[list[str]] = typer.Option(None, "--class-map", help="SYNTHETIC=REAL, repeatable; SYNTHETIC= drops a class"),
     gpus: Optional[float] = typer.Option(None, "--gpus", show_default=_default("gpus"), help="GPU share per run (0.5 = two runs share one GPU)"),
     parallel: Optional[int] = typer.Option(None, "--parallel", help="runs side by side at most (default: as many as fit)"),
@@ -192,9 +192,9 @@ def import_cmd(
     kind: str = typer.Argument(..., help="pv_vision_crack | magnetic_tile | crackforest | deeppcb | yolo (a YOLO-layout set such as neu_det; "
                       "with templates/ beside images/, each image's defect-free twin)"),
     source: Path = typer.Argument(..., help="the data set's folder"),
-    name: Optional[str] = typer.Option(None, "--name", help="registry dataset name [default: from the kind]"),
+    name: Optional[str] = typer.Option(None, "--name", help="registry dataset name (default: from the kind)"),
     root: str = typer.Option(DEFAULT_ROOT, "--root", help="registry root to publish into"),
-    version: Optional[int] = typer.Option(None, "--version", help="[default: the next free version]"),
+    version: Optional[int] = typer.Option(None, "--version", help="version to publish (default: the next free one)"),
     out: Optional[str] = typer.Option(None, "--out", help="write a plain YOLO folder here instead of a registry dataset"),
     min_area: Optional[int] = typer.Option(None, "--min-area", help="smallest connected component (pixels) that becomes a box"),
     merge_gap: Optional[int] = typer.Option(None, "--merge-gap", help="bridge gaps up to this many pixels before labeling"),
