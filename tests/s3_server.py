@@ -2,6 +2,8 @@
 127.0.0.1, reached through boto3 with an endpoint URL (no in-process mocking).
 
 Import the fixtures into a test module: `from tests.s3_server import s3_server, s3_bucket`.
+`FlakyProxy` puts a real outage in front of the server (tests/test_storage_retry.py,
+benchmarks/outage.py).
 """
 
 from __future__ import annotations
@@ -9,8 +11,10 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 import uuid
@@ -59,6 +63,83 @@ def stop_moto(proc: subprocess.Popen) -> None:
             proc.wait(5)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+class FlakyProxy:
+    """127.0.0.1:port -> upstream (a plain TCP relay). `outage(seconds)` takes the
+    endpoint down: the connections open at that moment are reset (a request in
+    flight fails half-way), and so is every connection accepted while it lasts."""
+
+    def __init__(self, upstream: str):
+        host, port = upstream.removeprefix("http://").split(":")
+        self.upstream = (host, int(port))
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.down_until = 0.0
+        self.resets = 0  # connections reset by an outage (open ones and refused new ones)
+        self._open: set[socket.socket] = set()  # client-side sockets being relayed
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @staticmethod
+    def _reset(conn: socket.socket) -> None:
+        try:
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.close()  # connection reset by peer
+        except OSError:
+            pass
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            if time.time() < self.down_until:
+                self._reset(conn)
+                self.resets += 1
+                continue
+            try:
+                up = socket.create_connection(self.upstream)
+            except OSError:
+                self._reset(conn)
+                continue
+            with self._lock:
+                self._open.add(conn)
+            for a, b in ((conn, up), (up, conn)):
+                threading.Thread(target=self._pipe, args=(a, b, conn), daemon=True).start()
+
+    def _pipe(self, a: socket.socket, b: socket.socket, client: socket.socket) -> None:
+        try:
+            while data := a.recv(65536):
+                b.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with self._lock:
+                self._open.discard(client)
+            for s in (a, b):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def outage(self, seconds: float) -> None:
+        self.down_until = time.time() + seconds
+        with self._lock:
+            cut, self._open = list(self._open), set()
+        for conn in cut:  # (a close() would not wake the relay thread blocked in recv on it)
+            try:
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            self.resets += 1
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 @pytest.fixture(scope="session")

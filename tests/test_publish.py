@@ -173,7 +173,8 @@ def test_second_run_of_a_version_stops_at_the_lock(where, tmp_path, no_ray, requ
     root = str(tmp_path / "reg") if where == "file" else f"s3://{request.getfixturevalue('s3_bucket')}/reg"
     reg = Registry(root)
     holder = {"spec_hash": spec.spec_hash(), "planned_until": 0, "rounds": 0, "run_id": "other"}
-    assert reg.claim(spec.name, 1, holder) and not reg.claim(spec.name, 1, holder)
+    assert reg.claim(spec.name, 1, holder) and not reg.claim(spec.name, 1, {**holder, "run_id": "late"})
+    assert reg.claim(spec.name, 1, holder)  # the same claim again (its answer lost in an outage): still the holder's
     before = U.list_files(reg.staging_uri(spec.name, 1))
     with pytest.raises(RunError, match="holds this version .*--resume.*--restart"):
         run_dataset(spec, RunOptions(out=root, version=1))

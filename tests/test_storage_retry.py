@@ -6,66 +6,13 @@ while it is "down"."""
 
 from __future__ import annotations
 
-import socket
-import struct
-import threading
 import time
 
 import pytest
-from s3_server import s3_bucket, s3_server  # noqa: F401
+from s3_server import FlakyProxy, s3_bucket, s3_server  # noqa: F401
 
 from factory.storage import StorageError
 from factory.storage import uri as U
-
-
-class FlakyProxy:
-    """127.0.0.1:port -> upstream; while `down`, accepted connections are reset (RST)."""
-
-    def __init__(self, upstream: str):
-        host, port = upstream.removeprefix("http://").split(":")
-        self.upstream = (host, int(port))
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.down_until = 0.0
-        self.resets = 0
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            if time.time() < self.down_until:
-                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                conn.close()  # connection reset by peer
-                self.resets += 1
-                continue
-            up = socket.create_connection(self.upstream)
-            for a, b in ((conn, up), (up, conn)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(a: socket.socket, b: socket.socket) -> None:
-        try:
-            while data := a.recv(65536):
-                b.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (a, b):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def outage(self, seconds: float) -> None:
-        self.down_until = time.time() + seconds
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 @pytest.fixture
@@ -116,3 +63,14 @@ def test_outage_longer_than_the_deadline_is_one_clear_error(proxy, s3_bucket):
         U.write_bytes(f"s3://{s3_bucket}/y.bin", b"x")
     assert 1.4 <= time.time() - t0 < 10
     assert proxy.resets >= 3
+
+
+@pytest.mark.parametrize("where", ["file", "s3"])
+def test_a_claim_whose_answer_was_lost_is_still_won(where, tmp_path, request):
+    """An outage can cut the answer to a conditional PUT that the store kept; the
+    retry then gets 412. The object holding exactly this call's bytes (a unique run or
+    publication id) means this call won; anyone else's bytes mean it lost."""
+    uri = f"s3://{request.getfixturevalue('s3_bucket')}/lock.json" if where == "s3" else str(tmp_path / "lock.json")
+    assert U.create_exclusive(uri, b'{"run_id": "a"}')
+    assert U.create_exclusive(uri, b'{"run_id": "a"}')  # the retry of a stored put: ours
+    assert not U.create_exclusive(uri, b'{"run_id": "b"}')  # another run's claim

@@ -12,7 +12,9 @@ from rich.table import Table
 from factory.cli.app import app
 from factory.cli.common import EXIT_INVALID, console, err_console, fail, friendly_errors, load_spec_or_exit, plural
 from factory.spec import SpecError, load_spec
-from factory.planning import plan
+from factory.planning import iter_plan, planned_count
+from factory.spec.load import cut
+from factory.storage import uri as U
 from factory.generators.base import load_generator
 from factory.viz import draw_boxes, grid
 from factory.data.folders import list_images
@@ -34,42 +36,75 @@ def validate(
     try:
         s = check_spec(load_spec(spec), str(spec), check_uris=check_uris)
     except SpecError as e:
-        for line in e.lines():
+        for line in SpecError(e.source, e.problems + _later_problems(e, check_uris)).lines():
             err_console.print(f"[bold red]invalid spec[/] {escape(line)}", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_INVALID) from None
     console.print(
-        f"[green]ok[/] {spec}: [bold]{s.name}[/] v{s.version or '(next)'} - {s.count} images "
-        f"{s.image.width}x{s.image.height}x{s.image.channels}, classes {', '.join(s.class_names)}, "
-        f"generators {', '.join(g.kind for g in s.generators)}; spec hash {s.spec_hash()[:12]}"
+        f"[green]ok[/] {escape(cut(str(spec), 100))}: [bold]{s.name}[/] v{s.version or '(next)'} - {s.count} images "
+        f"{s.image.width}x{s.image.height}x{s.image.channels}, {_names('class', 'classes', s.class_names)}, "
+        f"{_names('generator', 'generators', [g.kind for g in s.generators])}; spec hash {s.spec_hash()[:12]}",
+        highlight=False, soft_wrap=True,
     )
+    # a bare path is a local folder: say which (a URI the user meant, written wrong, is refused above)
+    console.print(f"output: {escape(cut(U.to_uri(s.output.uri), 280))}", highlight=False, soft_wrap=True)
+
+
+def _later_problems(e: SpecError, check_uris: bool) -> list[tuple[str, str]]:
+    """The generator families' checks of what the spec's own checks left standing
+    (`e.partial`), so that one run shows every problem, not one layer at a time."""
+    from factory.generators.checks import check_spec
+
+    if e.partial is None:
+        return []
+    try:
+        check_spec(e.partial, e.source, check_uris=check_uris)
+    except SpecError as later:
+        return [p for p in later.problems if not e.is_aside(p[0])]
+    return []
+
+
+def _names(one: str, many: str, names: list[str], limit: int = 100) -> str:
+    """`classes a, b, c` cut to about `limit` characters (a line stays readable)."""
+    return f"{one if len(names) == 1 else many} {cut(', '.join(names), limit)}"
 
 
 @app.command("plan")
 def plan_cmd(
     spec: Path = SpecArg,
-    overprovision: float = typer.Option(1.0, help="Plan count x this many items (1 / expected pass rate)."),
+    overprovision: float = typer.Option(1.0, min=1.0, max=1000.0,
+                                        help="Plan count x this many items (1 / expected pass rate)."),
     show: int = typer.Option(0, help="Also print the first N work items."),
 ) -> None:
     """Summarize the deterministic plan: per-class counts and box sizes."""
 
     s = load_spec_or_exit(spec)
     with friendly_errors(), console.status("planning..."):
-        items = plan(s, overprovision=overprovision)
-    console.print(plan_summary(items, s.class_names, s.image.width, s.image.height))
+        total = planned_count(s, overprovision)
+        items = list(iter_plan(s, 0, min(total, max(SUMMARY_ITEMS, show))))
+    console.print(plan_summary(items[:SUMMARY_ITEMS], s.class_names, s.image.width, s.image.height, total))
     if s.domain.fitted is not None:
         console.print(style_summary(s.domain))
     for item in items[:show]:
         boxes = ", ".join(f"{b.class_name}[{b.x1},{b.y1},{b.x2},{b.y2}]" for b in item.boxes) or "(negative)"
-        console.print(f"{item.item_id}  {item.generator}  seed={item.seed}  {boxes}")
+        console.print(f"{item.item_id}  {item.generator}  seed={item.seed}  {cut(boxes, 200)}", highlight=False)
 
 
-def plan_summary(items, class_names: list[str], width: int, height: int) -> Table:
-    """A table: per class, images, boxes, and a text histogram of box sizes."""
+SUMMARY_ITEMS = 10_000  # `factory plan` summarizes at most this many items: the first ones of the plan
+
+
+def plan_summary(items, class_names: list[str], width: int, height: int, total: int | None = None) -> Table:
+    """A table: per class, images, boxes, and a text histogram of box sizes. `items` may
+    be the first of `total` items (a plan of millions is summarized by its start)."""
     images = Counter(c for it in items for c in it.classes)
     boxes = [b for it in items for b in it.boxes]
     per_class = Counter(b.class_name for b in boxes)
     negatives = sum(1 for it in items if it.is_negative)
-    table = Table(title=f"plan: {plural(len(items), 'item')}, {plural(len(boxes), 'box', 'boxes')}, {plural(negatives, 'negative')}")
+    counts = f"{plural(len(boxes), 'box', 'boxes')}, {plural(negatives, 'negative')}"
+    if total is None or total == len(items):
+        title = f"plan: {plural(len(items), 'item')}, {counts}"
+    else:
+        title = f"plan: {total:,} items; the first {len(items):,} (a sample) have {counts}"
+    table = Table(title=title)
     table.add_column("class")
     table.add_column("images", justify="right")
     table.add_column("boxes", justify="right")

@@ -127,12 +127,58 @@ def background_uris(refs: str | list[str]) -> list[str]:
     return out
 
 
-def read_grey(uri: str) -> np.ndarray:
-    """HxW uint8 of an image at a URI (file:// or s3://) or path."""
-    from PIL import Image
+MAX_REFERENCE_BYTES = 256 << 20  # a reference may name anything (/dev/zero, a disk image): reads are bounded
+MAX_REFERENCE_PIXELS = 64 << 20  # 8192 x 8192; checked in the header, before the pixels are decoded
 
-    with Image.open(io.BytesIO(U.read_bytes(uri))) as im:
-        return np.asarray(im.convert("L"))
+
+def read_grey(uri: str) -> np.ndarray:
+    """HxW uint8 of an image at a URI (file:// or s3://) or path: a regular file of at
+    most MAX_REFERENCE_BYTES whose header claims at most MAX_REFERENCE_PIXELS; else
+    ValueError naming the URI."""
+    from PIL import Image, UnidentifiedImageError
+
+    data = _read_bounded(uri)
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            if im.width * im.height > MAX_REFERENCE_PIXELS:
+                raise ValueError(f"{uri}: {im.width}x{im.height} pixels; a reference image may have at most "
+                                 f"{MAX_REFERENCE_PIXELS} pixels")
+            return np.asarray(im.convert("L"))
+    except Image.DecompressionBombError as e:  # PIL's own header check, at twice its MAX_IMAGE_PIXELS
+        raise ValueError(f"{uri}: too many pixels for a reference image ({e})") from None
+    except UnidentifiedImageError:
+        raise ValueError(f"{uri}: not an image (PIL cannot identify it)") from None
+    except (OSError, SyntaxError) as e:  # a truncated or corrupt image
+        raise ValueError(f"{uri}: unreadable image ({e})") from None
+
+
+def _check_file(uri: str) -> str:
+    """The local path of a reference if it is a regular file of a readable size, else ValueError
+    (a device such as /dev/zero never ends: its size says nothing)."""
+    import os
+    import stat
+
+    path = os.fspath(U.local_path(uri))
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise U.StorageError(f"{uri}: {e.strerror or e}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError(f"{uri}: not a regular file (a device, pipe or folder), expected an image file")
+    if st.st_size > MAX_REFERENCE_BYTES:
+        raise ValueError(f"{uri}: {st.st_size} bytes; a reference image may be at most {MAX_REFERENCE_BYTES} bytes")
+    return path
+
+
+def _read_bounded(uri: str) -> bytes:
+    if U.is_s3(uri):
+        data = U.read_bytes(uri)  # an object has the size its writer gave it: no device behind it
+    else:
+        with open(_check_file(uri), "rb") as f:
+            data = f.read(MAX_REFERENCE_BYTES + 1)  # bounded even if the file grows meanwhile
+    if len(data) > MAX_REFERENCE_BYTES:
+        raise ValueError(f"{uri}: more than {MAX_REFERENCE_BYTES} bytes; a reference image may be at most that")
+    return data
 
 
 def centre_crop(w: int, h: int, width: int, height: int) -> tuple[int, int, int, int]:
@@ -158,6 +204,9 @@ def check_references(refs: str | list[str]) -> str | None:
     """Why these references give no defect-free images, or None."""
     try:
         uris = background_uris(refs)
+        for uri in uris:  # a file named directly may be a device (/dev/zero): refuse it before any read
+            if not U.is_s3(uri):
+                _check_file(uri)
     except (FileNotFoundError, ValueError, U.StorageError) as e:
         return str(e)
     if not uris:

@@ -58,8 +58,8 @@ def _block_labels(seed: int, quota: tuple[tuple[int, int], ...], block: int) -> 
 def planned_count(spec: DatasetSpec, overprovision: float = 1.0) -> int:
     """How many items to plan so that `count` survive a gate rejecting a share
     of them: `overprovision` = 1 / expected pass rate (>= 1)."""
-    if overprovision < 1.0:
-        raise ValueError(f"overprovision must be >= 1, got {overprovision}")
+    if not 1.0 <= overprovision < math.inf:
+        raise ValueError(f"overprovision must be >= 1 and finite, got {overprovision}")
     return math.ceil(spec.count * overprovision)
 
 

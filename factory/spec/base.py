@@ -22,3 +22,13 @@ def _check_range(value: tuple, what: str = "range") -> tuple:
     if lo > hi:
         raise ValueError(f"lo must be <= hi, got [{lo}, {hi}]")
     return value
+
+
+def check_uri(value: str) -> str:
+    """A field's URI or path, refused (ValueError) when storage would misread it."""
+    from factory.storage.uri import uri_problem  # storage pulls in boto3 and Arrow: only when a spec names a URI
+
+    problem = uri_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value

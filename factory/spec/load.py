@@ -4,11 +4,15 @@ Parsing is bounded, since a spec may come from anyone who can submit a job: the
 file size, the number of values after YAML aliases are expanded, the nesting
 depth and the size of integers all have limits, duplicate keys are errors (YAML
 would silently keep the last), and values quoted back in messages are cut short.
+Values are read by YAML 1.2 rules (`_SpecLoader`), so `1:30` or `no` never turn
+silently into 90 or false.
 """
 
 from __future__ import annotations
 
 import difflib
+import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -21,13 +25,32 @@ from factory.spec.model import DatasetSpec, SpecFieldError
 class SpecError(ValueError):
     """An invalid spec. `problems` is a list of (field path, reason)."""
 
-    def __init__(self, source: str, problems: list[tuple[str, str]]):
+    def __init__(self, source: str, problems: list[tuple[str, str]], partial: DatasetSpec | None = None,
+                 aside: tuple[str, ...] = ()):
         self.source = source
         self.problems = problems
+        self.partial = partial  # the spec without the failing values (`_partial`), for the checks after this one
+        self.aside = aside  # the field paths of those values
         super().__init__("\n".join(self.lines()))
 
+    def is_aside(self, loc: str) -> bool:
+        """Whether a later check's problem at `loc` is about a value set aside (so not the user's)."""
+        return any(loc == a or loc.startswith((a + ".", a + "[")) for a in self.aside)
+
     def lines(self) -> list[str]:
-        return [f"{self.source}: {loc}: {msg}" if loc else f"{self.source}: {msg}" for loc, msg in self.problems]
+        """One line per problem, each under MAX_LINE characters: a key or value echoed
+        back (the field path too) may be anything up to the spec's size."""
+        source = cut(_printable(self.source), 100)
+        out = []
+        for loc, msg in self.problems:
+            head = f"{source}: {cut(_printable(loc), 100)}: " if loc else f"{source}: "
+            out.append(cut(head + _printable(str(msg)), MAX_LINE))
+        return out
+
+
+def _printable(text: str) -> str:
+    """`text` on one line: newlines and other control characters (a key may hold any) escaped."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 MAX_SPEC_BYTES = 1 << 20  # a real spec is a few KB
@@ -35,12 +58,17 @@ MAX_VALUES = 100_000  # values after YAML aliases are expanded
 MAX_DEPTH = 32  # nesting of mappings and lists
 MAX_INT = 2**63 - 1
 PREVIEW_CHARS = 80
+MAX_LINE = 280  # a problem's line, so that it stays under 300 with the CLI's "invalid spec " before it
 
 
 def preview(value: Any) -> str:
     """`repr(value)`, cut to a short preview for messages."""
-    text = repr(value)
-    return text if len(text) <= PREVIEW_CHARS else text[: PREVIEW_CHARS - 15] + f"... ({len(text)} chars)"
+    return cut(repr(value), PREVIEW_CHARS)
+
+
+def cut(text: str, limit: int) -> str:
+    """`text`, or its start and its length when longer than `limit`."""
+    return text if len(text) <= limit else text[: limit - 15 - len(str(len(text)))] + f"... ({len(text)} chars)"
 
 
 def load_spec(path: str | Path) -> DatasetSpec:
@@ -53,23 +81,65 @@ def load_spec(path: str | Path) -> DatasetSpec:
         raise SpecError(source, [("", "is a folder, expected a YAML file")])
     if path.stat().st_size > MAX_SPEC_BYTES:
         raise SpecError(source, [("", f"{path.stat().st_size} bytes: a spec may be at most {MAX_SPEC_BYTES} bytes")])
-    text = path.read_text(encoding="utf-8", errors="replace")
-    return parse_spec(text, source)
+    with open(path, "rb") as f:  # bounded: a device or pipe (/dev/zero) has no size to check first
+        data = f.read(MAX_SPEC_BYTES + 1)
+    if len(data) > MAX_SPEC_BYTES:
+        raise SpecError(source, [("", f"more than {MAX_SPEC_BYTES} bytes: a spec may be at most that")])
+    return parse_spec(data.decode("utf-8", errors="replace"), source)
 
 
 class _SpecLoader(yaml.SafeLoader):
-    """PyYAML's safe loader that refuses duplicate keys."""
+    """PyYAML's safe loader read with YAML 1.2 core-schema rules, where 1.1 silently
+    changes values: `1:30` (90), `yes`/`no`/`on`/`off` (booleans) and dates stay text.
+    Refused: a leading-zero integer (`017`: 15 in 1.1, 17 in 1.2), a complex key
+    (`? [a, b]`) and a duplicate key (YAML would silently keep the last)."""
 
     def construct_mapping(self, node, deep=False):
         seen: dict[Any, Any] = {}
         for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise yaml.constructor.ConstructorError(
+                    None, None, "a key must be plain text, not a list or mapping (a complex key `? ...`)",
+                    key_node.start_mark)
             key = self.construct_object(key_node, deep=True)
-            if isinstance(key, (str, int, float, bool)) and key in seen:
+            if key in seen:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"duplicate key {preview(key)} (first at line {seen[key].start_mark.line + 1})",
                     key_node.start_mark)
             seen[key] = key_node
         return super().construct_mapping(node, deep=deep)
+
+    def construct_yaml_int(self, node):
+        text = self.construct_scalar(node)
+        if _LEADING_ZERO.match(text):
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{preview(text)} is ambiguous (octal in YAML 1.1, decimal in 1.2): "
+                f"write {int(text)} for the number, 0o{text.lstrip('+-0') or '0'} for octal, or quote it for text",
+                node.start_mark)
+        return int(text, 0)
+
+    def construct_yaml_float(self, node):
+        text = self.construct_scalar(node).lower()
+        if text.endswith(".inf"):
+            return -math.inf if text.startswith("-") else math.inf
+        return math.nan if text == ".nan" else float(text)
+
+
+_LEADING_ZERO = re.compile(r"^[-+]?0[0-9]+$")
+_YAML_1_1_ONLY = {"tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float",
+                  "tag:yaml.org,2002:timestamp", "tag:yaml.org,2002:value"}
+_SpecLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag not in _YAML_1_1_ONLY]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+for _tag, _pattern, _first in [  # the YAML 1.2 core schema
+    ("bool", r"^(?:true|True|TRUE|false|False|FALSE)$", "tTfF"),
+    ("int", r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$", "-+0123456789"),
+    ("float", r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+              r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$", "-+.0123456789"),
+]:
+    _SpecLoader.add_implicit_resolver(f"tag:yaml.org,2002:{_tag}", re.compile(_pattern), list(_first))
+_SpecLoader.add_constructor("tag:yaml.org,2002:int", _SpecLoader.construct_yaml_int)
+_SpecLoader.add_constructor("tag:yaml.org,2002:float", _SpecLoader.construct_yaml_float)
 
 
 def parse_spec(text: str, source: str = "<spec>") -> DatasetSpec:
@@ -83,7 +153,8 @@ def parse_spec(text: str, source: str = "<spec>") -> DatasetSpec:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(e, "problem", None) or str(e)
-        raise SpecError(source, [("", f"YAML syntax error at {where}{problem}")]) from None
+        what = "" if isinstance(e, yaml.constructor.ConstructorError) else "YAML syntax error at "
+        raise SpecError(source, [("", f"{what}{where}{problem}")]) from None
     except RecursionError:
         raise SpecError(source, [("", f"nested too deeply (at most {MAX_DEPTH} levels)")]) from None
     except ValueError as e:  # e.g. an integer literal longer than Python converts
@@ -137,7 +208,43 @@ def spec_from_dict(data: Any, source: str = "<spec>") -> DatasetSpec:
     try:
         return DatasetSpec.model_validate(data)
     except ValidationError as e:
-        raise SpecError(source, [describe_error(err) for err in e.errors()]) from None
+        errors = e.errors()
+        raise SpecError(source, [describe_error(err) for err in errors], *_partial(data, errors)) from None
+
+
+# stand-ins for required fields that failed; boxes that fit the smallest image
+_PLACEHOLDERS = {"name": "placeholder", "count": 1,
+                 "defects": [{"class": "placeholder", "boxes": {"size": {"min": 0.5, "max": 0.5}}}]}
+
+
+def _partial(data: dict, errors: list[dict]) -> tuple[DatasetSpec | None, tuple[str, ...]]:
+    """The spec with every failing value set aside, and their field paths: a failing key
+    of a generator is dropped from it, any other failing field goes back to its default
+    (a required one to a placeholder). The generator checks then still run on the rest,
+    so `factory validate` shows every problem in one pass, not layer by layer."""
+    data = dict(data)
+    aside: set[str] = set()
+    for _ in range(3):  # a stand-in may fail a cross-field check in turn
+        for err in errors:
+            loc = err["loc"]
+            gens = data.get("generators")
+            if not loc:
+                return None, ()
+            if (loc[0] == "generators" and len(loc) >= 3 and loc[2] != "kind" and isinstance(gens, list)
+                    and isinstance(gens[loc[1]], dict)):
+                gens = data["generators"] = list(gens)
+                gens[loc[1]] = {k: v for k, v in gens[loc[1]].items() if k != loc[2]}
+                aside.add(f"generators[{loc[1]}].{loc[2]}")
+            else:
+                data.pop(loc[0], None)
+                if loc[0] in _PLACEHOLDERS:
+                    data[loc[0]] = _PLACEHOLDERS[loc[0]]
+                aside.add(str(loc[0]))
+        try:
+            return DatasetSpec.model_validate(data), tuple(sorted(aside))
+        except ValidationError as e:
+            errors = e.errors()
+    return None, ()
 
 
 def format_loc(loc: tuple[Any, ...]) -> str:

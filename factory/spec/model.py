@@ -12,9 +12,9 @@ import json
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from factory.spec.base import CLASS_PATTERN, NAME_PATTERN, FloatRange, IntRange, StrictModel, _check_range
+from factory.spec.base import CLASS_PATTERN, NAME_PATTERN, FloatRange, IntRange, StrictModel, _check_range, check_uri
 from factory.spec.retrain import RetrainSpec
 
 
@@ -161,15 +161,18 @@ class BoxSpec(StrictModel):
         return v
 
 
+MAX_WEIGHT = 1e9  # weights are relative; a sum of huge ones overflows to inf and the shares to nan
+
+
 class DefectSpec(StrictModel):
     class_name: Annotated[str, Field(alias="class", pattern=CLASS_PATTERN)]
-    weight: Annotated[float, Field(ge=0)] = 1.0
+    weight: Annotated[float, Field(ge=0, le=MAX_WEIGHT)] = 1.0
     boxes: BoxSpec = BoxSpec()
 
 
 class GeneratorSpec(StrictModel):
     kind: str
-    weight: Annotated[float, Field(ge=0)] = 1.0
+    weight: Annotated[float, Field(ge=0, le=MAX_WEIGHT)] = 1.0
     checkpoint: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
 
@@ -182,6 +185,8 @@ class QualitySpec(StrictModel):
 
     spillover_max: Annotated[float, Field(ge=0, le=1)] = 0.2
     anomaly_checkpoint: str | None = Field(None, description="URI written by `factory train anomaly --out`")
+    box_check: str | None = Field(None, description="URI written by `factory train box-check --out`: every box must score as "
+                                  "its class on pretrained features (else `not_a_defect`)")
     threshold_rule: Literal["f1", "youden", "recall90"] = "f1"
     pixel_threshold: float | None = Field(None, description="override the checkpoint's heat-map threshold")
     image_threshold: float | None = Field(None, description="override the checkpoint's image-score threshold")
@@ -217,9 +222,7 @@ class OutputSpec(StrictModel):
     @field_validator("uri")
     @classmethod
     def _uri(cls, v: str) -> str:
-        if "://" in v and not v.startswith(("file://", "s3://")):
-            raise ValueError(f"scheme must be file:// or s3://, got {v!r}")
-        return v
+        return check_uri(v)
 
 
 class DatasetSpec(StrictModel):
@@ -237,33 +240,40 @@ class DatasetSpec(StrictModel):
     output: OutputSpec = OutputSpec()
     retrain: RetrainSpec | None = None
 
+    # Cross-field checks are field validators that read the fields validated before
+    # theirs (`info.data`), not one model validator: a model validator runs only once
+    # every field is valid, so its problems would show only after those are fixed.
+    @field_validator("defects")
+    @classmethod
+    def _defects(cls, defects: list[DefectSpec], info: ValidationInfo) -> list[DefectSpec]:
+        seen: set[str] = set()
+        for i, d in enumerate(defects):
+            if d.class_name in seen:
+                raise _field_error(f"[{i}].class", f"duplicate class name {d.class_name!r}")
+            seen.add(d.class_name)
+        if sum(d.weight for d in defects) <= 0:
+            raise _field_error("", "weights are all zero: at least one class needs weight > 0")
+        if "image" in info.data:
+            for i, d in enumerate(defects):
+                _check_boxes_fit(d.boxes, info.data["image"], f"[{i}].boxes")
+        return defects
+
     @field_validator("classes_per_image")
     @classmethod
-    def _cpi(cls, v: IntRange) -> IntRange:
+    def _cpi(cls, v: IntRange, info: ValidationInfo) -> IntRange:
         _check_range(v)
         if v[0] < 1:
             raise ValueError(f"must be >= 1, got {v[0]}")
+        if "defects" in info.data and v[1] > len(info.data["defects"]):
+            raise ValueError(f"asks for up to {v[1]} classes but defects lists {len(info.data['defects'])}")
         return v
 
-    @model_validator(mode="after")
-    def _cross_checks(self) -> "DatasetSpec":
-        names = [d.class_name for d in self.defects]
-        seen: set[str] = set()
-        for i, n in enumerate(names):
-            if n in seen:
-                raise _field_error(f"defects[{i}].class", f"duplicate class name {n!r}")
-            seen.add(n)
-        if sum(d.weight for d in self.defects) <= 0:
-            raise _field_error("defects", "weights are all zero: at least one class needs weight > 0")
-        if sum(g.weight for g in self.generators) <= 0:
-            raise _field_error("generators", "weights are all zero: at least one generator needs weight > 0")
-        if self.classes_per_image[1] > len(self.defects):
-            raise _field_error(
-                "classes_per_image", f"asks for up to {self.classes_per_image[1]} classes but defects lists {len(self.defects)}"
-            )
-        for i, d in enumerate(self.defects):
-            _check_boxes_fit(d.boxes, self.image, f"defects[{i}].boxes")
-        return self
+    @field_validator("generators")
+    @classmethod
+    def _generators(cls, generators: list[GeneratorSpec]) -> list[GeneratorSpec]:
+        if sum(g.weight for g in generators) <= 0:
+            raise _field_error("", "weights are all zero: at least one generator needs weight > 0")
+        return generators
 
     # --- derived values -------------------------------------------------------
     @property

@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from factory.spec.base import StrictModel
+from factory.spec.base import StrictModel, check_uri
 
 
 class RetrainSettings(StrictModel):
@@ -101,6 +101,4 @@ class RetrainSpec(RetrainSettings):
     @field_validator("real_train", "real_eval")
     @classmethod
     def _uri(cls, v: str) -> str:
-        if "://" in v and not v.startswith(("file://", "s3://")):
-            raise ValueError(f"scheme must be file:// or s3://, got {v!r}")
-        return v
+        return check_uri(v)

@@ -281,8 +281,3 @@ def check_files(version_uri: str, manifest: "Manifest | dict[str, Any]",
     todo = list(paths if paths is not None else files)
     with ThreadPoolExecutor(max_workers=16 if U.is_s3(version_uri) else 1) as pool:  # a request per file on S3
         return {p: e for p, e in zip(todo, pool.map(check, todo)) if e}
-
-
-def verify_files(version_uri: str, manifest: "Manifest | dict[str, Any]", paths: Iterable[str] | None = None) -> list[str]:
-    """Paths whose file differs from the manifest, is missing, or is a link (see `check_files`)."""
-    return list(check_files(version_uri, manifest, paths))

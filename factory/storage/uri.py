@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
 import uuid
@@ -47,9 +48,26 @@ def _local_str(uri: str) -> str:
     return uri[7:] if uri.startswith("file:///") else os.fspath(local_path(uri))
 
 
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+
+
+def uri_problem(text: str) -> str | None:
+    """Why `text` is neither a `file://`/`s3://` URI nor a plain path, or None. A
+    scheme written wrong (`s3:/bucket`, one slash) would otherwise name a local
+    folder `s3:`, and the data would land there while the user looks in S3."""
+    if text.startswith("s3://"):
+        return None if urlparse(text).netloc else f"an s3 URI needs a bucket (s3://bucket/prefix), got {text[:80]!r}"
+    if text.startswith("file://") or not _SCHEME.match(text):
+        return None
+    return f"scheme must be file:// or s3:// (s3://bucket/prefix, file:///path), or a plain path, got {text[:80]!r}"
+
+
 def to_uri(path_or_uri: str | Path) -> str:
     """Normalize a path or URI: local paths become absolute `file://` URIs."""
     s = str(path_or_uri)
+    problem = uri_problem(s)
+    if problem:
+        raise StorageError(problem)
     if is_s3(s):
         return s.rstrip("/")
     return "file://" + str(local_path(s).resolve())
@@ -147,10 +165,10 @@ def write_bytes(uri: str, data: bytes) -> None:
             return
         path = _local_str(uri)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = _tmp_name(path)
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)  # a reader never sees half a file
+        with _tmp_beside(path) as tmp:
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)  # a reader never sees half a file
 
 
 def _tmp_name(path: str) -> str:
@@ -158,11 +176,26 @@ def _tmp_name(path: str) -> str:
     return f"{path}.{uuid.uuid4().hex[:12]}.tmp"
 
 
+@contextlib.contextmanager
+def _tmp_beside(path: str) -> Iterator[str]:
+    """A temp name beside `path`, its file removed afterwards if still there: a write
+    that fails half-way (a full disk) leaves no `*.tmp` behind."""
+    tmp = _tmp_name(path)
+    try:
+        yield tmp
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
 def create_exclusive(uri: str, data: bytes) -> bool:
     """Write `uri` only if nothing is there yet, atomically: False if it exists.
     S3: a conditional put (`If-None-Match: *`); on disk: a complete temp file
     hard-linked to the name (the link fails if the name exists), so a reader
-    never sees half a file and of two writers exactly one wins."""
+    never sees half a file and of two writers exactly one wins. Callers put a
+    unique token in `data` (a run id, a publication id), so a second call with the
+    very same bytes is the same claim again and wins again (on S3 an outage can cut
+    the answer to a put that was stored, and the retry then finds the object)."""
     with _errors(uri):
         if is_s3(uri):
             from botocore.exceptions import ClientError
@@ -173,20 +206,22 @@ def create_exclusive(uri: str, data: bytes) -> bool:
                 return True
             except ClientError as e:
                 if e.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
-                    return False
+                    try:
+                        return s3.client().get_object(Bucket=bucket, Key=key)["Body"].read() == data
+                    except ClientError:  # (a racing writer's object is not readable yet: not ours)
+                        return False
                 raise
         path = _local_str(uri)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = _tmp_name(path)
-        with open(tmp, "wb") as f:
-            f.write(data)
-        try:
-            os.link(tmp, path)
-            return True
-        except FileExistsError:
-            return False
-        finally:
-            os.unlink(tmp)
+        with _tmp_beside(path) as tmp:
+            with open(tmp, "wb") as f:
+                f.write(data)
+            try:
+                os.link(tmp, path)
+                return True
+            except FileExistsError:
+                with open(path, "rb") as f:
+                    return f.read() == data
 
 
 def write_file(uri: str, local: str | Path) -> None:
@@ -199,9 +234,9 @@ def write_file(uri: str, local: str | Path) -> None:
             return
         path = local_path(uri)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = _tmp_name(str(path))
-        shutil.copyfile(local, tmp)
-        os.replace(tmp, path)
+        with _tmp_beside(str(path)) as tmp:
+            shutil.copyfile(local, tmp)
+            os.replace(tmp, path)
 
 
 def exists(uri: str) -> bool:
