@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from serve.checkpoints import normalize_roots
+from serve.checkpoints import normalize_registry_roots, normalize_roots
 from serve.config import APP_NAME, AppConfig, GeneratorConfig, config_args, http_options, import_object
 from serve.deployments import GeneratorServer
 from serve.ingress import Ingress
@@ -54,14 +54,16 @@ def build_app(args: dict | None = None):
     # refuse unsupported roots at deploy time, and resolve relative ones here, once, so
     # every replica (whatever its working folder) checks against the same folders
     roots = [str(p) for p in normalize_roots(cfg.checkpoint_roots)]
+    registry = normalize_registry_roots(cfg.registry_roots)
     has_gpu = _cluster_has_gpu()
     generators, limits = {}, {}
     for kind, gc in cfg.kinds().items():
         options = deployment_options(kind, gc, has_gpu)
-        generators[kind] = GeneratorServer.options(**options).bind(kind, gc.model_dump(), roots, [s.model_dump() for s in cfg.scorers])
+        generators[kind] = GeneratorServer.options(**options).bind(kind, gc.model_dump(), roots,
+                                                                   [s.model_dump() for s in cfg.scorers], registry)
         limits[kind] = {"cost": gc.cost.model_dump(), "retry_after_s": gc.retry_after_s}
     ing = cfg.ingress
     return Ingress.options(
         name="ingress", num_replicas=ing.num_replicas, max_ongoing_requests=ing.max_ongoing_requests,
         ray_actor_options={"num_cpus": ing.num_cpus},
-    ).bind(generators, limits, roots, cfg.max_request_bytes)
+    ).bind(generators, limits, roots, cfg.max_request_bytes, registry)

@@ -77,6 +77,8 @@ class IngressConfig(_Cfg):
 
 class AppConfig(_Cfg):
     checkpoint_roots: list[str] = Field(default_factory=list)
+    registry_roots: list[str] = Field(default_factory=list, description="where request NAME@VERSION references resolve "
+                                      "(paths, file:// or s3://); none: such references are refused")
     serve_all_kinds: bool = Field(True, description="serve every registered generator kind")
     defaults: GeneratorConfig = GeneratorConfig()
     generators: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per-kind overrides of defaults")

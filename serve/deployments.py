@@ -7,8 +7,9 @@ while its accepted backlog would exceed `cost.max_backlog_s`, and it generates i
 slices of about `cost.slice_s`, skipping the items of requests cancelled meanwhile
 (the client went away or the request timed out), so nobody's gone request holds
 the generator. One generate() runs at a time per replica: batches, not threads,
-share the work. A generator that raises fails only its own request (500 + an
-error id logged with the traceback).
+share the work. A generator that raises fails only its own request: 422 when it
+refused the request's input (ValueError or CheckpointError, which the families raise
+for a class their model or source lacks), else 500; both with an error id logged.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from ray import serve
 
 from factory.generators.base import CheckpointError
 from factory.quality.base import score_all
+from factory.storage.uri import StorageError
 from factory.viz import png_bytes
 from serve.budget import slices
 from serve.checkpoints import CheckpointRefused, ParamPathRefused, check_param_paths, inside_roots, normalize_roots
@@ -59,7 +61,8 @@ class GeneratorServer:
     items, cost_s}; the multiplexed model id is the job's `model` key (checkpoint
     path + params)."""
 
-    def __init__(self, kind: str, config: dict, checkpoint_roots: list[str], scorers: list[dict]):
+    def __init__(self, kind: str, config: dict, checkpoint_roots: list[str], scorers: list[dict],
+                 registry_roots: list[str] = ()):
         import ray
 
         cfg = GeneratorConfig.model_validate(config)
@@ -68,6 +71,7 @@ class GeneratorServer:
         self.classes = getattr(self.cls, "classes", None)
         self.device = "cuda" if ray.get_gpu_ids() else "cpu"
         self.roots = normalize_roots(checkpoint_roots)
+        self.registry_roots = list(registry_roots)
         self.scorers = [import_object(s["import_path"])(**s.get("kwargs", {})) for s in scorers]
         self.cfg = cfg
         self.loaded: dict[str, dict] = {}
@@ -90,7 +94,7 @@ class GeneratorServer:
         checkpoint = key["checkpoint"] or None
         if checkpoint is not None and not inside_roots(checkpoint, self.roots):  # defence in depth
             raise CheckpointRefused("checkpoint outside the configured checkpoint roots")
-        check_param_paths(key["params"], self.roots)
+        check_param_paths(key["params"], self.roots, self.registry_roots)
         t0 = time.perf_counter()
         params = {**self.cfg.params, **key["params"]}
         generator = await asyncio.to_thread(self.cls.load, checkpoint, params, self.device)
@@ -164,7 +168,7 @@ class GeneratorServer:
         for i, job in enumerate(jobs):
             try:  # items carry params too: the same rule as the model's
                 for item in job["items"]:
-                    check_param_paths(item.params, self.roots)
+                    check_param_paths(item.params, self.roots, self.registry_roots)
             except ParamPathRefused as e:
                 results[i] = self._load_failure(e, job)
                 continue
@@ -181,13 +185,13 @@ class GeneratorServer:
                     results[i] = self._answer(images)
             except Exception as e:  # noqa: BLE001
                 if len(idx) == 1:
-                    results[idx[0]] = self._failure(e, jobs[idx[0]])
+                    results[idx[0]] = self._generate_failure(e, jobs[idx[0]])
                     continue
                 for i in idx:
                     try:
                         results[i] = self._answer((await self._generate(model, [jobs[i]]))[0])
                     except Exception as e1:  # noqa: BLE001
-                        results[i] = self._failure(e1, jobs[i])
+                        results[i] = self._generate_failure(e1, jobs[i])
         return results  # type: ignore[return-value]
 
     @staticmethod
@@ -245,13 +249,16 @@ class GeneratorServer:
         return out
 
     def _hide_roots(self, text: str) -> str:
-        """Server paths never leave the server: checkpoint roots become a placeholder."""
+        """Server paths never leave the server: the roots become placeholders."""
+        for root in self.registry_roots:
+            text = text.replace(root, "<registry root>").replace(root.removeprefix("file://"), "<registry root>")
         for root in self.roots:
             text = text.replace(str(root), "<checkpoint root>")
         return text
 
     def _load_failure(self, e: Exception, job: dict) -> dict:
-        if isinstance(e, (CheckpointRefused, CheckpointError, ValueError)):  # the request's fault: 422
+        # the request's fault (it named a file or dataset that is missing or unusable): 422
+        if isinstance(e, (CheckpointRefused, CheckpointError, ValueError, FileNotFoundError, StorageError)):
             message = self._hide_roots(str(e))
             if isinstance(e, ParamPathRefused):
                 field = e.loc
@@ -261,6 +268,19 @@ class GeneratorServer:
                 field = "params" if not job["checkpoint_name"] else "checkpoint"
             return {"ok": False, "status": 422, "field": job["field_prefix"] + field, "message": f"{self.kind} could not load: {message}"}
         return self._failure(e, job)
+
+    def _generate_failure(self, e: Exception, job: dict) -> dict:
+        """generate() failed on this job alone. ValueError / CheckpointError: it refused the
+        request's input (transplant and PDIG for a class their source or checkpoint lacks,
+        DG2GAN for a class without a model), so 422 with its message; logged with an id
+        all the same, in case it was a bug. Anything else: 500."""
+        if not isinstance(e, (ValueError, CheckpointError)):
+            return self._failure(e, job)
+        error_id = uuid.uuid4().hex[:12]
+        logger.warning("error %s: generator %s refused a request: %s: %s", error_id, self.kind, type(e).__name__, e)
+        field = job["field_prefix"] + ("boxes" if job["field_prefix"] else "class")
+        return {"ok": False, "status": 422, "field": field, "error_id": error_id,
+                "message": f"{self.kind} cannot generate this request: {self._hide_roots(str(e))}"}
 
     def _failure(self, e: Exception, job: dict) -> dict:
         error_id = uuid.uuid4().hex[:12]

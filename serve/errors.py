@@ -1,18 +1,25 @@
 """How the API says no: one JSON error shape (`ErrorResponse`) for every refusal.
 
-400 bad JSON, 413 body over `max_request_bytes`, 422 anything invalid (`field`
-names it), 503 + Retry-After when the family is saturated, 500 a generator failure
-(with an `error_id` that is in the server log). `install(api)` wires the handlers
-and the body-size limit into the FastAPI app.
+400 bad JSON (or nested deeper than MAX_JSON_DEPTH), 404/405 unknown route or
+method, 413 body over `max_request_bytes`, 422 anything invalid (`field` names it),
+503 + Retry-After when the family is saturated, 500 a generator failure (with an
+`error_id` that is in the server log). `install(api)` wires the handlers and the
+body limits into the FastAPI app, so nothing answers in another shape.
 """
 
 from __future__ import annotations
 
+import logging
+import uuid
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
-from serve.schemas import ErrorResponse
+from serve.schemas import MAX_JSON_DEPTH, ErrorResponse, too_deep
+
+logger = logging.getLogger("ray.serve")
 
 
 class ApiError(Exception):
@@ -39,9 +46,10 @@ def field_name(loc: tuple) -> str:
     return out or "body"
 
 
-class BodySizeLimit:
-    """Pure ASGI middleware: refuse bodies over the limit with 413 before anything
-    parses them. The body is buffered (it is small by construction) and replayed."""
+class BodyLimits:
+    """Pure ASGI middleware: refuse bodies over the size limit (413) or nested deeper
+    than MAX_JSON_DEPTH (400) before anything parses them. The body is buffered (it is
+    small by construction) and replayed."""
 
     def __init__(self, app):
         self.app = app
@@ -65,6 +73,9 @@ class BodySizeLimit:
                 return await self._refuse(scope, receive, send, limit)
             more = message.get("more_body", False)
         body, replayed = b"".join(chunks), False
+        if too_deep(body.decode("latin-1")):  # bytes 1:1; brackets and quotes are ASCII
+            message = f"the request body is nested deeper than {MAX_JSON_DEPTH} levels"
+            return await error_response(400, "body", message)(scope, receive, send)
 
         async def replay():
             nonlocal replayed
@@ -92,10 +103,26 @@ async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
     return error_response(exc.status, exc.field, exc.message, exc.error_id, retry_after_s=exc.retry_after_s)
 
 
+async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    """FastAPI's own refusals (a body it cannot parse, unknown route, wrong method) in our shape."""
+    response = error_response(exc.status_code, "body" if exc.status_code == 400 else None, str(exc.detail))
+    response.headers.update(exc.headers or {})
+    return response
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    """A bug in the ingress: an id in the log, and the error shape rather than plain text."""
+    error_id = uuid.uuid4().hex[:12]
+    logger.exception("error %s: the ingress failed on %s %s", error_id, request.method, request.url.path, exc_info=exc)
+    return error_response(500, None, f"internal error; error id {error_id} is in the server log", error_id)
+
+
 def install(api: FastAPI) -> None:
-    api.add_middleware(BodySizeLimit)
+    api.add_middleware(BodyLimits)
     api.add_exception_handler(RequestValidationError, _validation_error)
     api.add_exception_handler(ApiError, _api_error)
+    api.add_exception_handler(HTTPException, _http_error)
+    api.add_exception_handler(Exception, _unexpected)
 
 
 RESPONSES = {s: {"model": ErrorResponse} for s in (400, 413, 422, 500, 503)}

@@ -1,6 +1,6 @@
 """The HTTP front: a FastAPI app in a Serve deployment (`Ingress`).
 
-    client --HTTP/JSON--> Ingress (validation, checkpoint roots, work budget, error ids)
+    client --HTTP/JSON--> Ingress (validation, checkpoint and registry roots, work budget, error ids)
            --handle, multiplexed_model_id = (checkpoint, params)--> GeneratorServer[kind]
 
 The ingress refuses every bad request (4xx naming the field) before a generator
@@ -30,7 +30,8 @@ from factory.core import Box, WorkItem
 from factory.planning import draw_style
 from factory.spec.model import DomainSpec
 from serve.budget import WorkCost, over_budget_message, request_cost_s
-from serve.checkpoints import CheckpointRefused, ParamPathRefused, normalize_roots, resolve_checkpoint, resolve_param_paths
+from serve.checkpoints import (CheckpointRefused, ParamPathRefused, normalize_roots, resolve_checkpoint,
+                               resolve_param_paths)
 from serve.config import package_version
 from serve.errors import RESPONSES, ApiError, install
 from serve.schemas import GenerateRequest, GenerateResponse, WorkItemIn
@@ -91,12 +92,14 @@ def published_item(w: WorkItemIn, params: dict) -> WorkItem:
 @serve.deployment
 @serve.ingress(api)
 class Ingress:
-    def __init__(self, generators: dict, limits: dict[str, dict], checkpoint_roots: list[str], max_request_bytes: int):
+    def __init__(self, generators: dict, limits: dict[str, dict], checkpoint_roots: list[str], max_request_bytes: int,
+                 registry_roots: list[str] = ()):
         api.state.max_request_bytes = max_request_bytes
         self.handles = generators
         self.costs = {k: WorkCost.model_validate(v["cost"]) for k, v in limits.items()}
         self.retry_after = {k: int(v["retry_after_s"]) for k, v in limits.items()}
         self.roots = normalize_roots(checkpoint_roots)
+        self.registry_roots = list(registry_roots)  # URIs, normalized by build_app
         self._info: dict[str, dict] = {}
         self.in_flight = {k: 0 for k in generators}
         self.saturated_at = {k: 0.0 for k in generators}  # when the family last answered 503
@@ -138,7 +141,8 @@ class Ingress:
             info = await handle.info.remote()
             self._info[kind] = info
             out.append({**info, "cost": self.costs[kind].model_dump()})
-        return {"version": __version__, "checkpoint_roots": len(self.roots), "generators": out}
+        return {"version": __version__, "checkpoint_roots": len(self.roots), "registry_roots": len(self.registry_roots),
+                "generators": out}
 
     @api.post("/v1/generate", response_model=GenerateResponse, responses=RESPONSES)
     async def generate(self, req: GenerateRequest) -> GenerateResponse:
@@ -172,7 +176,7 @@ class Ingress:
             except CheckpointRefused as e:
                 raise ApiError(422, prefix + "checkpoint", str(e)) from None
         try:
-            params = resolve_param_paths(source.params, self.roots)
+            params = resolve_param_paths(source.params, self.roots, self.registry_roots)
         except ParamPathRefused as e:
             raise ApiError(422, prefix + e.loc, str(e)) from None
         items = [published_item(source, params)] if prefix else build_items(req, class_id, checkpoint_name, params)

@@ -23,10 +23,32 @@ MAX_N = 16  # images per request
 MAX_PARAMS_JSON = 4096  # bytes of generator params (they become part of the model key)
 MAX_SEED = 2**63 - 1
 MAX_CHECKPOINT_NAME = 256
+MAX_JSON_DEPTH = 32  # nesting of [ and { in a body (a real request needs 5): deeper never reaches a parser
 # a checkpoint is a name relative to a configured root: segments of safe characters
 # that never start with a dot, so `..`, absolute paths, `~`, URI schemes and
 # backslashes cannot be expressed at all.
 CHECKPOINT_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*(/[A-Za-z0-9_][A-Za-z0-9_.\-]*)*$")
+
+
+_JSON_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+def too_deep(text: str) -> bool:
+    """Whether JSON text nests [ and { deeper than MAX_JSON_DEPTH (strings skipped).
+    Checked before any parser sees the text: Python's json (and so FastAPI's body
+    parsing) recurses per level, and 40 KB of brackets is a RecursionError (a 500) there."""
+    if text.count("[") + text.count("{") <= MAX_JSON_DEPTH:
+        return False  # the common case: two counts
+    depth = 0
+    for m in _JSON_TOKENS.finditer(text):
+        t = m.group()
+        if t == "[" or t == "{":
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                return True
+        elif t == "]" or t == "}":
+            depth -= 1
+    return False
 
 
 class _Strict(BaseModel):
@@ -157,6 +179,8 @@ class GenerateRequest(_Strict):
     @classmethod
     def _work_item_text(cls, v: Any) -> Any:
         if isinstance(v, str):  # as stored in a dataset's Parquet `work_item` column
+            if too_deep(v):
+                raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels")
             try:
                 return json.loads(v)
             except json.JSONDecodeError:

@@ -29,11 +29,14 @@ BENCH = REPO / "benchmarks"
 SMOKE = {
     "procedural.py": ([], [], "| image "),
     "pipeline.py": ([], [], "accepted images/s"),
+    "outage.py": ([], [], "| phase "),
     "serve.py": ([], [], "| @serve.batch | concurrency |"),
     "serve.py --costs": (["--costs"], [], "| what | CPU s per megapixel of |"),
+    "serve_probe.py": ([], [], "| probe "),
     "pdig.py": ([], [], "variant"),
     "gate_audit.py": (["--methods", "uiidd-disc"], [], "| method "),  # anomaly.py covers uiidd
     "anomaly.py": (["--datasets", "mt", "--methods", "uiidd"], ["magnetic_tile"], "| data "),
+    "box_check.py": ([], ["deeppcb"], "| data "),
     "dg2gan.py": ([], ["crackforest"], "KID"),
     "realism.py": (["--domain", "pv"], ["pv_vision_crack"], "| arm "),
     "value.py": (["--arm", "procedural=benchmarks/specs/value-procedural-pv.yaml",

@@ -249,6 +249,11 @@ def test_same_seed_same_image(server):
         ({"n": 16, "image": {"width": 1024, "height": 1024}}, 422, "n"),  # too many pixels in one response
         ({"style": {"brightness": 2}}, 422, "style.brightness"),
         ({"colour": "red"}, 422, "colour"),  # unknown keys are errors, not ignored
+        # issue 28: no registry roots here, so NAME@VERSION names nothing (it used to read ./datasets)
+        ({"params": {"background": "references", "references": ["demo@1"]}}, 422, "params.references[0]"),
+        ({"generator": "toy", "checkpoint": "toy/a.json", "params": {"source": "demo@latest"}}, 422, "params.source"),
+        ({"params": {"background": "references", "references": "etc"}}, 422, "params.references"),  # was a 500
+        ({"work_item": "[" * 3000 + "]" * 3000}, 422, "work_item"),  # was a plain-text 500 (issue: 20,000 levels)
     ],
 )
 def test_bad_requests_get_4xx_naming_the_field(server, overrides, status, field):
@@ -256,6 +261,11 @@ def test_bad_requests_get_4xx_naming_the_field(server, overrides, status, field)
     assert r.status_code == status, r.text
     err = r.json()["error"]
     assert err["field"] == field and err["message"]
+
+
+def test_registry_refs_without_registry_roots_say_what_to_configure(server):
+    r = gen(server, params={"background": "references", "references": ["demo@1"]})
+    assert r.status_code == 422 and "registry_roots" in r.json()["error"]["message"], r.text
 
 
 def test_bad_json_and_oversized_body(server):

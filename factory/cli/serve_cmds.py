@@ -21,6 +21,8 @@ def serve_cmd(
     port: int | None = typer.Option(None, help="HTTP port (default: the config's http_options.port)."),
     config: Path | None = typer.Option(None, help="Serve config file whose http_options and app args to use (default: serve/config.yaml)."),
     checkpoint_root: list[Path] = typer.Option([], help="Checkpoint root (repeatable); replaces the config's roots."),
+    registry_root: list[str] = typer.Option([], help="Dataset registry root, a path or s3:// URI (repeatable), where "
+                                            "request NAME@VERSION references resolve; replaces the config's registry_roots."),
     no_batching: bool = typer.Option(False, "--no-batching", help="Turn @serve.batch off (one generate() per request)."),
 ) -> None:
     """Start the online generation API (docs at /docs). Embedded: runs until Ctrl-C.
@@ -39,6 +41,8 @@ def serve_cmd(
     options = http_options(config, host, port)
     if checkpoint_root:
         args["checkpoint_roots"] = [str(p.resolve()) for p in checkpoint_root]
+    if registry_root:
+        args["registry_roots"] = [r if "://" in r else str(Path(r).resolve()) for r in registry_root]
     if no_batching:
         args.setdefault("defaults", {})["batching"] = False
     ensure_ray(address)
