@@ -44,3 +44,11 @@ def test_retrain_help_shows_the_defaults():
                           ("--schedule", d.schedule), ("--finetune-fraction", d.finetune_fraction),
                           ("--synthetic-ratio", d.synthetic_ratio), ("--model", d.model)]:
         assert f"[default: ({value})]" in rows[option], rows[option]
+
+
+def test_counts_of_one_are_singular(tmp_path):
+    spec = tmp_path / "one.yaml"
+    spec.write_text("name: one\ncount: 1\nimage: {width: 64, height: 64}\ndefects: [{class: crack}]\n")
+    r = CliRunner().invoke(app, ["validate", str(spec)])
+    assert r.exit_code == 0, r.output
+    assert "1 image" in r.output and "1 images" not in r.output

@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 
 from factory.cli.app import app
-from factory.cli.common import EXIT_INVALID, console, fail
+from factory.cli.common import EXIT_INVALID, console, fail, plural
 from factory.ray_runtime import ensure_ray
 
 
@@ -181,4 +181,4 @@ def generate_cmd(
         (out / f"{stem}.txt").write_text("".join(line + "\n" for line in yolo_lines(im["boxes"], im["width"], im["height"])))
         verdict = im.get("verdict")
         gate = "" if verdict is None else (" gate: accepted" if verdict["accepted"] else f" gate: rejected ({'; '.join(verdict['reasons'])})")
-        console.print(f"wrote {out / (stem + '.png')} + .txt: seed {im['seed']}, {len(im['boxes'])} boxes{gate}")
+        console.print(f"wrote {out / (stem + '.png')} + .txt: seed {im['seed']}, {plural(len(im['boxes']), 'box', 'boxes')}{gate}")

@@ -40,7 +40,7 @@ def validate(
             err_console.print(f"[bold red]invalid spec[/] {escape(line)}", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_INVALID) from None
     console.print(
-        f"[green]ok[/] {escape(cut(str(spec), 100))}: [bold]{s.name}[/] v{s.version or '(next)'} - {s.count} images "
+        f"[green]ok[/] {escape(cut(str(spec), 100))}: [bold]{s.name}[/] v{s.version or '(next)'} - {plural(s.count, 'image')} "
         f"{s.image.width}x{s.image.height}x{s.image.channels}, {_names('class', 'classes', s.class_names)}, "
         f"{_names('generator', 'generators', [g.kind for g in s.generators])}; spec hash {s.spec_hash()[:12]}",
         highlight=False, soft_wrap=True,
