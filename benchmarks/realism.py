@@ -1,7 +1,8 @@
 """Realism of each generator arm against held-out real images of the line: C2ST
 accuracy (a from-scratch CNN at 64 px telling generated from real, k-fold; 0.5 =
 indistinguishable) on whole images and on box crops (square crops 1.5x a box's
-longer side around every box, at 64 px: the defects, not the backgrounds), KID/FID
+longer side around every box, at 64 px: the defects, not the backgrounds; generated
+crops are those of pasted defects only, never a labelled background's own), KID/FID
 with the in-domain extractor (trained on the real reference images only), plus
 generation images/s on one core.
 
@@ -138,7 +139,9 @@ def pcb_setup(data: Path, work: Path, n: int, rng, limit: int | None = None) -> 
     floor = [train[i] for i in rng.choice(len(train), min(n, len(val)), replace=False)]
     return {"spec": spec, "proc_classes": None, "refs": [str(s.template) for s in train], "source": source,
             "old_source": old, "real": [s.image_path for s in val], "real_boxes": [s.boxes for s in val],
-            "floor": [s.image_path for s in floor], "floor_boxes": [s.boxes for s in floor]}
+            "floor": [s.image_path for s in floor], "floor_boxes": [s.boxes for s in floor],
+            # the floor boards' golden templates at their boxes: the background gap alone (no defect in any crop)
+            "bare": [str(s.template) for s in floor]}
 
 
 def arms(setup: dict) -> dict[str, dict]:
@@ -155,6 +158,9 @@ def arms(setup: dict) -> dict[str, dict]:
             "+ templates, mixed blends": transplant(setup["source"], **dict(old, blend="mixed")),
             "+ templates, new shapes": transplant(setup["source"], **dict(old, elastic=2, contrast=[0.8, 1.25])),
             "transplant, all (the defaults)": transplant(setup["source"]),
+            "transplant, all, JPEG q75 (the boards' own)": transplant(setup["source"], jpeg_quality=75),
+            "transplant, all, backgrounds: both": transplant(setup["source"], backgrounds="both"),
+            "transplant, all, backgrounds: labelled": transplant(setup["source"], backgrounds="labelled"),
         }
     proc = dict(base, defects=setup["proc_classes"] or base["defects"])
     return {
@@ -189,6 +195,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=172, help="images per side (capped by the reference set)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="C2ST seeds (each a 5-fold run)")
     ap.add_argument("--grid", type=Path, default=None, help="write real | procedural | fitted | transplant rows here")
+    ap.add_argument("--only", nargs="+", help="run only the arms whose names contain one of these")
     ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP + "; 20 images per side, 1 seed, 16 references; "
                     "pv: the first 40 images of each split")
     args = ap.parse_args()
@@ -234,14 +241,21 @@ def main() -> None:
     if args.smoke:  # the script's paths, not every arm: the first, the defaults, and the grid's columns
         keep = {next(iter(chosen)), "transplant, all (the defaults)"} | (set(GRID_COLUMNS) if args.grid else set())
         chosen = {k: v for k, v in chosen.items() if k in keep}
+    if args.only:
+        chosen = {k: v for k, v in chosen.items() if any(o in k for o in args.only)}
     for name, spec_dict in chosen.items():
         samples, rate, spec = generate(dict(spec_dict, count=n), n)
         generated[name] = (samples, spec)
-        crops = box_crops([(sm.image, sm.boxes) for sm in samples])
+        # pasted boxes only: a labelled background's own (real) boxes come last and are left out
+        kept = lambda sm: sm.meta.get("provenance", {}).get("kept_boxes", 0)  # noqa: E731
+        crops = box_crops([(sm.image, sm.boxes[:len(sm.boxes) - kept(sm)]) for sm in samples])
         rows.append(row(name, score([square(sm.image[:, :, 0]) for sm in samples], crops), f"{rate:.1f}"))
         print(" | ".join(rows[-1]), flush=True)
     floor_crops = box_crops([(grey(p), b) for p, b in zip(setup["floor"], setup["floor_boxes"])])
     rows.append(row("real vs real floor (train vs reference)", score([square(p) for p in setup["floor"]], floor_crops), "-"))
+    if "bare" in setup:  # the floor boards' templates cropped at the floor boards' boxes: no defect in any crop
+        bare_crops = box_crops([(grey(p), b) for p, b in zip(setup["bare"], setup["floor_boxes"])])
+        rows.append(row("no defect: templates at the floor's boxes", score([square(p) for p in setup["bare"]], bare_crops), "-"))
     rows.append(["DG2GAN", "not run: no checkpoint at hand", "", "", "", ""])
     print(f"\n{args.domain}: {n} images per side, C2ST at 64 px (5-fold, seeds {args.seeds}; ± = std over seeds, "
           "or over folds with one seed; box crops: 1.5x the box, at most 500 per side, count in brackets), "

@@ -330,3 +330,20 @@ def test_anomaly_gate_leaves_the_outside_to_the_exact_test():
     box = [Box(0, "crack", 3, 3, 9, 9)]
     assert "outside_anomaly" in [r.code for r in gate.assess(heat, box).reasons]
     assert "outside_anomaly" not in [r.code for r in gate.assess(heat, box, outside_known=True).reasons]
+
+
+def test_jpeg_quality_gives_pastes_the_codec_noise_and_keeps_the_outside_exact(world):
+    """`jpeg_quality`: the finished image goes through JPEG at the line's quality, so the
+    pasted pixels carry its noise as the background does; 8x8 blocks without a change
+    decode as the background's own, so the exact outside test still holds."""
+    from factory.quality import OutsideExactScorer
+
+    spec = _spec(world, "mixed")
+    spec.generators[0].params["jpeg_quality"] = 75
+    gen = _generator(spec)
+    items = [it for it in plan(spec, n=12) if it.boxes]
+    samples = gen.generate(items)
+    plain = _generator(_spec(world, "mixed")).generate(items)
+    assert any(not np.array_equal(a.image, b.image) for a, b in zip(samples, plain))
+    assert [v.reasons for v in OutsideExactScorer().score(samples)] == [[]] * len(samples)
+    assert np.array_equal(gen.generate(items[:1])[0].image, samples[0].image)  # deterministic

@@ -30,9 +30,8 @@ from pydantic import Field, field_validator
 
 from factory.core import Box, Sample, WorkItem
 from factory.generators.base import GeneratorParams
+from factory.generators.references import background_uris, load_background, qualify, qualify_references, reference_problems
 from factory.generators.transplant.bank import load_bank, nearest
-from factory.generators.references import (background_uris, load_background, qualify, qualify_references,
-                                           reference_problems)
 from factory.generators.transplant.sources import Labelled, check_source, labelled_backgrounds, load_labelled
 
 
@@ -54,6 +53,9 @@ class TransplantParams(GeneratorParams):
     jitter: float = Field(0.04, ge=0, le=0.5)  # background gain/gamma change (offset a quarter of it); not on binary images
     backgrounds: Literal["defect_free", "labelled", "both"] = "defect_free"  # labelled: the source's train images, boxes kept
     min_visible: float = Field(0.3, ge=0, le=1)  # a paste changing fewer of its pixels than this is undone, its box dropped
+    # the finished image through JPEG at the line's own quality (e.g. 75 for DeepPCB's boards), so that pasted
+    # pixels carry the codec's noise as the rest does; None: no re-encoding
+    jpeg_quality: int | None = Field(None, ge=1, le=100)
     classes: list[str] | None = None  # the spec's class names in id order (set from the spec: kept boxes' ids)
     max_per_class: int = Field(5000, ge=1)  # instances read per class
     candidates: int = Field(16, ge=1)  # per box, one of this many instances closest in size and aspect
@@ -163,11 +165,16 @@ class TransplantGenerator:
             boxes.append(b)
             final[(kept_map == k) & (final == 0)] = len(boxes)
         image = np.clip(np.round(canvas), 0, 255).astype(np.uint8)
+        blend_px = margin(p.feather)
+        if p.jpeg_quality:  # blocks (8 px) without a changed pixel decode exactly as the background's own
+            image, background = (_jpeg(a, p.jpeg_quality) for a in (image, background[:, :, 0]))
+            background = np.repeat(background[:, :, None], item.channels, axis=2)
+            blend_px += 8
         image = np.repeat(image[:, :, None], item.channels, axis=2)
         meta = {"checkpoint": "", "reference": ref, "instances": used,
                 "provenance": {"reference": ref, "placement": p.placement, "pastes": pastes, "kept_boxes": len(kept)}}
         return Sample(item=item, image=image, boxes=boxes, mask=final, meta=meta, background=background,
-                      blend_px=margin(p.feather))
+                      blend_px=blend_px)
 
     def _background(self, item: WorkItem, rng: np.random.Generator):
         """(its URI, the augmented canvas, its grey levels if binary, kept boxes, their map):
@@ -217,6 +224,17 @@ class TransplantGenerator:
                 at = (first[0] + int(rng.integers(-h // 3, h // 3 + 1)), first[1] + int(rng.integers(-w // 3, w // 3 + 1)), None)
             out.append((inst, at, v, p.blend if p.blend != "mixed" else BLENDS[int(rng.integers(len(BLENDS)))]))
         return out
+
+
+def _jpeg(grey: np.ndarray, quality: int) -> np.ndarray:
+    """HxW uint8 through a baseline greyscale JPEG at `quality` and back (deterministic)."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(grey).save(buf, format="JPEG", quality=quality)
+    return np.asarray(Image.open(io.BytesIO(buf.getvalue())))
 
 
 def _tight_boxes(planned: Sequence[Box], mask: np.ndarray,
