@@ -125,7 +125,8 @@ def load_deeppcb(root: Path, patch, max_test: int | None, max_train: int | None,
 
     groups = sorted(p for p in root.glob("group*") if p.is_dir())
     train_g, test_g = groups[:-test_groups], groups[-test_groups:]
-    temp = lambda gs: sorted(f for g in gs for f in g.glob("*/*_temp.jpg"))
+    def temp(gs):
+        return sorted(f for g in gs for f in g.glob("*/*_temp.jpg"))
     train = [rescale(read_image(f), patch) for f in _take(temp(train_g), max_train, 4)]
     normal = [rescale(read_image(f), patch) for f in _take(temp(test_g), max_test, 2)]
     tested = sorted(f for g in test_g for f in g.glob("*/*_test.jpg"))
@@ -141,7 +142,7 @@ def run_one(name: str, data, method: str, seed: int, args, bank_source: str = "n
     if method == "patchcore":
         return run_patchcore(name, data, seed, args)
     if bank_source == "real" and not bank:
-        raise SystemExit(f"--banks real needs real defects set aside: give --bank-split > 0 (magnetic tile only)")
+        raise SystemExit("--banks real needs real defects set aside: give --bank-split > 0 (magnetic tile only)")
     cfg = AnomalyTrainConfig(method=method, patch_size=args.patch, scale=args.scale, patches_per_image=args.patches_per_image,
                              epochs=args.epochs, width=args.width, fused=2 * args.width, bottleneck=args.width,
                              head_width=args.width, threads=args.threads, seed=seed, batch_size=args.batch)

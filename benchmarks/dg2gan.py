@@ -24,7 +24,6 @@ defect-free inputs (what "no generator" scores).
 
 from __future__ import annotations
 
-from common import SMOKE_HELP, machine  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 import argparse
 import json
 import os
@@ -35,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import SMOKE_HELP, machine  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -218,9 +218,9 @@ def main(argv: list[str] | None = None) -> None:
     from rich.progress import Progress
     from rich.table import Table
 
+    from factory.data.folders import scan
     from factory.storage.uri import to_uri
     from factory.training.dg2gan import TrainConfig, train
-    from factory.data.folders import scan
     from factory.training.images import load_crops, split_records
 
     console = Console(width=160)

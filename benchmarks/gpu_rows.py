@@ -52,8 +52,8 @@ def _timed(fn, reps: int, sync) -> float:
 
 def dg2gan(dev: str, dry: bool, work: Path) -> list[dict]:
     import torch
-
     from dg2gan import PRESETS
+
     from factory.generators.dg2gan.model import DG2GANConfig, build
 
     p = PRESETS["cpu-small" if dry else "full"]
@@ -112,8 +112,8 @@ def trainers(dev: str, dry: bool, work: Path) -> list[dict]:
 
 def _train_dg2gan(dev, dry, work):
     import torch
-
     from dg2gan import PRESETS
+
     from factory.generators.dg2gan.model import DG2GANConfig, build
     from factory.training.dg2gan import make_optimizers, train_step
 
@@ -148,10 +148,9 @@ def _train_anomaly(dev, dry, work):
 
 def _train_pdig(dev, dry, work):
     import torch
-
-    from factory.generators.pdig.adapter import create_parts
     from diffusers import DDIMScheduler
 
+    from factory.generators.pdig.adapter import create_parts
     from factory.generators.pdig.base_model import SCHEDULER, SD15, TINY, build_random_base
     from factory.training.pdig import _module
 

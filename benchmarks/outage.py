@@ -40,7 +40,6 @@ output is printed).
 
 from __future__ import annotations
 
-from common import machine, table  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 import argparse
 import os
 import shutil
@@ -50,6 +49,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+from common import machine, table  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))

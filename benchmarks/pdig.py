@@ -15,7 +15,6 @@ row with the UNet's guidance passes under torch.compile (GPU; compile time repor
 
 from __future__ import annotations
 
-from common import SMOKE_HELP, machine  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 import argparse
 import json
 import os
@@ -23,12 +22,13 @@ import subprocess
 import sys
 import time
 
+from common import SMOKE_HELP, machine  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
+
 VARIANTS = ("pdig+tidsc", "pdig", "diffusers-sd")
 
 
 def build(full: bool, device: str):
     import torch
-
     from diffusers import DDIMScheduler
 
     from factory.generators.pdig.base_model import SCHEDULER, SD15, TINY, build_random_base

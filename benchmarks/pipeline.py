@@ -19,7 +19,6 @@ busy machine).
 
 from __future__ import annotations
 
-from common import SMOKE_HELP, machine, smoke_ray  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 import argparse
 import os
 import shutil
@@ -27,6 +26,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from common import SMOKE_HELP, machine, smoke_ray  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
@@ -48,9 +49,9 @@ def bench_spec(count: int, size: int, shard: int):
 def plain_loop(spec, out: str, generator_only: bool = False) -> tuple[float, float]:
     """The same work in one process, no Ray: (images/s accepted, CPU ms per image)."""
     from factory.generators.base import load_generator
-    from factory.quality import build_scorers
     from factory.pipeline.stages import split_of
     from factory.planning import iter_plan
+    from factory.quality import build_scorers
     from factory.quality.base import score_all
     from factory.storage.shards import sinks_for
     from factory.viz import png_bytes

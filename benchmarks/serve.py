@@ -14,7 +14,6 @@ to 127.0.0.1 only. Prints a table naming the machine; --json writes the numbers.
 
 from __future__ import annotations
 
-from common import SMOKE_HELP, machine  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 import argparse
 import json
 import os
@@ -23,6 +22,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from common import SMOKE_HELP, machine  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 HOST = "127.0.0.1"
 

@@ -10,8 +10,10 @@ serialization. Nothing here imports another factory module.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
+from urllib.parse import urlparse
 
 import numpy as np
 
@@ -170,3 +172,17 @@ class Reason:
     def parse(cls, text: str) -> "Reason":
         code, _, detail = str(text).partition(":")
         return cls(code.strip(), detail.strip())
+
+
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+
+
+def uri_problem(text: str) -> str | None:
+    """Why `text` is neither a `file://`/`s3://` URI nor a plain path, or None. A
+    scheme written wrong (`s3:/bucket`, one slash) would otherwise name a local
+    folder `s3:`, and the data would land there while the user looks in S3."""
+    if text.startswith("s3://"):
+        return None if urlparse(text).netloc else f"an s3 URI needs a bucket (s3://bucket/prefix), got {text[:80]!r}"
+    if text.startswith("file://") or not _SCHEME.match(text):
+        return None
+    return f"scheme must be file:// or s3:// (s3://bucket/prefix, file:///path), or a plain path, got {text[:80]!r}"

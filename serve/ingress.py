@@ -30,8 +30,7 @@ from factory.core import Box, WorkItem
 from factory.planning import draw_style
 from factory.spec.model import DomainSpec
 from serve.budget import WorkCost, over_budget_message, request_cost_s
-from serve.checkpoints import (CheckpointRefused, ParamPathRefused, normalize_roots, resolve_checkpoint,
-                               resolve_param_paths)
+from serve.checkpoints import CheckpointRefused, ParamPathRefused, normalize_roots, resolve_checkpoint, resolve_param_paths
 from serve.config import package_version
 from serve.errors import RESPONSES, ApiError, install
 from serve.schemas import GenerateRequest, GenerateResponse, WorkItemIn

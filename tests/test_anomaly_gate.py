@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from factory.core import Box, Sample, WorkItem
+from factory.core import Sample
 
 
 def _flat(n, S=32, seed=0, level=0.5):
@@ -168,9 +168,8 @@ def test_audit_without_anomaly_model_counts_by_construction():
     """Without an anomaly checkpoint only sanity catches anything: blank and saturated are
     rejected, erased and moved defects pass (the reason the gate needs the anomaly model)."""
     from factory.quality.audit import audit
-    from factory.spec.model import DatasetSpec
-
     from factory.quality.validate import CLASSES
+    from factory.spec.model import DatasetSpec
 
     spec = DatasetSpec(name="t", count=4, image={"width": 64, "height": 64}, defects=[{"class": c} for c in CLASSES],
                        quality={"duplicate_distance": -1})

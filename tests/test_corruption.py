@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from test_pull_safety import everything, png, relist, tiny_version
 from typer.testing import CliRunner
 
 from factory.cli import app
 from factory.storage import StorageError, read_pandas
 from factory.storage import uri as U
-from test_pull_safety import everything, png, relist, tiny_version
 
 
 def invoke(*args: str):

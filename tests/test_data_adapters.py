@@ -14,8 +14,8 @@ from factory.data.adapters import load_real, magnetic_tile, publish_real, pv_vis
 from factory.data.masks import binary_to_boxes, mask_to_boxes
 from factory.data.vocab import PV_VISION_CLASSES
 from factory.formats import label_path, parse_yolo_lines, read_data_yaml, yolo_lines
-from factory.storage.registry import Registry
 from factory.retrain.offline import network_attempts
+from factory.storage.registry import Registry
 
 
 @pytest.fixture(autouse=True)

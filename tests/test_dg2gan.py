@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 import torch
 
+from factory.core import Box, WorkItem
+from factory.data.folders import scan
 from factory.generators.base import CheckpointError
 from factory.generators.dg2gan import DG2GANGenerator
 from factory.generators.dg2gan import losses as L
 from factory.generators.dg2gan.boxes import feather, plan_crop
 from factory.generators.dg2gan.checkpoint import find_runs, load_generators, resolve, save_checkpoint
 from factory.generators.dg2gan.model import DG2GANConfig, build
-from factory.core import Box, WorkItem
 from factory.training.dg2gan import TrainConfig, fit_local, lr_factor
-from factory.data.folders import scan
 from factory.training.images import clean_crops, defect_crops, load_crops
 
 torch.set_num_threads(2)

@@ -7,11 +7,11 @@ import hashlib
 from pathlib import Path
 
 import pytest
+from test_pipeline import tiny_spec
 
 from factory.pipeline import RunOptions, run_dataset
 from factory.spec import load_spec
 from factory.storage.registry import Registry, extras_for
-from test_pipeline import tiny_spec
 
 
 def digests(folder: Path) -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""The import contracts (pyproject.toml [tool.importlinter]): lower layers never import
+"""The import contracts (pyproject.toml [tool.importlinter]) and the lint (ruff): lower layers never import
 higher ones, and no generator family imports another. Checked on the tree as it is,
 and shown to fail on copies that break each."""
 
@@ -44,3 +44,12 @@ def test_a_family_importing_another_breaks_the_contract(tmp_path):
     init.write_text(init.read_text() + "\nfrom factory.generators.transplant import sources  # noqa: E402\n")
     r = _lint(root)
     assert r.returncode != 0 and "families BROKEN" in r.stdout, r.stdout[-3000:]
+
+
+def test_ruff_finds_nothing():
+    """The lint settings in pyproject.toml ([tool.ruff]: pyflakes, the error-prone
+    pycodestyle checks, sorted imports) hold for the whole tree."""
+    ruff = shutil.which("ruff", path=str(Path(sys.executable).parent)) or shutil.which("ruff")
+    assert ruff, "ruff is not installed (pip install -e '.[test]')"
+    r = subprocess.run([ruff, "check", "--no-cache", "."], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-1000:]

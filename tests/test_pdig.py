@@ -411,8 +411,8 @@ def test_ray_train_run_writes_a_small_checkpoint_the_generator_loads(ray_local, 
                                                                      monkeypatch):
     """Also: relative data and base paths (as the README writes them) are read by the
     workers from the caller's directory, and the base is recorded absolute."""
-    from factory.generators.base import load_generator
     from factory.core import Box, WorkItem
+    from factory.generators.base import load_generator
     from factory.training.pdig import PDIGTrainConfig, train_pdig
 
     out = tmp_path / "ckpt"

@@ -326,8 +326,9 @@ def test_near_duplicates_are_dataset_wide_and_independent_of_actors(ray_local, t
     distance): 1 and 2 actors publish the same samples byte for byte (the Parquet
     parts group them by range, and ranges follow the number of actors), no two
     published images are within the distance, and the dropped ones are counted."""
-    from factory.quality.sanity import hamming, phash
     from PIL import Image
+
+    from factory.quality.sanity import hamming, phash
 
     path = tiny_spec(tmp_path, count=16, size=48, shard=3, name="dups",
                      domain={"name": "flat", "brightness": [0.4, 0.4], "grid_pitch": [12, 12], "contrast": [0.1, 0.1]},

@@ -10,10 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from factory.core import Sample
-from factory.core import Box, WorkItem
+from factory.core import Box, Sample, WorkItem
 from factory.quality.anomaly.loss import (
-    LossWeights, discriminator_loss, feature_matching, generator_ns_loss, l2_penalty, mdaae_loss,
+    LossWeights,
+    discriminator_loss,
+    feature_matching,
+    generator_ns_loss,
+    l2_penalty,
+    mdaae_loss,
 )
 from factory.quality.anomaly.model import ModelConfig, MultiLevelFusion, SelfAttention, UIIDDModel
 from factory.quality.anomaly.thresholds import auroc, f1_max_threshold, recall_threshold, youden_threshold

@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
+from test_pipeline import tiny_spec
 from typer.testing import CliRunner
 
 from factory.cli import app
 from factory.pipeline.records import RejectSummary, SampleSummary, ShardRecord
 from factory.storage import Manifest, Registry
-from test_pipeline import tiny_spec
 
 
 def digests(folder: Path) -> dict[str, str]:

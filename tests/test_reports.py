@@ -11,11 +11,10 @@ import json
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
-
 from browser import check_page, chromium
 from test_pipeline import tiny_spec
 from test_retrain import SYN_SPEC, _publish_synthetic, real_yolo  # noqa: F401  (real_yolo: a fixture)
+from typer.testing import CliRunner
 
 from factory.cli import app
 

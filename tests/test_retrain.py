@@ -24,14 +24,14 @@ from typer.testing import CliRunner
 from factory.data.adapters import RealSet, pv_vision_crack, write_yolo, write_yolo_arrays
 from factory.generators.procedural import ProceduralELGenerator
 from factory.planning.plan import plan
-from factory.spec.load import parse_spec, spec_from_dict
-from factory.storage.registry import Registry
 from factory.retrain import config as C
 from factory.retrain import data as RD
 from factory.retrain import launch as L
 from factory.retrain import trigger as T
 from factory.retrain.offline import network_attempts
+from factory.spec.load import parse_spec, spec_from_dict
 from factory.spec.retrain import RetrainSettings
+from factory.storage.registry import Registry
 
 SYN_SPEC = {
     "name": "syn-el", "version": 1, "seed": 3, "count": 8, "image": {"width": 64, "height": 64},

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from typer.testing import CliRunner
 
 from factory.cli import app

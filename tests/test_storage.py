@@ -11,10 +11,10 @@ import pyarrow.parquet as pq
 import pytest
 from s3_server import s3_bucket, s3_server, start_moto, stop_moto  # noqa: F401
 
-from factory.storage import DatasetRef, PublishedError, Registry, StorageError, configure_storage, read_table
-from factory.storage import uri as U
 from factory.core import Box
 from factory.formats import yolo_text
+from factory.storage import DatasetRef, PublishedError, Registry, StorageError, configure_storage, read_table
+from factory.storage import uri as U
 from factory.storage.shards import ParquetSink, YoloSink
 
 

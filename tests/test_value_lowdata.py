@@ -32,8 +32,8 @@ def test_low_data_transplant_uses_only_the_seeds_subset(tmp_path, shared_data, r
     from factory import read_pandas
     from factory.core import WorkItem
     from factory.generators.checks import check_spec
-    from factory.generators.transplant import TransplantGenerator
     from factory.generators.references import train_files, tree_uri
+    from factory.generators.transplant import TransplantGenerator
     from factory.spec.load import spec_from_dict
     from factory.storage.registry import Registry
 

@@ -16,8 +16,9 @@ from typing import Iterator
 import typer
 from rich.console import Console
 from rich.markup import escape
-from factory.spec import SpecError, load_spec
+
 from factory.generators.base import CheckpointError
+from factory.spec import SpecError, load_spec
 
 # Piped output (CI logs, `| tee`) gets wide lines instead of rich's 80-column default,
 # so tables do not wrap mid-cell.

@@ -17,8 +17,17 @@ import typer
 from rich.table import Table
 
 from factory.cli.app import app, datasets_app
-from factory.cli.common import (EXIT_FAILED, EXIT_INVALID, console, err_console, fail, friendly_errors, load_spec_or_exit,
-                                plural, ray_output_to_log)
+from factory.cli.common import (
+    EXIT_FAILED,
+    EXIT_INVALID,
+    console,
+    err_console,
+    fail,
+    friendly_errors,
+    load_spec_or_exit,
+    plural,
+    ray_output_to_log,
+)
 from factory.ray_runtime import JobServerError, job_client
 
 if TYPE_CHECKING:

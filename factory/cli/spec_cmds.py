@@ -11,13 +11,13 @@ from rich.table import Table
 
 from factory.cli.app import app
 from factory.cli.common import EXIT_INVALID, console, err_console, fail, friendly_errors, load_spec_or_exit, plural
-from factory.spec import SpecError, load_spec
+from factory.data.folders import list_images
+from factory.generators.base import load_generator
 from factory.planning import iter_plan, planned_count
+from factory.spec import SpecError, load_spec
 from factory.spec.load import cut
 from factory.storage import uri as U
-from factory.generators.base import load_generator
 from factory.viz import draw_boxes, grid
-from factory.data.folders import list_images
 
 SpecArg = typer.Argument(..., help="Path to the dataset spec (YAML).", show_default=False)
 

@@ -37,13 +37,18 @@ from PIL import Image
 
 from factory.core import Box
 from factory.data.folders import read_mask
-from factory.data.instances import (binary_instances, difference_instances, encode_map, instance_map, instance_mask_path,
-                                    label_instances, template_path)
-from factory.data.vocab import (DEEPPCB_CLASSES, DEEPPCB_VAL_GROUPS, MAGNETIC_TILE_CLASSES, PV_VISION_CLASSES,
-                                PV_VISION_VALUES)
+from factory.data.instances import (
+    binary_instances,
+    difference_instances,
+    encode_map,
+    instance_map,
+    instance_mask_path,
+    label_instances,
+    template_path,
+)
+from factory.data.vocab import DEEPPCB_CLASSES, DEEPPCB_VAL_GROUPS, MAGNETIC_TILE_CLASSES, PV_VISION_CLASSES, PV_VISION_VALUES
 from factory.formats import IMAGE_SUFFIXES, label_path, parse_yolo_lines, read_data_yaml, yolo_lines
 from factory.viz import png_bytes
-
 
 
 @dataclass

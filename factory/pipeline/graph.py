@@ -12,13 +12,13 @@ import json
 import logging
 from dataclasses import dataclass
 
+from factory.generators.base import generator_class
 from factory.pipeline.options import RunOptions
 from factory.pipeline.records import ShardRecord
 from factory.pipeline.stages import GenerateStage, ScoreWriteStage, ShardTarget, generator_key
+from factory.quality import gate_gpus
 from factory.spec import DatasetSpec
 from factory.storage import uri as U
-from factory.generators.base import generator_class
-from factory.quality import gate_gpus
 
 log = logging.getLogger("factory.pipeline")
 

@@ -19,12 +19,12 @@ from typing import Any
 
 from factory.pipeline.options import RunError, RunOptions
 from factory.pipeline.records import SampleSummary
+from factory.pipeline.report import build_report
 from factory.pipeline.rounds import Dedupe, Shard, read_record
 from factory.spec import DatasetSpec
 from factory.storage import uri as U
 from factory.storage.registry import Registry, code_version
 from factory.storage.shards import sinks_for
-from factory.pipeline.report import build_report
 
 MAX_REPORT_BOXES = 50_000  # the report's box histograms use the first this many boxes (plan order is random)
 

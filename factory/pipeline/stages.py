@@ -25,15 +25,15 @@ import numpy as np
 
 from factory.core import Box, Reason, Sample, WorkItem
 from factory.formats import box_polygon, mask_polygons
+from factory.generators.base import load_generator
 from factory.pipeline.records import RejectSummary, SampleSummary, ShardRecord
 from factory.planning import iter_plan
-from factory.spec import DatasetSpec
-from factory.storage import uri as U
-from factory.storage.shards import REJECT_SCHEMA, ParquetSink, sinks_for
-from factory.generators.base import load_generator
 from factory.quality import build_scorers
 from factory.quality.base import Verdict, score_all
 from factory.quality.sanity import phash_of
+from factory.spec import DatasetSpec
+from factory.storage import uri as U
+from factory.storage.shards import REJECT_SCHEMA, ParquetSink, sinks_for
 from factory.viz import png_bytes
 
 VAL_EVERY = 10  # split_of's default val share is 1 / VAL_EVERY: plan index % 10 == 9 -> the YOLO "val" split

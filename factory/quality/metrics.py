@@ -19,19 +19,17 @@ from __future__ import annotations
 
 import io
 import json
-from pathlib import Path
 from collections import Counter
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from factory.core import Box, Reason
-from factory.storage.registry import extras_for
-from factory.quality.realism import (INDOMAIN_EXTRACTOR, c2st, grey_extractor_class, register_indomain,
-                                     train_indomain_extractor)
-from factory.storage import uri as U
-from factory.storage.registry import DatasetRef, Registry
 from factory.data.folders import list_images
+from factory.quality.realism import INDOMAIN_EXTRACTOR, c2st, grey_extractor_class, register_indomain, train_indomain_extractor
+from factory.storage import uri as U
+from factory.storage.registry import DatasetRef, Registry, extras_for
 from factory.storage.uri import local_path
 from factory.viz import grid, png_bytes, to_rgb
 

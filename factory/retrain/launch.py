@@ -22,8 +22,16 @@ from typing import Any
 from factory.ray_runtime import ensure_ray
 from factory.retrain.arm import ArmPlan, train_loop_per_worker
 from factory.retrain.compare import compare
-from factory.retrain.config import (RetrainError, RetrainSettings, read_manifest, resolve, retrain_root, run_id_for,
-                                    run_uri, yolo_uri)
+from factory.retrain.config import (
+    RetrainError,
+    RetrainSettings,
+    read_manifest,
+    resolve,
+    retrain_root,
+    run_id_for,
+    run_uri,
+    yolo_uri,
+)
 from factory.retrain.data import Selection, select
 from factory.retrain.report import render_index, render_report
 from factory.storage.uri import as_local_dir, exists, is_s3, join, list_files, local_path, read_bytes, to_uri, write_bytes

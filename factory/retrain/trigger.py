@@ -14,8 +14,16 @@ import time
 from typing import Any
 
 from factory.ray_runtime import JobServerError, job_client
-from factory.retrain.config import (RetrainError, RetrainSettings, read_manifest, resolve, retrain_root, run_id_for, run_uri,
-                                    yolo_uri)
+from factory.retrain.config import (
+    RetrainError,
+    RetrainSettings,
+    read_manifest,
+    resolve,
+    retrain_root,
+    run_id_for,
+    run_uri,
+    yolo_uri,
+)
 from factory.retrain.offline import OFFLINE_ENV
 from factory.storage.registry import Registry
 from factory.storage.uri import exists, join, read_bytes, to_uri, write_bytes

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict
 
+from factory.core import uri_problem
+
 NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 CLASS_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 
@@ -26,8 +28,6 @@ def _check_range(value: tuple, what: str = "range") -> tuple:
 
 def check_uri(value: str) -> str:
     """A field's URI or path, refused (ValueError) when storage would misread it."""
-    from factory.storage.uri import uri_problem  # storage pulls in boto3 and Arrow: only when a spec names a URI
-
     problem = uri_problem(value)
     if problem:
         raise ValueError(problem)

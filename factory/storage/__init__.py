@@ -2,8 +2,8 @@
 and readers of published versions."""
 
 from factory.storage.dataset import open_dataset, read_pandas, read_table
-from factory.storage.publish import PublishedError
 from factory.storage.manifest import Manifest
+from factory.storage.publish import PublishedError
 from factory.storage.registry import DEFAULT_ROOT, DatasetRef, Registry, default_root
 from factory.storage.uri import StorageError, configure_storage
 

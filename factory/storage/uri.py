@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import shutil
 import tempfile
 import uuid
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Iterator
 from urllib.parse import urlparse
 
+from factory.core import uri_problem
 from factory.storage import s3
 from factory.storage.s3 import StorageConfig, configure_storage, set_storage_config, storage_config  # noqa: F401
 
@@ -46,20 +46,6 @@ def _local_str(uri: str) -> str:
     """`local_path` as a plain string for per-file calls: pathlib interns every path
     part it parses (millions of sample files would pin hundreds of MB)."""
     return uri[7:] if uri.startswith("file:///") else os.fspath(local_path(uri))
-
-
-_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
-
-
-def uri_problem(text: str) -> str | None:
-    """Why `text` is neither a `file://`/`s3://` URI nor a plain path, or None. A
-    scheme written wrong (`s3:/bucket`, one slash) would otherwise name a local
-    folder `s3:`, and the data would land there while the user looks in S3."""
-    if text.startswith("s3://"):
-        return None if urlparse(text).netloc else f"an s3 URI needs a bucket (s3://bucket/prefix), got {text[:80]!r}"
-    if text.startswith("file://") or not _SCHEME.match(text):
-        return None
-    return f"scheme must be file:// or s3:// (s3://bucket/prefix, file:///path), or a plain path, got {text[:80]!r}"
 
 
 def to_uri(path_or_uri: str | Path) -> str:
@@ -96,8 +82,15 @@ def s3_endpoint() -> str | None:
 @contextlib.contextmanager
 def _errors(uri: str) -> Iterator[None]:
     """Turn boto3/OS errors into a StorageError naming the URI."""
-    from botocore.exceptions import (BotoCoreError, ClientError, ConnectionClosedError, ConnectTimeoutError,
-                                     EndpointConnectionError, NoCredentialsError, ReadTimeoutError)
+    from botocore.exceptions import (
+        BotoCoreError,
+        ClientError,
+        ConnectionClosedError,
+        ConnectTimeoutError,
+        EndpointConnectionError,
+        NoCredentialsError,
+        ReadTimeoutError,
+    )
 
     try:
         yield

@@ -32,10 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from factory.data.folders import list_images, read_mask, scan  # noqa: F401  (list_images: metrics reads folders here)
+from factory.data.folders import list_images, read_image, read_mask, scan  # noqa: F401  (list_images: metrics reads folders here)
 from factory.ray_runtime import ensure_ray
 from factory.training.common import unwrap
-from factory.data.folders import read_image
 
 METHODS = ("uiidd", "uiidd-disc", "patchcore")
 

@@ -95,8 +95,8 @@ def lr_factor(epoch: int, constant: int, decay: int) -> float:
 
 def load_training_data(tc: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
     """(defect-free crops, defective crops) as uint8 N x S x S x C, train split only."""
-    from factory.storage.uri import as_local_dir
     from factory.data.folders import scan
+    from factory.storage.uri import as_local_dir
     from factory.training.images import load_crops, split_records
 
     out = []

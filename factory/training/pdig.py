@@ -14,8 +14,7 @@ from typing import Any
 import numpy as np
 
 from factory.data.vocab import PV_VISION_VALUES
-from factory.generators.pdig.data import read_image
-from factory.generators.pdig.data import load_examples
+from factory.generators.pdig.data import load_examples, read_image
 
 RESUME_STATE = "train_state.pt"  # in Ray Train checkpoints only
 
@@ -92,8 +91,8 @@ def _prepare(example, size: int, rng: np.random.Generator):
 def build_bank(base, examples, classes, bank_size: int, device):
     """Up to `bank_size` CLIP embeddings of defect crops per class: the image prompts
     the generator draws from, so generation needs no extra files."""
-    from factory.generators.pdig.image_prompt import crop_and_align, encode_crops
     from factory.generators.pdig.data import read_image
+    from factory.generators.pdig.image_prompt import crop_and_align, encode_crops
 
     crops: dict[str, list] = {c: [] for c in classes}
     for ex in examples:

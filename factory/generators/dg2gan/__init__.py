@@ -20,7 +20,6 @@ from functools import lru_cache
 from typing import Any, ClassVar, Sequence
 
 import numpy as np
-
 from pydantic import Field
 
 from factory.core import Sample, WorkItem

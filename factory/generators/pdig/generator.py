@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Sequence
 
 import numpy as np
-
 from pydantic import Field, field_validator, model_validator
 
 from factory.core import Sample, WorkItem
 from factory.generators.base import CheckpointError, GeneratorParams
+
 
 class PDIGParams(GeneratorParams):
     """`generators[].params` of a pdig generator: the one place for its defaults."""

@@ -11,8 +11,7 @@ from functools import lru_cache
 import numpy as np
 
 from factory.core import Box
-from factory.generators.references import (TRAIN, centre_crop, class_counts, load_background, read_grey, train_files,
-                                           tree_uri)
+from factory.generators.references import TRAIN, centre_crop, class_counts, load_background, read_grey, train_files, tree_uri
 from factory.storage import uri as U
 
 __all__ = ["Labelled", "check_source", "labelled_backgrounds", "load_labelled", "TRAIN"]

