@@ -161,6 +161,8 @@ def arms(setup: dict) -> dict[str, dict]:
             "transplant, all, JPEG q75 (the boards' own)": transplant(setup["source"], jpeg_quality=75),
             "transplant, all, backgrounds: both": transplant(setup["source"], backgrounds="both"),
             "transplant, all, backgrounds: labelled": transplant(setup["source"], backgrounds="labelled"),
+            "transplant, all, backgrounds: labelled, JPEG q75": transplant(setup["source"], backgrounds="labelled",
+                                                                          jpeg_quality=75),
         }
     proc = dict(base, defects=setup["proc_classes"] or base["defects"])
     return {
