@@ -50,3 +50,17 @@ def ray_local():
 @pytest.fixture
 def demo_spec_path() -> Path:
     return REPO / "specs" / "demo-pv-el.yaml"
+
+
+# `pytest -m "not slow"`: the quick loop while changing code (the full suite is CI's).
+# Slow: whatever starts Ray (the `ray_local` fixture, Serve, Ray Train, a cluster),
+# a browser or a benchmark script, and the few long numeric tests marked by hand.
+SLOW_MODULES = {"test_benchmarks", "test_cluster", "test_reports", "test_serve", "test_serve_hostile",
+                "test_gpu_script", "test_all_generators_e2e"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if ("ray_local" in item.fixturenames or item.get_closest_marker("ray") or item.get_closest_marker("cluster")
+                or item.module.__name__ in SLOW_MODULES):
+            item.add_marker(pytest.mark.slow)

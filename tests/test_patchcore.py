@@ -133,7 +133,7 @@ def test_gate_runs_on_a_patchcore_detector():
     gate = AnomalyGate(det, use_sample_masks=False)
     img = _images(1, seed=9)[0]
     img[20:28, 30:38] = 250
-    s = SimpleNamespace(image=img[..., None], boxes=[Box(0, "spot", 30, 20, 38, 28)], mask=None)
+    s = SimpleNamespace(image=img[..., None], boxes=[Box(0, "spot", 30, 20, 38, 28)], mask=None, background=None)
     v = gate.score([s])[0]
     assert "anomaly.image_score" in v.scores and "anomaly.inside_min" in v.scores
 
