@@ -241,6 +241,25 @@ def test_labelled_backgrounds_keep_their_boxes_and_pastes_stay_off_them(boards, 
         assert all(s.meta["provenance"]["kept_boxes"] == 1 for s in samples)
 
 
+def test_the_box_check_judges_drawn_boxes_not_a_labelled_backgrounds_own(boards):
+    """The gate's box check compares the boxes the generator drew with the plan; a
+    labelled background's own boxes are aside (it rejected every sample whose board
+    held a class the item had not asked for: 6,004 of 6,021 on DeepPCB), and a kept
+    box never stands in for a requested one whose paste was dropped."""
+    import dataclasses
+
+    from factory.quality import BoxScorer
+
+    spec = _spec(boards, backgrounds="labelled", placement="random", blend="hard", min_visible=0.0)
+    _, samples = _generate(spec)
+    kept = [s.meta["provenance"]["kept_boxes"] for s in samples]
+    assert all(len(s.boxes) > k >= 1 for s, k in zip(samples, kept))
+    scorer = BoxScorer(spec.class_names)
+    assert [v.reasons for v in scorer.score(samples)] == [[]] * len(samples)
+    only_kept = [dataclasses.replace(s, boxes=s.boxes[len(s.boxes) - k:]) for s, k in zip(samples, kept)]
+    assert all(v.reasons[0].code == "box_missing" for v in scorer.score(only_kept))
+
+
 def test_move_boxes_follows_turn():
     from factory.generators.transplant.paste import move_boxes, turn
 
