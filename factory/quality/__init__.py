@@ -3,7 +3,7 @@
     scorers = build_scorers(spec)          # from the spec's `quality` section
     verdicts = score_all(scorers, samples)
 
-Heavy imports (torch) happen only when an anomaly checkpoint is configured.
+Heavy imports (torch) happen only when an anomaly or box-check checkpoint is configured.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ def build_scorers(spec, device: str = "cpu") -> list[Scorer]:
     outside-the-box test (where the generator knows its background), near-duplicates,
     and the anomaly gate when `quality.anomaly_checkpoint` is set (its heat-map
     spillover covers samples without a generator mask; outside the boxes it judges
-    only samples whose background is not known)."""
+    only samples whose background is not known), and the per-class box check when
+    `quality.box_check` is set (every box must score as its class)."""
     q = spec.quality
     scorers: list[Scorer] = [
         SanityScorer(spec.image.width, spec.image.height, spec.image.channels, q.min_std, q.max_saturated),
@@ -38,13 +39,17 @@ def build_scorers(spec, device: str = "cpu") -> list[Scorer]:
         scorers.append(AnomalyGate(det, q.spillover_max, q.threshold_rule, q.use_generator_masks, q.box_margin,
                                    q.max_outside_fraction, q.pixel_threshold, q.image_threshold,
                                    mask_spillover_reasons=False))
+    if q.box_check:
+        from factory.quality.box_check import BoxCheck, BoxClassScorer
+
+        scorers.append(BoxClassScorer(BoxCheck.load(q.box_check, device=device), spec.class_names))
     return scorers
 
 
 def gate_gpus(spec) -> float:
-    """GPUs one scoring actor asks for: the anomaly gate's network can use one; the
-    other checks are numpy and never do."""
-    return float(spec.quality.gpus) if spec.quality.anomaly_checkpoint else 0.0
+    """GPUs one scoring actor asks for: the anomaly gate's and the box check's networks
+    can use one; the other checks are numpy and never do."""
+    return float(spec.quality.gpus) if spec.quality.anomaly_checkpoint or spec.quality.box_check else 0.0
 
 
 __all__ = ["BoxScorer", "gate_gpus", "NearDuplicateScorer", "OutsideExactScorer", "SanityScorer", "Scorer", "SpilloverScorer", "Verdict", "build_scorers", "score_all"]
