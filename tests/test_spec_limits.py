@@ -268,3 +268,17 @@ def test_yaml_dump_of_a_valid_spec_reads_back(tmp_path):
     """The 1.2 reader reads what PyYAML writes (spec files are often written by scripts)."""
     s = parse_spec(yaml.safe_dump(spec_from_dict(yaml.safe_load(HEAD)).to_yaml_dict()))
     assert s.class_names == ["crack"] and s.count == 10
+
+
+def test_a_non_image_reference_is_refused_after_ultralytics_wrapped_pil(tmp_path):
+    """ultralytics replaces PIL's Image.open with a wrapper that, for an unknown format,
+    tries to import an optional HEIF plugin: the error is then an ImportError."""
+    pytest.importorskip("ultralytics")
+    import ultralytics.utils.patches  # noqa: F401  (installs the wrapper, as training does)
+
+    from factory.generators.references import read_grey
+
+    junk = tmp_path / "junk.png"
+    junk.write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="not an image"):
+        read_grey(str(junk))

@@ -146,7 +146,8 @@ def read_grey(uri: str) -> np.ndarray:
             return np.asarray(im.convert("L"))
     except Image.DecompressionBombError as e:  # PIL's own header check, at twice its MAX_IMAGE_PIXELS
         raise ValueError(f"{uri}: too many pixels for a reference image ({e})") from None
-    except UnidentifiedImageError:
+    except (UnidentifiedImageError, ImportError):  # (ultralytics wraps Image.open: an unknown format then
+        # fails importing its optional HEIF plugin instead)
         raise ValueError(f"{uri}: not an image (PIL cannot identify it)") from None
     except (OSError, SyntaxError) as e:  # a truncated or corrupt image
         raise ValueError(f"{uri}: unreadable image ({e})") from None
