@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from factory.core import Box, Reason, Sample
+from factory.generators.references import read_grey  # bounded: a regular file, a sane size, an image
 from factory.quality.base import Verdict
 
 FORMAT = "box-check-v1"
@@ -151,16 +152,6 @@ class CropSet:
         return CropSet(np.concatenate([p.crops for p in parts]), np.concatenate([p.places for p in parts]),
                        [c for p in parts for c in p.classes], np.concatenate([p.defect for p in parts]),
                        [g for p in parts for g in p.groups])
-
-
-def read_grey(path: str) -> np.ndarray:
-    """HxW uint8 of an image at a path or URI (file://, s3://)."""
-    from PIL import Image
-
-    from factory.storage.uri import read_bytes, to_uri
-
-    with Image.open(io.BytesIO(read_bytes(to_uri(path)))) as im:
-        return np.asarray(im.convert("L"))
 
 
 def collect_crops(labelled: Sequence[Labelled], cfg: BoxCheckConfig, normals: Sequence[str] = (),
