@@ -100,3 +100,13 @@ def test_datasets_list_shows_leftover_staging_of_a_published_version(tmp_path):
     rows = [[c.strip() for c in line.split("│")[1:-1]] for line in res.output.splitlines() if line.count("│") > 5]
     assert [r[:3] for r in rows] == [["toy", "1", "published"], ["toy", "1", "leftover staging"]], res.output
     assert f"{reg.staging_uri('toy', 1)}" in res.output.replace("\n", "") and "unfinished" not in res.output
+
+
+def test_open_dataset_names_a_corrupt_part_before_ray_reads_it(flipped, monkeypatch):
+    """Ray Data reads the parts on its workers; the check runs first, on the driver."""
+    from factory.storage import dataset
+
+    reg, part = flipped
+    monkeypatch.setattr("factory.ray_runtime.ensure_ray", lambda *a, **k: pytest.fail("Ray started for a damaged version"))
+    with pytest.raises(StorageError, match=f"{part}: sha256 differs from the version's file list"):
+        dataset.open_dataset(f"{reg.root}/toy@1")

@@ -1,9 +1,8 @@
 """Reading a published version: `open_dataset` (Ray Data) and `read_table` /
 `read_pandas` (plain pyarrow, for users without Ray). Both read only the Parquet
 files the manifest lists, so a reader never sees a staging or half-published
-file; `read_table` also checks each part against the file list's sha256, so a
-damaged part is named instead of read (Ray Data reads the parts itself, on the
-workers: `open_dataset` names a part only when pyarrow cannot parse it)."""
+file; both check each part against the file list's sha256 first, so a damaged part
+is named instead of read (`open_dataset(..., verify=False)` skips it)."""
 
 from __future__ import annotations
 
@@ -12,7 +11,7 @@ from typing import Any
 
 from factory.storage import uri as U
 from factory.storage.manifest import Manifest
-from factory.storage.registry import DatasetRef, Registry, default_root, read_listed
+from factory.storage.registry import DatasetRef, Registry, check_files, default_root, read_listed
 from factory.storage.uri import StorageError
 
 
@@ -29,19 +28,26 @@ def _resolve(ref: str | DatasetRef, root: str | None) -> tuple[str, Manifest, li
     return base, manifest, parts
 
 
-def open_dataset(ref: str | DatasetRef, root: str | None = None, **read_kwargs: Any):
+def open_dataset(ref: str | DatasetRef, root: str | None = None, verify: bool = True, **read_kwargs: Any):
     """A published version as a `ray.data.Dataset` (one row per accepted sample).
 
     `ref` is `ROOT/NAME@VERSION` (`@latest` or no version = newest), e.g.
     `open_dataset("s3://bucket/datasets/demo-pv-el@3")`. Ray is joined or started
     the CLI's way (`ensure_ray`: quiet, no auth token written), not Ray's default way.
+    With `verify` (the default) every Parquet part is first checked against the file
+    list's sha256 (one extra read; a damaged part is named, never read as if whole);
+    `verify=False` skips that for a version already checked.
     """
     import ray
 
     from factory.ray_runtime import ensure_ray
 
+    base, manifest, parts = _resolve(ref, root)
+    if verify:
+        bad = check_files(base, manifest, parts)
+        if bad:
+            raise StorageError(next(iter(bad.values())) + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""))
     ensure_ray()
-    base, _, parts = _resolve(ref, root)
     fs, path = U.arrow_filesystem(base)
     return ray.data.read_parquet([f"{path}/{p}" for p in parts], filesystem=fs, **read_kwargs)
 
