@@ -55,7 +55,7 @@ def run_dataset(spec: DatasetSpec, options: RunOptions | None = None,
         or reg.next_version(spec.name)
     if reg.is_published(spec.name, version) and reg.is_sealed(spec.name, version):
         manifest = finish(reg, spec.name, version)  # a crash hit the cleanup after the commit: clean up
-        if o.resume and reg.run_state(spec.name, version) is None:  # resuming that run: it is done now
+        if o.resume:  # resuming that run: it is done now
             reported = U.exists(U.join(reg.version_uri(spec.name, version), "report.html"))
             result = _result(spec, reg, version, o, manifest, reported, time.time() - t0)
             result.notes.insert(0, f"the interrupted run had published {spec.name}@{version} already; "
