@@ -137,7 +137,7 @@ class TransplantGenerator:
         p = self.p
         seqs = np.random.SeedSequence(item.seed).spawn(1 + len(item.boxes))
         ref, canvas, levels, kept, kept_map = self._background(item, np.random.default_rng(seqs[0]))
-        background = np.repeat(np.clip(np.round(canvas), 0, 255).astype(np.uint8)[:, :, None], item.channels, axis=2)
+        background = np.clip(np.round(canvas), 0, 255).astype(np.uint8)  # before any paste: the exact outside test
         mask = np.zeros((item.height, item.width), np.uint16)
         forbidden = kept_map > 0  # a paste never lands on a kept defect
         used, pastes, frames = [], [], {}
@@ -167,10 +167,9 @@ class TransplantGenerator:
         image = np.clip(np.round(canvas), 0, 255).astype(np.uint8)
         blend_px = margin(p.feather)
         if p.jpeg_quality:  # blocks (8 px) without a changed pixel decode exactly as the background's own
-            image, background = (_jpeg(a, p.jpeg_quality) for a in (image, background[:, :, 0]))
-            background = np.repeat(background[:, :, None], item.channels, axis=2)
+            image, background = _jpeg(image, p.jpeg_quality), _jpeg(background, p.jpeg_quality)
             blend_px += 8
-        image = np.repeat(image[:, :, None], item.channels, axis=2)
+        image, background = (np.repeat(a[:, :, None], item.channels, axis=2) for a in (image, background))
         meta = {"checkpoint": "", "reference": ref, "instances": used,
                 "provenance": {"reference": ref, "placement": p.placement, "pastes": pastes, "kept_boxes": len(kept)}}
         return Sample(item=item, image=image, boxes=boxes, mask=final, meta=meta, background=background,
