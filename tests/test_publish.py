@@ -419,6 +419,7 @@ def test_report_links_to_where_retraining_is_written(tmp_path, no_ray):
     assert (report.parent / href).resolve() == want.resolve()
 
 
+@pytest.mark.slow  # starts Ray in a subprocess
 def test_python_api_is_as_quiet_as_the_cli(tmp_path, no_ray):
     """`factory.open_dataset` starts Ray the CLI's way: no Ray INFO/WARNING lines on the
     console and nothing written under ~/.ray (it printed ~15 lines and wrote an auth token)."""
