@@ -44,7 +44,7 @@ DATA = Path(os.environ.get("FACTORY_SHARED_DATA", Path(__file__).resolve().paren
 def sets(name: str, root: Path):
     """(class names, train Labelled, train normals, val Labelled, val normals) of a data set."""
     from factory.data.adapters import load_real
-    from factory.quality.box_check import Labelled
+    from factory.quality.box_crops import Labelled
 
     if name == "deeppcb":
         real = load_real("deeppcb", root / "deeppcb")
@@ -68,7 +68,9 @@ def run(name: str, args) -> tuple[list[list], dict]:
     import torch
 
     from factory.quality.anomaly.thresholds import auroc
-    from factory.quality.box_check import BoxCheckConfig, collect_crops, fit_box_check
+    from factory.quality.box_check import BoxCheckConfig
+    from factory.quality.box_crops import collect_crops
+    from factory.quality.box_fit import fit_box_check
 
     cfg = BoxCheckConfig(blocks=tuple(args.blocks), crop_size=args.crop_size, crop_scale=args.crop_scale, seed=args.seed)
     names, train, train_free, val, val_free = sets(name, args.data)

@@ -6,7 +6,7 @@
 
 For each data set (magnetic tile MT_Free -> one defect class; CrackForest clean
 crops -> crack crops), 20% of each side's images are held out (seeded split).
-DG2GAN is trained with Ray Train (`factory.training.dg2gan.train`) on the rest,
+DG2GAN is trained with Ray Train (`factory.generators.dg2gan.train.train`) on the rest,
 once with DJS and once without (the paper's DG2GAN-no-DJS). G then translates
 held-out defect-free crops, and KID (and FID) between those and held-out real
 defect crops is computed by torch-fidelity with `cuda=False` unless a GPU is used.
@@ -219,8 +219,8 @@ def main(argv: list[str] | None = None) -> None:
     from rich.table import Table
 
     from factory.data.folders import scan
+    from factory.generators.dg2gan.train import TrainConfig, train
     from factory.storage.uri import to_uri
-    from factory.training.dg2gan import TrainConfig, train
     from factory.training.images import load_crops, split_records
 
     console = Console(width=160)

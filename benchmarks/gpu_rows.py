@@ -115,7 +115,7 @@ def _train_dg2gan(dev, dry, work):
     from dg2gan import PRESETS
 
     from factory.generators.dg2gan.model import DG2GANConfig, build
-    from factory.training.dg2gan import make_optimizers, train_step
+    from factory.generators.dg2gan.train import make_optimizers, train_step
 
     p = PRESETS["cpu-small" if dry else "full"]
     cfg = DG2GANConfig(image_size=32 if dry else p["image_size"], ngf=p["ngf"], n_blocks=p["n_blocks"], ndf=p["ndf"],
@@ -134,7 +134,7 @@ def _train_anomaly(dev, dry, work):
 
     from factory.quality.anomaly.loss import LossWeights
     from factory.quality.anomaly.model import ModelConfig, UIIDDModel
-    from factory.training.anomaly import train_step
+    from factory.training.anomaly_steps import train_step
 
     S, B = (32, 4) if dry else (128, 16)
     model = UIIDDModel(ModelConfig(image_size=S, width=8 if dry else 16)).to(dev)
@@ -152,7 +152,7 @@ def _train_pdig(dev, dry, work):
 
     from factory.generators.pdig.adapter import create_parts
     from factory.generators.pdig.base_model import SCHEDULER, SD15, TINY, build_random_base
-    from factory.training.pdig import _module
+    from factory.generators.pdig.train import _module
 
     with torch.device(dev):
         base = build_random_base(TINY if dry else SD15)  # with the image encoder: LISA is sized by its embedding

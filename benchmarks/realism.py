@@ -41,12 +41,13 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import SMOKE_HELP, machine, table  # noqa: E402
 
-from factory.data.adapters import RealSet, deeppcb, magnetic_tile, publish_real, pv_vision_crack  # noqa: E402
+from factory.data.adapters import deeppcb, magnetic_tile, pv_vision_crack  # noqa: E402
 from factory.data.folders import list_images  # noqa: E402
+from factory.data.realset import RealSet, publish_real  # noqa: E402
 from factory.generators.base import load_generator  # noqa: E402
 from factory.generators.checks import check_spec  # noqa: E402
 from factory.planning import plan  # noqa: E402
-from factory.quality.metrics import fidelity  # noqa: E402
+from factory.quality.fidelity import fidelity  # noqa: E402
 from factory.quality.realism import c2st, train_indomain_extractor  # noqa: E402
 from factory.spec import spec_from_dict  # noqa: E402
 from factory.storage.registry import Registry  # noqa: E402

@@ -78,7 +78,8 @@ def real_sets(dataset: str, data: Path, work: Path, limit: int | None = None):
     and the train split alone as a RealSet (a spec may name it as NAME@1: eval images can
     then never reach a generator); `limit` (--smoke): that many images of each split, evenly
     spaced through it (magnetic tile lists its folders one after another: every class appears)."""
-    from factory.data.adapters import RealSet, load_real, write_yolo
+    from factory.data.adapters import load_real
+    from factory.data.realset import RealSet, write_yolo
 
     kind, folder = DATASETS[dataset]
     real = load_real(kind, data / folder)
@@ -150,7 +151,7 @@ def make_synthetic(name: str, source: str, work: Path, eval_dir: str, real_train
     backgrounds from defect-free images only (references unchanged)."""
     if not source.endswith((".yaml", ".yml")):
         return source
-    from factory.data.adapters import RealSet, publish_real
+    from factory.data.realset import RealSet, publish_real
     from factory.pipeline import RunOptions, run_dataset
     from factory.spec import spec_from_dict
     from factory.spec.load import load_spec

@@ -1,7 +1,8 @@
 """The core types every layer passes along, at the bottom of the import graph.
 
-`WorkItem` (one planned image), `Box` (a pixel box), `Sample` (what a generator
-made for a WorkItem) and `Reason` (why a check rejected a sample). They are plain
+`WorkItem` (one planned image), `GeneratorRef` (which generator draws it), `Box`
+(a pixel box), `Sample` (what a generator made for a WorkItem) and `Reason` (why a
+check rejected a sample). They are plain
 data (ints, floats, strings, numpy arrays) so they travel through Ray Data as rows,
 through JSON in the serve API, and into Parquet provenance columns without custom
 serialization. Nothing here imports another factory module.
@@ -11,8 +12,8 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Mapping, TypedDict
 from urllib.parse import urlparse
 
 import numpy as np
@@ -48,11 +49,11 @@ class Box:
     def inside(self, width: int, height: int) -> bool:
         return 0 <= self.x1 < self.x2 <= width and 0 <= self.y1 < self.y2 <= height
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    def to_dict(self) -> "BoxRow":
+        return BoxRow(class_id=self.class_id, class_name=self.class_name, x1=self.x1, y1=self.y1, x2=self.x2, y2=self.y2)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Box":
+    def from_dict(cls, d: "BoxRow") -> "Box":
         return cls(
             class_id=int(d["class_id"]),
             class_name=str(d["class_name"]),
@@ -63,6 +64,40 @@ class Box:
         )
 
 
+class BoxRow(TypedDict):
+    """A box as rows, JSON and the serve API store it (`Box.to_dict`)."""
+
+    class_id: int
+    class_name: str
+    x1: int
+    y1: int
+    x2: int
+    y2: int
+
+
+@dataclass(frozen=True)
+class GeneratorRef:
+    """Which generator draws an item: a family `kind`, the `checkpoint` it loads and
+    its spec `params` (plain JSON). Made once per `generators[i]` of a checked spec
+    (`factory.planning.generator_refs`: `index` is i; -1 for a one-off such as a
+    serve request) and shared by every item it draws.
+
+    `key` is canonical (sorted JSON of kind, checkpoint and params): one key = one
+    loaded generator, whatever the index. The pipeline runs one actor pool per key,
+    and the preview, the gate audit and the serve app load one generator per key.
+    Refs are equal when their keys are. `params` is never mutated."""
+
+    kind: str
+    checkpoint: str | None = None
+    params: dict[str, Any] = field(default_factory=dict, compare=False)
+    index: int = field(default=-1, compare=False)
+    key: str = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "checkpoint", self.checkpoint or None)
+        object.__setattr__(self, "key", json.dumps([self.kind, self.checkpoint or "", self.params], sort_keys=True))
+
+
 @dataclass(frozen=True)
 class WorkItem:
     """One image to make: which generator, which boxes, which seed, which style.
@@ -70,6 +105,11 @@ class WorkItem:
     `index` is the item's position in the (infinite) deterministic plan of a spec;
     `item_id` is derived from the spec hash and the index, so the same spec always
     names the same items and duplicates are detectable across resumed runs.
+
+    `generator`, `checkpoint` and `params` are the flat columns a row stores; `ref`
+    is the `GeneratorRef` they make, the planner's own (one per spec generator,
+    shared by its items) or, for an item made another way (read back from a row,
+    built by hand), one made from those three fields.
     """
 
     item_id: str
@@ -84,6 +124,19 @@ class WorkItem:
     style: dict[str, float] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)
     domain: str = ""
+    ref: GeneratorRef | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        ref = self.ref
+        if ref is None or (ref.kind, ref.checkpoint) != (self.generator, self.checkpoint or None) or (
+                ref.params is not self.params and ref.params != self.params):  # (`replace` changed a field)
+            object.__setattr__(self, "ref", GeneratorRef(self.generator, self.checkpoint, self.params))
+
+    @property
+    def generator_ref(self) -> GeneratorRef:
+        """Which generator draws this item (`ref`, never None once made)."""
+        assert self.ref is not None
+        return self.ref
 
     @property
     def is_negative(self) -> bool:
@@ -93,17 +146,19 @@ class WorkItem:
     def classes(self) -> tuple[str, ...]:
         return tuple(sorted({b.class_name for b in self.boxes}))
 
-    def to_row(self) -> dict[str, Any]:
+    def to_row(self) -> "WorkItemRow":
         """A flat dict for Ray Data / Arrow: boxes as a list of dicts, params as JSON text
-        (params differ per generator and would otherwise become ragged Arrow structs)."""
-        d = asdict(self)
-        d["boxes"] = [b.to_dict() for b in self.boxes]
-        d["params"] = json.dumps(self.params, sort_keys=True)
-        d["checkpoint"] = self.checkpoint or ""
-        return d
+        (params differ per generator and would otherwise become ragged Arrow structs).
+        Its keys, their order and values are what shards store: never change them."""
+        return WorkItemRow(
+            item_id=self.item_id, index=self.index, generator=self.generator, checkpoint=self.checkpoint or "",
+            width=self.width, height=self.height, channels=self.channels, seed=self.seed,
+            boxes=[b.to_dict() for b in self.boxes], style=dict(self.style),
+            params=json.dumps(self.params, sort_keys=True), domain=self.domain,
+        )
 
     @classmethod
-    def from_row(cls, row: dict[str, Any]) -> "WorkItem":
+    def from_row(cls, row: Mapping[str, Any]) -> "WorkItem":
         boxes = row.get("boxes")
         boxes = [] if boxes is None else list(boxes)
         return cls(
@@ -120,6 +175,23 @@ class WorkItem:
             params=_params(row.get("params")),
             domain=str(row.get("domain") or ""),
         )
+
+
+class WorkItemRow(TypedDict):
+    """`WorkItem.to_row()`: what shards store in their `work_item` column (as JSON)."""
+
+    item_id: str
+    index: int
+    generator: str
+    checkpoint: str
+    width: int
+    height: int
+    channels: int
+    seed: int
+    boxes: list[BoxRow]
+    style: dict[str, float]
+    params: str  # JSON text
+    domain: str
 
 
 def _params(value: Any) -> dict[str, Any]:

@@ -166,9 +166,9 @@ class GeneratorServer:
         results: list[dict | None] = [None] * len(jobs)
         groups: dict[str, list[int]] = {}
         for i, job in enumerate(jobs):
-            try:  # items carry params too: the same rule as the model's
-                for item in job["items"]:
-                    check_param_paths(item.params, self.roots, self.registry_roots)
+            try:  # items carry params too (their refs): the same rule as the model's
+                for ref in {it.generator_ref.key: it.generator_ref for it in job["items"]}.values():
+                    check_param_paths(ref.params, self.roots, self.registry_roots)
             except ParamPathRefused as e:
                 results[i] = self._load_failure(e, job)
                 continue

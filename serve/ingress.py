@@ -26,7 +26,7 @@ from fastapi.responses import JSONResponse
 from ray import serve
 from ray.serve.exceptions import BackPressureError
 
-from factory.core import Box, WorkItem
+from factory.core import Box, GeneratorRef, WorkItem
 from factory.planning import draw_style
 from factory.spec.model import DomainSpec
 from serve.budget import WorkCost, over_budget_message, request_cost_s
@@ -62,8 +62,9 @@ def request_style(style: dict[str, Any], seed: int) -> dict[str, float]:
     return {k: float(style[k]) if style.get(k) is not None else v for k, v in drawn.items()}
 
 
-def build_items(req: GenerateRequest, class_id: int, checkpoint_name: str | None, params: dict) -> list[WorkItem]:
-    """Image i of n: seed + i, the request's boxes, a style drawn from that seed."""
+def build_items(req: GenerateRequest, class_id: int, ref: GeneratorRef) -> list[WorkItem]:
+    """Image i of n: seed + i, the request's boxes, a style drawn from that seed, all
+    drawn by `ref` (the request's generator, checkpoint name and resolved params)."""
     canonical = json.dumps(req.model_dump(mode="json", by_alias=True, exclude={"n", "seed", "work_item"}), sort_keys=True)
     digest = hashlib.sha256(canonical.encode()).hexdigest()[:12]
     boxes = tuple(Box(class_id, req.class_name or "", *b) for b in req.boxes)
@@ -71,20 +72,22 @@ def build_items(req: GenerateRequest, class_id: int, checkpoint_name: str | None
     for i in range(req.n):
         seed = req.seed + i
         items.append(WorkItem(
-            item_id=f"serve-{digest}-{seed}", index=i, generator=req.generator, checkpoint=checkpoint_name,
+            item_id=f"serve-{digest}-{seed}", index=i, generator=ref.kind, checkpoint=ref.checkpoint,
             width=req.image.width, height=req.image.height, channels=req.image.channels, seed=seed, boxes=boxes,
-            style=request_style(req.style.model_dump(), seed), params=dict(params), domain=req.domain,
+            style=request_style(req.style.model_dump(), seed), params=ref.params, domain=req.domain, ref=ref,
         ))
     return items
 
 
-def published_item(w: WorkItemIn, params: dict) -> WorkItem:
-    """A dataset's work item as it was planned (the style exactly as stored, nothing drawn)."""
+def published_item(w: WorkItemIn, ref: GeneratorRef) -> WorkItem:
+    """A dataset's work item as it was planned (the style exactly as stored, nothing
+    drawn), drawn by `ref` (its generator and checkpoint name, its params resolved)."""
     return WorkItem(
-        item_id=w.item_id, index=w.index, generator=w.generator, checkpoint=w.checkpoint,
+        item_id=w.item_id, index=w.index, generator=ref.kind, checkpoint=ref.checkpoint,
         width=w.width, height=w.height, channels=w.channels, seed=w.seed,
         boxes=tuple(Box(b.class_id, b.class_name, b.x1, b.y1, b.x2, b.y2) for b in w.boxes),
-        style={k: float(v) for k, v in w.style.model_dump().items() if v is not None}, params=dict(params), domain=w.domain,
+        style={k: float(v) for k, v in w.style.model_dump().items() if v is not None}, params=ref.params,
+        domain=w.domain, ref=ref,
     )
 
 
@@ -178,7 +181,8 @@ class Ingress:
             params = resolve_param_paths(source.params, self.roots, self.registry_roots)
         except ParamPathRefused as e:
             raise ApiError(422, prefix + e.loc, str(e)) from None
-        items = [published_item(source, params)] if prefix else build_items(req, class_id, checkpoint_name, params)
+        ref = GeneratorRef(kind, checkpoint_name, params)  # made once: every item of the request shares it
+        items = [published_item(source, ref)] if prefix else build_items(req, class_id, ref)
         too_much = over_budget_message(self.costs[kind], items)
         if too_much:
             field = "boxes" if any(it.boxes for it in items) else ("width" if prefix else "n")

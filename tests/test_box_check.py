@@ -1,6 +1,6 @@
-"""The per-class box check (factory/quality/box_check.py): fit on tiny synthetic sets (drawn
-blobs and scratches vs the same boxes on the clean background), checkpoint round trip, the
-scorer's `not_a_defect`, the spec field, the CLI."""
+"""The per-class box check (factory/quality/box_check.py, box_crops.py, box_fit.py): fit on
+tiny synthetic sets (drawn blobs and scratches vs the same boxes on the clean background),
+checkpoint round trip, the scorer's `not_a_defect`, the spec field, the CLI."""
 
 from __future__ import annotations
 
@@ -10,19 +10,9 @@ import numpy as np
 import pytest
 
 from factory.core import Box, Sample, WorkItem
-from factory.quality.box_check import (
-    FORMAT,
-    BoxCheck,
-    BoxCheckConfig,
-    BoxCheckError,
-    BoxClassScorer,
-    Labelled,
-    collect_crops,
-    crop_boxes,
-    fit_box_check,
-    folds_of,
-    recall_cut,
-)
+from factory.quality.box_check import FORMAT, BoxCheck, BoxCheckConfig, BoxCheckError, BoxClassScorer
+from factory.quality.box_crops import Labelled, collect_crops, crop_boxes
+from factory.quality.box_fit import fit_box_check, folds_of, recall_cut
 
 CLASSES = ["blob", "scratch"]
 SIZE = 96

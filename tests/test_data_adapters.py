@@ -10,8 +10,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from factory.core import Box
-from factory.data.adapters import load_real, magnetic_tile, publish_real, pv_vision_crack, write_yolo, yolo_layout
+from factory.data.adapters import load_real, magnetic_tile, pv_vision_crack, yolo_layout
 from factory.data.masks import binary_to_boxes, mask_to_boxes
+from factory.data.realset import publish_real, write_yolo
 from factory.data.vocab import PV_VISION_CLASSES
 from factory.formats import label_path, parse_yolo_lines, read_data_yaml, yolo_lines
 from factory.retrain.offline import network_attempts

@@ -16,7 +16,7 @@ from factory.generators.dg2gan import losses as L
 from factory.generators.dg2gan.boxes import feather, plan_crop
 from factory.generators.dg2gan.checkpoint import find_runs, load_generators, resolve, save_checkpoint
 from factory.generators.dg2gan.model import DG2GANConfig, build
-from factory.training.dg2gan import TrainConfig, fit_local, lr_factor
+from factory.generators.dg2gan.train import TrainConfig, fit_local, lr_factor
 from factory.training.images import clean_crops, defect_crops, load_crops
 
 torch.set_num_threads(2)
@@ -306,7 +306,7 @@ def test_unknown_class_is_a_checkpoint_error(generator):
 def test_ray_train_checkpoints_and_resumes(ray_local, shared_data, tmp_path, monkeypatch):
     """Also: a relative `--out` (as the README writes it) lands beside the caller,
     not in the Ray workers' own working directory."""
-    from factory.training.dg2gan import train
+    from factory.generators.dg2gan.train import train
 
     monkeypatch.chdir(tmp_path)
     tc = TrainConfig(
@@ -326,7 +326,7 @@ def test_ray_train_checkpoints_and_resumes(ray_local, shared_data, tmp_path, mon
 
 def test_two_ray_train_workers_train_to_the_end_on_equal_shards(ray_local, shared_data, tmp_path):
     """DDP over 2 CPU workers, each on its Ray Data shard of the crops, same steps per epoch."""
-    from factory.training.dg2gan import train
+    from factory.generators.dg2gan.train import train
 
     tc = TrainConfig(
         defect_free=str(shared_data / "magnetic_tile" / "MT_Fray"), defective=str(shared_data / "magnetic_tile" / "MT_Fray"),
@@ -354,7 +354,7 @@ def test_registered_as_a_generator_kind(generator):
 
 
 def test_missing_data_folder_fails_before_ray(tmp_path):
-    from factory.training.dg2gan import check_sources
+    from factory.generators.dg2gan.train import check_sources
 
     with pytest.raises(FileNotFoundError, match="defective images"):
         check_sources(TrainConfig(str(tmp_path), str(tmp_path / "missing"), str(tmp_path / "out")))

@@ -190,7 +190,7 @@ def test_fid_kid_on_a_patchcore_checkpoints_pretrained_features(tmp_path):
     """`factory metrics --extractor` (or the spec's quality.anomaly_checkpoint) may name a patchcore
     checkpoint: FID/KID then use its pretrained EfficientNet-Lite stages, pooled."""
     from factory.quality.anomaly.patchcore import PatchCoreConfig, PatchCoreDetector
-    from factory.quality.metrics import fidelity
+    from factory.quality.fidelity import fidelity
 
     det = PatchCoreDetector(PatchCoreConfig(**TINY), device="cpu")
     det.fit(_images(2))

@@ -413,7 +413,7 @@ def test_ray_train_run_writes_a_small_checkpoint_the_generator_loads(ray_local, 
     workers from the caller's directory, and the base is recorded absolute."""
     from factory.core import Box, WorkItem
     from factory.generators.base import load_generator
-    from factory.training.pdig import PDIGTrainConfig, train_pdig
+    from factory.generators.pdig.train import PDIGTrainConfig, train_pdig
 
     out = tmp_path / "ckpt"
     monkeypatch.chdir(shared_data)
@@ -442,7 +442,7 @@ def test_ray_train_run_writes_a_small_checkpoint_the_generator_loads(ray_local, 
 def test_two_ray_train_workers_take_equal_halves_and_train_to_the_end(ray_local, shared_data, tiny_dir, tmp_path):
     """DDP over 2 CPU workers: Ray Data gives each rank 2 of the 4 examples, so each
     runs 2 steps per epoch (no rank waits on another that ran out), for 2 epochs."""
-    from factory.training.pdig import PDIGTrainConfig, train_pdig
+    from factory.generators.pdig.train import PDIGTrainConfig, train_pdig
 
     out = tmp_path / "ckpt2"
     metrics = train_pdig(PDIGTrainConfig(

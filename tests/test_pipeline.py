@@ -409,7 +409,8 @@ def test_generator_failures_become_rejects(tmp_path, monkeypatch):
     fused stage (CPU generators) and the split one (GPU generator -> scoring pool)
     write the same shard."""
     import factory.generators.base as gb
-    from factory.pipeline.stages import GenerateStage, ScoreWriteStage, ShardTarget, generator_key
+    from factory.core import GeneratorRef
+    from factory.pipeline.stages import GenerateStage, ScoreWriteStage, ShardTarget
 
     spec = load_spec(tiny_spec(tmp_path, count=6))
     real = gb.load_generator("procedural", None, {})
@@ -426,7 +427,7 @@ def test_generator_failures_become_rejects(tmp_path, monkeypatch):
     from factory.pipeline import stages
 
     monkeypatch.setattr(stages, "load_generator", lambda *a, **k: Flaky())
-    key, rng = generator_key("procedural", None, {}), {"start": np.array([0]), "stop": np.array([6])}
+    key, rng = GeneratorRef("procedural"), {"start": np.array([0]), "stop": np.array([6])}
     fused = ShardTarget(U.to_uri(tmp_path / "fused"), spec.spec_hash(), ("parquet", "yolo"))
     rec = json.loads(GenerateStage(spec, key, "cpu", retries=1, target=fused, batch_size=4)(rng)["record"][0])
     assert [s[0] for s in rec["samples"]] == [0, 1, 2, 4, 5]

@@ -21,8 +21,9 @@ import pytest
 from s3_server import s3_bucket, s3_server  # noqa: F401
 from test_pipeline import REPO, check_version, tiny_spec
 
+from factory.core import GeneratorRef
 from factory.pipeline import RunError, RunOptions, graph, job, run_dataset
-from factory.pipeline.stages import GenerateStage, ShardTarget, generator_key
+from factory.pipeline.stages import GenerateStage, ShardTarget
 from factory.spec import load_spec
 from factory.storage import PublishedError, Registry
 from factory.storage import uri as U
@@ -35,7 +36,7 @@ class Crash(BaseException):
 
 def in_process_round(spec, o, staging, spec_hash, todo):
     """`run_round` without Ray: the same ranges and the same stage, one range at a time."""
-    stage = GenerateStage(spec, generator_key("procedural", None, {}), "cpu", 0,
+    stage = GenerateStage(spec, GeneratorRef("procedural"), "cpu", 0,
                           ShardTarget(staging, spec_hash, tuple(spec.output.formats)))
     for r in graph.ranges(todo, spec, 1, o.shard_max_bytes):
         for rec in stage({"start": np.array([r["start"]]), "stop": np.array([r["stop"]])})["record"]:

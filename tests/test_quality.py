@@ -108,7 +108,7 @@ def blob_detector():
     from factory.quality.anomaly.calibrate import calibrate
     from factory.quality.anomaly.detector import AnomalyDetector, ScoreConfig
     from factory.quality.anomaly.preprocess import PreprocessConfig
-    from factory.training.anomaly import augment, train_step
+    from factory.training.anomaly_steps import augment, train_step
 
     torch.manual_seed(0)
     S = 32
@@ -398,7 +398,7 @@ def test_train_anomaly_under_ray_train(ray_local, tmp_path):
     with pytest.raises(CheckpointError, match="factory train anomaly"):
         AnomalyDetector.load(str(tmp_path / "missing"))
     # FID/KID through torch-fidelity with the checkpoint's backbone as the registered extractor
-    from factory.quality.metrics import fidelity
+    from factory.quality.fidelity import fidelity
 
     pngs = sorted(str(p) for p in normal.glob("*.png"))
     same = fidelity(pngs[:5], pngs[5:], size=32, extractor_checkpoint=str(out), kid_subsets=5)
@@ -449,7 +449,8 @@ def procedural_detector():
     from factory.quality.anomaly.patches import PatchConfig, random_patches, rescale
     from factory.quality.anomaly.preprocess import PreprocessConfig
     from factory.quality.validate import procedural_items, render
-    from factory.training.anomaly import AnomalyTrainConfig, disc_batch, head_step, train_step
+    from factory.training.anomaly import AnomalyTrainConfig
+    from factory.training.anomaly_steps import disc_batch, head_step, train_step
 
     torch.manual_seed(0)
     P = 32

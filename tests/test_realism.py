@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 from typer.testing import CliRunner
 
-from factory.quality.metrics import fidelity
+from factory.quality.fidelity import fidelity
 from factory.quality.realism import c2st, train_indomain_extractor
 
 
@@ -99,7 +99,7 @@ def test_metrics_cli_without_extractor_trains_its_own(ray_local, tmp_path):
 def test_pretrained_kid_tells_a_different_set_from_a_like_one():
     """KID on the ImageNet EfficientNet-Lite features: two draws of one kind of image are
     closer than that kind and noise."""
-    from factory.quality.metrics import fidelity
+    from factory.quality.fidelity import fidelity
     from factory.viz import png_bytes
 
     a = [png_bytes(x) for x in _stripes(16, np.random.default_rng(0))]

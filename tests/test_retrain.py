@@ -21,7 +21,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from factory.data.adapters import RealSet, pv_vision_crack, write_yolo, write_yolo_arrays
+from factory.data.adapters import pv_vision_crack
+from factory.data.realset import RealSet, write_yolo, write_yolo_arrays
 from factory.generators.procedural import ProceduralELGenerator
 from factory.planning.plan import plan
 from factory.retrain import config as C
@@ -301,7 +302,8 @@ def test_publish_submits_exactly_one_job_and_the_watcher_fills_in(tmp_path, real
     plain = {**SYN_SPEC, "name": "plain-el"}
     assert T.on_publish(spec_from_dict(plain), "unused") is None
     _publish_synthetic(root, plain)
-    from factory.data.adapters import load_real, publish_real
+    from factory.data.adapters import load_real
+    from factory.data.realset import publish_real
 
     publish_real(load_real("yolo", real_yolo), str(root), "real-pv")  # real data in the same registry: not retrained
     cfg = RetrainSettings(epochs=1, imgsz=64)

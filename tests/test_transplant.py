@@ -11,7 +11,8 @@ from PIL import Image
 from scipy import ndimage
 from typer.testing import CliRunner
 
-from factory.data.adapters import publish_real, pv_vision_crack
+from factory.data.adapters import pv_vision_crack
+from factory.data.realset import publish_real
 from factory.generators.base import load_generator
 from factory.generators.checks import check_spec
 from factory.generators.transplant.bank import load_bank
@@ -263,7 +264,7 @@ def test_import_keeps_each_boxes_exact_pixels(world):
 
 def test_box_only_source_gives_feathered_box_instances(world, tmp_path):
     from factory.core import Box
-    from factory.data.adapters import write_yolo_arrays
+    from factory.data.realset import write_yolo_arrays
 
     rng = np.random.default_rng(3)
     items = []

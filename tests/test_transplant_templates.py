@@ -9,8 +9,9 @@ import pytest
 from PIL import Image
 
 from factory.core import Box
-from factory.data.adapters import load_real, publish_real
+from factory.data.adapters import load_real
 from factory.data.instances import decode_map, difference_instances
+from factory.data.realset import publish_real
 from factory.generators.base import load_generator
 from factory.generators.checks import check_spec
 from factory.generators.transplant.bank import Instance, load_bank

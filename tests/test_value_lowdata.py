@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from factory.data.adapters import RealSet, pv_vision_crack, write_yolo
+from factory.data.adapters import pv_vision_crack
+from factory.data.realset import RealSet, write_yolo
 from factory.retrain import data as RD
 from factory.spec.retrain import RetrainSettings
 

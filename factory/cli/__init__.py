@@ -1,16 +1,17 @@
 """`factory` command line. One module per area registers its commands on the
-shared apps in `factory.cli.app`."""
+shared apps in `factory.cli.app`; the generator families register their own
+(`family_cmds`)."""
 
 from __future__ import annotations
 
 from factory.cli import (  # noqa: F401  (imported for their command registrations)
-    dg2gan_cmds,
-    pdig_cmds,
+    family_cmds,
     quality_cmds,
     retrain_cmds,
     run_cmds,
     serve_cmds,
     spec_cmds,
+    versions_cmds,
 )
 from factory.cli.app import app
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 from rich.markup import escape
@@ -13,6 +13,10 @@ from rich.markup import escape
 from factory.cli.app import app, train_app
 from factory.cli.common import console, friendly_errors, load_spec_or_exit, plural
 from factory.ray_runtime import ensure_ray
+
+if TYPE_CHECKING:
+    from factory.quality.metrics import DatasetMetrics
+    from factory.training.anomaly import AnomalyTrainConfig
 
 quality_app = typer.Typer(help="Evaluate and audit the quality gate's anomaly checkpoint.", no_args_is_help=True)
 app.add_typer(quality_app, name="quality")
@@ -63,25 +67,35 @@ def train_anomaly_cmd(
         if defects_from is not None:
             if defects:
                 raise ValueError("give --defects or --defects-from, not both")
-            from factory.generators.checks import check_spec
-            from factory.quality.audit import labelled_defects
-            from factory.training.anomaly import pairs_at_scale
-
-            spec = check_spec(load_spec_or_exit(defects_from), defects_from)
-            pairs = pairs_at_scale(labelled_defects(spec, n_defects), cfg.patch_config())
-            source = f"{len(pairs)} labelled samples drawn by the generators of spec {spec.name} ({defects_from})"
+            pairs, source = _drawn_defects(defects_from, n_defects, cfg)
         if method != "patchcore":  # patchcore is a single pass in this process: no Ray Train loop
             ensure_ray(address)
         res = train_anomaly(normal, out, cfg, num_workers=workers, use_gpu=gpu, val_anomalous=val_anomalous, defects=defects,
                             defect_pairs=pairs, defect_source=source)
-        console.print(f"{method}: trained on {plural(res['train_images'], 'image')} ({res['val_images']} held out) in {res['train_seconds']:.0f} s")
-        if method == "patchcore":
-            m = res["metrics"]
-            console.print(f"memory bank: {m['memory']} patches x {m['feature_dim']} dims (coreset of {m['pool']} pooled from {m['patches_seen']})")
-        console.print(f"calibration ({res['source']} anomalies): image AUROC {res['image_auroc']:.3f}, pixel AUROC {res['pixel_auroc']:.3f}")
-        console.print(f"image thresholds {json.dumps({k: round(v, 3) for k, v in res['image_thresholds'].items()})}")
-        console.print(f"pixel thresholds {json.dumps({k: round(v, 3) for k, v in res['pixel_thresholds'].items()})}")
-        console.print(f"wrote {res['model']}  (set quality.anomaly_checkpoint: {out})")
+        _print_training(method, res, out)
+
+
+def _drawn_defects(spec_path: Path, n: int, cfg: AnomalyTrainConfig) -> tuple[list, str]:
+    """(image, mask) pairs at the model's scale of `n` labelled samples drawn by a spec's own
+    generators, and where they came from."""
+    from factory.generators.checks import check_spec
+    from factory.quality.audit import labelled_defects
+    from factory.training.anomaly import pairs_at_scale
+
+    spec = check_spec(load_spec_or_exit(spec_path), spec_path)
+    pairs = pairs_at_scale(labelled_defects(spec, n), cfg.patch_config())
+    return pairs, f"{len(pairs)} labelled samples drawn by the generators of spec {spec.name} ({spec_path})"
+
+
+def _print_training(method: str, res: dict, out: str) -> None:
+    console.print(f"{method}: trained on {plural(res['train_images'], 'image')} ({res['val_images']} held out) in {res['train_seconds']:.0f} s")
+    if method == "patchcore":
+        m = res["metrics"]
+        console.print(f"memory bank: {m['memory']} patches x {m['feature_dim']} dims (coreset of {m['pool']} pooled from {m['patches_seen']})")
+    console.print(f"calibration ({res['source']} anomalies): image AUROC {res['image_auroc']:.3f}, pixel AUROC {res['pixel_auroc']:.3f}")
+    console.print(f"image thresholds {json.dumps({k: round(v, 3) for k, v in res['image_thresholds'].items()})}")
+    console.print(f"pixel thresholds {json.dumps({k: round(v, 3) for k, v in res['pixel_thresholds'].items()})}")
+    console.print(f"wrote {res['model']}  (set quality.anomaly_checkpoint: {out})")
 
 
 @train_app.command("box-check")
@@ -109,7 +123,9 @@ def train_box_check_cmd(
 
         from rich.table import Table
 
-        from factory.quality.box_check import BoxCheckConfig, collect_crops, fit_box_check, labelled_set
+        from factory.quality.box_check import BoxCheckConfig
+        from factory.quality.box_crops import collect_crops, labelled_set
+        from factory.quality.box_fit import fit_box_check
 
         cfg = BoxCheckConfig(net=net, blocks=tuple(int(b) for b in blocks.split(",") if b.strip()), crop_size=crop_size,
                              crop_scale=crop_scale, recall=recall, seed=seed)
@@ -242,7 +258,7 @@ def _pct(v: float) -> str:
     return "n/a" if v != v else f"{v:.1%}"
 
 
-def print_metrics(res: dict) -> None:
+def print_metrics(res: DatasetMetrics) -> None:
     """`factory metrics` for people: a summary table, then per-class counts, reject reasons and realism."""
     from rich.table import Table
 
@@ -257,6 +273,17 @@ def print_metrics(res: dict) -> None:
         spill += f" (mean spillover {res['spillover_mean']:.3f} over {plural(res['spillover_measured'], 'sample')})"
     summary.add_row("spillover rate", spill)
     console.print(summary)
+    _print_counts(res)
+    if "fidelity" in res:
+        console.print(_realism_table(res))
+        console.print(f"real beside generated: {res['realism_grid']}", highlight=False)
+    if "written_to" in res:
+        console.print(f"wrote {res['written_to']}", highlight=False)
+
+
+def _print_counts(res: DatasetMetrics) -> None:
+    """Accepted samples per class, and why samples were rejected."""
+    from rich.table import Table
 
     classes = sorted(set(res["images_per_class"]) | set(res["boxes_per_class"]))
     if classes:
@@ -267,54 +294,58 @@ def print_metrics(res: dict) -> None:
         for c in classes:
             t.add_row(escape(c), str(res["images_per_class"].get(c, 0)), str(res["boxes_per_class"].get(c, 0)))
         console.print(t)
-    if res["reject_reasons"]:
-        t = Table(title="why samples were rejected", title_justify="left")
-        t.add_column("reason")
-        t.add_column("samples", justify="right")
-        t.add_column("share of all", justify="right")
-        for reason, n in res["reject_reasons"].items():
-            t.add_row(escape(reason), str(n), _pct(n / res["samples"]) if res["samples"] else "n/a")
-        console.print(t)
-    else:
+    if not res["reject_reasons"]:
         console.print("no sample was rejected")
-    if "fidelity" in res:
-        f, c = res["fidelity"], res["c2st"]
-        floor = res.get("real_floor") or {}
-        t = Table(title="realism against the real images", title_justify="left")
-        t.add_column("metric")
-        t.add_column("generated vs real", justify="right")
-        t.add_column(f"floor: real vs real ({floor.get('images_per_half', '-')} a half)", justify="right")
-        t.add_column("notes")
+        return
+    t = Table(title="why samples were rejected", title_justify="left")
+    t.add_column("reason")
+    t.add_column("samples", justify="right")
+    t.add_column("share of all", justify="right")
+    for reason, n in res["reject_reasons"].items():
+        t.add_row(escape(reason), str(n), _pct(n / res["samples"]) if res["samples"] else "n/a")
+    console.print(t)
 
-        def c2st_cell(x: dict) -> str:
-            return f"{x['c2st_accuracy']:.3f} ± {x['c2st_std']:.3f}" if "c2st_accuracy" in x else "-"
 
-        def kid_cell(x: dict) -> str:
-            return f"{x['kid_mean']:.4f} ± {x['kid_std']:.4f}" if "kid_mean" in x else "-"
+def _c2st_cell(x: dict) -> str:
+    return f"{x['c2st_accuracy']:.3f} ± {x['c2st_std']:.3f}" if "c2st_accuracy" in x else "-"
 
-        fp, floor_fp = res.get("fidelity_pretrained") or {}, floor.get("fidelity_pretrained") or {}
-        t.add_row("FID", f"{f['fid']:.2f}", "", f"extractor: {escape(str(f['extractor']))}")
-        t.add_row("KID", kid_cell(f), "", "")
-        if "fid" in fp:
-            t.add_row("FID, ImageNet features", f"{fp['fid']:.2f}", f"{floor_fp['fid']:.2f}" if "fid" in floor_fp else "-",
-                      f"extractor: {escape(str(fp['extractor']))}; comparable across lines and runs")
-            t.add_row("KID, ImageNet features", kid_cell(fp), kid_cell(floor_fp), escape(floor_fp.get("skipped", "")))
-        elif fp:
-            t.add_row("FID/KID, ImageNet features", "-", "-", escape(fp["skipped"]))
-        if "is_mean" in f:
-            t.add_row("IS", f"{f['is_mean']:.2f}", "", "")
-        fc = floor.get("c2st") or {}
-        t.add_row("C2ST accuracy", c2st_cell(c), c2st_cell(fc),
-                  f"{len(c['folds'])}-fold, {c['images_per_side']} images per side at {c['size']} px; 0.5 = "
-                  f"indistinguishable{'; floor: ' + escape(fc['skipped']) if 'skipped' in fc else ''}")
-        cc, fcc = res.get("c2st_box_crops") or {}, floor.get("c2st_box_crops") or {}
-        if "c2st_accuracy" in cc:
-            t.add_row("C2ST box crops", c2st_cell(cc), c2st_cell(fcc),
-                      f"crops 1.5x each box, {cc['images_per_side']} per side: the defects, not the backgrounds"
-                      f"{'; floor: ' + escape(fcc['skipped']) if 'skipped' in fcc else ''}")
-        elif cc:
-            t.add_row("C2ST box crops", "-", "-", escape(cc["skipped"]))
-        console.print(t)
-        console.print(f"real beside generated: {res['realism_grid']}", highlight=False)
-    if "written_to" in res:
-        console.print(f"wrote {res['written_to']}", highlight=False)
+
+def _kid_cell(x: dict) -> str:
+    return f"{x['kid_mean']:.4f} ± {x['kid_std']:.4f}" if "kid_mean" in x else "-"
+
+
+def _realism_table(res: DatasetMetrics):
+    """Generated vs real beside real vs real (the floor): FID/KID, in-domain and on ImageNet
+    features, IS, and the C2ST on whole images and on box crops."""
+    from rich.table import Table
+
+    f, c = res["fidelity"], res["c2st"]
+    floor = res.get("real_floor") or {}
+    t = Table(title="realism against the real images", title_justify="left")
+    t.add_column("metric")
+    t.add_column("generated vs real", justify="right")
+    t.add_column(f"floor: real vs real ({floor.get('images_per_half', '-')} a half)", justify="right")
+    t.add_column("notes")
+    fp, floor_fp = res.get("fidelity_pretrained") or {}, floor.get("fidelity_pretrained") or {}
+    t.add_row("FID", f"{f['fid']:.2f}", "", f"extractor: {escape(str(f['extractor']))}")
+    t.add_row("KID", _kid_cell(f), "", "")
+    if "fid" in fp:
+        t.add_row("FID, ImageNet features", f"{fp['fid']:.2f}", f"{floor_fp['fid']:.2f}" if "fid" in floor_fp else "-",
+                  f"extractor: {escape(str(fp['extractor']))}; comparable across lines and runs")
+        t.add_row("KID, ImageNet features", _kid_cell(fp), _kid_cell(floor_fp), escape(floor_fp.get("skipped", "")))
+    elif fp:
+        t.add_row("FID/KID, ImageNet features", "-", "-", escape(fp["skipped"]))
+    if "is_mean" in f:
+        t.add_row("IS", f"{f['is_mean']:.2f}", "", "")
+    fc = floor.get("c2st") or {}
+    t.add_row("C2ST accuracy", _c2st_cell(c), _c2st_cell(fc),
+              f"{len(c['folds'])}-fold, {c['images_per_side']} images per side at {c['size']} px; 0.5 = "
+              f"indistinguishable{'; floor: ' + escape(fc['skipped']) if 'skipped' in fc else ''}")
+    cc, fcc = res.get("c2st_box_crops") or {}, floor.get("c2st_box_crops") or {}
+    if "c2st_accuracy" in cc:
+        t.add_row("C2ST box crops", _c2st_cell(cc), _c2st_cell(fcc),
+                  f"crops 1.5x each box, {cc['images_per_side']} per side: the defects, not the backgrounds"
+                  f"{'; floor: ' + escape(fcc['skipped']) if 'skipped' in fcc else ''}")
+    elif cc:
+        t.add_row("C2ST box crops", "-", "-", escape(cc["skipped"]))
+    return t

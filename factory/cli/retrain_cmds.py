@@ -7,13 +7,16 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
 from factory.cli.app import app, data_app
 from factory.cli.common import EXIT_INVALID, console, fail, friendly_errors, plural
 from factory.spec.retrain import RetrainSettings
+
+if TYPE_CHECKING:
+    from factory.retrain.compare import Comparison
 
 
 def _default(field: str) -> str:
@@ -25,7 +28,7 @@ def _default(field: str) -> str:
 DEFAULT_ROOT = "file://./datasets"
 
 
-def _settings(config: str | None, **overrides):
+def _settings(config: str | None, **overrides) -> RetrainSettings:
     from factory.retrain.config import settings_from
 
     base = json.loads(config) if config else {}
@@ -95,23 +98,17 @@ def retrain_cmd(
     """Retrain the detector per arm (real only, real + synthetic, synthetic only) and seed at a matched
     optimizer-step budget; report every arm and the paired gain on the real eval set."""
     with friendly_errors():
-        from pydantic import ValidationError
-
-        from factory.retrain.config import RetrainError, resolve
-        from factory.retrain.launch import retrain
+        from factory.retrain.config import RetrainError
         from factory.retrain.trigger import RetrainTriggerError
         from factory.storage.uri import StorageError
 
         if not real_train or not real_eval:
             fail("--real-train and --real-eval are required", EXIT_INVALID)
-        try:
-            s = _settings(config, model=model, budget=budget, steps=steps, epochs=epochs, imgsz=imgsz, batch=batch,
-                          seeds=_list(seeds, "--seeds", int), arms=_list(arms and [arms], "--arms"), real_limit=real_limit,
-                          synthetic_ratio=synthetic_ratio, class_map=_class_map(class_map), gpus=gpus, parallel=parallel,
-                          workers=workers, min_gain=min_gain, schedule=schedule, finetune_fraction=finetune_fraction,
-                          evals=evals)
-        except ValidationError as e:
-            fail("; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()), EXIT_INVALID)
+        s = _checked_settings(config, model=model, budget=budget, steps=steps, epochs=epochs, imgsz=imgsz, batch=batch,
+                              seeds=_list(seeds, "--seeds", int), arms=_list(arms and [arms], "--arms"),
+                              real_limit=real_limit, synthetic_ratio=synthetic_ratio, class_map=_class_map(class_map),
+                              gpus=gpus, parallel=parallel, workers=workers, min_gain=min_gain, schedule=schedule,
+                              finetune_fraction=finetune_fraction, evals=evals)
         try:
             if watch:
                 if target:
@@ -120,16 +117,35 @@ def retrain_cmd(
                 return
             if not target:
                 fail("name a version (NAME@VERSION or a URI), or use --watch ROOT", EXIT_INVALID)
-            version_uri = resolve(target, root)
-            rt, re_ = resolve(real_train, root), resolve(real_eval, root)
-            console.print(f"retraining on [bold]{version_uri}[/] (real train {rt}, real eval {re_})", highlight=False)
-            c = retrain(version_uri, rt, re_, s, run_id=run_id, force=force, address=address)
+            c = _retrain(target, root, real_train, real_eval, s, run_id, force, address)
         except (RetrainError, RetrainTriggerError, StorageError) as e:
             fail(str(e))
         _print_comparison(c)
 
 
-def _print_comparison(c: dict) -> None:
+def _checked_settings(config: str | None, **overrides) -> RetrainSettings:
+    """`_settings`, a bad value exiting with every field's problem on one line."""
+    from pydantic import ValidationError
+
+    try:
+        return _settings(config, **overrides)
+    except ValidationError as e:
+        fail("; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()), EXIT_INVALID)
+
+
+def _retrain(target: str, root: str, real_train: str, real_eval: str, s: RetrainSettings, run_id: str | None,
+             force: bool, address: str | None) -> Comparison:
+    """Resolve the version and the real sets (NAME@VERSION through the registry), say what trains, train."""
+    from factory.retrain.config import resolve
+    from factory.retrain.launch import retrain
+
+    version_uri = resolve(target, root)
+    rt, re_ = resolve(real_train, root), resolve(real_eval, root)
+    console.print(f"retraining on [bold]{version_uri}[/] (real train {rt}, real eval {re_})", highlight=False)
+    return retrain(version_uri, rt, re_, s, run_id=run_id, force=force, address=address)
+
+
+def _print_comparison(c: Comparison) -> None:
     from rich.table import Table
 
     from factory.retrain.config import run_uri
@@ -205,7 +221,8 @@ def import_cmd(
     with friendly_errors():
         from rich.table import Table
 
-        from factory.data.adapters import load_real, publish_real, write_yolo
+        from factory.data.adapters import load_real
+        from factory.data.realset import publish_real, write_yolo
 
         opts = {k: v for k, v in dict(min_area=min_area, merge_gap=merge_gap, val_fraction=val_fraction, seed=seed).items()
                 if v is not None}
@@ -227,3 +244,4 @@ def import_cmd(
             t.add_row(c, str(n))
         console.print(t)
         console.print(f"splits: {real.splits()}\nwritten: {where}", highlight=False)
+

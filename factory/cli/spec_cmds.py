@@ -12,10 +12,10 @@ from rich.table import Table
 from factory.cli.app import app
 from factory.cli.common import EXIT_INVALID, console, err_console, fail, friendly_errors, load_spec_or_exit, plural
 from factory.data.folders import list_images
-from factory.generators.base import load_generator
+from factory.generators.base import generator_for
 from factory.planning import iter_plan, planned_count
 from factory.spec import SpecError, load_spec
-from factory.spec.load import cut
+from factory.spec.errors import cut
 from factory.storage import uri as U
 from factory.viz import draw_boxes, grid
 
@@ -182,17 +182,6 @@ def preview(
         out.parent.mkdir(parents=True, exist_ok=True)
         picture.save(out)
     console.print(f"wrote {out} ({len(items)} generated{' beside real images from ' + str(compare_to) if real else ''})")
-
-
-def generator_for(item, loaded: dict):
-    """The generator that draws `item`: its own kind, checkpoint and params (two
-    generators of one kind in a spec differ in params), loaded once into `loaded`."""
-    import json
-
-    key = (item.generator, item.checkpoint, json.dumps(item.params, sort_keys=True))
-    if key not in loaded:
-        loaded[key] = load_generator(item.generator, item.checkpoint, item.params)
-    return loaded[key]
 
 
 def _preview_crops(s, items, real: list[Path], out: Path, cols: int) -> None:

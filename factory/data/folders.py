@@ -98,7 +98,7 @@ def image_uris(location: str) -> list[str]:
     location = str(location)
     if is_image_name(location.rsplit("/", 1)[-1]):
         return [location]
-    if U.is_s3(location):
+    if U.on_disk(location) is None:  # an object store's prefix: list it
         names = [n for n in U.list_files(location) if is_image_name(n) and not (MASK_DIRS & set(n.split("/")[:-1]))]
         jpg_stems = {n.rsplit(".", 1)[0] for n in names if not n.lower().endswith(".png")}
         return [U.join(location, n) for n in names if not (n.lower().endswith(".png") and n.rsplit(".", 1)[0] in jpg_stems)]

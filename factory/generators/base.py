@@ -3,25 +3,38 @@
 A family is a class that describes itself (`kind`, the `classes` it can draw,
 whether it `uses_references`, whether it `wants_gpu`, and a pydantic `Params`
 model of its spec `params`) and implements `load` + `generate`. The pipeline, the
-serve app and the CLI only ever talk to this protocol. Built-in families are
-listed in `BUILTIN_KINDS`; a third-party package adds one through the
-`factory.generators` entry-point group (`kind = "pkg.module:Class"`). A family's
-class module must stay light (numpy, pydantic): heavy imports (torch, diffusers)
-happen in `load`, so validating a spec never imports them.
+serve app and the CLI only ever talk to this protocol, through `GeneratorRef`s
+(`factory.core`: kind + checkpoint + params, one per spec generator).
+
+One family, one folder: a built-in family is a subpackage `factory/generators/<kind>/`
+whose `__init__` names its class `FAMILY`; next to its params, model and generator
+it may hold its Ray Train loop (`train.py`) and its command line (`cli.py`, a
+`register(train_app)` function that adds `factory train ...` subcommands). Adding a
+folder adds the family: nothing else lists it. A third-party package adds one through
+the `factory.generators` entry-point group (`kind = "pkg.module:Class"`) and its
+commands through `factory.generators.commands` (`kind = "pkg.module:register"`).
+A family's class module must stay light (numpy, pydantic): heavy imports (torch,
+diffusers) happen in `load`, so validating a spec never imports them.
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib
+import pkgutil
 from functools import lru_cache
 from importlib.metadata import entry_points
-from typing import Any, ClassVar, Protocol, Sequence, runtime_checkable
+from pathlib import Path
+from typing import Any, ClassVar, MutableMapping, Protocol, Sequence, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic_core import ErrorDetails
 
-from factory.core import Sample, WorkItem
+from factory.core import GeneratorRef, Sample, WorkItem
+from factory.spec.errors import describe_error
 
 ENTRY_POINT_GROUP = "factory.generators"
+COMMANDS_GROUP = "factory.generators.commands"  # kind = "pkg.module:register" (a family's CLI subcommands)
 
 
 class GeneratorParams(BaseModel):
@@ -32,16 +45,37 @@ class GeneratorParams(BaseModel):
 
     @classmethod
     def parse(cls, kind: str, params: dict[str, Any]) -> "GeneratorParams":
-        """Validate a spec's params in `load`, with one readable error (`factory validate`
-        reports the same problems per field before a run starts)."""
+        """The family's typed params, or one ValueError listing every problem as
+        `check` words it (`factory validate` reports the same problems per field)."""
         try:
             return cls.model_validate(params)
         except ValidationError as e:
-            unknown = sorted(str(err["loc"][-1]) for err in e.errors() if err["type"] == "extra_forbidden")
-            if unknown:
-                raise ValueError(f"unknown {kind} params {unknown}; known: {sorted(cls.model_fields)}") from None
-            problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'params'}: {err['msg']}" for err in e.errors())
+            problems = "; ".join(f"{loc or 'params'}: {msg}" for loc, msg in cls.problems(e))
             raise ValueError(f"invalid {kind} params: {problems}") from None
+
+    @classmethod
+    def check(cls, params: dict[str, Any]) -> list[tuple[str, str]]:
+        """Every problem of `params` as (field path under params, reason); [] when valid."""
+        try:
+            cls.model_validate(params)
+        except ValidationError as e:
+            return cls.problems(e)
+        return []
+
+    @classmethod
+    def problems(cls, e: ValidationError) -> list[tuple[str, str]]:
+        return [cls._problem(err) for err in e.errors()]
+
+    @classmethod
+    def _problem(cls, err: ErrorDetails) -> tuple[str, str]:
+        loc, msg = describe_error(err)
+        if err["type"] == "extra_forbidden":
+            key = str(err["loc"][-1])
+            known = sorted(cls.model_fields)
+            hint = difflib.get_close_matches(key, known, n=1)
+            msg = f"unknown key {key!r}" + (f" (did you mean {hint[0]!r}?)" if hint else
+                                             f"; allowed keys: {', '.join(known) or 'none'}")
+        return loc, msg
 
 
 class NoParams(GeneratorParams):
@@ -78,19 +112,24 @@ class CheckpointError(RuntimeError):
     """A model's weights are missing or unreadable; the message says what to provide."""
 
 
-# kind -> "module:Class" of the families that ship with the factory.
-BUILTIN_KINDS: dict[str, str] = {
-    "procedural": "factory.generators.procedural:ProceduralELGenerator",
-    "pdig": "factory.generators.pdig:PDIGGenerator",
-    "dg2gan": "factory.generators.dg2gan:DG2GANGenerator",
-    "transplant": "factory.generators.transplant:TransplantGenerator",
-}
+def builtin_kinds() -> dict[str, str]:
+    """kind -> "module:FAMILY" of the families that ship with the factory: every
+    subpackage of `factory.generators` is one (its folder name is its kind)."""
+    return {name: f"{__package__}.{name}:FAMILY" for name in _family_folders()}
+
+
+@lru_cache(maxsize=1)
+def _family_folders() -> dict[str, bool]:
+    """Family folder name -> whether it holds a `cli.py`; read from the disk, nothing imported."""
+    folder = Path(__file__).parent
+    return {m.name: any(c.name == "cli" for c in pkgutil.iter_modules([str(folder / m.name)]))
+            for m in sorted(pkgutil.iter_modules([str(folder)]), key=lambda m: m.name) if m.ispkg}
 
 
 @lru_cache(maxsize=1)
 def registered_kinds() -> dict[str, str]:
     """Every known kind -> "module:Class": the built-ins, then entry points."""
-    kinds = dict(BUILTIN_KINDS)
+    kinds = builtin_kinds()
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         kinds.setdefault(ep.name, ep.value)
     return kinds
@@ -98,6 +137,16 @@ def registered_kinds() -> dict[str, str]:
 
 def available_kinds() -> list[str]:
     return sorted(registered_kinds())
+
+
+def family_commands() -> dict[str, str]:
+    """kind -> "module:register" of every family with command-line subcommands: the
+    built-in folders that hold a `cli.py`, then entry points. Found without importing
+    the families (`factory --help` stays quick)."""
+    out = {kind: f"{__package__}.{kind}.cli:register" for kind, has_cli in _family_folders().items() if has_cli}
+    for ep in entry_points(group=COMMANDS_GROUP):
+        out.setdefault(ep.name, ep.value)
+    return dict(sorted(out.items()))
 
 
 def generator_class(kind: str) -> type[Generator]:
@@ -109,5 +158,18 @@ def generator_class(kind: str) -> type[Generator]:
     return getattr(importlib.import_module(module_name), cls_name)
 
 
-def load_generator(kind: str, checkpoint: str | None, params: dict[str, Any] | None = None, device: str = "cpu") -> Generator:
-    return generator_class(kind).load(checkpoint, dict(params or {}), device=device)
+def load_generator(ref: GeneratorRef | str, checkpoint: str | None = None, params: dict[str, Any] | None = None,
+                   device: str = "cpu") -> Generator:
+    """Load the generator `ref` names (or the one-off ref of kind, checkpoint, params)."""
+    if isinstance(ref, str):
+        ref = GeneratorRef(ref, checkpoint, dict(params or {}))
+    return generator_class(ref.kind).load(ref.checkpoint, dict(ref.params), device=device)
+
+
+def generator_for(item: WorkItem, loaded: MutableMapping[str, Generator], device: str = "cpu") -> Generator:
+    """The generator that draws `item` (its ref: two generators of one kind in a spec
+    differ in params), loaded once into `loaded` (ref key -> generator)."""
+    ref = item.generator_ref
+    if ref.key not in loaded:
+        loaded[ref.key] = load_generator(ref, device=device)
+    return loaded[ref.key]

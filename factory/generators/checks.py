@@ -17,16 +17,11 @@ them here, on the driver, with `prepare_params(params, spec) -> params`.
 
 from __future__ import annotations
 
-import difflib
-from typing import Any
-
-from pydantic import ValidationError
-
 from factory.generators.base import generator_class
 from factory.generators.procedural.fit import fitted_domain
 from factory.generators.references import background_uris, qualify
 from factory.spec import DatasetSpec
-from factory.spec.load import SpecError, describe_error
+from factory.spec.errors import SpecError
 from factory.storage.uri import StorageError
 
 
@@ -43,12 +38,9 @@ def check_spec(spec: DatasetSpec, source: str = "<spec>", check_uris: bool = Tru
         except ValueError as e:
             problems.append((f"{where}.kind", str(e)))
             continue
-        params_ok = True
-        try:
-            cls.Params.model_validate(g.params)
-        except ValidationError as e:
-            params_ok = False
-            problems += [_param_problem(f"{where}.params", err, cls.Params) for err in e.errors()]
+        param_problems = cls.Params.check(g.params)
+        params_ok = not param_problems
+        problems += [(f"{where}.params.{loc}" if loc else f"{where}.params", msg) for loc, msg in param_problems]
         needs = getattr(cls, "needs_references", None)
         uses_references = needs(g.params) if needs is not None else cls.uses_references
         if uses_references and not g.params.get("references"):
@@ -88,14 +80,3 @@ def _fit_domain(spec: DatasetSpec) -> list[tuple[str, str]]:
     except (FileNotFoundError, ValueError, StorageError) as e:
         return [("domain.references", str(e))]
     return []
-
-
-def _param_problem(prefix: str, err: dict[str, Any], model) -> tuple[str, str]:
-    loc, msg = describe_error(err)
-    if err["type"] == "extra_forbidden":
-        key = str(err["loc"][-1])
-        known = sorted(model.model_fields)
-        hint = difflib.get_close_matches(key, known, n=1)
-        msg = f"unknown key {key!r}" + (f" (did you mean {hint[0]!r}?)" if hint else
-                                         f"; allowed keys: {', '.join(known) or 'none'}")
-    return (f"{prefix}.{loc}" if loc else prefix), msg

@@ -172,7 +172,7 @@ def _check_file(uri: str) -> str:
 
 
 def _read_bounded(uri: str) -> bytes:
-    if U.is_s3(uri):
+    if U.on_disk(uri) is None:
         data = U.read_bytes(uri)  # an object has the size its writer gave it: no device behind it
     else:
         with open(_check_file(uri), "rb") as f:
@@ -206,7 +206,7 @@ def check_references(refs: str | list[str]) -> str | None:
     try:
         uris = background_uris(refs)
         for uri in uris:  # a file named directly may be a device (/dev/zero): refuse it before any read
-            if not U.is_s3(uri):
+            if U.on_disk(uri) is not None:
                 _check_file(uri)
     except (FileNotFoundError, ValueError, U.StorageError) as e:
         return str(e)

@@ -8,14 +8,15 @@ resources; `run_round` streams the records back to the driver.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 
+from factory.core import GeneratorRef
 from factory.generators.base import generator_class
 from factory.pipeline.options import RunOptions
 from factory.pipeline.records import ShardRecord
-from factory.pipeline.stages import GenerateStage, ScoreWriteStage, ShardTarget, generator_key
+from factory.pipeline.stages import GenerateStage, ScoreWriteStage, ShardTarget
+from factory.planning import generator_refs
 from factory.quality import gate_gpus
 from factory.spec import DatasetSpec
 from factory.storage import uri as U
@@ -51,7 +52,7 @@ def _shard_target(staging: str, spec_hash: str, spec: DatasetSpec) -> ShardTarge
 class Pool:
     """One generator's actor pool, and where its samples are scored and written."""
 
-    key: str  # generator_key(kind, checkpoint, params)
+    ref: GeneratorRef  # the first spec generator of its key (equal keys share a pool)
     actors: int
     gpu: bool  # each generator actor holds one GPU
     score_actors: int = 0  # 0: the generator's own actor scores and writes (fused)
@@ -66,11 +67,15 @@ def plan_pools(spec: DatasetSpec, cpus: float, gpus: float, actors: int | None =
     When the anomaly gate asks for a GPU (`quality.gpus`) and the generators leave
     that much free, every pool scores in GPU actors of that share."""
 
-    keys = list(dict.fromkeys(generator_key(g.kind, g.checkpoint, g.params) for g in spec.generators if g.weight > 0))
+    first: dict[str, GeneratorRef] = {}  # key -> its first spec generator with a weight
+    for ref in generator_refs(spec):
+        if spec.generators[ref.index].weight > 0:
+            first.setdefault(ref.key, ref)
+    refs = list(first.values())
     base = []
-    for key in keys:
-        gpu = generator_class(json.loads(key)[0]).wants_gpu and gpus >= 1
-        base.append((key, gpu, actors or (int(gpus) if gpu else max(1, int(cpus) // len(keys)))))
+    for ref in refs:
+        gpu = generator_class(ref.kind).wants_gpu and gpus >= 1
+        base.append((ref, gpu, actors or (int(gpus) if gpu else max(1, int(cpus) // len(refs)))))
     free_gpus = gpus - sum(n for _, gpu, n in base if gpu)
     want = gate_gpus(spec)
     score_gpus = want if 0 < want <= free_gpus else 0.0
@@ -80,11 +85,11 @@ def plan_pools(spec: DatasetSpec, cpus: float, gpus: float, actors: int | None =
     # reserve no CPU and stay small, so Ray does not start a process per block
     helpers = max(1, sum(n for *_, n in base) // 2)
     pools = []
-    for key, gpu, n in base:
+    for ref, gpu, n in base:
         if score_gpus:
-            pools.append(Pool(key, n, gpu, max(1, min(helpers, int(free_gpus // score_gpus))), score_gpus))
+            pools.append(Pool(ref, n, gpu, max(1, min(helpers, int(free_gpus // score_gpus))), score_gpus))
         else:
-            pools.append(Pool(key, n, gpu, helpers if gpu else 0))
+            pools.append(Pool(ref, n, gpu, helpers if gpu else 0))
     return pools
 
 
@@ -103,7 +108,7 @@ def run_round(spec: DatasetSpec, o: RunOptions, staging: str, spec_hash: str, to
     outputs = []
     for p in pools:
         ds = items.map_batches(
-            GenerateStage, fn_constructor_kwargs={"spec": spec, "key": p.key, "device": "cuda" if p.gpu else "cpu",
+            GenerateStage, fn_constructor_kwargs={"spec": spec, "ref": p.ref, "device": "cuda" if p.gpu else "cpu",
                                                   "retries": o.retries, "target": None if p.score_actors else target,
                                                   "batch_size": o.batch_size},
             batch_size=1, compute=ray.data.ActorPoolStrategy(size=p.actors),

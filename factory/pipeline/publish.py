@@ -23,7 +23,10 @@ from factory.pipeline.report import build_report
 from factory.pipeline.rounds import Dedupe, Shard, read_record
 from factory.spec import DatasetSpec
 from factory.storage import uri as U
-from factory.storage.registry import Registry, code_version
+from factory.storage.lease import VersionLease
+from factory.storage.manifest import ShardMade
+from factory.storage.publish import Publication
+from factory.storage.registry import code_version
 from factory.storage.shards import sinks_for
 
 MAX_REPORT_BOXES = 50_000  # the report's box histograms use the first this many boxes (plan order is random)
@@ -68,6 +71,8 @@ class _Stats:
         self.names = names
         self.images, self.boxes, self.generators, self.splits = Counter(), Counter(), Counter(), Counter()
         self.negatives, self.box_rows, self.grid_ok, self.grid_bad = 0, [], [], []
+        self.gate: list[str] = []  # the scorers' names, as the actors built them
+        self.made: list[ShardMade] = []  # the published shards in plan order, and the node that made each
 
     def add(self, samples: list[SampleSummary]) -> None:
         for s in samples:
@@ -93,28 +98,38 @@ class _Stats:
             self.grid_bad += [r for r in t.to_pylist() if r["image"]][: 8 - len(self.grid_bad)]
 
 
-def publish_version(spec: DatasetSpec, reg: Registry, version: int, shards: list[Shard], dedupe: Dedupe,
-                    state: dict[str, Any], o: RunOptions, spec_hash: str,
-                    seconds: float) -> tuple[str, dict[str, Any], bool]:
-    """Plan, seal and finish the version; returns (its URI, the manifest, whether
-    report.html and grid.png were written)."""
-
-    staging = reg.staging_uri(spec.name, version)
+def publish_version(spec: DatasetSpec, lease: VersionLease, shards: list[Shard], dedupe: Dedupe,
+                    o: RunOptions, seconds: float) -> tuple[dict[str, Any], bool]:
+    """Plan, seal and finish the version; returns (the manifest, whether report.html
+    and grid.png were written)."""
     chosen, surplus, dup = select(shards, spec.count, dedupe)
     if sum(t for _, t in chosen) != spec.count:
         raise RunError(f"internal: selected {sum(t for _, t in chosen)} samples, expected {spec.count}")
-    take = {s.key: t for s, t in chosen}
     skipped = {id(s) for s in dup}
     kept = sorted((s for s in shards if id(s) not in skipped), key=lambda s: s.key)
+    pub = lease.publication()
+    stats = _put_shards(spec, pub, lease.staging, kept, {s.key: t for s, t in chosen}, dedupe)
+    manifest = _manifest(spec, lease, kept, dedupe, stats, surplus, len(dup), seconds)
+    if o.report:
+        html, grid_png = build_report(spec, {**manifest, "version": lease.version}, stats.box_rows,
+                                      (stats.grid_ok, stats.grid_bad))
+        pub.put("report.html", html)
+        pub.put("grid.png", grid_png)
+    pub.commit(manifest)
+    return pub.manifest, o.report
+
+
+def _put_shards(spec: DatasetSpec, pub: Publication, staging: str, kept: list[Shard], take: dict[str, int],
+                dedupe: Dedupe) -> _Stats:
+    """Every kept shard's files into the publication (the taken samples of the chosen
+    ones, through each format's sink; the rejected parts of all), then the sinks'
+    layout files; returns what was gathered on the way."""
     sinks = sinks_for(spec.output.formats)
     stats = _Stats(spec.class_names)
-    gate: list[str] = []
-    pub = reg.begin(spec.name, version)
-    part = rejected_part = 0
-    made: list[dict[str, Any]] = []  # the published shards in plan order, and the node that made each
+    rejected_part = 0
     for shard in kept:
         rec = read_record(staging, shard.key)
-        gate = gate or list(rec.gate)  # the scorers' names, as the actors built them
+        stats.gate = stats.gate or list(rec.gate)
         if shard.key in take:
             samples = sorted((x for x in rec.samples if x.sample_id not in dedupe.duplicates),
                              key=lambda x: x.index)[: take[shard.key]]
@@ -122,23 +137,28 @@ def publish_version(spec: DatasetSpec, reg: Registry, version: int, shards: list
             ids = {x.sample_id for x in samples}
             for sink in sinks:
                 own = [f for f in rec.files if f["path"].startswith(sink.format + "/")]
-                sink.publish_shard(pub, staging, own, ids if cut else None, part)
+                sink.publish_shard(pub, staging, own, ids if cut else None, len(stats.made))  # its part number
                 if sink.format == "parquet" and own:
                     stats.sample_accepted(staging, own[0]["path"], ids)
-            part += 1
             stats.add(samples)
-            made.append({"key": shard.key, "node": rec.node, "samples": len(samples)})
+            stats.made.append(ShardMade(key=shard.key, node=rec.node, samples=len(samples)))
         for f in rec.rejected_files:
             stats.sample_rejected(staging, f["path"])
             pub.move([(f["path"], {**f, "path": f"rejected/part-{rejected_part:05d}.parquet"})])
             rejected_part += 1
     for sink in sinks:
         sink.finalize(pub, spec.class_names, stats.splits)
+    return stats
+
+
+def _manifest(spec: DatasetSpec, lease: VersionLease, kept: list[Shard], dedupe: Dedupe, stats: _Stats,
+              surplus: int, duplicate_shards: int, seconds: float) -> dict[str, Any]:
+    """What this publisher says about the version (storage/publish.py adds the rest)."""
     near_duplicates = sum(dedupe.in_runs(s.runs) for s in kept)
     rejected = sum(s.rejected for s in kept) + near_duplicates
     processed = sum(s.rejected + s.accepted for s in kept)
-    manifest = {
-        "spec_hash": spec_hash,
+    return {
+        "spec_hash": lease.spec_hash,
         "code_version": code_version(),
         "count": spec.count,
         "classes": spec.class_names,
@@ -158,17 +178,10 @@ def publish_version(spec: DatasetSpec, reg: Registry, version: int, shards: list
         },
         "reject_reasons": dict((sum((s.reasons for s in kept), Counter())
                                 + Counter({"near_duplicate": near_duplicates})).most_common()),
-        "gate": gate,
-        "rounds": state.get("rounds", 0),
-        "duplicate_shards_skipped": len(dup),
-        "shards": made,
+        "gate": stats.gate,
+        "rounds": lease.rounds,
+        "duplicate_shards_skipped": duplicate_shards,
+        "shards": [m.model_dump(mode="json") for m in stats.made],
         "seconds": round(seconds, 2),
         "spec": spec.to_yaml_dict(),
     }
-    if o.report:
-        html, grid_png = build_report(spec, {**manifest, "version": version}, stats.box_rows,
-                                      (stats.grid_ok, stats.grid_bad))
-        pub.put("report.html", html)
-        pub.put("grid.png", grid_png)
-    uri = pub.commit(manifest)
-    return uri, pub.manifest, o.report

@@ -10,20 +10,42 @@ from __future__ import annotations
 
 import base64
 import io
-from typing import Any, Sequence
+from typing import Any, NotRequired, Sequence, TypedDict
 
 import numpy as np
 
-from factory.core import Box
+from factory.core import Box, BoxRow
 from factory.planning import plan
 from factory.viz import decode_png, draw_boxes, grid, png_bytes
 
 
-def _boxes(rows: Sequence[dict[str, Any]]) -> list[Box]:
+class GridSample(TypedDict):
+    """The columns of a parquet (or rejected) row that the report's image grids read."""
+
+    image: bytes
+    boxes: list[BoxRow]
+    reasons: NotRequired[list[str]]  # rejected rows
+
+
+class BoxSizes(TypedDict):
+    """One class's row of the report's requested-vs-published box table."""
+
+    name: str
+    planned_n: int
+    published_n: int
+    size_spec: str
+    size_planned: str
+    size_published: str
+    aspect_spec: str
+    aspect_planned: str
+    aspect_published: str
+
+
+def _boxes(rows: Sequence[BoxRow]) -> list[Box]:
     return [Box.from_dict(b) for b in rows or []]
 
 
-def sample_grid(samples: Sequence[dict[str, Any]], captions: Sequence[str] | None = None, cols: int = 4) -> bytes | None:
+def sample_grid(samples: Sequence[GridSample], captions: Sequence[str] | None = None, cols: int = 4) -> bytes | None:
     if not samples:
         return None
     tiles = [draw_boxes(decode_png(s["image"]), _boxes(s["boxes"])) for s in samples]
@@ -53,13 +75,13 @@ def _describe(d) -> str:
     return f"{d.dist} {d.min:g}..{d.max:g}{extra}"
 
 
-def box_comparison(spec, box_rows: Sequence[tuple], planned_rows: Sequence[tuple]) -> list[dict[str, Any]]:
+def box_comparison(spec, box_rows: Sequence[tuple], planned_rows: Sequence[tuple]) -> list[BoxSizes]:
     """Per class: the spec's size and aspect distributions, and the 10/50/90% quantiles
     of the planned (requested) and published (tight) boxes' size and aspect."""
     W, H = spec.image.width, spec.image.height
     got, want = _size_aspect(box_rows, W, H), _size_aspect(planned_rows, W, H)
     q = lambda v: " / ".join(f"{x:.3g}" for x in np.quantile(v, QUANTILES)) if len(v) else "-"  # noqa: E731
-    out = []
+    out: list[BoxSizes] = []
     for c, d in enumerate(spec.defects):
         g, p = got[0] == c, want[0] == c
         out.append({
@@ -114,7 +136,7 @@ def box_histograms(class_names: Sequence[str], box_rows: Sequence[tuple], width:
 
 
 def build_report(spec, manifest: dict[str, Any], box_rows: Sequence[tuple],
-                 samples: tuple[list[dict[str, Any]], list[dict[str, Any]]]) -> tuple[bytes, bytes]:
+                 samples: tuple[list[GridSample], list[GridSample]]) -> tuple[bytes, bytes]:
     """(report.html, grid.png) of a version about to be published, from the
     Jinja2 template `templates/report.html.j2` (autoescaped)."""
     import jinja2

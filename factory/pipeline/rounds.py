@@ -126,6 +126,11 @@ def read_record(staging: str, key: str) -> ShardRecord:
     return ShardRecord.of(U.read_bytes(U.join(staging, "_shards", f"{key}.json")))
 
 
+def has_records(staging: str) -> bool:
+    """Whether a shard was written: something a resumed run would not make again."""
+    return bool(U.list_files(U.join(staging, "_shards")))
+
+
 def iter_records(staging: str):
     """The written shard records, one at a time (a resumed run's starting point)."""
     for name in U.list_files(U.join(staging, "_shards")):

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from factory.core import Box, Reason, Sample, WorkItem
+from factory.core import Box, GeneratorRef, Reason, Sample, WorkItem
 from factory.formats import box_polygon, mask_polygons
 from factory.generators.base import load_generator
 from factory.pipeline.records import RejectSummary, SampleSummary, ShardRecord
@@ -40,11 +40,6 @@ VAL_EVERY = 10  # split_of's default val share is 1 / VAL_EVERY: plan index % 10
 
 # what generating one item gave: the sample, or None and the error that stopped it
 Result = tuple[WorkItem, "Sample | None", str]
-
-
-def generator_key(kind: str, checkpoint: str | None, params: dict[str, Any]) -> str:
-    """One actor pool per distinct generator (kind + checkpoint + params)."""
-    return json.dumps([kind, checkpoint or "", params], sort_keys=True)
 
 
 def split_of(index: int, val_fraction: float = 1 / VAL_EVERY) -> str:
@@ -67,14 +62,14 @@ class ShardTarget:
     staging: str
     spec_hash: str
     formats: tuple[str, ...]
-    storage: Any = None  # the driver's StorageConfig: endpoint and region only, never credentials
+    storage: U.StorageConfig | None = None  # the driver's: endpoint and region only, never credentials
 
 
 # --- stage 1: plan ranges -> generate (-> score -> write) -----------------------
 class GenerateStage:
     """Holds one loaded generator per actor and makes the planned items of each
-    range that are its own (a spec with several generators runs one pool per
-    generator over the same ranges). A failing call is retried, then retried item
+    range that are its own, those whose ref has its `ref.key` (a spec with several
+    generators runs one pool per key over the same ranges). A failing call is retried, then retried item
     by item; an item that still fails becomes a reject with its error, never a
     lost row.
 
@@ -84,12 +79,11 @@ class GenerateStage:
     written. Without one (GPU generators) it returns raw image columns for a CPU
     `ScoreWriteStage` pool, so the GPU never waits for PNG encoding."""
 
-    def __init__(self, spec: DatasetSpec, key: str, device: str, retries: int, target: ShardTarget | None = None,
+    def __init__(self, spec: DatasetSpec, ref: GeneratorRef, device: str, retries: int, target: ShardTarget | None = None,
                  batch_size: int = 64):
 
-        kind, checkpoint, params = json.loads(key)
-        self.spec, self.key, self.retries, self.batch_size = spec, key, retries, max(1, batch_size)
-        self.generator = load_generator(kind, checkpoint or None, params, device=device)
+        self.spec, self.ref, self.retries, self.batch_size = spec, ref, retries, max(1, batch_size)
+        self.generator = load_generator(ref, device=device)
         self.finish = ScoreWriteStage(spec, target) if target else None
 
     def _try(self, items: list[WorkItem]):
@@ -122,11 +116,10 @@ class GenerateStage:
         return [(it, None, f"generator returned an image of shape {np.shape(s.image)}, expected {want}")
                 if s is not None and np.shape(s.image) != want else (it, s, e) for it, s, e in out]
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         records, raw = [], []
         for a, b in zip(batch["start"], batch["stop"]):
-            items = [w for w in iter_plan(self.spec, int(a), int(b - a))
-                     if generator_key(w.generator, w.checkpoint, w.params) == self.key]
+            items = [w for w in iter_plan(self.spec, int(a), int(b - a)) if w.generator_ref.key == self.ref.key]
             if not items:
                 continue
             if self.finish is None:
@@ -195,7 +188,7 @@ class ScoreWriteStage:
 
             U.set_storage_config(target.storage)
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         shards = batch["shard"]
         records = [self.write(self.rows(from_columns({k: v[shards == s] for k, v in batch.items()})))
                    for s in np.unique(shards)]

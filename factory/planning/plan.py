@@ -23,7 +23,7 @@ from typing import Iterator
 
 import numpy as np
 
-from factory.core import Box, WorkItem
+from factory.core import Box, GeneratorRef, WorkItem
 from factory.spec.model import BoxSpec, DatasetSpec, Distribution, DomainSpec
 
 MAX_PLACEMENT_TRIES = 200
@@ -76,10 +76,18 @@ def iter_plan(spec: DatasetSpec, start: int, n: int) -> Iterator[WorkItem]:
         yield planner.item(i)
 
 
+def generator_refs(spec: DatasetSpec) -> tuple[GeneratorRef, ...]:
+    """One `GeneratorRef` per `spec.generators[i]` (index i), with the params the
+    generator families checked and completed (`check_spec` runs first on every
+    path that plans: the run, `factory plan`, `preview`, the gate audit)."""
+    return tuple(GeneratorRef(g.kind, g.checkpoint, dict(g.params), index=i) for i, g in enumerate(spec.generators))
+
+
 class _Planner:
     def __init__(self, spec: DatasetSpec):
         self.spec = spec
         self.hash = spec.spec_hash()
+        self.refs = generator_refs(spec)
         g_w = np.array([g.weight for g in spec.generators], dtype=float)
         self.gen_p = g_w / g_w.sum()
         c_w = np.array([d.weight for d in spec.defects], dtype=float)
@@ -95,7 +103,7 @@ class _Planner:
         spec = self.spec
         rng = np.random.default_rng(np.random.SeedSequence([spec.seed % (1 << 63), index]))
         W, H = spec.image.width, spec.image.height
-        gen = spec.generators[int(rng.choice(len(spec.generators), p=self.gen_p))]
+        gen = self.refs[int(rng.choice(len(self.refs), p=self.gen_p))]
         style = draw_style(rng, spec.domain)
         boxes: list[Box] = []
         rng.random()  # once the negative/positive draw; kept so the rest of the stream (boxes, seed) is unchanged
@@ -119,8 +127,9 @@ class _Planner:
             seed=int(rng.integers(0, 2**31 - 1)),
             boxes=tuple(boxes),
             style=style,
-            params=dict(gen.params),
+            params=gen.params,
             domain=spec.domain.name,
+            ref=gen,
         )
 
     def _classes(self, rng: np.random.Generator, primary: int) -> list[int]:

@@ -28,7 +28,7 @@ from typing import Sequence
 
 import numpy as np
 
-from factory.core import Box, Sample
+from factory.core import Box, Sample, WorkItem
 from factory.generators.base import load_generator
 from factory.planning import plan
 from factory.quality import build_scorers, score_all
@@ -97,15 +97,15 @@ def broken_variants(sample: Sample, rng: np.random.Generator, clean: np.ndarray 
     return out
 
 
-def draw_items(items: Sequence, device: str, tolerate_errors: bool = False) -> list[Sample | None]:
-    """Items drawn by their own generators, in order (one generator per kind/checkpoint/params);
-    with `tolerate_errors`, None for the items of a generator that cannot draw them."""
-    by_gen: dict[tuple, list[int]] = {}
+def draw_items(items: Sequence[WorkItem], device: str, tolerate_errors: bool = False) -> list[Sample | None]:
+    """Items drawn by their own generators (one per ref key), in order; with
+    `tolerate_errors`, None for the items of a generator that cannot draw them."""
+    by_gen: dict[str, list[int]] = {}
     for i, it in enumerate(items):
-        by_gen.setdefault((it.generator, it.checkpoint, repr(sorted(it.params.items()))), []).append(i)
+        by_gen.setdefault(it.generator_ref.key, []).append(i)
     out: list[Sample | None] = [None] * len(items)
-    for (kind, checkpoint, _), idx in by_gen.items():
-        gen = load_generator(kind, checkpoint, items[idx[0]].params, device=device)
+    for idx in by_gen.values():
+        gen = load_generator(items[idx[0]].generator_ref, device=device)
         try:
             drawn = gen.generate([items[i] for i in idx])
         except Exception:

@@ -4,9 +4,13 @@ The anomaly gate asks "is anything unusual in the box?"; a blur or a smear passe
 check asks whether the box's content looks like the user's own labelled instances of the
 box's class, against the same places without a defect:
 
-    check, report = fit_box_check(collect_crops(labelled, cfg), class_names, cfg)
+    check, report = fit_box_check(collect_crops(labelled, cfg), class_names, cfg)   # box_fit, box_crops
     check.save("file://./checkpoints/box-check")
     scorer = BoxClassScorer(BoxCheck.load("file://./checkpoints/box-check"), spec.class_names)
+
+This module holds the check itself (config, features, classifier head, checkpoint) and its
+scorer; `factory.quality.box_crops` cuts the crops and reads a labelled set,
+`factory.quality.box_fit` fits the classifier and calibrates its thresholds.
 
 - Crop: a square around the box, `crop_scale` x its longer side (the defect with its
   surroundings), grey, resized to `crop_size` (`factory.viz.box_crop`).
@@ -36,17 +40,15 @@ from __future__ import annotations
 import io
 import json
 import pickle
-import time
 from dataclasses import asdict, dataclass
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from factory.core import Box, Reason, Sample
-from factory.generators.references import read_grey  # bounded: a regular file, a sane size, an image
 from factory.quality.base import Verdict
+from factory.quality.box_crops import crop_boxes
 
 FORMAT = "box-check-v1"
 NO_DEFECT = "no defect"
@@ -81,165 +83,6 @@ class BoxCheckConfig:
 
     def to_dict(self) -> dict:
         return asdict(self) | {"blocks": list(self.blocks)}
-
-
-# --- crops ------------------------------------------------------------------------------
-
-
-def box_in_crop(box: Box, scale: float) -> np.ndarray:
-    """The box's place inside its `box_crop` as fractions of the crop side (x1, y1, x2, y2);
-    the same arithmetic as `factory.viz.box_crop`."""
-    side = max(2, int(round(scale * max(box.width, box.height))))
-    y0 = (box.y1 + box.y2) // 2 - side // 2
-    x0 = (box.x1 + box.x2) // 2 - side // 2
-    return np.array([(box.x1 - x0) / side, (box.y1 - y0) / side, (box.x2 - x0) / side, (box.y2 - y0) / side], np.float32)
-
-
-def crop_boxes(image: np.ndarray, boxes: Sequence[Box], cfg: BoxCheckConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(N x S x S uint8 grey crops, N x 4 box places in them) of the boxes of one image."""
-    from factory.viz import box_crop
-
-    S = cfg.crop_size
-    if not boxes:
-        return np.zeros((0, S, S), np.uint8), np.zeros((0, 4), np.float32)
-    crops = np.stack([box_crop(image, b, cfg.crop_scale, S) for b in boxes])
-    return crops, np.stack([box_in_crop(b, cfg.crop_scale) for b in boxes])
-
-
-def moved_box(box: Box, width: int, height: int, to_width: int, to_height: int) -> Box:
-    """The box at the same relative place of an image of another size (at least 2 px a side)."""
-    sx, sy = to_width / width, to_height / height
-    x1, y1 = min(int(box.x1 * sx), to_width - 2), min(int(box.y1 * sy), to_height - 2)
-    x2, y2 = max(x1 + 2, min(to_width, int(round(box.x2 * sx)))), max(y1 + 2, min(to_height, int(round(box.y2 * sy))))
-    return Box(box.class_id, box.class_name, x1, y1, x2, y2)
-
-
-@dataclass
-class Labelled:
-    """One labelled real image: how to read it (and its aligned defect-free twin, where the set
-    has one; `read(path)` gives HxW[xC] uint8), its boxes, and the group it is held out with."""
-
-    image: str
-    boxes: list[Box]
-    template: str | None = None
-    group: str = ""
-
-
-@dataclass
-class CropSet:
-    """Crops with their labels: `classes[i]` is the class of the box the crop is around, `defect[i]`
-    whether the crop holds that defect (False: the same box where there is none)."""
-
-    crops: np.ndarray  # N x S x S uint8
-    places: np.ndarray  # N x 4: the box inside the crop (fractions)
-    classes: list[str]
-    defect: np.ndarray  # N bool
-    groups: list[str]
-
-    def __len__(self) -> int:
-        return len(self.classes)
-
-    def subset(self, keep: np.ndarray) -> "CropSet":
-        idx = np.flatnonzero(keep)
-        return CropSet(self.crops[idx], self.places[idx], [self.classes[i] for i in idx], self.defect[idx],
-                       [self.groups[i] for i in idx])
-
-    @staticmethod
-    def concat(parts: Sequence["CropSet"], size: int) -> "CropSet":
-        parts = [p for p in parts if len(p)]
-        if not parts:
-            return CropSet(np.zeros((0, size, size), np.uint8), np.zeros((0, 4), np.float32), [], np.zeros(0, bool), [])
-        return CropSet(np.concatenate([p.crops for p in parts]), np.concatenate([p.places for p in parts]),
-                       [c for p in parts for c in p.classes], np.concatenate([p.defect for p in parts]),
-                       [g for p in parts for g in p.groups])
-
-
-def collect_crops(labelled: Sequence[Labelled], cfg: BoxCheckConfig, normals: Sequence[str] = (),
-                  max_per_class: int | None = None, seed: int = 0, read: Callable[[str], np.ndarray] = read_grey,
-                  progress: Callable[[int, int], None] | None = None) -> CropSet:
-    """Positive and negative crops of labelled images: each kept box (at most `max_per_class`
-    a class, seeded) on its image, and the same box on its template, or, for an image without
-    one, at the same relative place on a seeded random image of `normals` (defect-free)."""
-    rng = np.random.default_rng(seed)
-    keep = _cap_boxes(labelled, max_per_class, rng)
-    if any(keep[i] and not item.template for i, item in enumerate(labelled)) and not normals:
-        raise ValueError("images without a defect-free template need defect-free images (normals) for the negatives")
-    parts, todo = [], [i for i in range(len(labelled)) if keep[i]]
-    for n, i in enumerate(todo):
-        item = labelled[i]
-        boxes = [item.boxes[k] for k in keep[i]]
-        image = read(item.image)
-        pos, places = crop_boxes(image, boxes, cfg)
-        if item.template:
-            clean, neg_boxes = read(item.template), boxes
-        else:
-            clean = read(normals[int(rng.integers(len(normals)))])
-            H, W = image.shape[:2]
-            neg_boxes = [moved_box(b, W, H, clean.shape[1], clean.shape[0]) for b in boxes]
-        neg, neg_places = crop_boxes(clean, neg_boxes, cfg)
-        names = [b.class_name for b in boxes]
-        parts.append(CropSet(np.concatenate([pos, neg]), np.concatenate([places, neg_places]), names + names,
-                             np.r_[np.ones(len(boxes), bool), np.zeros(len(boxes), bool)], [item.group] * (2 * len(boxes))))
-        if progress:
-            progress(n + 1, len(todo))
-    return CropSet.concat(parts, cfg.crop_size)
-
-
-def _cap_boxes(labelled: Sequence[Labelled], cap: int | None, rng: np.random.Generator) -> list[list[int]]:
-    """Per image, the indices of the boxes kept: every box, or a seeded `cap` of each class."""
-    where: dict[str, list[tuple[int, int]]] = {}
-    for i, item in enumerate(labelled):
-        for k, b in enumerate(item.boxes):
-            where.setdefault(b.class_name, []).append((i, k))
-    keep: list[list[int]] = [[] for _ in labelled]
-    for name in sorted(where):
-        spots = where[name]
-        if cap is not None and len(spots) > cap:
-            spots = [spots[j] for j in sorted(rng.choice(len(spots), cap, replace=False))]
-        for i, k in spots:
-            keep[i].append(k)
-    return [sorted(k) for k in keep]
-
-
-def labelled_set(ref: str, normal: Sequence[str] = (), group_by: str | None = None) -> tuple[list[str], list[Labelled], list[str]]:
-    """(class names, labelled images, defect-free image URIs) of a labelled real set: a registry
-    version `[ROOT/]NAME@VERSION` or a YOLO folder (URI), its train split only (val is evaluation
-    data). Its templates (`templates/train/`) give the negatives where present; its train images
-    without boxes and the `normal` folders/URIs/versions are the defect-free images otherwise.
-    `group_by`: a regex whose first match in an image's file name is its group (else the name)."""
-    import re
-
-    from PIL import Image
-
-    from factory.formats import parse_yolo_lines
-    from factory.generators.references import background_uris, train_files, tree_uri
-    from factory.storage.uri import join, read_bytes
-
-    try:
-        pattern = re.compile(group_by) if group_by else None
-    except re.error as e:
-        raise ValueError(f"group_by {group_by!r} is not a regular expression: {e}") from e
-    tree = tree_uri(ref)
-    names, files = train_files(tree)
-    labelled, normals = [], []
-    for f in files:
-        uri = join(tree, f.image)
-        if not f.labels.strip():
-            normals.append(uri)
-            continue
-        with Image.open(io.BytesIO(read_bytes(uri))) as im:
-            w, h = im.size
-        try:
-            boxes = parse_yolo_lines(f.labels, w, h, names)
-        except ValueError as e:
-            raise ValueError(f"{ref}: labels of {f.image}: {e}") from e
-        name = f.image.rsplit("/", 1)[-1]
-        m = pattern.search(name) if pattern else None
-        labelled.append(Labelled(uri, boxes, join(tree, f.template) if f.template else None, m.group(0) if m else name))
-    if not labelled:
-        raise ValueError(f"{ref}: no labelled boxes in its train split")
-    normals += background_uris(list(normal)) if normal else []
-    return names, labelled, normals
 
 
 # --- features -------------------------------------------------------------------------------
@@ -285,28 +128,6 @@ class Head:
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().float().cpu().contiguous() for k, v in asdict(self).items()}
-
-
-def fit_head(x: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float, steps: int) -> Head:
-    """Class-balanced, L2-regularized softmax regression by full-batch L-BFGS (deterministic)."""
-    mean, std = x.mean(0), x.std(0).clamp(min=1e-6)
-    z = (x - mean) / std
-    counts = torch.bincount(y, minlength=n_classes).float()
-    weights = torch.where(counts > 0, len(y) / (n_classes * counts.clamp(min=1)), torch.zeros_like(counts))
-    W = torch.zeros(n_classes, x.shape[1], requires_grad=True)
-    b = torch.zeros(n_classes, requires_grad=True)
-    opt = torch.optim.LBFGS([W, b], lr=1.0, max_iter=steps, history_size=20, line_search_fn="strong_wolfe",
-                            tolerance_grad=1e-6, tolerance_change=1e-9)
-
-    def closure():
-        opt.zero_grad()
-        loss = F.cross_entropy(z @ W.T + b, y, weight=weights) + l2 * W.pow(2).sum() / 2
-        loss.backward()
-        return loss
-
-    with torch.enable_grad():
-        opt.step(closure)
-    return Head(mean, std, W.detach(), b.detach())
 
 
 class BoxCheck:
@@ -407,83 +228,6 @@ class BoxCheck:
             raise BoxCheckError(f"cannot read box-check checkpoint {folder}: {type(e).__name__}: {e}") from e
         return cls(BoxCheckConfig(**config["box_check"]), config["class_names"], head, config["thresholds"],
                    config.get("meta", {}), device)
-
-
-# --- fitting ----------------------------------------------------------------------------------
-
-
-def folds_of(groups: Sequence[str], folds: int, seed: int) -> np.ndarray:
-    """Fold index per item: the distinct groups, seeded-shuffled, dealt round robin into at most
-    `folds` folds, so a group (an image, a board) is never in two folds."""
-    names = sorted(set(groups))
-    order = np.random.default_rng(seed).permutation(len(names))
-    fold = {names[j]: r % folds for r, j in enumerate(order)}
-    return np.array([fold[g] for g in groups], int)
-
-
-def recall_cut(scores: np.ndarray, recall: float) -> float:
-    """The highest threshold that keeps at least `recall` of these (real instances') scores."""
-    s = np.sort(np.asarray(scores, np.float64))
-    return float(s[int(np.floor((1 - recall) * len(s) + 1e-9))]) if len(s) else 0.5
-
-
-def per_class_report(check: BoxCheck, scores: np.ndarray, crops: CropSet) -> dict[str, dict]:
-    """Per class: AUROC of P(class) on its real instances vs the same boxes without a defect, and
-    the share of each kept / rejected at the check's thresholds."""
-    from factory.quality.anomaly.thresholds import auroc
-
-    out = {}
-    classes = np.array(crops.classes)
-    for name in check.class_names:
-        m = classes == name
-        pos, neg = scores[m & crops.defect], scores[m & ~crops.defect]
-        t = check.threshold(name)
-        out[name] = {"instances": int(len(pos)), "erased": int(len(neg)),
-                     "auroc": auroc(np.r_[pos, neg], np.r_[np.ones(len(pos)), np.zeros(len(neg))]) if len(pos) and len(neg) else float("nan"),
-                     "threshold": t, "recall": float((pos >= t).mean()) if len(pos) else float("nan"),
-                     "erased_rejected": float((neg < t).mean()) if len(neg) else float("nan")}
-    return out
-
-
-def fit_box_check(crops: CropSet, class_names: Sequence[str], cfg: BoxCheckConfig | None = None,
-                  device: str | None = None, net=None) -> tuple[BoxCheck, dict]:
-    """Fit the classifier on every crop; set each class's threshold from out-of-fold scores: `folds`
-    classifiers, each fitted without one fold of groups and scoring that fold, so every real
-    instance is scored by a model that never saw its image (or its board, with board groups).
-    Returns the check and a report (per-class out-of-fold AUROC, recall, erased rejected)."""
-    cfg = cfg or BoxCheckConfig()
-    check = BoxCheck(cfg, class_names, device=device)
-    if net is not None:
-        check._net = net
-    unknown = sorted(set(crops.classes) - set(check.class_names))
-    if unknown:
-        raise ValueError(f"crops of classes {unknown} that are not in the class names {check.class_names}")
-    t0 = time.perf_counter()
-    feats = check.features(crops.crops, crops.places)
-    t_feat = time.perf_counter() - t0
-    K = len(check.class_names)
-    labels = torch.tensor([check.class_names.index(c) if d else K for c, d in zip(crops.classes, crops.defect)])
-    fold = folds_of(crops.groups, cfg.folds, cfg.seed)
-    n_folds = len(set(fold.tolist()))
-    scores = np.zeros(len(crops))
-    for f in range(n_folds if n_folds > 1 else 0):  # one group only: calibrated on the fit (said in the report)
-        out = torch.from_numpy(fold == f)
-        head = fit_head(feats[~out], labels[~out], K + 1, cfg.l2, cfg.steps)
-        probe = BoxCheck(cfg, class_names, head, device="cpu")
-        scores[out.numpy()] = probe.class_scores(feats[out], [c for c, o in zip(crops.classes, out.tolist()) if o])
-    check.head = fit_head(feats, labels, K + 1, cfg.l2, cfg.steps)
-    if n_folds == 1:
-        scores = check.class_scores(feats, crops.classes)
-    classes = np.array(crops.classes)
-    for name in check.class_names:
-        real = scores[crops.defect & (classes == name)]
-        if len(real):
-            check.thresholds[name] = recall_cut(real, cfg.recall)
-    report = {"crops": len(crops), "groups": len(set(crops.groups)), "folds": n_folds, "calibrated_on_fit": n_folds == 1,
-              "feature_dim": int(feats.shape[1]), "feature_seconds": round(t_feat, 2),
-              "fit_seconds": round(time.perf_counter() - t0 - t_feat, 2), "per_class": per_class_report(check, scores, crops)}
-    check.meta["fit"] = report
-    return check, report
 
 
 # --- the scorer -------------------------------------------------------------------------------

@@ -18,12 +18,22 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, TypedDict
 
 import numpy as np
 
 INDOMAIN_EXTRACTOR = "indomain-rotnet"
 WIDTHS = (8, 16, 32, 64)  # the first conv has stride 2: 64 px in, 4 x 4 before pooling
+
+
+class C2ST(TypedDict):
+    c2st_accuracy: float  # mean held-out accuracy over the folds: 0.5 = indistinguishable
+    c2st_std: float
+    folds: list[float]  # each fold's accuracy
+    images_per_side: int
+    size: int
+    epochs: int
+    seed: int
 
 
 def load_grey(items: Sequence[Any], size: int) -> np.ndarray:
@@ -99,7 +109,7 @@ def _train(x, y, n_out: int, epochs: int, seed: int, augment_flips: bool = True,
 
 
 def c2st(generated: Sequence[Any], real: Sequence[Any], size: int = 64, folds: int = 5, epochs: int = 10,
-         seed: int = 0, threads: int = 1, max_images: int | None = 500) -> dict[str, Any]:
+         seed: int = 0, threads: int = 1, max_images: int | None = 500) -> C2ST:
     """k-fold accuracy of a from-scratch CNN telling generated from real images."""
     import torch
 
@@ -122,8 +132,8 @@ def c2st(generated: Sequence[Any], real: Sequence[Any], size: int = 64, folds: i
         with torch.no_grad():
             pred = net(xt[te]).argmax(1).numpy()
         accs.append(float((pred == y[te]).mean()))
-    return {"c2st_accuracy": float(np.mean(accs)), "c2st_std": float(np.std(accs)), "folds": accs,
-            "images_per_side": int(n), "size": size, "epochs": epochs, "seed": seed}
+    return C2ST(c2st_accuracy=float(np.mean(accs)), c2st_std=float(np.std(accs)), folds=accs, images_per_side=int(n),
+                size=size, epochs=epochs, seed=seed)
 
 
 def train_indomain_extractor(real: Sequence[Any], out: str | Path, size: int = 64, epochs: int = 10, seed: int = 0,
@@ -149,7 +159,7 @@ def grey_extractor_class(missing: str, load, features):
     """A torch-fidelity extractor over a network trained on grey images: `load(weights
     path) -> (net, input side)`, `features(net, x) -> N x D`. `missing` is the error
     when no weights path is given. Both in-domain extractors (this module's and the
-    UIIDD backbone in metrics) are built by it."""
+    UIIDD backbone in `factory.quality.fidelity`) are built by it."""
     import torch
     import torch.nn.functional as F
     from torch_fidelity.feature_extractor_base import FeatureExtractorBase

@@ -23,12 +23,22 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import NotRequired, TypedDict
 
 from factory.retrain.config import RetrainError, RetrainSettings, settings_from
-from factory.retrain.data import Selection, select, write_arm
+from factory.retrain.data import Selection, SelectionCounts, select, write_arm
 from factory.retrain.offline import network_attempts, setup_ultralytics_offline
 from factory.storage.uri import as_local_dir, join, upload_dir, write_bytes
+
+
+class Phase(TypedDict):
+    """One train() call of an arm: on which data (synthetic|real, or the arm's own), for how long."""
+
+    data: str
+    epochs: int
+    stop_steps: int | None
+    warmup_epochs: float
+    close_mosaic: int
 
 
 @dataclass
@@ -42,11 +52,81 @@ class ArmPlan:
     total_steps: int | None = None  # the whole run's steps (all phases): where the evaluations are spaced
     # pretrain_finetune: train() calls in sequence, each {data: synthetic|real, epochs, stop_steps,
     # warmup_epochs, close_mosaic}; the next starts from the previous one's last.pt
-    phases: list[dict[str, Any]] | None = None
+    phases: list[Phase] | None = None
 
-    def phase_list(self, arm: str) -> list[dict[str, Any]]:
-        return self.phases or [dict(data=arm, epochs=self.epochs, stop_steps=self.stop_steps,
-                                    warmup_epochs=self.warmup_epochs, close_mosaic=self.close_mosaic)]
+    def phase_list(self, arm: str) -> list[Phase]:
+        return self.phases or [Phase(data=arm, epochs=self.epochs, stop_steps=self.stop_steps,
+                                     warmup_epochs=self.warmup_epochs, close_mosaic=self.close_mosaic)]
+
+
+class ArmRun(TypedDict):
+    """`train_loop_config` of one (arm, seed): what the worker fetches, trains and where it writes."""
+
+    run_id: str
+    out_uri: str
+    real_train: str
+    real_eval: str
+    synthetic: str
+    settings: dict  # RetrainSettings.model_dump(mode="json")
+    storage_path: str
+    no_network: bool
+    arm: str
+    seed: int
+    plan: dict  # vars(ArmPlan)
+
+
+class ClassScores(TypedDict):
+    ap50: float | None  # None: the class is absent from the eval set
+    ap50_95: float | None
+    precision: float | None
+    recall: float | None
+    instances: int | None
+
+
+class Scores(TypedDict):
+    """A detector's scores on the eval set (from ultralytics' DetMetrics)."""
+
+    map50: float
+    map50_95: float
+    precision: float
+    recall: float
+    per_class: dict[str, ClassScores]
+
+
+class PhaseRecord(TypedDict):
+    """What one train() call did."""
+
+    data: str
+    steps: int
+    batches: int
+    images_seen: int
+    epochs: float
+    train_images: int
+    train_seconds: float
+    loaded: dict[str, int]  # the images ultralytics loaded: real, synthetic, other
+    train_dirs: list[str]
+
+
+class ArmMetrics(Scores):
+    """metrics.json of one (arm, seed): the final scores, the budget actually spent, the curve."""
+
+    arm: str
+    seed: int
+    steps: int
+    batches: int
+    images_seen: int
+    epochs: float
+    train_images: int
+    plan: dict  # asdict(ArmPlan)
+    curve: dict[str, list]
+    schedule: str
+    phases: list[PhaseRecord]
+    train_seconds: float
+    val_seconds: float
+    validations: dict[str, int | list[int]]
+    device: str
+    data: NotRequired[SelectionCounts]  # added by the worker
+    network_attempts: NotRequired[list[str]]
 
 
 def eval_points(total_steps: int | None, evals: int) -> list[int]:
@@ -159,7 +239,7 @@ class StepCounter:
             c["phase"].append(self.phase)
 
 
-def _metrics_of(m, names: list[str]) -> dict[str, Any]:
+def _metrics_of(m, names: list[str]) -> Scores:
     """ultralytics DetMetrics -> plain numbers (mAP50, mAP50-95, P, R, per class)."""
     box = m.box
     nt = getattr(m, "nt_per_class", None)
@@ -187,15 +267,13 @@ def _origin_counts(loaded: list[str], sources: dict[str, set[str]]) -> dict[str,
     return out
 
 
-def train_arm(arm: str, seed: int, work: Path, sel: Selection, s: RetrainSettings, plan: ArmPlan) -> dict[str, Any]:
+def train_arm(arm: str, seed: int, work: Path, sel: Selection, s: RetrainSettings, plan: ArmPlan) -> ArmMetrics:
     """Lay out, train and score one arm with ultralytics in this process (any node):
     one train() call per phase (one, or two for pretrain_finetune's mixed arm: the
     second starts from the first's last.pt), validations only at the evaluation
     points, then the final score of the last weights on the eval set."""
     setup_ultralytics_offline()
     import torch
-    import yaml
-    from ultralytics import YOLO
 
     if s.model.endswith(".pt") and not Path(s.model).exists():
         raise RetrainError(f"{s.model}: weights not found; give a local .pt or a model .yaml (nothing is downloaded)")
@@ -208,55 +286,71 @@ def train_arm(arm: str, seed: int, work: Path, sel: Selection, s: RetrainSetting
     for k, ph in enumerate(phases):
         pname = name if k == len(phases) - 1 else f"{name}-{ph['data']}"
         data_yaml = write_arm(work / f"data-{k}", sel, ph["data"])
-        args = dict(data=str(data_yaml), epochs=ph["epochs"], imgsz=s.imgsz, batch=s.batch, seed=seed, deterministic=True,
-                    workers=s.workers, device=device, amp=False, project=str(runs), name=pname, exist_ok=True, plots=True,
-                    verbose=False, nbs=s.batch, warmup_epochs=ph["warmup_epochs"], close_mosaic=ph["close_mosaic"])
-        if not weights.endswith(".pt"):
-            args["pretrained"] = False  # a .yaml trains from scratch; a .pt starts from its own weights
-        args.update({k2: v for k2, v in s.train_args.items() if k2 not in ("warmup_epochs", "close_mosaic")})
-        args["val"] = False  # validation is ours: at the evaluation points only
-        model = YOLO(weights)
-        counter = StepCounter(ph["stop_steps"], evals, sum(d["steps"] for d in done),
-                              sum(d["epochs"] for d in done), ph["data"])
-        counter.attach(model)
-        val_before, t0 = evals.seconds, time.time()
-        model.train(**args)
-        seconds = time.time() - t0
+        record, seconds = _train_phase(weights, data_yaml, ph, runs, pname, seed, device, s, evals, done, sources)
+        done.append(record)
         wall += seconds
-        nb = -(-counter.n_images // counter.batch)
-        done.append(dict(data=ph["data"], steps=counter.steps, batches=counter.batches, images_seen=counter.images,
-                         epochs=round(counter.batches / nb, 3), train_images=counter.n_images,
-                         train_seconds=round(seconds - (evals.seconds - val_before), 2),
-                         loaded=_origin_counts(counter.loaded, sources),
-                         train_dirs=yaml.safe_load(data_yaml.read_text())["train"]))
         weights = str(runs / pname / "weights" / "last.pt")
-    names = list(sel.class_names)
     # score the final weights: best.pt was picked on the eval set and would flatter every arm
+    during = evals.ran
+    scores, final_s = _final_score(weights, data_yaml, runs, f"{name}-eval", device, s, evals, list(sel.class_names))
+    steps, epochs = sum(d["steps"] for d in done), round(sum(d["epochs"] for d in done), 3)
+    curve = {k: list(v) for k, v in evals.curve.items()}
+    for k, v in (("steps", steps), ("epoch", epochs), ("map50", scores["map50"]), ("map50_95", scores["map50_95"]),
+                 ("phase", "final")):
+        curve[k].append(v)
+    return ArmMetrics(
+        **scores, arm=arm, seed=seed, steps=steps, batches=sum(d["batches"] for d in done),
+        images_seen=sum(d["images_seen"] for d in done), epochs=epochs, train_images=sum(d["train_images"] for d in done),
+        plan=asdict(plan), curve=curve, schedule=s.schedule if arm == "mixed" else "mix", phases=done,
+        train_seconds=round(wall - evals.seconds, 2), val_seconds=round(evals.seconds + final_s, 2),
+        validations={"during_training": during, "final": evals.ran - during, "total": evals.ran,
+                     "points": eval_points(plan.total_steps, s.evals), "limit": s.evals + 1},
+        device=device)
+
+
+def _train_phase(weights: str, data_yaml: Path, ph: Phase, runs: Path, pname: str, seed: int, device: str,
+                 s: RetrainSettings, evals: Evaluations, done: list[PhaseRecord],
+                 sources: dict[str, set[str]]) -> tuple[PhaseRecord, float]:
+    """One train() call from `weights` on `data_yaml`, its steps counted (after the `done`
+    phases) and stopped at the phase's budget; (what it did, its wall seconds)."""
+    import yaml
+    from ultralytics import YOLO
+
+    args = dict(data=str(data_yaml), epochs=ph["epochs"], imgsz=s.imgsz, batch=s.batch, seed=seed, deterministic=True,
+                workers=s.workers, device=device, amp=False, project=str(runs), name=pname, exist_ok=True, plots=True,
+                verbose=False, nbs=s.batch, warmup_epochs=ph["warmup_epochs"], close_mosaic=ph["close_mosaic"])
+    if not weights.endswith(".pt"):
+        args["pretrained"] = False  # a .yaml trains from scratch; a .pt starts from its own weights
+    args.update({k: v for k, v in s.train_args.items() if k not in ("warmup_epochs", "close_mosaic")})
+    args["val"] = False  # validation is ours: at the evaluation points only
+    model = YOLO(weights)
+    counter = StepCounter(ph["stop_steps"], evals, sum(d["steps"] for d in done), sum(d["epochs"] for d in done), ph["data"])
+    counter.attach(model)
+    val_before, t0 = evals.seconds, time.time()
+    model.train(**args)
+    seconds = time.time() - t0
+    nb = -(-counter.n_images // counter.batch)
+    return PhaseRecord(data=ph["data"], steps=counter.steps, batches=counter.batches, images_seen=counter.images,
+                       epochs=round(counter.batches / nb, 3), train_images=counter.n_images,
+                       train_seconds=round(seconds - (evals.seconds - val_before), 2),
+                       loaded=_origin_counts(counter.loaded, sources),
+                       train_dirs=yaml.safe_load(data_yaml.read_text())["train"]), seconds
+
+
+def _final_score(weights: str, data_yaml: Path, runs: Path, name: str, device: str, s: RetrainSettings,
+                 evals: Evaluations, names: list[str]) -> tuple[Scores, float]:
+    """The last weights scored on the eval set (its validation counted in `evals`); (scores, seconds)."""
+    from ultralytics import YOLO
+
     final = YOLO(weights)
     final.add_callback("on_val_start", evals.on_val_start)
-    during = evals.ran
     t = time.time()
     m = final.val(data=str(data_yaml), split="val", imgsz=s.imgsz, batch=s.batch, device=device, project=str(runs),
-                  name=f"{name}-eval", exist_ok=True, plots=True, verbose=False)
-    final_s = time.time() - t
-    out = _metrics_of(m, names)
-    steps = sum(d["steps"] for d in done)
-    curve = {k: list(v) for k, v in evals.curve.items()}
-    for k, v in (("steps", steps), ("epoch", round(sum(d["epochs"] for d in done), 3)), ("map50", out["map50"]),
-                 ("map50_95", out["map50_95"]), ("phase", "final")):
-        curve[k].append(v)
-    out.update(arm=arm, seed=seed, steps=steps, batches=sum(d["batches"] for d in done),
-               images_seen=sum(d["images_seen"] for d in done), epochs=round(sum(d["epochs"] for d in done), 3),
-               train_images=sum(d["train_images"] for d in done), plan=asdict(plan), curve=curve,
-               schedule=s.schedule if arm == "mixed" else "mix", phases=done,
-               train_seconds=round(wall - evals.seconds, 2), val_seconds=round(evals.seconds + final_s, 2),
-               validations={"during_training": during, "final": evals.ran - during, "total": evals.ran,
-                            "points": eval_points(plan.total_steps, s.evals), "limit": s.evals + 1},
-               device=device)
-    return out
+                  name=name, exist_ok=True, plots=True, verbose=False)
+    return _metrics_of(m, names), time.time() - t
 
 
-def train_loop_per_worker(config: dict[str, Any]) -> None:
+def train_loop_per_worker(config: ArmRun) -> None:
     """What one Ray Train worker runs: fetch the inputs (any node, any URI), select
     and lay out this arm's data, train, upload weights/plots/metrics, report."""
     import ray.train

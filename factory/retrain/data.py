@@ -15,7 +15,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import NotRequired, TypedDict
 
 import numpy as np
 import yaml
@@ -26,6 +26,25 @@ from factory.retrain.config import RetrainError, RetrainSettings
 Item = tuple[Path, list[str]]  # an image and its YOLO label lines (eval-set class ids)
 
 
+class SplitCounts(TypedDict):
+    """What a selection took from one source (after the class mapping)."""
+
+    images: int
+    dropped_images: int  # left out: a box of a class that maps to nothing
+    boxes_per_class_id: dict[int, int]
+    limit: NotRequired[int]  # real train: `real_limit`
+    used_images: NotRequired[int]
+    images_with_boxes: NotRequired[int]
+    class_mapping: NotRequired[dict[str, str | None]]  # synthetic: its class -> the real class
+
+
+class SelectionCounts(TypedDict):
+    class_names: list[str]
+    real_train: SplitCounts
+    real_eval: SplitCounts
+    synthetic: NotRequired[SplitCounts]
+
+
 @dataclass
 class Selection:
     """What each arm trains on and what every arm is scored on."""
@@ -34,7 +53,7 @@ class Selection:
     real: list[Item]
     synthetic: list[Item]
     eval: list[Item]
-    counts: dict[str, Any] = field(default_factory=dict)
+    counts: SelectionCounts = field(default_factory=dict)
 
     def train_items(self, arm: str) -> list[Item]:
         return {"real": self.real, "mixed": self.real + self.synthetic, "synthetic": self.synthetic}[arm]
@@ -43,7 +62,7 @@ class Selection:
         return math.ceil(len(self.train_items(arm)) / batch)
 
 
-def _remapped(images: list[Path], names: list[str], target: dict[str, int | None]) -> tuple[list[Item], dict]:
+def _remapped(images: list[Path], names: list[str], target: dict[str, int | None]) -> tuple[list[Item], SplitCounts]:
     """Rewrite label class ids through a name mapping. An image with any box of a
     dropped class is left out (its defect would be an unlabeled positive)."""
     items, dropped_images, boxes = [], 0, {}
@@ -115,7 +134,7 @@ def select(real_train: Path, real_eval: Path, synthetic: Path | None, s: Retrain
         real_counts["limit"] = s.real_limit
     real_counts["used_images"] = len(real_items)
     real_counts["images_with_boxes"] = sum(1 for it in real_items if it[1])
-    counts: dict[str, Any] = {"class_names": eval_names, "real_train": real_counts, "real_eval": eval_counts}
+    counts: SelectionCounts = {"class_names": eval_names, "real_train": real_counts, "real_eval": eval_counts}
 
     syn_items: list[Item] = []
     if synthetic is not None:

@@ -17,11 +17,10 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 from factory.ray_runtime import ensure_ray
-from factory.retrain.arm import ArmPlan, train_loop_per_worker
-from factory.retrain.compare import compare
+from factory.retrain.arm import ArmPlan, ArmRun, Phase, train_loop_per_worker
+from factory.retrain.compare import Comparison, compare
 from factory.retrain.config import (
     RetrainError,
     RetrainSettings,
@@ -34,7 +33,7 @@ from factory.retrain.config import (
 )
 from factory.retrain.data import Selection, select
 from factory.retrain.report import render_index, render_report
-from factory.storage.uri import as_local_dir, exists, is_s3, join, list_files, local_path, read_bytes, to_uri, write_bytes
+from factory.storage.uri import as_local_dir, exists, join, list_files, local_path, on_disk, read_bytes, to_uri, write_bytes
 
 ULTRALYTICS_WARMUP_EPOCHS, ULTRALYTICS_CLOSE_MOSAIC = 3.0, 10  # ultralytics' defaults, kept in optimizer steps
 
@@ -60,8 +59,8 @@ def plan_arms(sel: Selection, s: RetrainSettings) -> dict[str, ArmPlan]:
             e2 = max(1, s.epochs - e1)
             n1, n2 = sel.batches_per_epoch("synthetic", s.batch), sel.batches_per_epoch("real", s.batch)
             plans["mixed"] = ArmPlan(e1 + e2, None, warm, close, total_steps=(e1 * n1 + e2 * n2) // acc, phases=[
-                dict(data="synthetic", epochs=e1, stop_steps=None, warmup_epochs=warm, close_mosaic=0),
-                dict(data="real", epochs=e2, stop_steps=None, warmup_epochs=warm, close_mosaic=min(close, e2))])
+                Phase(data="synthetic", epochs=e1, stop_steps=None, warmup_epochs=warm, close_mosaic=0),
+                Phase(data="real", epochs=e2, stop_steps=None, warmup_epochs=warm, close_mosaic=min(close, e2))])
         return plans
     if not all(nb.values()):
         raise RetrainError(f"an arm has no training images: batches per epoch {nb}")
@@ -69,9 +68,9 @@ def plan_arms(sel: Selection, s: RetrainSettings) -> dict[str, ArmPlan]:
     target = s.steps or max(1, s.epochs * nb_ref // acc)
     slack = 1 if acc > 1 else 0  # warm-up steps accumulate less: slack
 
-    def phase(data: str, n: int, steps: int, tail: bool) -> dict:
+    def phase(data: str, n: int, steps: int, tail: bool) -> Phase:
         epochs = math.ceil(steps * acc / n) + slack
-        return dict(data=data, epochs=epochs, stop_steps=steps, warmup_epochs=round(warm * nb_ref / n, 4),
+        return Phase(data=data, epochs=epochs, stop_steps=steps, warmup_epochs=round(warm * nb_ref / n, 4),
                     close_mosaic=min(epochs, round(close * nb_ref / n)) if tail else 0)
 
     plans = {}
@@ -94,7 +93,7 @@ def plan_arms(sel: Selection, s: RetrainSettings) -> dict[str, ArmPlan]:
     return plans
 
 
-def _run_one(run: dict[str, Any]) -> int:
+def _run_one(run: ArmRun) -> int:
     """One (arm, seed) as its own one-worker TorchTrainer run; returns its step count."""
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -120,7 +119,7 @@ def runs_that_fit(s: RetrainSettings) -> int:
     return max(1, int(have.get("GPU", 0) // s.gpus) if s.gpus else int(have.get("CPU", 1)))
 
 
-def _fit_all(runs: list[dict[str, Any]], s: RetrainSettings) -> None:
+def _fit_all(runs: list[ArmRun], s: RetrainSettings) -> None:
     """Runs side by side: each TorchTrainer is driven from a zero-CPU Ray task, so
     only the training workers hold resources; `parallel` (default: as many as
     fit now) caps how many are started at once, so no idle trainer waits."""
@@ -142,7 +141,7 @@ def _fit_all(runs: list[dict[str, Any]], s: RetrainSettings) -> None:
 
 
 def retrain(version_uri: str, real_train: str, real_eval: str, s: RetrainSettings, *, run_id: str | None = None,
-            force: bool = False, storage_path: str | None = None, address: str | None = None) -> dict[str, Any]:
+            force: bool = False, storage_path: str | None = None, address: str | None = None) -> Comparison:
     """Train every (arm, seed), compare them on the real eval set, write
     `comparison.json` + `report.html` into `<version>/retrain/<run-id>/`. A run
     already finished is returned without training (unless `force`)."""
@@ -157,7 +156,7 @@ def retrain(version_uri: str, real_train: str, real_eval: str, s: RetrainSetting
         comparison = json.loads(read_bytes(done))
         comparison["skipped"] = True  # already trained: the same trigger never trains twice
         return comparison
-    if s.model.endswith(".pt") and (is_s3(s.model) or not local_path(s.model).exists()):
+    if s.model.endswith(".pt") and not ((weights := on_disk(s.model)) and weights.exists()):
         raise RetrainError(f"{s.model}: weights not found; give a local .pt or a model .yaml (nothing is downloaded)")
     settings = s.model_dump(mode="json")
     if s.model.endswith(".pt"):
@@ -175,7 +174,7 @@ def retrain(version_uri: str, real_train: str, real_eval: str, s: RetrainSetting
     storage = storage_path or str(Path(tempfile.gettempdir()) / "factory-ray-train")
     common = {"run_id": run_id, "out_uri": out, "real_train": real_train, "real_eval": real_eval, "synthetic": synthetic,
               "settings": settings, "storage_path": storage, "no_network": os.environ.get("FACTORY_NO_NETWORK") == "1"}
-    runs = [{**common, "arm": arm, "seed": seed, "plan": vars(plans[seed][arm])} for seed in s.seeds for arm in s.arms]
+    runs = [ArmRun(**common, arm=arm, seed=seed, plan=vars(plans[seed][arm])) for seed in s.seeds for arm in s.arms]
     _fit_all(runs, s)
     metrics = {arm: {seed: json.loads(read_bytes(join(out, arm, f"seed{seed}", "metrics.json"))) for seed in s.seeds}
                for arm in s.arms}

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import base64
 import io
-from typing import Any
 
 import jinja2
+
+from factory.retrain.compare import Comparison
 
 COLORS = {"real": "#0072B2", "mixed": "#E69F00", "synthetic": "#009E73"}
 
@@ -26,7 +27,7 @@ def _png(fig) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def _plots(c: dict[str, Any]) -> dict[str, str]:
+def _plots(c: Comparison) -> dict[str, str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -63,11 +64,11 @@ def _plots(c: dict[str, Any]) -> dict[str, str]:
     return out
 
 
-def render_report(c: dict[str, Any]) -> str:
+def render_report(c: Comparison) -> str:
     return _env.get_template("report.html.j2").render(c=c, plots=_plots(c))
 
 
-def render_index(runs: list[dict[str, Any]]) -> str:
+def render_index(runs: list[Comparison]) -> str:
     """Every finished run of this version, newest first; the version's own report
     (immutable once published) links here."""
     runs = sorted(runs, key=lambda c: str(c.get("created_at", "")), reverse=True)

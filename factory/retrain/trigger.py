@@ -11,7 +11,7 @@ import logging
 import os
 import shlex
 import time
-from typing import Any
+from typing import TypedDict
 
 from factory.ray_runtime import JobServerError, job_client
 from factory.retrain.config import (
@@ -29,6 +29,15 @@ from factory.storage.registry import Registry
 from factory.storage.uri import exists, join, read_bytes, to_uri, write_bytes
 
 log = logging.getLogger("factory.retrain")
+
+
+class WatchEvent(TypedDict):
+    """A version the watcher handled: its run id, the Ray job, and whether it was submitted now."""
+
+    version: str
+    run_id: str
+    job_id: str
+    submitted: bool
 
 
 class RetrainTriggerError(RuntimeError):
@@ -124,12 +133,12 @@ def published_versions(root: str) -> list[str]:
 
 
 def watch_once(root: str, real_train: str, real_eval: str, s: RetrainSettings, *, address: str | None = None,
-               client=None) -> list[dict[str, Any]]:
+               client=None) -> list[WatchEvent]:
     """One pass of the watcher: submit a job for each published version that has
     none for these settings yet. Versions whose spec has its own
     `retrain: {on: publish}` are left to their publish trigger; imported real
     data sets are not synthetic versions and are skipped."""
-    events = []
+    events: list[WatchEvent] = []
     for v in published_versions(root):
         manifest = read_manifest(v) or {}
         if manifest.get("kind") == "real":  # an imported real data set, not synthetic data
@@ -137,5 +146,5 @@ def watch_once(root: str, real_train: str, real_eval: str, s: RetrainSettings, *
         if ((manifest.get("spec") or {}).get("retrain") or {}).get("on") == "publish":
             continue
         run_id, job_id, now = submit_retrain(v, real_train, real_eval, s, address=address, client=client, reason="watch")
-        events.append({"version": v, "run_id": run_id, "job_id": job_id, "submitted": now})
+        events.append(WatchEvent(version=v, run_id=run_id, job_id=job_id, submitted=now))
     return events

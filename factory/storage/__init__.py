@@ -1,5 +1,5 @@
-"""Storage: URIs (file:// and s3://), shard writers (sinks), the dataset registry
-and readers of published versions."""
+"""Storage: URIs and the stores behind them (file:// and s3://), shard writers
+(sinks), the dataset registry, version leases and readers of published versions."""
 
 from factory.storage.dataset import open_dataset, read_pandas, read_table
 from factory.storage.manifest import Manifest

@@ -3,7 +3,8 @@
 Layout: `<root>/<name>/v<version>/` holds a published version (parquet/, yolo/,
 coco/, rejected/, report.html, grid.png, files.jsonl, manifest.json). A run
 claims the staging prefix `<root>/<name>/_staging/v<version>/` by creating its
-lock `_run.json` there (conditionally: of two runs exactly one gets it) and
+lock `_run.json` there (conditionally: of two runs exactly one gets it; the
+version lease in storage/lease.py does it) and
 writes into it; publishing (storage/publish.py) moves the chosen files into the
 version folder and creates `manifest.json` LAST. The manifest is the commit: no
 manifest = not published, and a version with one is never written again.
@@ -19,18 +20,32 @@ import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, TypedDict
 
 from factory.storage import uri as U
 from factory.storage.manifest import Manifest
-from factory.storage.publish import MANIFEST, STAGING, Publication, PublishedError, is_sealed, read_file_list
-from factory.storage.uri import StorageError
+from factory.storage.publish import MANIFEST, STAGING, Publication, PublishedError, Slot, read_file_list
+from factory.storage.shards import FileEntry
+from factory.storage.store import StorageError
 
 DEFAULT_ROOT = "file://./datasets"
 EXTRAS = "_extras"  # <name>/_extras/v<N>/: metrics and retraining runs of a published version
 
 RUN_LOCK = "_run.json"  # in a staging prefix: the run that owns it (its state), created exclusively
 _REF = re.compile(r"^(?P<name>[a-z0-9][a-z0-9-]{0,62})(@(?P<version>v?\d+|latest))?$")
+
+
+class RunState(TypedDict, total=False):
+    """A run lock's content: the run that holds the version and how far its plan went
+    (storage/lease.py keeps it; a lock written by an older run may lack keys)."""
+
+    spec_hash: str
+    name: str
+    version: int
+    planned_until: int
+    rounds: int
+    started_at: float
+    run_id: str
 
 
 def default_root() -> str:
@@ -86,6 +101,9 @@ class Registry:
 
     def staging_uri(self, name: str, version: int) -> str:
         return U.join(self.root, name, STAGING, f"v{version}")
+
+    def slot(self, name: str, version: int) -> Slot:
+        return Slot(name, version, self.version_uri(name, version), self.staging_uri(name, version))
 
     # --- reading --------------------------------------------------------------
     def is_published(self, name: str, version: int) -> bool:
@@ -167,34 +185,30 @@ class Registry:
                 f"are immutable; run with a new --version (next free: {self.next_version(name)})"
             )
 
-    # --- running and publishing ------------------------------------------------
-    def claim(self, name: str, version: int, state: dict[str, Any]) -> bool:
+    # --- the run lock (storage/lease.py) and publishing ------------------------------
+    def claim(self, name: str, version: int, state: RunState) -> bool:
         """Create the run lock of `name@version` holding `state`; False when another
         run (live or interrupted) holds it. Atomic: of two racing runs one wins."""
         return U.create_exclusive(U.join(self.staging_uri(name, version), RUN_LOCK), json.dumps(state).encode())
 
-    def run_state(self, name: str, version: int) -> dict[str, Any] | None:
+    def run_state(self, name: str, version: int) -> RunState | None:
         where = U.join(self.staging_uri(name, version), RUN_LOCK)
         return _json(where) if U.exists(where) else None
 
-    def save_run_state(self, name: str, version: int, state: dict[str, Any]) -> None:
+    def save_run_state(self, name: str, version: int, state: RunState) -> None:
         U.write_bytes(U.join(self.staging_uri(name, version), RUN_LOCK), json.dumps(state).encode())
 
     def discard_staging(self, name: str, version: int) -> None:
         """Drop a version's staging (its run lock included)."""
         U.delete_prefix(self.staging_uri(name, version))
 
-    def is_sealed(self, name: str, version: int) -> bool:
-        """A publish of this version was planned and sealed: `--resume` finishes it."""
-        return is_sealed(self, name, version)
-
-    def begin(self, name: str, version: int) -> "Publication":
+    def begin(self, name: str, version: int) -> Publication:
         """Start publishing `name@version` from its staging prefix (see Publication)."""
         self.refuse_published(name, version)
-        return Publication(self, name, version)
+        return Publication(self.slot(name, version))
 
-    def publish(self, name: str, version: int, moves: Iterable[tuple[str, dict[str, Any]]],
-                extra: dict[str, bytes], manifest: "Manifest | dict[str, Any]") -> str:
+    def publish(self, name: str, version: int, moves: Iterable[tuple[str, FileEntry]],
+                extra: dict[str, bytes], manifest: Manifest | dict[str, Any]) -> str:
         """All at once: move `moves`, write `extra`, commit `manifest`."""
         pub = self.begin(name, version)
         pub.move(moves)
@@ -252,8 +266,9 @@ def read_listed(version_uri: str, path: str, sha256: str | None = None) -> bytes
     uri = U.join(version_uri, path)
     if not is_listed_path(path):
         raise StorageError(f"{version_uri}: listed path {path!r} leaves the version folder; refusing it")
-    if not U.is_s3(uri):
-        base = str(U.local_path(version_uri))
+    folder = U.on_disk(version_uri)  # (an object store has no links)
+    if folder is not None:
+        base = str(folder)
         if os.path.realpath(os.path.join(base, path)) != os.path.join(os.path.realpath(base), path):
             raise StorageError(f"{uri}: is (or lies under) a symbolic link; a version holds plain files only, "
                                f"refusing to follow it")
@@ -263,7 +278,7 @@ def read_listed(version_uri: str, path: str, sha256: str | None = None) -> bytes
     return data
 
 
-def check_files(version_uri: str, manifest: "Manifest | dict[str, Any]",
+def check_files(version_uri: str, manifest: Manifest | dict[str, Any],
                 paths: Iterable[str] | None = None) -> dict[str, str]:
     """Every listed file (or those in `paths`) read and checked as `read_listed` does:
     {path: the error naming it} for each that fails (empty: all match)."""
@@ -279,5 +294,5 @@ def check_files(version_uri: str, manifest: "Manifest | dict[str, Any]",
         return None
 
     todo = list(paths if paths is not None else files)
-    with ThreadPoolExecutor(max_workers=16 if U.is_s3(version_uri) else 1) as pool:  # a request per file on S3
+    with ThreadPoolExecutor(max_workers=U.workers(version_uri, 16)) as pool:
         return {p: e for p, e in zip(todo, pool.map(check, todo)) if e}

@@ -12,7 +12,7 @@ Formats: Parquet (one file per shard, images as PNG bytes beside their boxes and
 provenance), a YOLO tree, and COCO (images + one `instances_<split>.json` per
 split). `SINKS` is the one list of them.
 
-A sample row is a plain dict (see `SAMPLE_SCHEMA` for the keys); rejected
+A sample row is a `SampleRow` (the columns of `SAMPLE_SCHEMA`); rejected
 samples use the same row plus `reasons` and `error`.
 """
 
@@ -25,14 +25,14 @@ import tempfile
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, NotRequired, Protocol, Sequence, TypedDict
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from factory.core import Box
 from factory.formats import yolo_data_yaml, yolo_seg_text, yolo_text
-from factory.storage.uri import is_s3, join, read_bytes, write_bytes
+from factory.storage.uri import join, read_bytes, workers, write_bytes
 
 BOX_TYPE = pa.struct(
     [
@@ -67,14 +67,46 @@ SAMPLE_SCHEMA = pa.schema(
 
 REJECT_SCHEMA = SAMPLE_SCHEMA.append(pa.field("reasons", pa.list_(pa.string()))).append(pa.field("error", pa.string()))
 
-FileEntry = dict[str, Any]  # {"path": relative path, "sha256": hex, "bytes": int}
+
+class SampleRow(TypedDict):
+    """One sample as the sinks take it: `SAMPLE_SCHEMA`'s columns, its boxes' outlines
+    (`segments`, for the segmentation formats) and, for a rejected one, why."""
+
+    sample_id: str
+    image: bytes | None  # PNG; None when the generator failed
+    width: int
+    height: int
+    boxes: list[dict[str, int | str]]  # BOX_TYPE's fields (Box.to_dict)
+    generator: str
+    checkpoint: str
+    seed: int
+    item_id: str
+    item_index: int
+    spec_hash: str
+    scores: dict[str, float]
+    split: str
+    work_item: str
+    provenance: str
+    segments: NotRequired[list[list[list[float]]] | None]  # per box: its polygons
+    reasons: NotRequired[list[str]]
+    error: NotRequired[str | None]
+
+
+class FileEntry(TypedDict):
+    """A written file: its path (relative to the staging prefix or the version), its
+    sha256 and size; a per-sample file also names its `sample`."""
+
+    path: str
+    sha256: str
+    bytes: int
+    sample: NotRequired[str]
 
 
 def file_entry(path: str, data: bytes) -> FileEntry:
     return {"path": path, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
 
 
-def rows_to_table(rows: Sequence[dict[str, Any]], schema: pa.Schema = SAMPLE_SCHEMA) -> pa.Table:
+def rows_to_table(rows: Sequence[SampleRow], schema: pa.Schema = SAMPLE_SCHEMA) -> pa.Table:
     cols = {}
     for f in schema:
         values = [r.get(f.name) for r in rows]
@@ -106,7 +138,7 @@ class Sink:
 
     format = ""
 
-    def write(self, prefix: str, shard: str, rows: Sequence[dict[str, Any]]) -> list[FileEntry]:
+    def write(self, prefix: str, shard: str, rows: Sequence[SampleRow]) -> list[FileEntry]:
         raise NotImplementedError
 
     def publish_shard(self, out: Output, staging: str, files: Sequence[FileEntry], keep: set[str] | None,
@@ -118,7 +150,7 @@ class Sink:
 
     def _write_files(self, prefix: str, files: list[tuple[str, str, bytes]]) -> list[FileEntry]:
         """(sample id, path, bytes) -> written; on S3 each is a request, so overlap them."""
-        with ThreadPoolExecutor(max_workers=8 if is_s3(prefix) else 1) as pool:
+        with ThreadPoolExecutor(max_workers=workers(prefix, 8)) as pool:
             list(pool.map(lambda f: write_bytes(join(prefix, f[1]), f[2]), files))
         return [{**file_entry(path, data), "sample": sid} for sid, path, data in files]
 
@@ -133,7 +165,7 @@ class ParquetSink(Sink):
         self.subdir = subdir
         self.schema = schema
 
-    def write(self, prefix: str, shard: str, rows: Sequence[dict[str, Any]]) -> list[FileEntry]:
+    def write(self, prefix: str, shard: str, rows: Sequence[SampleRow]) -> list[FileEntry]:
         if not rows:
             return []
         data = table_bytes(rows_to_table(rows, self.schema))
@@ -162,10 +194,10 @@ class YoloSink(Sink):
 
     format = "yolo"
 
-    def label(self, r: dict[str, Any]) -> str:
+    def label(self, r: SampleRow) -> str:
         return yolo_text([Box.from_dict(b) for b in r["boxes"]], r["width"], r["height"])
 
-    def write(self, prefix: str, shard: str, rows: Sequence[dict[str, Any]]) -> list[FileEntry]:
+    def write(self, prefix: str, shard: str, rows: Sequence[SampleRow]) -> list[FileEntry]:
         files: list[tuple[str, str, bytes]] = []
         for r in rows:
             split, sid = r["split"], r["sample_id"]
@@ -194,7 +226,7 @@ class YoloSegSink(YoloSink):
 
     format = "yolo_seg"
 
-    def label(self, r: dict[str, Any]) -> str:
+    def label(self, r: SampleRow) -> str:
         boxes = [Box.from_dict(b) for b in r["boxes"]]
         return yolo_seg_text(boxes, r.get("segments") or [[] for _ in boxes], r["width"], r["height"])
 
@@ -212,7 +244,7 @@ class CocoSink(Sink):
     def __init__(self):
         self._parts: list[tuple[str, set[str] | None]] = []  # staged part, kept samples (None: all)
 
-    def write(self, prefix: str, shard: str, rows: Sequence[dict[str, Any]]) -> list[FileEntry]:
+    def write(self, prefix: str, shard: str, rows: Sequence[SampleRow]) -> list[FileEntry]:
         if not rows:
             return []
         files = [(r["sample_id"], f"coco/images/{r['split']}/{r['sample_id']}.png", r["image"]) for r in rows]

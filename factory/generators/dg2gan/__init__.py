@@ -12,12 +12,16 @@ Spec usage:
 Each WorkItem picks a reference with `style["reference"]` (modulo the number of
 references; its seed otherwise), resized to the item's size; every box is then
 translated and measured as described in `boxes.py`. Deterministic given the item.
+
+The folder: model (the networks), losses (eq. 1-6), checkpoint (the run layout),
+boxes (crops in, measured boxes out), train (under Ray Train) and cli
+(`factory train dg2gan`).
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Any, ClassVar, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Sequence
 
 import numpy as np
 from pydantic import Field
@@ -25,6 +29,11 @@ from pydantic import Field
 from factory.core import Sample, WorkItem
 from factory.generators.base import CheckpointError, GeneratorParams
 from factory.generators.references import background_uris, qualify_references, reference_problems
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from factory.generators.dg2gan.model import DG2GANConfig
 
 
 class DG2GANParams(GeneratorParams):
@@ -37,6 +46,15 @@ class DG2GANParams(GeneratorParams):
     flip: bool = True
 
 
+class _Model(NamedTuple):
+    """One trained G and what generating with it needs."""
+
+    cfg: "DG2GANConfig"
+    G: "nn.Module"
+    uri: str  # the run it came from
+    context: float  # crop side / box side
+
+
 class DG2GANGenerator:
     """Serves WorkItems from one DG2GAN G per defect class (fp16 on a GPU)."""
 
@@ -46,12 +64,12 @@ class DG2GANGenerator:
     wants_gpu: ClassVar[bool] = True
     Params: ClassVar[type[DG2GANParams]] = DG2GANParams
 
-    def __init__(self, models: dict[str, Any], references: list[str], params: dict[str, Any], device: str):
-        self.models = models  # class name ("" = any class) -> (config, G, checkpoint uri, crop context)
+    def __init__(self, models: dict[str, _Model], references: list[str], params: DG2GANParams, device: str):
+        self.models = models  # class name ("" = any class) -> its model
         self.references = references
         self.params = params
         self.device = device
-        p = DG2GANParams.model_validate(params)
+        p = params
         self.threshold, self.min_area, self.batch_size, self.flip = p.threshold, p.min_area, p.batch_size, p.flip
 
     @classmethod
@@ -104,16 +122,16 @@ class DG2GANGenerator:
             if device.startswith("cuda"):
                 G = G.half()
             context = float(p.context or config.get("train", {}).get("context", 1.5))
-            models[cls_name] = (cfg, G, uri, context)
+            models[cls_name] = _Model(cfg, G, uri, context)
         refs = p.references
         if not refs:
             raise ValueError("dg2gan needs params.references: a folder/URI (or list) of defect-free images, e.g. domain.references")
         uris = background_uris(refs)
         if not uris:
             raise ValueError(f"no reference images found in {refs}")
-        return cls(models, uris, params, device)
+        return cls(models, uris, p, device)
 
-    def _model(self, class_name: str):
+    def _model(self, class_name: str) -> _Model:
         if class_name in self.models:
             return self.models[class_name]
         if set(self.models) == {""}:
@@ -155,7 +173,7 @@ class DG2GANGenerator:
             (base, ref_idx), plans = bases[i], plans_per_item[i]
             img, boxes, mask, info = apply_boxes(base, plans, [deltas[(i, j)] for j in range(len(plans))], self.threshold, self.min_area)
             image = np.round(img * 255.0).astype(np.uint8)
-            used = sorted({self.models[k][2] for k in (b.class_name if b.class_name in self.models else "" for b in item.boxes)})
+            used = sorted({self.models[k].uri for k in (b.class_name if b.class_name in self.models else "" for b in item.boxes)})
             meta = {
                 "checkpoint": ",".join(used),
                 "reference": self.references[ref_idx],
@@ -188,4 +206,6 @@ def _reference(uri: str, width: int, height: int, channels: int) -> np.ndarray:
     return a
 
 
-__all__ = ["DG2GANGenerator"]
+FAMILY = DG2GANGenerator  # what `factory.generators.base` registers as kind "dg2gan" (this folder)
+
+__all__ = ["DG2GANGenerator", "FAMILY"]

@@ -174,8 +174,8 @@ class Discriminators(nn.Module):
         self.D2n = PatchDiscriminator(c, ndf, nl, djs_head=cfg.use_djs)
         self.D2d = PatchDiscriminator(c, ndf, nl, djs_head=cfg.use_djs)
 
-    def forward(self, real_n, fake_n, real_d, fake_d) -> dict[str, Any]:
-        out: dict[str, Any] = {}
+    def forward(self, real_n, fake_n, real_d, fake_d) -> dict[str, tuple[torch.Tensor, torch.Tensor] | None]:
+        out: dict[str, tuple[torch.Tensor, torch.Tensor] | None] = {}
         for dom, real, fake in (("n", real_n, fake_n), ("d", real_d, fake_d)):
             d1, d2 = getattr(self, f"D1{dom}"), getattr(self, f"D2{dom}")
             both = torch.cat([real, fake])

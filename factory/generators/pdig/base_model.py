@@ -116,13 +116,14 @@ def load_base(uri: str | Path, device: str = "cpu", dtype: torch.dtype = torch.f
     from factory.storage import uri as storage
 
     uri = str(uri)
-    if storage.is_s3(uri):
+    folder = storage.on_disk(uri)
+    if folder is None:  # not on this disk: a download
         try:
             with storage.as_local_dir(uri) as folder:
                 return _load_local(folder, device, dtype, need_image_encoder, source=uri)
         except storage.StorageError as e:
             raise CheckpointError(f"PDIG base model {uri}: {e}") from e
-    return _load_local(storage.local_path(uri), device, dtype, need_image_encoder, source=uri)
+    return _load_local(folder, device, dtype, need_image_encoder, source=uri)
 
 
 def _load_local(folder: Path, device: str, dtype: torch.dtype, need_image_encoder: bool, source: str) -> BaseModel:

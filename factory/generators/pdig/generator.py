@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Sequence
 
 import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from factory.core import Sample, WorkItem
 from factory.generators.base import CheckpointError, GeneratorParams
+
+if TYPE_CHECKING:
+    from factory.generators.pdig.pipeline import PDIGPipeline
 
 
 class PDIGParams(GeneratorParams):
@@ -58,14 +61,11 @@ class PDIGParams(GeneratorParams):
         return self
 
 
-DEFAULTS: dict[str, Any] = PDIGParams().model_dump()
-
-
 @dataclass
 class _Loaded:
-    pipe: Any
+    pipe: "PDIGPipeline"
     classes: list[str] | None
-    bank: dict
+    bank: dict  # class name -> tensor of image-prompt embeddings
 
 
 class PDIGGenerator:
@@ -77,7 +77,7 @@ class PDIGGenerator:
     wants_gpu: ClassVar[bool] = True
     Params: ClassVar[type[PDIGParams]] = PDIGParams
 
-    def __init__(self, loaded: _Loaded, params: dict[str, Any], checkpoint: str | None, device: str):
+    def __init__(self, loaded: _Loaded, params: PDIGParams, checkpoint: str | None, device: str):
         self.loaded = loaded
         self.params = params
         self.checkpoint = checkpoint
@@ -110,9 +110,9 @@ class PDIGGenerator:
         from factory.generators.pdig.base_model import load_base
         from factory.generators.pdig.pipeline import PDIGPipeline
 
-        p = cls.Params.parse(cls.kind, params).model_dump()
+        p = cls.Params.parse(cls.kind, params)
         config = read_config(checkpoint) if checkpoint else None
-        base_uri = p["base"] or (config or {}).get("base")
+        base_uri = p.base or (config or {}).get("base")
         if not base_uri:
             raise CheckpointError(
                 "the pdig generator needs a base model: set generators[].params.base to a diffusers SD1.5 folder/URI "
@@ -120,9 +120,9 @@ class PDIGGenerator:
             )
         gpu = device.startswith("cuda")
         dtype = {"auto": torch.float16 if gpu else torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
-                 "float32": torch.float32}[p["dtype"]]
-        if p["batch_size"] is None:
-            p["batch_size"] = 8 if gpu else 4
+                 "float32": torch.float32}[p.dtype]
+        if p.batch_size is None:
+            p = p.model_copy(update={"batch_size": 8 if gpu else 4})
         base = load_base(base_uri, device=device, dtype=dtype, need_image_encoder=checkpoint is not None)
         if checkpoint:
             parts = load_parts(base, checkpoint)
@@ -132,7 +132,7 @@ class PDIGGenerator:
             pipe = PDIGPipeline(base.vae, base.text_encoder, base.tokenizer, base.unet, base.scheduler)
             loaded = _Loaded(pipe, None, {})
         pipe.set_progress_bar_config(disable=True)
-        if p["compile"]:
+        if p.compile:
             pipe.compile_unet()
         return cls(loaded, p, checkpoint, device)
 
@@ -147,7 +147,7 @@ class PDIGGenerator:
             token = class_token(b.class_name) if self.loaded.classes is not None else b.class_name.replace("_", " ").replace("-", " ")
             embed = None
             bank = self.loaded.bank.get(b.class_name)
-            if self.params["image_prompts"] and bank is not None and len(bank) and float(self.params["alpha"]) != 0:
+            if self.params.image_prompts and bank is not None and len(bank) and float(self.params.alpha) != 0:
                 pick = np.random.default_rng([item.seed, j, zlib.crc32(b.class_name.encode())]).integers(len(bank))
                 embed = bank[int(pick)]
             sx, sy = scale
@@ -162,6 +162,7 @@ class PDIGGenerator:
         from factory.generators.pdig.tidsc import TIDSCConfig
 
         pipe, p = self.loaded.pipe, self.params
+        step = p.batch_size or 4  # `load` sets it: 8 on a GPU, 4 on the CPU
         mult = pipe.vae_scale_factor * 2 ** (len(pipe.unet.config.block_out_channels) - 1)
         out: list[Sample] = []
         # one pipeline call per batch of equal-sized items (latents must stack)
@@ -170,18 +171,18 @@ class PDIGGenerator:
             groups.setdefault((it.width, it.height), []).append(it)
         for (w, h), group in groups.items():
             gw, gh = -(-w // mult) * mult, -(-h // mult) * mult
-            for start in range(0, len(group), int(p["batch_size"])):
-                batch = group[start : start + int(p["batch_size"])]
+            for start in range(0, len(group), step):
+                batch = group[start : start + step]
                 boxes = [self._boxes(it, (gw / w, gh / h)) for it in batch]
                 words = self.loaded.classes is None
                 prompts = [build_prompt([b.class_name for b in it.boxes], words=words) for it in batch]
                 gens = [torch.Generator(device=pipe.device).manual_seed(int(it.seed)) for it in batch]
                 res = pipe(
-                    prompts, boxes, height=gh, width=gw, num_inference_steps=int(p["steps"]), guidance_scale=float(p["guidance"]),
-                    tidsc_steps=int(p["tidsc_steps"]), tidsc=TIDSCConfig(P=float(p["P"]), P_count=p["P_count"], L=int(p["L"]),
-                                                                          lambda1=float(p["lambda1"]), lambda2=float(p["lambda2"])),
-                    step_size=float(p["step_size"]), step_size_end=float(p["step_size_end"]), alpha=float(p["alpha"]),
-                    beta=float(p["beta"]), attention_res=p["attention_res"], generator=gens, return_attention=bool(p["return_attention"]),
+                    prompts, boxes, height=gh, width=gw, num_inference_steps=p.steps, guidance_scale=float(p.guidance),
+                    tidsc_steps=p.tidsc_steps, tidsc=TIDSCConfig(P=float(p.P), P_count=p.P_count, L=p.L,
+                                                                  lambda1=float(p.lambda1), lambda2=float(p.lambda2)),
+                    step_size=float(p.step_size), step_size_end=float(p.step_size_end), alpha=float(p.alpha),
+                    beta=float(p.beta), attention_res=p.attention_res, generator=gens, return_attention=p.return_attention,
                 )
                 for k, it in enumerate(batch):
                     image = _to_item_image(res.images[k], it)
@@ -189,7 +190,7 @@ class PDIGGenerator:
                         "checkpoint": self.checkpoint or "", "prompt": prompts[k],
                         "attention_inside": res.inside[k] if res.inside else [], "attention_inside_over": res.inside_over,
                     }
-                    if p["return_attention"] and res.attention:
+                    if p.return_attention and res.attention:
                         meta["attention"] = res.attention[k]
                     out.append(Sample(item=it, image=image, boxes=list(it.boxes), mask=None, meta=meta))
         order = {it.item_id: i for i, it in enumerate(items)}

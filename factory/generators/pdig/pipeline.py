@@ -1,5 +1,6 @@
 """PDIGPipeline: Stable Diffusion + SCE tokens + LISA image tokens + TIDSC box
-guidance, in one readable `__call__` (diffusers style).
+guidance, in one readable file (diffusers style): `__call__` reads top to bottom,
+each step of the loop is a method of its own.
 
 Per denoising step t (DDIM, `num_inference_steps`):
   1. for the first `tidsc_steps` steps: run the UNet on the conditional input with
@@ -46,6 +47,30 @@ class PDIGOutput:
     inside: list[list[dict[str, float]]] = field(default_factory=list)  # share of attention inside each box
     inside_over: str = ""  # which steps' maps `inside` averages: "TIDSC steps" (free) or "all steps" (return_attention)
     losses: list[dict[str, float]] = field(default_factory=list)  # TIDSC terms per guided step
+
+
+@dataclass
+class _Run:
+    """What every denoising step of one `__call__` uses."""
+
+    cond: torch.Tensor  # conditional encoder states (text + image tokens)
+    embeds: torch.Tensor  # [uncond, cond] with classifier-free guidance, else cond
+    keep: torch.Tensor | None  # image-token mask of cond
+    keep_cfg: torch.Tensor | None  # ... of embeds
+    guidance_scale: float
+    do_cfg: bool
+    plan: list  # `map_plan`: which attention columns belong to which box
+    map_hw: tuple[int, int]
+    tidsc: TIDSCConfig
+    tidsc_steps: int  # steps with a TIDSC update (0: none, e.g. no boxes)
+    step_sizes: np.ndarray  # TIDSC latent update size per step
+    map_layers: int  # cross-attention layers at map_hw (a TIDSC pass stops after the last)
+    record: AttentionStore | None  # `return_attention`: the guided passes' maps
+    cache: dict = field(default_factory=dict)  # per-layer K/V of the fixed encoder states
+
+    @property
+    def cells(self) -> list[tuple]:
+        return [c for *_, c in self.plan]
 
 
 class PDIGPipeline(DiffusionPipeline):
@@ -167,100 +192,126 @@ class PDIGPipeline(DiffusionPipeline):
             raise ValueError(f"tidsc_steps must be in [0, {num_inference_steps}], got {tidsc_steps}")
         height = height or self.unet.config.sample_size * self.vae_scale_factor
         width = width or self.unet.config.sample_size * self.vae_scale_factor
-        batch = len(prompt)
         dtype = self.unet.dtype
         device = self.device  # looked up once: diffusers scans every module for it
-        ctx = self.context
-        ctx.alpha, ctx.beta = float(alpha), float(beta)
+        self.context.alpha, self.context.beta = float(alpha), float(beta)
 
         # 1. conditions: text tokens (+ LISA image tokens per box), and the unconditional ones
-        with torch.no_grad():
-            text_cond = self.encode_prompt(prompt, device).to(dtype)
-            text_uncond = self.encode_prompt([""] * batch, device).to(dtype)
-            ctx.num_text_tokens = text_cond.shape[1]
-            img = self.image_tokens(boxes, dtype, device) if alpha != 0 else None
-        if img is not None:
-            cond = torch.cat([text_cond, img[0]], 1)
-            uncond = torch.cat([text_uncond, img[1]], 1)
-            keep = img[2]
-        else:
-            cond, uncond, keep = text_cond, text_uncond, None
+        cond, uncond, keep = self._conditions(prompt, boxes, alpha, dtype, device)
         do_cfg = guidance_scale > 1.0
-        embeds = torch.cat([uncond, cond]) if do_cfg else cond
 
         # 2. latents and schedule
         self.scheduler.set_timesteps(num_inference_steps, device=device)
-        shape = (batch, self.unet.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
-        if latents is None:
-            from diffusers.utils.torch_utils import randn_tensor
-
-            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
-        latents = latents.to(device, dtype) * self.scheduler.init_noise_sigma
+        shape = (len(prompt), self.unet.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
+        latents = self._initial_latents(shape, generator, latents, dtype, device)
         map_hw = self.map_sizes(shape[2:], attention_res)
-        hw = map_hw[0] * map_hw[1]
         plan = self.map_plan(boxes, prompt, map_hw, (height, width))
-        guided = tidsc_steps > 0 and bool(plan)
-        step_sizes = np.linspace(step_size, step_size_end, max(tidsc_steps, 1))
-        record = AttentionStore({hw}, batch_offset=batch if do_cfg else 0) if return_attention else None
-        seen: list[torch.Tensor] | None = None  # maps summed over the steps that read them (for `inside`)
-        map_layers = cross_attention_layers_at(self.unet, shape[2:], map_hw)  # a TIDSC pass stops after the last
-        losses: list[dict[str, float]] = []
-        cells = [c for *_, c in plan]
+        run = _Run(
+            cond=cond, embeds=torch.cat([uncond, cond]) if do_cfg else cond, keep=keep,
+            keep_cfg=torch.cat([keep, keep]) if (keep is not None and do_cfg) else keep, guidance_scale=guidance_scale,
+            do_cfg=do_cfg, plan=plan, map_hw=map_hw, tidsc=tidsc, tidsc_steps=tidsc_steps if plan else 0,
+            step_sizes=np.linspace(step_size, step_size_end, max(tidsc_steps, 1)),
+            map_layers=cross_attention_layers_at(self.unet, shape[2:], map_hw),  # a TIDSC pass stops after the last
+            record=AttentionStore({map_hw[0] * map_hw[1]}, batch_offset=len(prompt) if do_cfg else 0) if return_attention else None,
+        )
 
-        # 3. denoising loop; the encoder states are fixed for the call, so each layer's K/V are computed once
-        cache: dict = {}
-        keep_cfg = torch.cat([keep, keep]) if (keep is not None and do_cfg) else keep
-        try:
-            for i, t in enumerate(self.scheduler.timesteps):
-                if guided and i < tidsc_steps:
-                    ctx.store = AttentionStore({hw}, stop_after=map_layers)
-                    ctx.image_token_mask, ctx.kv_cache = keep, cache
-                    with torch.enable_grad():
-                        x = latents.detach().requires_grad_(True)
-                        try:
-                            self.unet(self.scheduler.scale_model_input(x, t), t, encoder_hidden_states=cond)
-                        except MapsComplete:
-                            pass
-                        text_p, image_p = ctx.store.mean(hw)
-                        maps = self.defect_maps(text_p, image_p, plan, map_hw)
-                        total, terms = tidsc_loss([m.float() for m in maps], cells, tidsc)
-                        grad = torch.autograd.grad(total, x)[0]
-                    latents = (x - float(step_sizes[i]) * grad).detach()
-                    losses.append({"step": i, "total": float(total.detach())} | terms)
-                    if record is None:
-                        seen = _add(seen, [m.detach() for m in maps])
-                    ctx.store = None
-
-                ctx.store = record
-                ctx.image_token_mask = keep_cfg
-                with torch.no_grad():
-                    latent_in = torch.cat([latents] * 2) if do_cfg else latents
-                    latent_in = self.scheduler.scale_model_input(latent_in, t)
-                    unet = self._compiled_unet if self._compiled_unet is not None and record is None else self.unet
-                    ctx.kv_cache = cache if unet is self.unet else None  # a compiled graph keeps its own
-                    noise = unet(latent_in, t, encoder_hidden_states=embeds).sample
-                    if do_cfg:
-                        noise_uncond, noise_cond = noise.chunk(2)
-                        noise = noise_uncond + guidance_scale * (noise_cond - noise_uncond)
-                    latents = self.scheduler.step(noise, t, latents).prev_sample
-                if record is not None:
-                    text_p, image_p = record.mean(hw)
-                    seen = _add(seen, self.defect_maps(text_p, image_p, plan, map_hw))
-                    record.reset()
-        finally:  # never leave a call's maps, masks or K/V on the shared context (training uses it too)
-            ctx.store = ctx.kv_cache = ctx.image_token_mask = None
+        # 3. denoising loop
+        latents, seen, losses = self._denoise(latents, run)
 
         # 4. decode
-        with torch.no_grad():
-            image = self.vae.decode(latents / self.vae.config.scaling_factor).sample
-        images = (image.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
-
+        images = self._decode(latents)
         attention, inside = None, []
         if seen is not None:
             attention, inside = self._summarize(seen, plan, boxes)
             attention = attention if return_attention else None
         return PDIGOutput(images=images, boxes=boxes, attention=attention, inside=inside, losses=losses,
                           inside_over="all steps" if return_attention else "TIDSC steps")
+
+    def _conditions(self, prompt: list[str], boxes: list[list[BoxPrompt]], alpha: float, dtype, device):
+        """(cond, uncond, keep): the text tokens, with the LISA image tokens of the boxes
+        appended when there are any (`keep` masks the padding among them, else None)."""
+        with torch.no_grad():
+            text_cond = self.encode_prompt(prompt, device).to(dtype)
+            text_uncond = self.encode_prompt([""] * len(prompt), device).to(dtype)
+            self.context.num_text_tokens = text_cond.shape[1]
+            img = self.image_tokens(boxes, dtype, device) if alpha != 0 else None
+        if img is None:
+            return text_cond, text_uncond, None
+        return torch.cat([text_cond, img[0]], 1), torch.cat([text_uncond, img[1]], 1), img[2]
+
+    def _initial_latents(self, shape, generator, latents: torch.Tensor | None, dtype, device) -> torch.Tensor:
+        if latents is None:
+            from diffusers.utils.torch_utils import randn_tensor
+
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        return latents.to(device, dtype) * self.scheduler.init_noise_sigma
+
+    def _decode(self, latents: torch.Tensor) -> np.ndarray:
+        """(B, H, W, 3) float images in [0, 1]."""
+        with torch.no_grad():
+            image = self.vae.decode(latents / self.vae.config.scaling_factor).sample
+        return (image.float() / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
+
+    def _denoise(self, latents: torch.Tensor, run: "_Run"):
+        """The DDIM loop: a TIDSC update of the latent in the first `tidsc_steps` steps, then
+        the guided step. The encoder states are fixed for the call, so each layer's K/V are
+        computed once. Returns (latents, defect maps summed over the steps that read them
+        (None if none did), the TIDSC terms per guided step)."""
+        ctx, hw = self.context, run.map_hw[0] * run.map_hw[1]
+        seen: list[torch.Tensor] | None = None
+        losses: list[dict[str, float]] = []
+        try:
+            for i, t in enumerate(self.scheduler.timesteps):
+                if i < run.tidsc_steps:
+                    latents, maps, terms = self._tidsc_update(latents, t, run, float(run.step_sizes[i]))
+                    losses.append({"step": i} | terms)
+                    if run.record is None:
+                        seen = _add(seen, maps)
+                latents = self._guided_step(latents, t, run)
+                if run.record is not None:
+                    text_p, image_p = run.record.mean(hw)
+                    seen = _add(seen, self.defect_maps(text_p, image_p, run.plan, run.map_hw))
+                    run.record.reset()
+        finally:  # never leave a call's maps, masks or K/V on the shared context (training uses it too)
+            ctx.store = ctx.kv_cache = ctx.image_token_mask = None
+        return latents, seen, losses
+
+    def _tidsc_update(self, latents: torch.Tensor, t, run: "_Run", step_size: float):
+        """Step 1 of a guided step: the conditional UNet pass (stopped once the maps TIDSC
+        reads are recorded), the TIDSC loss (eq. 18) and the latent moved against its gradient.
+        Returns (latents, the defect maps, {"total": loss, **terms})."""
+        ctx, hw = self.context, run.map_hw[0] * run.map_hw[1]
+        ctx.store = AttentionStore({hw}, stop_after=run.map_layers)
+        ctx.image_token_mask, ctx.kv_cache = run.keep, run.cache
+        with torch.enable_grad():
+            x = latents.detach().requires_grad_(True)
+            try:
+                self.unet(self.scheduler.scale_model_input(x, t), t, encoder_hidden_states=run.cond)
+            except MapsComplete:
+                pass
+            text_p, image_p = ctx.store.mean(hw)
+            maps = self.defect_maps(text_p, image_p, run.plan, run.map_hw)
+            total, terms = tidsc_loss([m.float() for m in maps], run.cells, run.tidsc)
+            grad = torch.autograd.grad(total, x)[0]
+        ctx.store = None
+        return (x - step_size * grad).detach(), [m.detach() for m in maps], {"total": float(total.detach())} | terms
+
+    def _guided_step(self, latents: torch.Tensor, t, run: "_Run") -> torch.Tensor:
+        """Step 2: the classifier-free-guided noise prediction and the DDIM step (maps
+        recorded only with `return_attention`)."""
+        ctx = self.context
+        ctx.store = run.record
+        ctx.image_token_mask = run.keep_cfg
+        with torch.no_grad():
+            latent_in = torch.cat([latents] * 2) if run.do_cfg else latents
+            latent_in = self.scheduler.scale_model_input(latent_in, t)
+            unet = self._compiled_unet if self._compiled_unet is not None and run.record is None else self.unet
+            ctx.kv_cache = run.cache if unet is self.unet else None  # a compiled graph keeps its own
+            noise = unet(latent_in, t, encoder_hidden_states=run.embeds).sample
+            if run.do_cfg:
+                noise_uncond, noise_cond = noise.chunk(2)
+                noise = noise_uncond + run.guidance_scale * (noise_cond - noise_uncond)
+            return self.scheduler.step(noise, t, latents).prev_sample
 
     @staticmethod
     def _summarize(seen, plan, boxes):

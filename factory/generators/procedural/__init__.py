@@ -80,4 +80,6 @@ class ProceduralELGenerator:
         return out
 
 
-__all__ = ["CLASSES", "ProceduralELGenerator", "ProceduralParams"]
+FAMILY = ProceduralELGenerator  # what `factory.generators.base` registers as kind "procedural" (this folder)
+
+__all__ = ["CLASSES", "FAMILY", "ProceduralELGenerator", "ProceduralParams"]

@@ -118,57 +118,17 @@ def _cell(
     fit: dict[str, float] | None = None,
 ) -> np.ndarray:
     """The defect-free cell: background, emission texture, fingers, busbars, vignette.
-    `fit` values (when present) replace the matching draws."""
+    `fit` values (when present) replace the matching draws. The draws stay in this
+    order (outline, texture, fingers, busbars, vignette, background): the pixels of a
+    seed must not change."""
     fit = fit or {}
     yy = np.arange(H, dtype=np.float32)[:, None]
     xx = np.arange(W, dtype=np.float32)[None, :]
-    side = min(H, W)
-
-    # cell outline: a small dark margin, small chamfered corners on mono cells
-    margin = fit.get("margin", rng.uniform(0.0, 0.03)) * side
-    u = (xx - W / 2) / (W / 2 - margin)
-    v = (yy - H / 2) / (H / 2 - margin)
-    multi = rng.random() < 0.5
-    chamfer = 9.0 if multi else rng.uniform(1.85, 1.95)
-    inside = (np.abs(u) <= 1) & (np.abs(v) <= 1) & (np.abs(u) + np.abs(v) <= chamfer)
-    edge_soft = ndimage.gaussian_filter(inside.astype(np.float32), 1.0)
-
-    # emission texture: mono cells are smooth, multi cells show grains and dark
-    # dislocation clusters
-    if "tex_a0" in fit:  # fitted: the references' texture spectrum and intensity distribution
-        amps = [fit[f"tex_a{i}"] for i in range(TEX_BINS)]
-        quantiles = [fit[f"tex_q{i}"] for i in range(len(TEX_LEVELS))]
-        cell = brightness * (1.0 + contrast * fit["tex_std"] * spectral_texture(rng, H, W, amps, quantiles))
-        multi = False
-    else:
-        tex = 0.6 * _smooth_noise(rng, H, W, side / 8) + 0.4 * _smooth_noise(rng, H, W, side / 30)
-        cell = brightness * (1.0 + 0.06 * contrast * tex)
-    if multi:
-        grains = _smooth_noise(rng, H, W, side / 50)
-        clusters = np.clip(_smooth_noise(rng, H, W, side / 120) - 1.2, 0, None) * (grains > 0.3)
-        cell = cell * (1.0 + 0.05 * contrast * np.tanh(2 * grains)) * (1.0 - np.clip(0.5 * contrast * clusters, 0, 0.6))
-
-    # fingers: faint thin dark lines across the busbars, every `pitch` pixels
-    phase = rng.uniform(0, pitch)
-    d = np.abs(((xx + phase) % pitch) - pitch / 2) - pitch / 2  # 0 at the finger line
-    finger = rng.uniform(0.02, 0.07) * contrast
-    if "finger_depth" in fit:  # measured: the mean darkening's fundamental -> a 0.6-px line's depth
-        finger = float(np.clip(fit["finger_depth"] * pitch / 2.1, 0.0, 0.5))
-    cell = cell * (1.0 - finger * np.exp(-((d / 0.6) ** 2)))
-
-    # busbars: dark horizontal bands evenly spread over the cell
-    busbar_y = np.array([(i + 0.5) * H / max(n_busbars, 1) for i in range(n_busbars)], np.float32)
+    edge_soft, multi = _outline(rng, H, W, xx, yy, fit)
+    cell = _emission(rng, H, W, brightness, contrast, multi, fit)
+    cell = cell * _fingers(rng, xx, pitch, contrast, fit)
     if n_busbars:
-        bw = max(1.5, fit.get("busbar_width", rng.uniform(0.015, 0.03)) * H)
-        dist = np.min(np.abs(yy[None, :, :] - busbar_y[:, None, None]), axis=0)
-        core = np.clip(bw / 2 + 0.5 - dist, 0, 1)  # anti-aliased band
-        depth = rng.uniform(0.45, 0.65)
-        depth = fit.get("busbar_depth", depth)
-        duty = fit.get("busbar_duty", 1.0)
-        if duty < 0.9:  # dashed: dark segments along the busbar
-            period = W / max(1.0, fit.get("busbar_segments", 6.0))
-            core = core * ((((xx + rng.uniform(0, period)) / period) % 1.0) < duty)
-        cell = cell * (1.0 - depth * core - 0.06 * np.exp(-((dist / (2 * bw)) ** 2)))
+        cell = cell * _busbars(rng, H, W, xx, yy, n_busbars, fit)
 
     # vignette: darker towards corners and edges
     r2 = ((xx - W / 2) / (W / 2)) ** 2 + ((yy - H / 2) / (H / 2)) ** 2
@@ -177,6 +137,64 @@ def _cell(
     background = fit.get("background", rng.uniform(0.02, 0.08))
     out = background + (cell - background) * edge_soft
     return out.astype(np.float32)
+
+
+def _outline(rng: np.random.Generator, H: int, W: int, xx: np.ndarray, yy: np.ndarray,
+             fit: dict[str, float]) -> tuple[np.ndarray, bool]:
+    """(the cell's soft-edged inside, multi-crystalline?): a small dark margin, small
+    chamfered corners on mono cells."""
+    margin = fit.get("margin", rng.uniform(0.0, 0.03)) * min(H, W)
+    u = (xx - W / 2) / (W / 2 - margin)
+    v = (yy - H / 2) / (H / 2 - margin)
+    multi = rng.random() < 0.5
+    chamfer = 9.0 if multi else rng.uniform(1.85, 1.95)
+    inside = (np.abs(u) <= 1) & (np.abs(v) <= 1) & (np.abs(u) + np.abs(v) <= chamfer)
+    return ndimage.gaussian_filter(inside.astype(np.float32), 1.0), multi
+
+
+def _emission(rng: np.random.Generator, H: int, W: int, brightness: float, contrast: float, multi: bool,
+              fit: dict[str, float]) -> np.ndarray:
+    """The emission texture: mono cells are smooth, multi cells show grains and dark
+    dislocation clusters; fitted: the references' texture spectrum and intensity distribution."""
+    side = min(H, W)
+    if "tex_a0" in fit:
+        amps = [fit[f"tex_a{i}"] for i in range(TEX_BINS)]
+        quantiles = [fit[f"tex_q{i}"] for i in range(len(TEX_LEVELS))]
+        return brightness * (1.0 + contrast * fit["tex_std"] * spectral_texture(rng, H, W, amps, quantiles))
+    tex = 0.6 * _smooth_noise(rng, H, W, side / 8) + 0.4 * _smooth_noise(rng, H, W, side / 30)
+    cell = brightness * (1.0 + 0.06 * contrast * tex)
+    if multi:
+        grains = _smooth_noise(rng, H, W, side / 50)
+        clusters = np.clip(_smooth_noise(rng, H, W, side / 120) - 1.2, 0, None) * (grains > 0.3)
+        cell = cell * (1.0 + 0.05 * contrast * np.tanh(2 * grains)) * (1.0 - np.clip(0.5 * contrast * clusters, 0, 0.6))
+    return cell
+
+
+def _fingers(rng: np.random.Generator, xx: np.ndarray, pitch: float, contrast: float, fit: dict[str, float]) -> np.ndarray:
+    """The fingers' darkening factor: faint thin dark lines across the busbars, every `pitch` pixels."""
+    phase = rng.uniform(0, pitch)
+    d = np.abs(((xx + phase) % pitch) - pitch / 2) - pitch / 2  # 0 at the finger line
+    finger = rng.uniform(0.02, 0.07) * contrast
+    if "finger_depth" in fit:  # measured: the mean darkening's fundamental -> a 0.6-px line's depth
+        finger = float(np.clip(fit["finger_depth"] * pitch / 2.1, 0.0, 0.5))
+    return 1.0 - finger * np.exp(-((d / 0.6) ** 2))
+
+
+def _busbars(rng: np.random.Generator, H: int, W: int, xx: np.ndarray, yy: np.ndarray, n_busbars: int,
+             fit: dict[str, float]) -> np.ndarray:
+    """The busbars' darkening factor: dark horizontal bands evenly spread over the cell
+    (dashed where the fitted duty is below 0.9)."""
+    busbar_y = np.array([(i + 0.5) * H / max(n_busbars, 1) for i in range(n_busbars)], np.float32)
+    bw = max(1.5, fit.get("busbar_width", rng.uniform(0.015, 0.03)) * H)
+    dist = np.min(np.abs(yy[None, :, :] - busbar_y[:, None, None]), axis=0)
+    core = np.clip(bw / 2 + 0.5 - dist, 0, 1)  # anti-aliased band
+    depth = rng.uniform(0.45, 0.65)
+    depth = fit.get("busbar_depth", depth)
+    duty = fit.get("busbar_duty", 1.0)
+    if duty < 0.9:  # dashed: dark segments along the busbar
+        period = W / max(1.0, fit.get("busbar_segments", 6.0))
+        core = core * ((((xx + rng.uniform(0, period)) / period) % 1.0) < duty)
+    return 1.0 - depth * core - 0.06 * np.exp(-((dist / (2 * bw)) ** 2))
 
 
 # --- defects: each returns a (h, w) darkening map in [0, 1] for its box window ---

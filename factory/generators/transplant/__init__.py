@@ -256,4 +256,6 @@ def _tight_boxes(planned: Sequence[Box], mask: np.ndarray,
     return boxes, out
 
 
-__all__ = ["TransplantGenerator", "TransplantParams"]
+FAMILY = TransplantGenerator  # what `factory.generators.base` registers as kind "transplant" (this folder)
+
+__all__ = ["FAMILY", "TransplantGenerator", "TransplantParams"]

@@ -1,6 +1,9 @@
 """`factory train pdig` (SCE + LISA under Ray Train) and `factory train pdig-tiny-base`
 (a tiny random base model, so the CPU path runs end to end without external weights).
-Heavy imports happen inside the command bodies."""
+
+Registered by `factory.cli` from this family (`register`), which turns the errors
+the commands raise into its one-line messages. Heavy imports happen inside the
+command bodies."""
 
 from __future__ import annotations
 
@@ -8,9 +11,13 @@ from typing import Optional
 
 import typer
 
-from factory.cli.app import train_app
-from factory.cli.common import console, friendly_errors
 from factory.ray_runtime import ensure_ray
+
+
+def register(train: typer.Typer) -> None:
+    """Add this family's subcommands to `factory train`."""
+    train.command("pdig")(train_pdig_cmd)
+    train.command("pdig-tiny-base")(tiny_base_cmd)
 
 
 def _mask_classes(text: str) -> dict[int, str]:
@@ -23,7 +30,6 @@ def _mask_classes(text: str) -> dict[int, str]:
     return out
 
 
-@train_app.command("pdig")
 def train_pdig_cmd(
     data: str = typer.Option(..., "--data", help="Folder/URI of images with class masks (*/img + */ann) or YOLO labels (images/ + labels/)."),
     base: str = typer.Option(..., "--base", help="Folder/URI of the base model: diffusers SD1.5 layout + image_encoder/ (open_clip)."),
@@ -43,29 +49,26 @@ def train_pdig_cmd(
     address: Optional[str] = typer.Option(None, envvar="RAY_ADDRESS", help="Ray cluster address (default: an embedded local cluster)."),
 ) -> None:
     """Train PDIG's SCE tokens and LISA adapter (frozen base) with a Ray Train TorchTrainer."""
-    with friendly_errors():
-        from factory.training.pdig import PDIGTrainConfig, train_pdig
+    from factory.generators.pdig.train import PDIGTrainConfig, train_pdig
 
-        cfg = PDIGTrainConfig(
-            data=data, base=base, out=out, mask_classes=_mask_classes(mask_classes), epochs=epochs, max_steps=max_steps,
-            batch_size=batch_size, lr=lr, weight_decay=weight_decay, num_tokens=num_tokens, resolution=resolution,
-            limit=max_images, num_workers=workers, use_gpu=gpu, seed=seed,
-        )
-        ensure_ray(address)
-        console.print(f"training PDIG (SCE + LISA) on {data} over base {base}, {workers} worker(s) -> {out}")
-        m = train_pdig(cfg)
-        console.print(f"done: {m.get('steps')} steps, loss {m.get('loss', float('nan')):.4f}, classes {m.get('classes')}; checkpoint {out}")
+    cfg = PDIGTrainConfig(
+        data=data, base=base, out=out, mask_classes=_mask_classes(mask_classes), epochs=epochs, max_steps=max_steps,
+        batch_size=batch_size, lr=lr, weight_decay=weight_decay, num_tokens=num_tokens, resolution=resolution,
+        limit=max_images, num_workers=workers, use_gpu=gpu, seed=seed,
+    )
+    ensure_ray(address)
+    typer.echo(f"training PDIG (SCE + LISA) on {data} over base {base}, {workers} worker(s) -> {out}")
+    m = train_pdig(cfg)
+    typer.echo(f"done: {m.get('steps')} steps, loss {m.get('loss', float('nan')):.4f}, classes {m.get('classes')}; checkpoint {out}")
 
 
-@train_app.command("pdig-tiny-base")
 def tiny_base_cmd(
     out: str = typer.Option(..., "--out", help="Folder to write the tiny random base model to."),
     seed: int = typer.Option(0),
 ) -> None:
     """Write a tiny random Stable Diffusion base (64 px, ~3M parameters) in the layout `--base` reads: for demos and tests only."""
-    with friendly_errors():
-        from factory.generators.pdig.base_model import write_tiny_base
-        from factory.storage import uri as storage
+    from factory.generators.pdig.base_model import write_tiny_base
+    from factory.storage import uri as storage
 
-        folder = write_tiny_base(storage.local_path(out), seed=seed)
-        console.print(f"tiny random PDIG base written to {folder} (random weights: images are noise-like)")
+    folder = write_tiny_base(storage.local_path(out), seed=seed)
+    typer.echo(f"tiny random PDIG base written to {folder} (random weights: images are noise-like)")

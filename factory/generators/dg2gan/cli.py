@@ -1,7 +1,8 @@
 """`factory train dg2gan`: train one DG2GAN (defect-free -> one defect class) with Ray Train.
 
-Heavy imports (torch, ray) happen inside the command body, so `factory --help`
-stays fast.
+Registered by `factory.cli` from this family (`register`), which turns the errors
+the command raises into its one-line messages. Heavy imports (torch, ray) happen
+inside the command body, so `factory --help` stays fast.
 """
 
 from __future__ import annotations
@@ -10,12 +11,14 @@ from typing import Optional
 
 import typer
 
-from factory.cli.app import train_app
-from factory.cli.common import console, friendly_errors
 from factory.ray_runtime import ensure_ray
 
 
-@train_app.command("dg2gan")
+def register(train: typer.Typer) -> None:
+    """Add this family's subcommand to `factory train`."""
+    train.command("dg2gan")(train_dg2gan)
+
+
 def train_dg2gan(
     defect_free: str = typer.Option(..., "--defect-free", help="Folder/URI of defect-free images (masks beside them are used to avoid defects)."),
     defective: str = typer.Option(..., "--defective", help="Folder/URI of defective images; with masks, training uses crops around the defects."),
@@ -42,28 +45,27 @@ def train_dg2gan(
     address: Optional[str] = typer.Option(None, envvar="RAY_ADDRESS", help="Ray cluster address (default: an embedded local cluster)."),
 ) -> None:
     """Train DG2GAN (eq. 1-6 of the paper) with a Ray Train TorchTrainer; writes checkpoints + config to --out."""
-    with friendly_errors():
-        if channels not in (1, 3):
-            raise ValueError(f"--channels must be 1 or 3, got {channels}")
-        if image_size % 4:
-            raise ValueError(f"--image-size must be a multiple of 4, got {image_size}")
-        from factory.training.dg2gan import TrainConfig, check_sources, train
+    if channels not in (1, 3):
+        raise ValueError(f"--channels must be 1 or 3, got {channels}")
+    if image_size % 4:
+        raise ValueError(f"--image-size must be a multiple of 4, got {image_size}")
+    from factory.generators.dg2gan.train import TrainConfig, check_sources, train
 
-        tc = TrainConfig(
-            defect_free=defect_free, defective=defective, out=out, class_name=class_name, image_size=image_size,
-            channels=channels, batch_size=batch_size, lr=lr, epochs_constant=epochs_constant, epochs_decay=epochs_decay,
-            epoch_scale=epoch_scale, max_steps_per_epoch=max_steps_per_epoch, num_workers=workers, use_gpu=gpu,
-            use_djs=not no_djs, holdout=holdout, max_images=max_images, ngf=ngf, n_blocks=n_blocks, ndf=ndf,
-            n_layers=n_layers, seed=seed,
-        )
-        check_sources(tc)
-        ensure_ray(address)
-        c, d = tc.epochs
-        console.print(f"training DG2GAN [bold]{class_name}[/] for {c}+{d} epochs on {workers} worker(s) -> {out}")
-        result = train(tc)
-        m = result["metrics"]
-        state = "already complete" if not result["trained"] else "done"
-        console.print(
-            f"{state}: epoch {result['epoch'] + 1}, checkpoint {result['checkpoint']}"
-            + (f" (cycle {m['cycle']:.4f}, G {m['G']:.4f}, D {m['D']:.4f})" if "cycle" in m else "")
-        )
+    tc = TrainConfig(
+        defect_free=defect_free, defective=defective, out=out, class_name=class_name, image_size=image_size,
+        channels=channels, batch_size=batch_size, lr=lr, epochs_constant=epochs_constant, epochs_decay=epochs_decay,
+        epoch_scale=epoch_scale, max_steps_per_epoch=max_steps_per_epoch, num_workers=workers, use_gpu=gpu,
+        use_djs=not no_djs, holdout=holdout, max_images=max_images, ngf=ngf, n_blocks=n_blocks, ndf=ndf,
+        n_layers=n_layers, seed=seed,
+    )
+    check_sources(tc)
+    ensure_ray(address)
+    c, d = tc.epochs
+    typer.echo(f"training DG2GAN {class_name} for {c}+{d} epochs on {workers} worker(s) -> {out}")
+    result = train(tc)
+    m = result["metrics"]
+    state = "already complete" if not result["trained"] else "done"
+    typer.echo(
+        f"{state}: epoch {result['epoch'] + 1}, checkpoint {result['checkpoint']}"
+        + (f" (cycle {m['cycle']:.4f}, G {m['G']:.4f}, D {m['D']:.4f})" if "cycle" in m else "")
+    )

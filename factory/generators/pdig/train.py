@@ -9,7 +9,7 @@ from __future__ import annotations
 import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
@@ -114,7 +114,31 @@ def _load_examples(cfg: PDIGTrainConfig):
         return load_examples(root, {int(k): v for k, v in cfg.mask_classes.items()}, limit=cfg.limit)
 
 
-def train_loop(config: dict[str, Any]) -> None:
+class WorkerConfig(TypedDict):
+    """`train_loop_config` of the PDIG `TorchTrainer`."""
+
+    cfg: PDIGTrainConfig
+
+
+@dataclass
+class _Worker:
+    """What one Ray Train worker trains: the frozen base, the trainable parts, its data."""
+
+    cfg: PDIGTrainConfig
+    rank: int
+    device: Any  # torch.device
+    rng: np.random.Generator
+    examples: list
+    classes: list[str]
+    base: Any  # base_model.Base
+    size: int  # training image side
+    parts: Any  # adapter.Parts
+    opt: Any  # torch.optim.AdamW
+    step: int = 0
+    losses: list[float] = field(default_factory=list)
+
+
+def train_loop(config: WorkerConfig) -> None:
     """One Ray Train worker: load the base, add the parts, train on its Ray Data shard
     of example indices. Ray splits the indices equally, so every rank runs the same
     number of steps (DDP never waits on a rank that has finished). Rank 0 reports a
@@ -122,78 +146,111 @@ def train_loop(config: dict[str, Any]) -> None:
     resumes from `ray.train.get_checkpoint()`."""
     import ray.train
     import ray.train.torch
+
+    w = _start_worker(config["cfg"])
+    start_epoch = _restore(w)
+    model = ray.train.torch.prepare_model(_module(w.base, w.parts))
+    shard = ray.train.get_dataset_shard("train")
+    cfg = w.cfg
+    for epoch in range(start_epoch, cfg.epochs):
+        if cfg.max_steps and w.step >= cfg.max_steps:
+            break
+        _train_epoch(w, model, shard, epoch)
+        done = epoch == cfg.epochs - 1 or bool(cfg.max_steps and w.step >= cfg.max_steps)
+        _report(w, epoch, done)
+        if done:
+            break
+
+
+def _start_worker(cfg: PDIGTrainConfig) -> _Worker:
+    import ray.train
+    import ray.train.torch
     import torch
-    from ray.train import Checkpoint
 
-    from factory.generators.pdig.adapter import create_parts, save_parts
+    from factory.generators.pdig.adapter import create_parts
     from factory.generators.pdig.base_model import load_base
-    from factory.generators.pdig.image_prompt import encode_crops
-    from factory.generators.pdig.sce import build_prompt
 
-    cfg = PDIGTrainConfig(**config)
-    ctx = ray.train.get_context()
-    rank = ctx.get_world_rank()
+    rank = ray.train.get_context().get_world_rank()
     device = ray.train.torch.get_device()
     torch.manual_seed(cfg.seed + rank)
     rng = np.random.default_rng([cfg.seed, rank])
     examples = _load_examples(cfg)
     classes = sorted({c for ex in examples for c, *_ in ex.boxes})
     base = load_base(cfg.base, device=str(device))
-    size = cfg.resolution or base.native_size
     parts = create_parts(base, classes, cfg.num_tokens)
     opt = torch.optim.AdamW(parts.trainable_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    step, start_epoch, losses = 0, 0, []
+    return _Worker(cfg, rank, device, rng, examples, classes, base, cfg.resolution or base.native_size, parts, opt)
+
+
+def _restore(w: _Worker) -> int:
+    """Resume from the Ray Train checkpoint of a restarted worker group, if any; the first epoch to run."""
+    import ray.train
+    import torch
+
     restored = ray.train.get_checkpoint()
-    if restored:
-        with restored.as_directory() as d:
-            state = torch.load(Path(d) / RESUME_STATE, map_location="cpu", weights_only=True)
-        with torch.no_grad():
-            for p, v in zip(parts.trainable_parameters(), state["params"]):
-                p.copy_(v)
-        opt.load_state_dict(state["optimizer"])
-        step, start_epoch = int(state["step"]), int(state["epoch"]) + 1
-    model = ray.train.torch.prepare_model(_module(base, parts))
-    shard = ray.train.get_dataset_shard("train")
-    epoch = start_epoch - 1
-    for epoch in range(start_epoch, cfg.epochs):
-        if cfg.max_steps and step >= cfg.max_steps:
+    if not restored:
+        return 0
+    with restored.as_directory() as d:
+        state = torch.load(Path(d) / RESUME_STATE, map_location="cpu", weights_only=True)
+    with torch.no_grad():
+        for p, v in zip(w.parts.trainable_parameters(), state["params"]):
+            p.copy_(v)
+    w.opt.load_state_dict(state["optimizer"])
+    w.step = int(state["step"])
+    return int(state["epoch"]) + 1
+
+
+def _train_epoch(w: _Worker, model, shard, epoch: int) -> None:
+    """One pass over this rank's shard (or up to `max_steps`)."""
+    import torch
+
+    from factory.generators.pdig.image_prompt import encode_crops
+    from factory.generators.pdig.sce import build_prompt
+
+    cfg, base, device, rng = w.cfg, w.base, w.device, w.rng
+    for batch_idx in shard.iter_batches(batch_size=cfg.batch_size, batch_format="numpy",
+                                        local_shuffle_buffer_size=max(2 * cfg.batch_size, 16),
+                                        local_shuffle_seed=cfg.seed * 1000 + epoch * 10 + w.rank):
+        batch = [_prepare(w.examples[int(i)], w.size, rng) for i in batch_idx["id"]]
+        pixels = torch.stack([b[0] for b in batch]).to(device)
+        prompts = ["" if rng.random() < cfg.drop_text else build_prompt(b[1]) for b in batch]
+        ids = base.tokenizer(prompts, padding="max_length", max_length=base.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt").input_ids.to(device)
+        embeds = encode_crops(base.image_encoder, [b[2] for b in batch], base.image_size, base.image_mean,
+                              base.image_std, device)
+        keep = torch.tensor([rng.random() >= cfg.drop_image for _ in batch], device=device)
+        embeds = embeds * keep[:, None].to(embeds.dtype)
+        loss = model(pixels, ids, embeds)
+        w.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        w.opt.step()
+        w.losses.append(float(loss.detach()))
+        w.step += 1
+        if cfg.max_steps and w.step >= cfg.max_steps:
             break
-        for batch_idx in shard.iter_batches(batch_size=cfg.batch_size, batch_format="numpy",
-                                            local_shuffle_buffer_size=max(2 * cfg.batch_size, 16),
-                                            local_shuffle_seed=cfg.seed * 1000 + epoch * 10 + rank):
-            batch = [_prepare(examples[int(i)], size, rng) for i in batch_idx["id"]]
-            pixels = torch.stack([b[0] for b in batch]).to(device)
-            prompts = ["" if rng.random() < cfg.drop_text else build_prompt(b[1]) for b in batch]
-            ids = base.tokenizer(prompts, padding="max_length", max_length=base.tokenizer.model_max_length,
-                                 truncation=True, return_tensors="pt").input_ids.to(device)
-            embeds = encode_crops(base.image_encoder, [b[2] for b in batch], base.image_size, base.image_mean,
-                                  base.image_std, device)
-            keep = torch.tensor([rng.random() >= cfg.drop_image for _ in batch], device=device)
-            embeds = embeds * keep[:, None].to(embeds.dtype)
-            loss = model(pixels, ids, embeds)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            losses.append(float(loss.detach()))
-            step += 1
-            if cfg.max_steps and step >= cfg.max_steps:
-                break
-        done = epoch == cfg.epochs - 1 or bool(cfg.max_steps and step >= cfg.max_steps)
-        metrics = {"loss": float(np.mean(losses[-20:])) if losses else float("nan"), "steps": step,
-                   "epochs": epoch + 1, "images": len(examples), "classes": classes}
-        if rank != 0:
-            ray.train.report(metrics)
-        else:
-            if done:
-                parts.bank = build_bank(base, examples, classes, cfg.bank_size, device)
-            with tempfile.TemporaryDirectory() as tmp:
-                save_parts(parts, tmp, extra={"base": cfg.base, "train": asdict(cfg) | {"steps": step},
-                                              "resolution": size})
-                torch.save({"params": [p.detach().cpu() for p in parts.trainable_parameters()],
-                            "optimizer": opt.state_dict(), "step": step, "epoch": epoch}, Path(tmp) / RESUME_STATE)
-                ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
-        if done:
-            break
+
+
+def _report(w: _Worker, epoch: int, done: bool) -> None:
+    """Every rank reports the epoch's metrics; rank 0 with a checkpoint (the image-prompt bank in the last one)."""
+    import ray.train
+    import torch
+    from ray.train import Checkpoint
+
+    from factory.generators.pdig.adapter import save_parts
+
+    cfg = w.cfg
+    metrics = {"loss": float(np.mean(w.losses[-20:])) if w.losses else float("nan"), "steps": w.step,
+               "epochs": epoch + 1, "images": len(w.examples), "classes": w.classes}
+    if w.rank != 0:
+        ray.train.report(metrics)
+        return
+    if done:
+        w.parts.bank = build_bank(w.base, w.examples, w.classes, cfg.bank_size, w.device)
+    with tempfile.TemporaryDirectory() as tmp:
+        save_parts(w.parts, tmp, extra={"base": cfg.base, "train": asdict(cfg) | {"steps": w.step}, "resolution": w.size})
+        torch.save({"params": [p.detach().cpu() for p in w.parts.trainable_parameters()],
+                    "optimizer": w.opt.state_dict(), "step": w.step, "epoch": epoch}, Path(tmp) / RESUME_STATE)
+        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
 
 
 def train_pdig(cfg: PDIGTrainConfig) -> dict[str, Any]:
@@ -206,12 +263,11 @@ def train_pdig(cfg: PDIGTrainConfig) -> dict[str, Any]:
 
     storage_path = cfg.storage_path or tempfile.mkdtemp(prefix="pdig-train-")
     # absolute: the workers read them from a working directory that is not ours (and the base is recorded)
-    absolute = lambda p: p if storage.is_s3(p) else str(storage.local_path(p).resolve())  # noqa: E731
-    cfg = replace(cfg, data=absolute(cfg.data), base=absolute(cfg.base))
+    cfg = replace(cfg, data=storage.absolute(cfg.data), base=storage.absolute(cfg.base))
     n = len(_load_examples(cfg))
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config=asdict(cfg),
+        train_loop_config=WorkerConfig(cfg=cfg),
         # example indices, materialized (no read tasks competing with the workers for CPUs); Ray gives each rank an equal share
         datasets={"train": ray.data.range(n).materialize()},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,

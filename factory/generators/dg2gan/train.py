@@ -22,8 +22,8 @@ import contextlib
 import math
 import tempfile
 import time
-from dataclasses import asdict, dataclass, fields
-from typing import Any, Callable
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, TypedDict
 
 import numpy as np
 
@@ -79,11 +79,6 @@ class TrainConfig:
             n_layers=self.n_layers, lambda_=self.lambda_, beta=self.beta, mu=self.mu, cycle_weight=self.cycle_weight,
             use_djs=self.use_djs, class_name=self.class_name,
         )
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
 
 
 def lr_factor(epoch: int, constant: int, decay: int) -> float:
@@ -153,23 +148,72 @@ def sample_batch(data, k: int, rng: np.random.Generator, device):
     return to_tensor(batch).to(device)
 
 
-def train_loop_per_worker(config: dict) -> None:
-    """The Ray Train worker loop (also runs as a plain function when Ray Train is not wanted)."""
+class WorkerConfig(TypedDict):
+    """`train_loop_config` of the DG2GAN `TorchTrainer`."""
+
+    tc: TrainConfig
+    n_total: int  # defect-free crops over all ranks
+    d_total: int  # defective crops over all ranks
+
+
+@dataclass
+class _Nets:
+    """What one worker trains: the generators, the discriminators and their optimizers."""
+
+    gens: Any  # model.Generators (DDP-wrapped after `prepare_model`)
+    discs: Any  # model.Discriminators
+    opt_g: Any  # torch.optim.Adam
+    opt_d: Any
+
+
+def train_loop_per_worker(config: WorkerConfig) -> None:
+    """The Ray Train worker loop: resume, then train epoch by epoch; rank 0 checkpoints."""
     import ray.train
     import ray.train.torch
     import torch
 
-    from factory.generators.dg2gan.checkpoint import load_train_state, resolve, save_checkpoint
-    from factory.generators.dg2gan.model import build
-    from factory.storage.uri import to_uri, upload_dir
-
-    tc = TrainConfig.from_dict(config)
+    tc = config["tc"]
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
     torch.manual_seed(tc.seed)
     cfg = tc.model_config()
     data_n, data_d = _shard_array(ray.train.get_dataset_shard("n")), _shard_array(ray.train.get_dataset_shard("d"))
+    nets, start_epoch, history = _resume(tc, cfg, device)
+
+    constant, decay = tc.epochs
+    per_worker = max(1, tc.batch_size // world)
+    steps = math.ceil(max(config["n_total"], config["d_total"]) / (per_worker * world))  # equal on every rank
+    if tc.max_steps_per_epoch:
+        steps = min(steps, tc.max_steps_per_epoch)
+    for epoch in range(start_epoch, constant + decay):
+        for opt in (nets.opt_g, nets.opt_d):
+            for group in opt.param_groups:
+                group["lr"] = tc.lr * lr_factor(epoch, constant, decay)
+        rng = np.random.default_rng([tc.seed, rank, epoch])
+        sums: dict[str, float] = {}
+        t0 = time.time()
+        for _ in range(steps):
+            n = sample_batch(data_n, per_worker, rng, device)
+            d = sample_batch(data_d, per_worker, rng, device)
+            for k, v in train_step(nets.gens, nets.discs, nets.opt_g, nets.opt_d, n, d, cfg).items():
+                sums[k] = sums.get(k, 0.0) + v
+        metrics = {k: v / steps for k, v in sums.items()}
+        metrics.update(epoch=epoch, lr=nets.opt_g.param_groups[0]["lr"], seconds=time.time() - t0, steps=steps)
+        history.append(metrics)
+        _end_epoch(tc, cfg, nets, rank, epoch, history)
+
+
+def _resume(tc: TrainConfig, cfg, device) -> tuple[_Nets, int, list[dict[str, float]]]:
+    """Fresh networks, or the last checkpoint's (a restarted worker group's, else the one at `tc.out`),
+    prepared for DDP; the first epoch to run and the metrics history so far."""
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    from factory.generators.dg2gan.checkpoint import load_train_state, resolve
+    from factory.generators.dg2gan.model import build
+    from factory.storage.uri import to_uri
 
     gens, discs = build(cfg, seed=tc.seed)
     opt_g, opt_d = make_optimizers(gens, discs, tc.lr)
@@ -192,38 +236,30 @@ def train_loop_per_worker(config: dict) -> None:
             for k, v in st.items():
                 if torch.is_tensor(v):
                     st[k] = v.to(device)
+    return _Nets(gens, discs, opt_g, opt_d), start_epoch, history
+
+
+def _end_epoch(tc: TrainConfig, cfg, nets: _Nets, rank: int, epoch: int, history: list[dict[str, float]]) -> None:
+    """Report the epoch; rank 0 prints it and, every `checkpoint_every` epochs and at the end,
+    writes a checkpoint to `tc.out` and reports it to Ray Train."""
+    import ray.train
+
+    from factory.generators.dg2gan.checkpoint import save_checkpoint
+    from factory.storage.uri import to_uri, upload_dir
 
     constant, decay = tc.epochs
-    per_worker = max(1, tc.batch_size // world)
-    steps = math.ceil(max(config["n_total"], config["d_total"]) / (per_worker * world))  # equal on every rank
-    if tc.max_steps_per_epoch:
-        steps = min(steps, tc.max_steps_per_epoch)
-    for epoch in range(start_epoch, constant + decay):
-        for opt in (opt_g, opt_d):
-            for group in opt.param_groups:
-                group["lr"] = tc.lr * lr_factor(epoch, constant, decay)
-        rng = np.random.default_rng([tc.seed, rank, epoch])
-        sums: dict[str, float] = {}
-        t0 = time.time()
-        for _ in range(steps):
-            n = sample_batch(data_n, per_worker, rng, device)
-            d = sample_batch(data_d, per_worker, rng, device)
-            for k, v in train_step(gens, discs, opt_g, opt_d, n, d, cfg).items():
-                sums[k] = sums.get(k, 0.0) + v
-        metrics = {k: v / steps for k, v in sums.items()}
-        metrics.update(epoch=epoch, lr=opt_g.param_groups[0]["lr"], seconds=time.time() - t0, steps=steps)
-        history.append(metrics)
-        last = epoch == constant + decay - 1
-        if rank == 0:
-            print(f"[dg2gan {tc.class_name}] epoch {epoch + 1}/{constant + decay} " + " ".join(f"{k}={metrics[k]:.4f}" for k in ("G", "cycle", "D") if k in metrics), flush=True)
-        if rank == 0 and ((epoch + 1) % tc.checkpoint_every == 0 or last):
-            state = {"opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(), "epoch": epoch, "history": history}
-            with tempfile.TemporaryDirectory() as tmp:
-                save_checkpoint(to_uri(tmp), epoch, cfg, unwrap(gens), unwrap(discs), state, asdict(tc), metrics)
-                upload_dir(tmp, tc.out)
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-        else:
-            ray.train.report(metrics)
+    metrics = history[-1]
+    last = epoch == constant + decay - 1
+    if rank == 0:
+        print(f"[dg2gan {tc.class_name}] epoch {epoch + 1}/{constant + decay} " + " ".join(f"{k}={metrics[k]:.4f}" for k in ("G", "cycle", "D") if k in metrics), flush=True)
+    if rank == 0 and ((epoch + 1) % tc.checkpoint_every == 0 or last):
+        state = {"opt_g": nets.opt_g.state_dict(), "opt_d": nets.opt_d.state_dict(), "epoch": epoch, "history": history}
+        with tempfile.TemporaryDirectory() as tmp:
+            save_checkpoint(to_uri(tmp), epoch, cfg, unwrap(nets.gens), unwrap(nets.discs), state, asdict(tc), metrics)
+            upload_dir(tmp, tc.out)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+    else:
+        ray.train.report(metrics)
 
 
 def _shard_array(shard) -> np.ndarray:
@@ -236,12 +272,21 @@ def check_sources(tc: TrainConfig) -> None:
     from factory.storage import uri as U
 
     for what, src in (("defect-free", tc.defect_free), ("defective", tc.defective)):
-        found = bool(U.list_files(src)) if U.is_s3(src) else U.local_path(src).is_dir()
-        if not found:
+        if not U.is_folder(src):
             raise FileNotFoundError(f"{what} images: no such folder or prefix: {src}")
 
 
-def train(tc: TrainConfig, storage_path: str | None = None) -> dict[str, Any]:
+class TrainResult(TypedDict):
+    """What `train` returns."""
+
+    checkpoint: str  # the last epoch's folder
+    epoch: int
+    metrics: dict[str, float]  # the last epoch's
+    resumed: bool  # nothing to train: `out` already held the last epoch
+    trained: bool
+
+
+def train(tc: TrainConfig, storage_path: str | None = None) -> TrainResult:
     """Run training with a Ray Train TorchTrainer; returns the last checkpoint's URI, epoch and metrics.
 
     Needs Ray to be initialized (or starts an embedded local cluster)."""
@@ -259,11 +304,11 @@ def train(tc: TrainConfig, storage_path: str | None = None) -> dict[str, Any]:
     constant, decay = tc.epochs
     ck = resolve(tc.out)
     if ck is not None and read_config(ck)["epoch"] >= constant + decay - 1:
-        return {"checkpoint": ck, **_summary(ck), "resumed": True, "trained": False}
+        return _result(ck, resumed=True, trained=False)
     data_n, data_d = load_training_data(tc)
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=asdict(tc) | {"n_total": len(data_n), "d_total": len(data_d)},
+        train_loop_config=WorkerConfig(tc=tc, n_total=len(data_n), d_total=len(data_d)),
         datasets={"n": ray.data.from_numpy(data_n), "d": ray.data.from_numpy(data_d)},
         scaling_config=ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu,
                                      resources_per_worker={"CPU": tc.cpus_per_worker}),
@@ -276,14 +321,14 @@ def train(tc: TrainConfig, storage_path: str | None = None) -> dict[str, Any]:
     ck = resolve(tc.out)
     if ck is None:
         raise RuntimeError(f"training finished but no checkpoint was written to {tc.out}")
-    return {"checkpoint": ck, **_summary(ck), "resumed": False, "trained": True}
+    return _result(ck, resumed=False, trained=True)
 
 
-def _summary(ck: str) -> dict[str, Any]:
+def _result(ck: str, resumed: bool, trained: bool) -> TrainResult:
     from factory.generators.dg2gan.checkpoint import read_config
 
     c = read_config(ck)
-    return {"epoch": c["epoch"], "metrics": c.get("metrics", {})}
+    return TrainResult(checkpoint=ck, epoch=c["epoch"], metrics=c.get("metrics", {}), resumed=resumed, trained=trained)
 
 
 def fit_local(tc: TrainConfig, data_n: np.ndarray, data_d: np.ndarray, steps: int, on_step: Callable | None = None):
