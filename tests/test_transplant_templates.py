@@ -4,6 +4,8 @@ hand-made boards: a YOLO set whose images have aligned defect-free twins
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -196,6 +198,25 @@ def test_place_skips_forbidden_windows():
 def test_grey_levels_tell_binary_from_grey():
     assert grey_levels(_board().astype(np.float32)).tolist() == [0, 255]
     assert grey_levels(np.random.default_rng(0).uniform(0, 255, (32, 32))) is None
+
+
+def test_a_jpeg_board_is_binary_and_a_low_contrast_grey_image_is_not():
+    """DeepPCB's test boards are JPEG q75: edges ring by up to ~20 grey levels. Read as
+    grey, a labelled board got the grey images' gain/gamma jitter (whites at 247) and
+    unquantized pastes. A narrow grey histogram must not pass for two levels either."""
+    rng = np.random.default_rng(0)
+    board = np.full((128, 128), 255, np.uint8)
+    for _ in range(40):  # many short traces: lots of edges for the codec to ring on
+        y, x = rng.integers(0, 120, 2)
+        board[y:y + 3, x:x + int(rng.integers(4, 40))] = 0
+    buf = io.BytesIO()
+    Image.fromarray(board).save(buf, format="JPEG", quality=75)
+    jpeg = np.asarray(Image.open(buf)).astype(np.float32)
+    assert not np.isin(jpeg, (0, 255)).all()  # the codec did ring
+    levels = grey_levels(jpeg)
+    assert levels is not None and levels[0] < 24 and levels[1] > 231
+    low_contrast = np.clip(rng.normal(120, 12, (64, 64)), 0, 255)  # a tile: one broad peak
+    assert grey_levels(low_contrast) is None
 
 
 def test_validation_names_missing_twin_and_unknown_placement(tmp_path):

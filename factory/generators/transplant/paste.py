@@ -34,8 +34,9 @@ from factory.generators.transplant.bank import Instance
 CROSS = ndimage.generate_binary_structure(2, 1)
 SQUARE = np.ones((3, 3), bool)
 BLENDS = ("hard", "alpha", "poisson")
-LEVEL_BAND = 8  # grey levels either side of a mode that still count as that level
+LEVEL_BAND = 24  # grey levels either side of a mode that still count as that level (JPEG q75 rings up to ~20)
 BINARY_SHARE = 0.98  # share of pixels within the two modes' bands that makes an image binary
+LEVEL_GAP = 128  # the two modes at least this far apart (a grey image's two peaks are closer)
 
 
 def margin(feather: float) -> int:
@@ -49,7 +50,7 @@ def grey_levels(image: np.ndarray) -> np.ndarray | None:
     hist = np.bincount(np.clip(np.round(image), 0, 255).astype(np.uint8).ravel(), minlength=256)
     lo, hi = int(np.argmax(hist[:128])), 128 + int(np.argmax(hist[128:]))
     near = hist[max(0, lo - LEVEL_BAND):lo + LEVEL_BAND + 1].sum() + hist[hi - LEVEL_BAND:hi + LEVEL_BAND + 1].sum()
-    return np.array([lo, hi], np.float32) if near >= BINARY_SHARE * image.size else None
+    return np.array([lo, hi], np.float32) if hi - lo >= LEVEL_GAP and near >= BINARY_SHARE * image.size else None
 
 
 def quantize(values: np.ndarray, levels: np.ndarray) -> np.ndarray:
