@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import SMOKE_HELP, machine, table  # noqa: E402
 
 from factory.data.adapters import deeppcb, magnetic_tile, pv_vision_crack  # noqa: E402
+from factory.data.box_stats import fitted_boxes  # noqa: E402
 from factory.data.folders import list_images  # noqa: E402
 from factory.data.realset import RealSet, publish_real  # noqa: E402
 from factory.generators.base import load_generator  # noqa: E402
@@ -137,8 +138,9 @@ def pcb_setup(data: Path, work: Path, n: int, rng, limit: int | None = None) -> 
            "aspect": {"dist": "loguniform", "min": 0.6, "max": 1.8}}
     spec = {"name": "realism-pcb", "seed": 13, "count": n, "image": {"width": 640, "height": 640},
             "classes_per_image": [2, 4], "defects": [{"class": c, "boxes": box} for c in real.class_names]}
+    fitted = fitted_boxes(train, order=real.class_names)  # each class's boxes as the train boards' own
     floor = [train[i] for i in rng.choice(len(train), min(n, len(val)), replace=False)]
-    return {"spec": spec, "proc_classes": None, "refs": [str(s.template) for s in train], "source": source,
+    return {"spec": spec, "fitted_boxes": fitted, "proc_classes": None, "refs": [str(s.template) for s in train], "source": source,
             "old_source": old, "real": [s.image_path for s in val], "real_boxes": [s.boxes for s in val],
             "floor": [s.image_path for s in floor], "floor_boxes": [s.boxes for s in floor],
             # the floor boards' golden templates at their boxes: the background gap alone (no defect in any crop)
@@ -164,6 +166,10 @@ def arms(setup: dict) -> dict[str, dict]:
             "transplant, all, backgrounds: labelled": transplant(setup["source"], backgrounds="labelled"),
             "transplant, all, backgrounds: labelled, JPEG q75": transplant(setup["source"], backgrounds="labelled",
                                                                           jpeg_quality=75),
+            "transplant, all, backgrounds: labelled, JPEG q75, box sizes as the train boards'": dict(
+                transplant(setup["source"], backgrounds="labelled", jpeg_quality=75),
+                defects=[{"class": c, "boxes": dict(base["defects"][0]["boxes"], size=fit["size"])}
+                         for c, fit in setup["fitted_boxes"].items()]),
         }
     proc = dict(base, defects=setup["proc_classes"] or base["defects"])
     return {

@@ -141,7 +141,7 @@ def uses_real_source(source: str, real_name: str) -> bool:
 
 
 def make_synthetic(name: str, source: str, work: Path, eval_dir: str, real_train, count: int | None = None,
-                   subset: list | None = None, tag: str = "") -> str:
+                   subset: list | None = None, tag: str = "", fit_boxes: bool = False) -> str:
     """A spec file -> publish it once with the factory's job; a URI -> use it as it is.
     A spec that names the benchmarked real set as `NAME@1` (transplant: its source and
     references) gets its train split published into the arm's registry first, as
@@ -152,7 +152,7 @@ def make_synthetic(name: str, source: str, work: Path, eval_dir: str, real_train
     if not source.endswith((".yaml", ".yml")):
         return source
     from factory.data.realset import RealSet, publish_real
-    from factory.pipeline import RunOptions, run_dataset
+    from factory.pipeline import RunError, RunOptions, run_dataset
     from factory.spec import spec_from_dict
     from factory.spec.load import load_spec
     from factory.storage.registry import Registry
@@ -182,6 +182,13 @@ def make_synthetic(name: str, source: str, work: Path, eval_dir: str, real_train
                 publish_real(RealSet(sub_name, real_train.class_names, list(subset), real_train.source, real_train.settings),
                              root, sub_name, 1)
             params["source"] = f"{sub_name}@1"
+    if fit_boxes:  # box sizes as the labelled images this arm may use (a low-data arm: its N images only)
+        from factory.data.box_stats import fitted_boxes
+
+        fit = fitted_boxes(subset if subset is not None else real_train.samples)
+        for defect in d["defects"]:
+            if defect["class"] in fit:
+                defect["boxes"] = {**defect["boxes"], "size": fit[defect["class"]]["size"]}
     if tag:
         d["name"] = f"{d['name']}-{tag}"
     spec = spec_from_dict(d)
@@ -195,7 +202,14 @@ def make_synthetic(name: str, source: str, work: Path, eval_dir: str, real_train
                              f"(the spec changed since): use a new --work, or delete {root}/{spec.name}")
         return reg.version_uri(spec.name, spec.version)
     t = time.time()
-    r = run_dataset(spec, RunOptions(out=root, report=False))
+    for attempt in range(3):  # a set of few sources can run out of non-duplicates in one run's 10 rounds
+        try:
+            r = run_dataset(spec, RunOptions(out=root, report=False, resume=attempt > 0))
+            break
+        except RunError as e:
+            if attempt == 2:
+                raise
+            print(f"synthetic arm {name}: {e}; resuming (10 more rounds)", flush=True)
     print(f"synthetic arm {name}{' ' + tag if tag else ''}: {r.uri} ({spec.count} images, {time.time() - t:.0f} s)", flush=True)
     return r.uri
 
@@ -242,6 +256,8 @@ def main() -> None:
     ap.add_argument("--skip-2b", action="store_true", help="leave out real only at 2B (the convergence check) for "
                     "now: rows read 'convergence not checked'; a later run with the same --work reuses every finished "
                     "run and trains only 2B")
+    ap.add_argument("--fit-boxes", nargs="+", metavar="ARM", help="these arms' box sizes as the labelled images "
+                    "the arm may use (with a real limit: the N of the seed; factory.data.box_stats)")
     ap.add_argument("--evals", type=int, help="validations while training per run (plus the final score)")
     ap.add_argument("--gpus", type=float)
     ap.add_argument("--work", type=Path, default=Path("/tmp/factory-value"))
@@ -275,7 +291,10 @@ def main() -> None:
     real_name = registry_name(real_train_set)
     count = 16 if a.smoke else None
     per_subset = {name: uses_real_source(src, real_name) for name, src in arms.items()}
-    shared = {name: make_synthetic(name, src, a.work, real_eval, real_train_set, count)
+    fit = set(a.fit_boxes or ())
+    if fit - set(arms):
+        raise SystemExit(f"--fit-boxes names no arm: {sorted(fit - set(arms))}")
+    shared = {name: make_synthetic(name, src, a.work, real_eval, real_train_set, count, fit_boxes=name in fit)
               for name, src in arms.items() if not per_subset[name]}
     B = size["steps"]
 
@@ -311,7 +330,7 @@ def main() -> None:
             subset = real_subset_samples(real_train, real_eval, real_train_set, None if n == "all" else int(n), seed)
             versions = {name: shared[name] if name in shared else
                         make_synthetic(name, arms[name], a.work, real_eval, real_train_set, count, subset,
-                                       f"n{n}-s{seed}" if n != "all" else "all")
+                                       f"n{n}-s{seed}" if n != "all" else "all", fit_boxes=name in fit)
                         for name in arms}
             first = next(iter(versions.values()))
 

@@ -222,6 +222,7 @@ def import_cmd(
         from rich.table import Table
 
         from factory.data.adapters import load_real
+        from factory.data.box_stats import defects_yaml, fitted_boxes
         from factory.data.realset import publish_real, write_yolo
 
         opts = {k: v for k, v in dict(min_area=min_area, merge_gap=merge_gap, val_fraction=val_fraction, seed=seed).items()
@@ -244,4 +245,7 @@ def import_cmd(
             t.add_row(c, str(n))
         console.print(t)
         console.print(f"splits: {real.splits()}\nwritten: {where}", highlight=False)
-
+        fitted = fitted_boxes([s for s in real.samples if s.split == "train"] or real.samples, order=real.class_names)
+        if fitted:  # planned boxes larger than the line's are a cue at the defects (BENCHMARKS.md, Realism)
+            console.print("box distributions of its train split, for a spec (paste as `defects:`):", highlight=False)
+            console.print(defects_yaml(fitted), highlight=False, markup=False, soft_wrap=True)
