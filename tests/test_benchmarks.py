@@ -39,7 +39,8 @@ SMOKE = {
     "dg2gan.py": ([], ["crackforest"], "KID"),
     "realism.py": (["--domain", "pv"], ["pv_vision_crack"], "| arm "),
     "value.py": (["--arm", "procedural=benchmarks/specs/value-procedural-pv.yaml",
-                  "--arm", "transplant=benchmarks/specs/value-transplant-pv.yaml"], ["pv_vision_crack"], "| + transplant |"),
+                  "--arm", "transplant=benchmarks/specs/value-transplant-pv.yaml", "--fit-boxes", "transplant"],
+                 ["pv_vision_crack"], "| + transplant |"),
 }
 ELSEWHERE = {"gpu_rows.py": "tests/test_gpu_script.py", "gpu.sh": "tests/test_gpu_script.py"}
 NOT_BENCHMARKS = {"common.py"}  # helpers shared by the scripts
