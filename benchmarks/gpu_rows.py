@@ -115,7 +115,7 @@ def _train_dg2gan(dev, dry, work):
     from dg2gan import PRESETS
 
     from factory.generators.dg2gan.model import DG2GANConfig, build
-    from factory.generators.dg2gan.train import make_optimizers, train_step
+    from factory.generators.dg2gan.steps import make_optimizers, train_step
 
     p = PRESETS["cpu-small" if dry else "full"]
     cfg = DG2GANConfig(image_size=32 if dry else p["image_size"], ngf=p["ngf"], n_blocks=p["n_blocks"], ndf=p["ndf"],
@@ -181,8 +181,9 @@ def _train_pdig(dev, dry, work):
 def _train_yolo(dev, dry, work):
     from PIL import Image
 
-    from factory.retrain.arm import ArmPlan, train_arm
+    from factory.retrain.arm import train_arm
     from factory.retrain.data import Selection
+    from factory.retrain.records import ArmPlan
     from factory.spec.retrain import RetrainSettings
 
     root = work / "yolo"

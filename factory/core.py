@@ -198,7 +198,8 @@ def _params(value: Any) -> dict[str, Any]:
     if value in (None, ""):
         return {}
     if isinstance(value, str):
-        return json.loads(value)
+        parsed: dict[str, Any] = json.loads(value)
+        return parsed
     return dict(value)
 
 

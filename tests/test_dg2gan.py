@@ -16,7 +16,8 @@ from factory.generators.dg2gan import losses as L
 from factory.generators.dg2gan.boxes import feather, plan_crop
 from factory.generators.dg2gan.checkpoint import find_runs, load_generators, resolve, save_checkpoint
 from factory.generators.dg2gan.model import DG2GANConfig, build
-from factory.generators.dg2gan.train import TrainConfig, fit_local, lr_factor
+from factory.generators.dg2gan.steps import fit_local, lr_factor
+from factory.generators.dg2gan.train import TrainConfig
 from factory.training.images import clean_crops, defect_crops, load_crops
 
 torch.set_num_threads(2)

@@ -215,7 +215,7 @@ def test_lisa_parameter_count_at_sd15_scale_matches_the_paper():
     assert round(counts["projection"] / 1e6, 2) == 3.15
     assert round(counts["attention"] / 1e6, 2) == 19.17
     assert round(counts["total"] / 1e6, 2) == 22.32
-    from factory.generators.pdig.pipeline import cross_attention_layers_at
+    from factory.generators.pdig.lisa import cross_attention_layers_at
 
     # TIDSC passes stop after the 16x16 layers at 512 px: 2 in down block 1, 3 in up block 1 (of 16 in all)
     assert cross_attention_layers_at(unet, (64, 64), (16, 16)) == 5

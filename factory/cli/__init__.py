@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from factory.cli import (  # noqa: F401  (imported for their command registrations)
     family_cmds,
+    metrics_cmds,
     quality_cmds,
     retrain_cmds,
     run_cmds,

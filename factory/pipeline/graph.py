@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Iterator
 
 from factory.core import GeneratorRef
 from factory.generators.base import generator_class
@@ -93,7 +94,8 @@ def plan_pools(spec: DatasetSpec, cpus: float, gpus: float, actors: int | None =
     return pools
 
 
-def run_round(spec: DatasetSpec, o: RunOptions, staging: str, spec_hash: str, todo: list[tuple[int, int]]):
+def run_round(spec: DatasetSpec, o: RunOptions, staging: str, spec_hash: str,
+              todo: list[tuple[int, int]]) -> Iterator[ShardRecord]:
     """Yield shard records as the streaming job writes them; closing the generator
     (the caller stops at `count`) shuts the executor down."""
     import ray
@@ -112,13 +114,13 @@ def run_round(spec: DatasetSpec, o: RunOptions, staging: str, spec_hash: str, to
                                                   "retries": o.retries, "target": None if p.score_actors else target,
                                                   "batch_size": o.batch_size},
             batch_size=1, compute=ray.data.ActorPoolStrategy(size=p.actors),
-            **({"num_gpus": 1} if p.gpu else {"num_cpus": 1}),
+            num_gpus=1 if p.gpu else None, num_cpus=None if p.gpu else 1,  # (None: not asked)
         )
         if p.score_actors:
             ds = ds.map_batches(
                 ScoreWriteStage, fn_constructor_kwargs={"spec": spec, "target": target,
                                                         "device": "cuda" if p.score_gpus else "cpu"},
-                batch_size=None, num_cpus=0, **({"num_gpus": p.score_gpus} if p.score_gpus else {}),
+                batch_size=None, num_cpus=0, num_gpus=p.score_gpus or None,
                 compute=ray.data.ActorPoolStrategy(min_size=1, max_size=p.score_actors),
             )
         outputs.append(ds)

@@ -18,8 +18,8 @@ from collections import Counter
 from typing import Any
 
 from factory.pipeline.options import RunError, RunOptions
-from factory.pipeline.records import SampleSummary
-from factory.pipeline.report import build_report
+from factory.pipeline.records import BoxTuple, SampleSummary
+from factory.pipeline.report import GridSample, build_report
 from factory.pipeline.rounds import Dedupe, Shard, read_record
 from factory.spec import DatasetSpec
 from factory.storage import uri as U
@@ -32,14 +32,17 @@ from factory.storage.shards import sinks_for
 MAX_REPORT_BOXES = 50_000  # the report's box histograms use the first this many boxes (plan order is random)
 
 
-def select(shards: list[Shard], count: int, dedupe: Dedupe | None = None):
+def select(shards: list[Shard], count: int,
+           dedupe: Dedupe | None = None) -> tuple[list[tuple[Shard, int]], int, list[Shard]]:
     """Pick shards in plan order until `count` samples; the last one is cut. The
     samples `dedupe` judged near-duplicates are not counted.
 
     Returns (chosen: list of (shard, how many of its kept samples to take, in
     plan order)), the surplus count, and the shards whose plan indices repeat an
     earlier shard's (skipped)."""
-    chosen, dup, total, surplus = [], [], 0, 0
+    chosen: list[tuple[Shard, int]] = []
+    dup: list[Shard] = []
+    total = surplus = 0
     starts: list[int] = []  # covered plan indices so far: sorted, disjoint runs
     stops: list[int] = []
     for s in sorted(shards, key=lambda s: s.key):
@@ -69,8 +72,14 @@ class _Stats:
 
     def __init__(self, names: list[str]):
         self.names = names
-        self.images, self.boxes, self.generators, self.splits = Counter(), Counter(), Counter(), Counter()
-        self.negatives, self.box_rows, self.grid_ok, self.grid_bad = 0, [], [], []
+        self.images: Counter[str] = Counter()  # class -> images with it
+        self.boxes: Counter[str] = Counter()  # class -> boxes
+        self.generators: Counter[str] = Counter()
+        self.splits: Counter[str] = Counter()
+        self.negatives = 0
+        self.box_rows: list[BoxTuple] = []  # the report's, at most MAX_REPORT_BOXES
+        self.grid_ok: list[GridSample] = []  # the report's accepted and rejected samples
+        self.grid_bad: list[GridSample] = []
         self.gate: list[str] = []  # the scorers' names, as the actors built them
         self.made: list[ShardMade] = []  # the published shards in plan order, and the node that made each
 

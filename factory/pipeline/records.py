@@ -13,17 +13,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence, TypedDict
+from typing import Any, Mapping, Sequence
 
-BoxRow = tuple[int, int, int, int, int]  # class_id, x1, y1, x2, y2 (pixels)
+from factory.storage.shards import FileEntry, SampleRow
 
-
-class StagedFile(TypedDict):
-    """A file a sink wrote into staging (storage/shards.py `file_entry`)."""
-
-    path: str
-    sha256: str
-    bytes: int
+BoxTuple = tuple[int, int, int, int, int]  # class_id, x1, y1, x2, y2 (pixels)
 
 
 @dataclass(frozen=True)
@@ -34,7 +28,7 @@ class SampleSummary:
     sample_id: str
     split: str
     generator: str
-    boxes: tuple[BoxRow, ...]
+    boxes: tuple[BoxTuple, ...]
     phash: int | None = None  # perceptual hash (the near-duplicate judge's input), None without one
 
     def to_json(self) -> list[Any]:
@@ -46,7 +40,7 @@ class SampleSummary:
         return cls(index, sample_id, split, generator, tuple(tuple(b) for b in boxes), rest[0] if rest else None)
 
     @classmethod
-    def of_row(cls, row: Mapping[str, Any], phash: int | None) -> "SampleSummary":
+    def of_row(cls, row: SampleRow, phash: int | None) -> "SampleSummary":
         """From a shard row (stages.py `ScoreWriteStage.rows`)."""
         return cls(row["item_index"], row["sample_id"], row["split"], row["generator"],
                    tuple((b["class_id"], b["x1"], b["y1"], b["x2"], b["y2"]) for b in row["boxes"]), phash)
@@ -76,8 +70,8 @@ class ShardRecord:
     that wrote it. Written LAST, after the shard's files."""
 
     key: str
-    files: tuple[StagedFile, ...] = ()  # the format sinks' files
-    rejected_files: tuple[StagedFile, ...] = ()
+    files: tuple[FileEntry, ...] = ()  # the format sinks' files (in staging)
+    rejected_files: tuple[FileEntry, ...] = ()
     samples: tuple[SampleSummary, ...] = ()
     rejects: tuple[RejectSummary, ...] = ()
     gate: tuple[str, ...] = ()  # the scorers that judged these samples
@@ -120,5 +114,5 @@ class ShardRecord:
         if isinstance(rec, ShardRecord):
             return rec
         if isinstance(rec, (str, bytes)):
-            rec = json.loads(rec)
+            return cls.from_data(json.loads(rec))
         return cls.from_data(rec)

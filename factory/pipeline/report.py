@@ -15,7 +15,10 @@ from typing import Any, NotRequired, Sequence, TypedDict
 import numpy as np
 
 from factory.core import Box, BoxRow
+from factory.pipeline.records import BoxTuple
 from factory.planning import plan
+from factory.spec import DatasetSpec
+from factory.spec.model import Distribution
 from factory.viz import decode_png, draw_boxes, grid, png_bytes
 
 
@@ -56,31 +59,34 @@ MAX_PLANNED = 2000  # requested boxes: those of the first this many plan items
 QUANTILES = (0.1, 0.5, 0.9)
 
 
-def planned_box_rows(spec, n: int = MAX_PLANNED) -> list[tuple]:
+def planned_box_rows(spec: DatasetSpec, n: int = MAX_PLANNED) -> list[BoxTuple]:
     """(class_id, x1, y1, x2, y2) of the boxes the planner asked for in the first
     min(count, n) plan items: the same items, in the same order, a run starts from."""
     return [(b.class_id, b.x1, b.y1, b.x2, b.y2) for it in plan(spec, n=min(spec.count, n)) for b in it.boxes]
 
 
-def _size_aspect(rows: Sequence[tuple], width: int, height: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _size_aspect(rows: Sequence[BoxTuple], width: int, height: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(class ids, size = sqrt(w h / (W H)), aspect = w / h) of box rows."""
     a = np.array(rows, dtype=float).reshape(-1, 5)
     w, h = a[:, 3] - a[:, 1], a[:, 4] - a[:, 2]
     return a[:, 0], np.sqrt(w * h / (width * height)), w / np.maximum(h, 1e-9)
 
 
-def _describe(d) -> str:
+def _describe(d: Distribution) -> str:
     """A spec distribution in a few characters: `uniform 0.08..0.24`."""
     extra = f", mean {d.mean:g}, std {d.std:g}" if d.dist == "normal" else ""
     return f"{d.dist} {d.min:g}..{d.max:g}{extra}"
 
 
-def box_comparison(spec, box_rows: Sequence[tuple], planned_rows: Sequence[tuple]) -> list[BoxSizes]:
+def box_comparison(spec: DatasetSpec, box_rows: Sequence[BoxTuple], planned_rows: Sequence[BoxTuple]) -> list[BoxSizes]:
     """Per class: the spec's size and aspect distributions, and the 10/50/90% quantiles
     of the planned (requested) and published (tight) boxes' size and aspect."""
     W, H = spec.image.width, spec.image.height
     got, want = _size_aspect(box_rows, W, H), _size_aspect(planned_rows, W, H)
-    q = lambda v: " / ".join(f"{x:.3g}" for x in np.quantile(v, QUANTILES)) if len(v) else "-"  # noqa: E731
+
+    def q(v: np.ndarray) -> str:
+        return " / ".join(f"{x:.3g}" for x in np.quantile(v, QUANTILES)) if len(v) else "-"
+
     out: list[BoxSizes] = []
     for c, d in enumerate(spec.defects):
         g, p = got[0] == c, want[0] == c
@@ -92,8 +98,8 @@ def box_comparison(spec, box_rows: Sequence[tuple], planned_rows: Sequence[tuple
     return out
 
 
-def box_histograms(class_names: Sequence[str], box_rows: Sequence[tuple], width: int, height: int,
-                   planned_rows: Sequence[tuple] = ()) -> bytes | None:
+def box_histograms(class_names: Sequence[str], box_rows: Sequence[BoxTuple], width: int, height: int,
+                   planned_rows: Sequence[BoxTuple] = ()) -> bytes | None:
     """Per class: box size (side / image side), aspect (w/h, log scale) and centre
     positions; the planned (requested) boxes' size and aspect as black outlines."""
     if not box_rows:
@@ -135,7 +141,7 @@ def box_histograms(class_names: Sequence[str], box_rows: Sequence[tuple], width:
     return buf.getvalue()
 
 
-def build_report(spec, manifest: dict[str, Any], box_rows: Sequence[tuple],
+def build_report(spec: DatasetSpec, manifest: dict[str, Any], box_rows: Sequence[BoxTuple],
                  samples: tuple[list[GridSample], list[GridSample]]) -> tuple[bytes, bytes]:
     """(report.html, grid.png) of a version about to be published, from the
     Jinja2 template `templates/report.html.j2` (autoescaped)."""
@@ -148,7 +154,10 @@ def build_report(spec, manifest: dict[str, Any], box_rows: Sequence[tuple],
     hist_png = box_histograms(spec.class_names, box_rows, spec.image.width, spec.image.height, planned)
     env = jinja2.Environment(loader=jinja2.PackageLoader("factory.pipeline", "templates"),
                              autoescape=True, undefined=jinja2.StrictUndefined)
-    b64 = lambda data: base64.b64encode(data).decode() if data else None  # noqa: E731
+
+    def b64(data: bytes | None) -> str | None:
+        return base64.b64encode(data).decode() if data else None
+
     doc = env.get_template("report.html.j2").render(
         spec=spec, manifest=manifest, counts=manifest["counts"], grid=b64(grid_png), hist=b64(hist_png),
         box_table=box_comparison(spec, box_rows, planned), planned_items=min(spec.count, MAX_PLANNED),

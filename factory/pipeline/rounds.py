@@ -15,7 +15,7 @@ import heapq
 import math
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 from factory.pipeline.options import Progress
 from factory.pipeline.records import ShardRecord
@@ -33,7 +33,7 @@ class Shard:
     accepted: int
     rejected: int
     runs: list[tuple[int, int]]  # the plan indices it covers, as [start, stop) runs
-    reasons: Counter  # reject reason codes
+    reasons: Counter[str]  # reject reason codes
 
     @classmethod
     def of(cls, rec: ShardRecord | dict[str, Any]) -> "Shard":
@@ -131,7 +131,7 @@ def has_records(staging: str) -> bool:
     return bool(U.list_files(U.join(staging, "_shards")))
 
 
-def iter_records(staging: str):
+def iter_records(staging: str) -> Iterator[ShardRecord]:
     """The written shard records, one at a time (a resumed run's starting point)."""
     for name in U.list_files(U.join(staging, "_shards")):
         if name.endswith(".json"):

@@ -19,7 +19,7 @@ import traceback
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import lru_cache
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -33,13 +33,20 @@ from factory.quality.base import Verdict, score_all
 from factory.quality.sanity import phash_of
 from factory.spec import DatasetSpec
 from factory.storage import uri as U
-from factory.storage.shards import REJECT_SCHEMA, ParquetSink, sinks_for
+from factory.storage.shards import REJECT_SCHEMA, FileEntry, ParquetSink, SampleRow, sinks_for
 from factory.viz import png_bytes
 
 VAL_EVERY = 10  # split_of's default val share is 1 / VAL_EVERY: plan index % 10 == 9 -> the YOLO "val" split
 
 # what generating one item gave: the sample, or None and the error that stopped it
 Result = tuple[WorkItem, "Sample | None", str]
+
+
+class ShardRow(SampleRow):
+    """A scored sample as a shard's writer takes it: the sinks' row (`reasons` and
+    `error` always set; no reasons = accepted) and its reasons' codes (the record's)."""
+
+    reason_codes: list[str]
 
 
 def split_of(index: int, val_fraction: float = 1 / VAL_EVERY) -> str:
@@ -86,7 +93,8 @@ class GenerateStage:
         self.generator = load_generator(ref, device=device)
         self.finish = ScoreWriteStage(spec, target) if target else None
 
-    def _try(self, items: list[WorkItem]):
+    def _try(self, items: list[WorkItem]) -> tuple[list[Sample] | None, str | None]:
+        """(the samples, None), or (None, the last error) once every try failed."""
         err = None
         for attempt in range(1 + self.retries):
             try:
@@ -105,6 +113,7 @@ class GenerateStage:
         if not items:
             return []
         samples, err = self._try(items)
+        out: list[Result]
         if samples is not None:
             out = [(it, s, "") for it, s in zip(items, samples)]
         else:  # isolate the bad items
@@ -194,7 +203,7 @@ class ScoreWriteStage:
                    for s in np.unique(shards)]
         return {"record": np.array(records, object)}
 
-    def rows(self, results: Sequence[Result]) -> list[dict[str, Any]]:
+    def rows(self, results: Sequence[Result]) -> list[ShardRow]:
         """Score the samples -> shard rows (PNG bytes; `reasons` empty = accepted)."""
 
         made = [s for _, s, _ in results if s is not None]
@@ -206,7 +215,7 @@ class ScoreWriteStage:
                 verdicts = [Verdict(reasons=[Reason("scorer_error", f"{type(e).__name__}: {e}")]) for _ in made]
                 traceback.print_exc()
         verdict = iter(verdicts)
-        rows = []
+        rows: list[ShardRow] = []
         for item, s, err in results:
             v = next(verdict) if s is not None else Verdict(reasons=[Reason("generator_error", err)])
             rows.append({
@@ -232,7 +241,7 @@ class ScoreWriteStage:
             })
         return rows
 
-    def write(self, rows: list[dict[str, Any]]) -> str:
+    def write(self, rows: list[ShardRow]) -> str:
         return write_shard(rows, self.target, [s.name for s in self.scorers])
 
 
@@ -255,7 +264,7 @@ def _segments(s: Sample) -> list[list[list[float]]]:
     return [mask_polygons(s.mask, k, b) for k, b in enumerate(s.boxes, start=1)]
 
 
-def write_shard(rows: list[dict[str, Any]], target: ShardTarget, gate: list[str]) -> str:
+def write_shard(rows: list[ShardRow], target: ShardTarget, gate: list[str]) -> str:
     """Write one shard (accepted rows through the format sinks, rejected rows to
     `rejected/`), then its record (`ShardRecord`) `_shards/<key>.json` LAST: a shard
     without a record is ignored by publish and redone by a resumed run. Returns the
@@ -264,7 +273,7 @@ def write_shard(rows: list[dict[str, Any]], target: ShardTarget, gate: list[str]
     accepted = [r for r in rows if not r["reasons"]]
     rejected = [r for r in rows if r["reasons"]]
     key = f"s{min(r['item_index'] for r in rows):010d}"
-    files = []
+    files: list[FileEntry] = []
     for sink in sinks_for(target.formats):
         files += sink.write(target.staging, key, accepted)
     rejected_files = ParquetSink("rejected", REJECT_SCHEMA).write(target.staging, key, rejected)

@@ -64,7 +64,7 @@ def per_class_report(check: BoxCheck, scores: np.ndarray, crops: CropSet) -> dic
         pos, neg = scores[m & crops.defect], scores[m & ~crops.defect]
         t = check.threshold(name)
         out[name] = {"instances": int(len(pos)), "erased": int(len(neg)),
-                     "auroc": auroc(np.r_[pos, neg], np.r_[np.ones(len(pos)), np.zeros(len(neg))]) if len(pos) and len(neg) else float("nan"),
+                     "auroc": auroc(np.r_[pos, neg], np.r_[np.ones(len(pos)), np.zeros(len(neg))]),  # nan: one side empty
                      "threshold": t, "recall": float((pos >= t).mean()) if len(pos) else float("nan"),
                      "erased_rejected": float((neg < t).mean()) if len(neg) else float("nan")}
     return out

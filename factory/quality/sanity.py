@@ -57,6 +57,7 @@ class SanityScorer:
         return [self.check(s.image, s.item.width, s.item.height, s.item.channels) for s in samples]
 
 
+# not imagehash.phash: its bits differ on ~half of images, and ours are stored in published shards (phash.hi/lo)
 def phash(image: np.ndarray, hash_size: int = 8) -> int:
     """64-bit DCT perceptual hash: low-frequency 8x8 DCT block of the 32x32 grayscale image vs its median."""
     img = np.asarray(image)

@@ -5,9 +5,10 @@ classes mapped onto the real set's names) and optionally `synthetic` (synthetic
 only), each trained per seed with the same optimizer-step budget by default and
 judged on the same held-out real eval set. Modules: `config` (settings, inputs,
 run ids), `data` (each arm's images), `arm` (one Ray Train worker: ultralytics
-inside), `launch` (the driver: budgets, one Ray Train run per arm and seed, side by side), `compare`
-(mean +- std, paired gains), `report` (HTML), `trigger` (publish callback and
-watcher), `offline` (no network).
+inside), `records` (an arm's plan, its worker's inputs, its metrics.json),
+`launch` (the driver: budgets, one Ray Train run per arm and seed, side by side),
+`compare` (mean +- std, paired gains), `report` (HTML), `trigger` (publish
+callback and watcher), `offline` (no network).
 """
 
 from factory.retrain.config import RetrainError, RetrainSettings

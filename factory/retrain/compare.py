@@ -13,7 +13,7 @@ from scipy import stats
 from factory.retrain.config import ARM_LABELS, RetrainSettings
 
 if TYPE_CHECKING:
-    from factory.retrain.arm import ArmMetrics
+    from factory.retrain.records import ArmMetrics
 
 METRICS = ("map50", "map50_95", "precision", "recall")
 RUN_FIELDS = ("steps", "epochs", "images_seen", "train_images", *METRICS)

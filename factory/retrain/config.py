@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from typing import Any, NamedTuple
 
 from factory.spec.retrain import RetrainSettings, RetrainSpec
 from factory.storage.manifest import Manifest
@@ -17,7 +17,7 @@ ARMS = ("real", "mixed", "synthetic")
 ARM_LABELS = {"real": "real only", "mixed": "real + synthetic", "synthetic": "synthetic only"}
 
 __all__ = ["ARMS", "ARM_LABELS", "RetrainError", "RetrainSettings", "RetrainSpec", "read_manifest", "resolve",
-           "retrain_root", "run_id_for", "run_uri", "settings_from", "yolo_uri"]
+           "retrain_root", "run_id_for", "run_inputs", "run_uri", "settings_from", "yolo_uri"]
 
 
 class RetrainError(RuntimeError):
@@ -81,6 +81,23 @@ def run_id_for(version_uri: str, real_train: str, real_eval: str, s: RetrainSett
         "settings": training_key(s),
     }
     return "r" + hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:12]
+
+
+class RunInputs(NamedTuple):
+    version: str  # the synthetic version's URI
+    real_train: str  # the real sets' YOLO trees
+    real_eval: str
+    manifest: Manifest | None  # the version's
+    run_id: str
+
+
+def run_inputs(version_uri: str, real_train: str, real_eval: str, s: RetrainSettings) -> RunInputs:
+    """A run's inputs as URIs (registry references resolved, YOLO trees found) and its id:
+    what the command and the publish trigger must agree on."""
+    version_uri = to_uri(version_uri)
+    real_train, real_eval = yolo_uri(resolve(real_train)), yolo_uri(resolve(real_eval))
+    manifest = read_manifest(version_uri)
+    return RunInputs(version_uri, real_train, real_eval, manifest, run_id_for(version_uri, real_train, real_eval, s, manifest))
 
 
 def run_uri(version_uri: str, run_id: str) -> str:

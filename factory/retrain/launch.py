@@ -19,21 +19,13 @@ import time
 from pathlib import Path
 
 from factory.ray_runtime import ensure_ray
-from factory.retrain.arm import ArmPlan, ArmRun, Phase, train_loop_per_worker
+from factory.retrain.arm import train_loop_per_worker
 from factory.retrain.compare import Comparison, compare
-from factory.retrain.config import (
-    RetrainError,
-    RetrainSettings,
-    read_manifest,
-    resolve,
-    retrain_root,
-    run_id_for,
-    run_uri,
-    yolo_uri,
-)
+from factory.retrain.config import RetrainError, RetrainSettings, retrain_root, run_inputs, run_uri, yolo_uri
 from factory.retrain.data import Selection, select
+from factory.retrain.records import ArmPlan, ArmRun, Phase
 from factory.retrain.report import render_index, render_report
-from factory.storage.uri import as_local_dir, exists, join, list_files, local_path, on_disk, read_bytes, to_uri, write_bytes
+from factory.storage.uri import as_local_dir, exists, join, list_files, local_path, on_disk, read_bytes, write_bytes
 
 ULTRALYTICS_WARMUP_EPOCHS, ULTRALYTICS_CLOSE_MOSAIC = 3.0, 10  # ultralytics' defaults, kept in optimizer steps
 
@@ -145,11 +137,9 @@ def retrain(version_uri: str, real_train: str, real_eval: str, s: RetrainSetting
     """Train every (arm, seed), compare them on the real eval set, write
     `comparison.json` + `report.html` into `<version>/retrain/<run-id>/`. A run
     already finished is returned without training (unless `force`)."""
-    version_uri = to_uri(version_uri)
-    real_train, real_eval = yolo_uri(resolve(real_train)), yolo_uri(resolve(real_eval))
-    manifest = read_manifest(version_uri)
+    version_uri, real_train, real_eval, manifest, own_id = run_inputs(version_uri, real_train, real_eval, s)
     synthetic = yolo_uri(version_uri)
-    run_id = run_id or run_id_for(version_uri, real_train, real_eval, s, manifest)
+    run_id = run_id or own_id
     out = run_uri(version_uri, run_id)
     done = join(out, "comparison.json")
     if exists(done) and not force:

@@ -14,19 +14,10 @@ import time
 from typing import TypedDict
 
 from factory.ray_runtime import JobServerError, job_client
-from factory.retrain.config import (
-    RetrainError,
-    RetrainSettings,
-    read_manifest,
-    resolve,
-    retrain_root,
-    run_id_for,
-    run_uri,
-    yolo_uri,
-)
+from factory.retrain.config import RetrainError, RetrainSettings, read_manifest, retrain_root, run_inputs, run_uri
 from factory.retrain.offline import OFFLINE_ENV
 from factory.storage.registry import Registry
-from factory.storage.uri import exists, join, read_bytes, to_uri, write_bytes
+from factory.storage.uri import exists, join, read_bytes, write_bytes
 
 log = logging.getLogger("factory.retrain")
 
@@ -65,9 +56,7 @@ def submit_retrain(version_uri: str, real_train: str, real_eval: str, s: Retrain
     id, submitted now?). The record `retrain/<run-id>/trigger.json` and the job's
     submission id (derived from the run id; the job server refuses a duplicate)
     both keep a second trigger from training again."""
-    version_uri = to_uri(version_uri)
-    real_train, real_eval = yolo_uri(resolve(real_train)), yolo_uri(resolve(real_eval))
-    run_id = run_id_for(version_uri, real_train, real_eval, s, read_manifest(version_uri))
+    version_uri, real_train, real_eval, _, run_id = run_inputs(version_uri, real_train, real_eval, s)
     record = join(run_uri(version_uri, run_id), "trigger.json")
     if exists(record):
         return run_id, json.loads(read_bytes(record))["job_id"], False

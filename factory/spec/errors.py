@@ -155,17 +155,17 @@ def _field_names(model: type[BaseModel]) -> list[str]:
 
 def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
     """Walk the spec's model tree along a location to find the model there."""
-    model: Any = DatasetSpec
+    model: type[BaseModel] = DatasetSpec
     for part in loc:
         if isinstance(part, int):
             continue
         fields = {(f.alias or n): f for n, f in model.model_fields.items()}
         if part not in fields:
             return None
-        ann = fields[part].annotation
-        model = _first_model(ann)
-        if model is None:
+        found = _first_model(fields[part].annotation)
+        if found is None:
             return None
+        model = found
     return model
 
 

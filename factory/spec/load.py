@@ -119,11 +119,12 @@ _PLACEHOLDERS = {"name": "placeholder", "count": 1,
                  "defects": [{"class": "placeholder", "boxes": {"size": {"min": 0.5, "max": 0.5}}}]}
 
 
-def _partial(data: dict, errors: list[ErrorDetails]) -> tuple[DatasetSpec | None, tuple[str, ...]]:
+def _partial(data: dict[Any, Any], errors: list[ErrorDetails]) -> tuple[DatasetSpec | None, tuple[str, ...]]:
     """The spec with every failing value set aside, and their field paths: a failing key
     of a generator is dropped from it, any other failing field goes back to its default
     (a required one to a placeholder). The generator checks then still run on the rest,
-    so `factory validate` shows every problem in one pass, not layer by layer."""
+    so `factory validate` shows every problem in one pass, not layer by layer. `data`'s
+    keys are as YAML read them: an unknown one may be a number."""
     data = dict(data)
     aside: set[str] = set()
     for _ in range(3):  # a stand-in may fail a cross-field check in turn
@@ -132,11 +133,12 @@ def _partial(data: dict, errors: list[ErrorDetails]) -> tuple[DatasetSpec | None
             gens = data.get("generators")
             if not loc:
                 return None, ()
-            if (loc[0] == "generators" and len(loc) >= 3 and loc[2] != "kind" and isinstance(gens, list)
-                    and isinstance(gens[loc[1]], dict)):
+            at = loc[1] if len(loc) >= 3 else None  # generators[at].key
+            if (loc[0] == "generators" and isinstance(at, int) and loc[2] != "kind" and isinstance(gens, list)
+                    and isinstance(gens[at], dict)):
                 gens = data["generators"] = list(gens)
-                gens[loc[1]] = {k: v for k, v in gens[loc[1]].items() if k != loc[2]}
-                aside.add(f"generators[{loc[1]}].{loc[2]}")
+                gens[at] = {k: v for k, v in gens[at].items() if k != loc[2]}
+                aside.add(f"generators[{at}].{loc[2]}")
             else:
                 data.pop(loc[0], None)
                 if loc[0] in _PLACEHOLDERS:

@@ -14,7 +14,16 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from factory.spec.base import CLASS_PATTERN, NAME_PATTERN, FloatRange, IntRange, StrictModel, _check_range, check_uri
+from factory.spec.base import (
+    CLASS_PATTERN,
+    NAME_PATTERN,
+    FloatRange,
+    IntRange,
+    StrictModel,
+    check_bound,
+    check_range,
+    check_uri,
+)
 from factory.spec.retrain import RetrainSpec
 
 
@@ -46,23 +55,19 @@ class DomainSpec(StrictModel):
     @field_validator("brightness")
     @classmethod
     def _brightness(cls, v: FloatRange) -> FloatRange:
-        _check_range(v)
-        if not (0.0 <= v[0] and v[1] <= 1.0):
-            raise ValueError(f"must lie in [0, 1], got [{v[0]}, {v[1]}]")
-        return v
+        return check_range(v, within=(0, 1))
 
     @field_validator("contrast")
     @classmethod
     def _contrast(cls, v: FloatRange) -> FloatRange:
-        _check_range(v)
-        if v[0] <= 0:
-            raise ValueError(f"must be > 0, got {v[0]}")
+        check_range(v)
+        check_bound(v[0], ">", 0)
         return v
 
     @field_validator("grid_pitch")
     @classmethod
     def _pitch(cls, v: FloatRange) -> FloatRange:
-        _check_range(v)
+        check_range(v)
         if v[0] < 2:
             raise ValueError(f"finger spacing must be >= 2 pixels, got {v[0]}")
         return v
@@ -70,10 +75,7 @@ class DomainSpec(StrictModel):
     @field_validator("busbars")
     @classmethod
     def _busbars(cls, v: IntRange) -> IntRange:
-        _check_range(v)
-        if v[0] < 0 or v[1] > 12:
-            raise ValueError(f"must lie in [0, 12], got [{v[0]}, {v[1]}]")
-        return v
+        return check_range(v, within=(0, 12))
 
 
 class Distribution(StrictModel):
@@ -97,33 +99,26 @@ class Distribution(StrictModel):
         return self
 
 
-class SizeDistribution(Distribution):
+class PositiveDistribution(Distribution):
+    """A distribution of a positive quantity (min > 0)."""
+
+    @field_validator("min")
+    @classmethod
+    def _min(cls, v: float) -> float:
+        return check_bound(v, ">", 0)
+
+
+class SizeDistribution(PositiveDistribution):
     """Box side (geometric mean of width and height) as a fraction of the image side."""
 
     @field_validator("max")
     @classmethod
     def _max(cls, v: float) -> float:
-        if v > 1:
-            raise ValueError(f"must be <= 1, got {v}")
-        return v
-
-    @field_validator("min")
-    @classmethod
-    def _min(cls, v: float) -> float:
-        if v <= 0:
-            raise ValueError(f"must be > 0, got {v}")
-        return v
+        return check_bound(v, "<=", 1)
 
 
-class AspectDistribution(Distribution):
+class AspectDistribution(PositiveDistribution):
     """Box width / height."""
-
-    @field_validator("min")
-    @classmethod
-    def _min(cls, v: float) -> float:
-        if v <= 0:
-            raise ValueError(f"must be > 0, got {v}")
-        return v
 
 
 class PositionDistribution(StrictModel):
@@ -153,9 +148,8 @@ class BoxSpec(StrictModel):
     @field_validator("count")
     @classmethod
     def _count(cls, v: IntRange) -> IntRange:
-        _check_range(v)
-        if v[0] < 1:
-            raise ValueError(f"must be >= 1, got {v[0]}")
+        check_range(v)
+        check_bound(v[0], ">=", 1)
         if v[1] > 64:
             raise ValueError(f"at most 64 boxes per image, got {v[1]}")
         return v
@@ -200,19 +194,20 @@ class QualitySpec(StrictModel):
         0.25, description="GPUs per scoring actor for the anomaly gate, used when the cluster has them free (0: CPU)")
 
 
+Format = Literal["parquet", "yolo", "yolo_seg", "coco"]
 DEFAULT_VAL_FRACTION = 0.1  # one plan index in ten: what versions published before `output.val_fraction` used
 
 
 class OutputSpec(StrictModel):
     uri: str = "file://./datasets"
-    formats: list[Literal["parquet", "yolo", "yolo_seg", "coco"]] = Field(default_factory=lambda: ["parquet", "yolo"])
+    formats: list[Format] = Field(default_factory=lambda: list[Format](["parquet", "yolo"]))
     shard_size: Annotated[int, Field(gt=0, le=100_000)] = 256
     val_fraction: Annotated[float, Field(ge=0, lt=1)] = Field(
         DEFAULT_VAL_FRACTION, description="share of the plan in the YOLO `val` split (every 1/f-th plan index); 0: none")
 
     @field_validator("formats")
     @classmethod
-    def _formats(cls, v: list[str]) -> list[str]:
+    def _formats(cls, v: list[Format]) -> list[Format]:
         if not v:
             raise ValueError("must name at least one format")
         if len(set(v)) != len(v):
@@ -261,9 +256,8 @@ class DatasetSpec(StrictModel):
     @field_validator("classes_per_image")
     @classmethod
     def _cpi(cls, v: IntRange, info: ValidationInfo) -> IntRange:
-        _check_range(v)
-        if v[0] < 1:
-            raise ValueError(f"must be >= 1, got {v[0]}")
+        check_range(v)
+        check_bound(v[0], ">=", 1)
         if "defects" in info.data and v[1] > len(info.data["defects"]):
             raise ValueError(f"asks for up to {v[1]} classes but defects lists {len(info.data['defects'])}")
         return v

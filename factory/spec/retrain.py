@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import Field, field_validator, model_validator
 
 from factory.spec.base import StrictModel, check_uri
+
+Arm = Literal["real", "mixed", "synthetic"]
+ItemT = TypeVar("ItemT")
 
 
 class RetrainSettings(StrictModel):
@@ -31,7 +34,7 @@ class RetrainSettings(StrictModel):
     imgsz: Annotated[int, Field(ge=32, le=4096)] = 320
     batch: Annotated[int, Field(ge=1, le=4096)] = 16
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
-    arms: list[Literal["real", "mixed", "synthetic"]] = Field(default_factory=lambda: ["real", "mixed"], min_length=1)
+    arms: list[Arm] = Field(default_factory=lambda: list[Arm](["real", "mixed"]), min_length=1)
     real_limit: Annotated[int, Field(ge=1)] | None = Field(
         default=None, description="train on a seeded subset of this many real train images in which every class appears")
     synthetic_ratio: Annotated[float, Field(gt=0, le=1000)] = 1.0
@@ -58,7 +61,7 @@ class RetrainSettings(StrictModel):
 
     @field_validator("seeds", "arms")
     @classmethod
-    def _unique(cls, v: list) -> list:
+    def _unique(cls, v: list[ItemT]) -> list[ItemT]:
         if len(set(v)) != len(v):
             raise ValueError(f"duplicates in {v}")
         return v

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any
+from typing import Any, Hashable
 
 import yaml
 
@@ -18,8 +18,8 @@ class SpecLoader(yaml.SafeLoader):
     Refused: a leading-zero integer (`017`: 15 in 1.1, 17 in 1.2), a complex key
     (`? [a, b]`) and a duplicate key (YAML would silently keep the last)."""
 
-    def construct_mapping(self, node, deep=False):
-        seen: dict[Any, Any] = {}
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
+        seen: dict[Any, yaml.Node] = {}
         for key_node, _ in node.value:
             if not isinstance(key_node, yaml.ScalarNode):
                 raise yaml.constructor.ConstructorError(
@@ -33,7 +33,7 @@ class SpecLoader(yaml.SafeLoader):
             seen[key] = key_node
         return super().construct_mapping(node, deep=deep)
 
-    def construct_yaml_int(self, node):
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
         text = self.construct_scalar(node)
         if _LEADING_ZERO.match(text):
             raise yaml.constructor.ConstructorError(
@@ -42,7 +42,7 @@ class SpecLoader(yaml.SafeLoader):
                 node.start_mark)
         return int(text, 0)
 
-    def construct_yaml_float(self, node):
+    def construct_yaml_float(self, node: yaml.ScalarNode) -> float:
         text = self.construct_scalar(node).lower()
         if text.endswith(".inf"):
             return -math.inf if text.startswith("-") else math.inf

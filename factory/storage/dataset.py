@@ -7,12 +7,17 @@ is named instead of read (`open_dataset(..., verify=False)` skips it)."""
 from __future__ import annotations
 
 import io
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from factory.storage import uri as U
 from factory.storage.manifest import Manifest
 from factory.storage.registry import DatasetRef, Registry, check_files, default_root, read_listed
 from factory.storage.uri import StorageError
+
+if TYPE_CHECKING:  # (each loads on first use)
+    import pandas as pd
+    import pyarrow as pa
+    import ray.data
 
 
 def _resolve(ref: str | DatasetRef, root: str | None) -> tuple[str, Manifest, list[str]]:
@@ -28,7 +33,8 @@ def _resolve(ref: str | DatasetRef, root: str | None) -> tuple[str, Manifest, li
     return base, manifest, parts
 
 
-def open_dataset(ref: str | DatasetRef, root: str | None = None, verify: bool = True, **read_kwargs: Any):
+def open_dataset(ref: str | DatasetRef, root: str | None = None, verify: bool = True,
+                 **read_kwargs: Any) -> ray.data.Dataset:
     """A published version as a `ray.data.Dataset` (one row per accepted sample).
 
     `ref` is `ROOT/NAME@VERSION` (`@latest` or no version = newest), e.g.
@@ -52,12 +58,13 @@ def open_dataset(ref: str | DatasetRef, root: str | None = None, verify: bool = 
     return ray.data.read_parquet([f"{path}/{p}" for p in parts], filesystem=fs, **read_kwargs)
 
 
-def read_table(ref: str | DatasetRef, root: str | None = None, columns: list[str] | None = None):
+def read_table(ref: str | DatasetRef, root: str | None = None, columns: list[str] | None = None) -> pa.Table:
     """A published version as one `pyarrow.Table` (no Ray needed)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     base, manifest, parts = _resolve(ref, root)
+    assert manifest.files is not None  # (`_resolve` found the parts in it)
     tables = []
     for p in parts:
         data = read_listed(base, p, manifest.files[p].sha256)
@@ -68,6 +75,6 @@ def read_table(ref: str | DatasetRef, root: str | None = None, columns: list[str
     return pa.concat_tables(tables)
 
 
-def read_pandas(ref: str | DatasetRef, root: str | None = None, columns: list[str] | None = None):
+def read_pandas(ref: str | DatasetRef, root: str | None = None, columns: list[str] | None = None) -> pd.DataFrame:
     """A published version as a pandas DataFrame (no Ray needed)."""
     return read_table(ref, root, columns).to_pandas()

@@ -11,7 +11,7 @@ holds whatever its kind (a generated version's `accepted`, a real set's `images`
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Literal
+from typing import Any, ItemsView, Iterator, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -131,5 +131,5 @@ class Manifest(_Open):
     def keys(self) -> Iterator[str]:
         return iter(self.to_dict())
 
-    def items(self):
+    def items(self) -> ItemsView[str, Any]:
         return self.to_dict().items()

@@ -73,6 +73,16 @@ class Listed(TypedDict):
     bytes: int
 
 
+class FileList(TypedDict):
+    """The manifest's `file_list`: files.jsonl's own entry, and how many files (bytes) it lists."""
+
+    path: str
+    sha256: str
+    bytes: int
+    files: int
+    files_bytes: int
+
+
 class Publication:
     """Plan a version (`move`, `put`), then `commit(manifest)`: seal + finish."""
 
@@ -149,7 +159,7 @@ def finish(slot: Slot) -> dict[str, Any]:
     """Steps 3-6 of a sealed publication; safe to run again after a crash at any
     point. Returns the manifest (without its file list)."""
     staging, uri = slot.staging, slot.uri
-    head = json.loads(U.read_bytes(U.join(staging, PUBLISH_DIR, "head.json")))
+    head: dict[str, Any] = json.loads(U.read_bytes(U.join(staging, PUBLISH_DIR, "head.json")))
     where = U.join(uri, MANIFEST)
     if U.exists(where):
         if json.loads(U.read_bytes(where)).get("publication") != head["publication"]:
@@ -166,7 +176,7 @@ def finish(slot: Slot) -> dict[str, Any]:
     return manifest
 
 
-def _move_and_list(slot: Slot) -> dict[str, str | int]:
+def _move_and_list(slot: Slot) -> FileList:
     """Steps 3-4: every planned file moved into the version, then its file list
     written; returns the manifest's `file_list` entry."""
     staging, uri = slot.staging, slot.uri
@@ -192,7 +202,8 @@ def _move_and_list(slot: Slot) -> dict[str, str | int]:
                     out.write(json.dumps({"path": e["path"], "sha256": e["sha256"], "bytes": e["bytes"]}) + "\n")
                     count, size = count + 1, size + e["bytes"]
         U.write_file(U.join(uri, FILE_LIST), listing)
-        return {**file_entry(FILE_LIST, listing.read_bytes()), "files": count, "files_bytes": size}
+        own = file_entry(FILE_LIST, listing.read_bytes())
+        return {"path": own["path"], "sha256": own["sha256"], "bytes": own["bytes"], "files": count, "files_bytes": size}
 
 
 def _clean(slot: Slot) -> None:
@@ -205,7 +216,8 @@ def read_file_list(version_uri: str, manifest: Manifest | dict[str, Any]) -> dic
     if isinstance(manifest, Manifest):
         manifest = manifest.to_dict()
     if "files" in manifest:  # format 1: the list inline
-        return manifest["files"]
+        inline: dict[str, Listed] = manifest["files"]
+        return inline
     info = manifest["file_list"]
     data = U.read_bytes(U.join(version_uri, info["path"]))
     if file_entry(info["path"], data)["sha256"] != info["sha256"]:

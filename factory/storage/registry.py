@@ -249,7 +249,7 @@ def _json(uri: str) -> Any:
         raise StorageError(f"{uri}: not valid JSON ({e}; {len(data)} bytes): damaged or cut short") from None
 
 
-def is_listed_path(path: str) -> bool:
+def is_listed_path(path: object) -> bool:
     """Whether a path from a version's file list names a file inside the version:
     relative, normalized (no `..`, `.` or empty part), no backslash or NUL. A file
     list is data from the store; a path that is not one of these could make a reader

@@ -26,7 +26,12 @@ import threading
 import time
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING, Any, TypedDict
 from urllib.parse import urlparse
+
+if TYPE_CHECKING:  # (boto3, botocore and pyarrow load on first use)
+    import pyarrow.fs as pafs
+    from mypy_boto3_s3 import S3Client
 
 DEFAULT_RETRY_SECONDS = 120.0
 
@@ -97,9 +102,9 @@ class DeadlineRetry:
         self.conditions = standard.StandardRetryConditions(max_attempts=1_000_000)
         self.adapter = standard.RetryEventAdapter()
 
-    def __call__(self, **kwargs):
+    def __call__(self, **kwargs: Any) -> float | None:
         context = self.adapter.create_retry_context(**kwargs)
-        start = context.request_context.setdefault("factory_first_send", time.monotonic())
+        start: float = context.request_context.setdefault("factory_first_send", time.monotonic())
         if context.attempt_number == 1:
             _gave_up.value = None
         if not self.conditions.is_retryable(context):
@@ -108,46 +113,54 @@ class DeadlineRetry:
         if left <= 0:
             _gave_up.value = (context.attempt_number, round(time.monotonic() - start, 1))
             return None
-        return min(left, random.uniform(0, min(5.0, 0.1 * 2 ** (context.attempt_number - 1))))
+        return min(left, random.uniform(0, min(5.0, 0.1 * 2.0 ** (context.attempt_number - 1))))
 
 
-def _credentials() -> dict[str, str | None]:
-    """Explicitly configured credentials, or {} for the standard AWS chain."""
+class Credentials(TypedDict):
+    """boto3's credential arguments: all None for the standard AWS chain."""
+
+    aws_access_key_id: str | None
+    aws_secret_access_key: str | None
+    aws_session_token: str | None
+
+
+def _credentials() -> Credentials:
+    """Explicitly configured credentials, or None each for the standard AWS chain."""
     if _config.access_key and _config.secret_key:
-        return {"access_key": _config.access_key, "secret_key": _config.secret_key,
-                "session_token": _config.session_token}
-    return {}
+        return Credentials(aws_access_key_id=_config.access_key, aws_secret_access_key=_config.secret_key,
+                           aws_session_token=_config.session_token)
+    return Credentials(aws_access_key_id=None, aws_secret_access_key=None, aws_session_token=None)
 
 
 @lru_cache(maxsize=4)
-def client():
+def client() -> S3Client:
     import boto3
     from botocore.config import Config
 
-    c = _credentials()
-    creds = {"aws_access_key_id": c["access_key"], "aws_secret_access_key": c["secret_key"],
-             "aws_session_token": c["session_token"]} if c else {}
     s3 = boto3.client(
-        "s3", endpoint_url=endpoint(), region_name=region(), **creds,
+        "s3", endpoint_url=endpoint(), region_name=region(), **_credentials(),
         config=Config(retries={"mode": "standard"}, connect_timeout=5, read_timeout=60, max_pool_connections=32),
     )
     # botocore's standard handler (shared quota, try count) is replaced by the deadline
     s3.meta.events.unregister("needs-retry.s3", unique_id="retry-config-s3")
-    s3.meta.events.register("needs-retry.s3", DeadlineRetry(retry_seconds()), unique_id="retry-config-s3")
+    # (botocore-stubs type every handler as returning None; a needs-retry handler returns the delay)
+    s3.meta.events.register("needs-retry.s3", DeadlineRetry(retry_seconds()),  # type: ignore[arg-type]
+                            unique_id="retry-config-s3")
     return s3
 
 
-def arrow_filesystem():
+def arrow_filesystem() -> pafs.S3FileSystem:
     """A pyarrow S3 filesystem with the same endpoint and region; its AWS standard
     retry strategy counts tries, so it gets about as many as the deadline allows.
     Ray Data pickles it into its read tasks, so it carries no credentials: each
     task resolves its own from the AWS chain."""
     import pyarrow.fs as pafs
 
-    kwargs = {"region": region(), "retry_strategy": pafs.AwsStandardS3RetryStrategy(
+    kwargs: dict[str, Any] = {"region": region(), "retry_strategy": pafs.AwsStandardS3RetryStrategy(
         max_attempts=max(3, int(retry_seconds() / 5)))}
-    if endpoint():
-        parsed = urlparse(endpoint())
+    url = endpoint()
+    if url:
+        parsed = urlparse(url)
         kwargs["endpoint_override"] = parsed.netloc or parsed.path
         kwargs["scheme"] = parsed.scheme or "https"
     return pafs.S3FileSystem(**kwargs)

@@ -10,11 +10,15 @@ import contextlib
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 from urllib.parse import urlparse
 
 from factory.storage import s3
 from factory.storage.store import StorageError, Store
+
+if TYPE_CHECKING:  # (botocore loads on first use)
+    from botocore.exceptions import ClientError
+    from mypy_boto3_s3.type_defs import ListObjectsV2OutputTypeDef, ObjectIdentifierTypeDef
 
 _NOT_FOUND = ("404", "NoSuchKey", "NotFound")
 _CLIENT_REASONS = {
@@ -35,7 +39,7 @@ def split_s3(uri: str) -> tuple[str, str]:
     return parsed.netloc, parsed.path.lstrip("/")
 
 
-def _code(e: Any) -> str:
+def _code(e: ClientError) -> str:
     """A botocore ClientError's error code."""
     return e.response.get("Error", {}).get("Code", "")
 
@@ -78,7 +82,7 @@ class S3Store(Store):
     def on_disk(self, uri: str) -> Path | None:
         return None
 
-    def _pages(self, uri: str, **kwargs: Any) -> Iterator[tuple[str, str, dict]]:
+    def _pages(self, uri: str, **kwargs: Any) -> Iterator[tuple[str, str, ListObjectsV2OutputTypeDef]]:
         """(bucket, the listed key prefix ending in "/", page) for each ListObjectsV2 page under `uri`."""
         bucket, key = split_s3(uri)
         prefix = key.rstrip("/") + "/" if key else ""
@@ -156,7 +160,7 @@ class S3Store(Store):
     def delete_prefix(self, uri: str) -> None:
         with self.errors(uri):  # a page of up to 1000 keys at a time, one DeleteObjects request each
             for bucket, _, page in self._pages(uri):
-                keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+                keys: list[ObjectIdentifierTypeDef] = [{"Key": o["Key"]} for o in page.get("Contents", [])]
                 if keys:
                     out = s3.client().delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
                     if out.get("Errors"):

@@ -24,13 +24,14 @@ import json
 import tempfile
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NotRequired, Protocol, Sequence, TypedDict
+from typing import IO, Any, NotRequired, Protocol, Sequence, TypedDict
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from factory.core import Box
+from factory.core import Box, BoxRow
 from factory.formats import yolo_data_yaml, yolo_seg_text, yolo_text
 from factory.storage.uri import join, read_bytes, workers, write_bytes
 
@@ -76,7 +77,7 @@ class SampleRow(TypedDict):
     image: bytes | None  # PNG; None when the generator failed
     width: int
     height: int
-    boxes: list[dict[str, int | str]]  # BOX_TYPE's fields (Box.to_dict)
+    boxes: list[BoxRow]  # BOX_TYPE's fields (Box.to_dict)
     generator: str
     checkpoint: str
     seed: int
@@ -109,7 +110,7 @@ def file_entry(path: str, data: bytes) -> FileEntry:
 def rows_to_table(rows: Sequence[SampleRow], schema: pa.Schema = SAMPLE_SCHEMA) -> pa.Table:
     cols = {}
     for f in schema:
-        values = [r.get(f.name) for r in rows]
+        values: list[Any] = [r.get(f.name) for r in rows]
         if pa.types.is_map(f.type):
             values = [None if v is None else list(v.items()) for v in values]
         cols[f.name] = pa.array(values, type=f.type)
@@ -145,7 +146,7 @@ class Sink:
                       part: int) -> None:
         out.move([(f["path"], f) for f in files if "sample" in f and (keep is None or f["sample"] in keep)])
 
-    def finalize(self, out: Output, class_names: Sequence[str], splits: Counter) -> None:
+    def finalize(self, out: Output, class_names: Sequence[str], splits: Counter[str]) -> None:
         """Write the version's layout files once every shard is in."""
 
     def _write_files(self, prefix: str, files: list[tuple[str, str, bytes]]) -> list[FileEntry]:
@@ -201,7 +202,7 @@ class YoloSink(Sink):
         files: list[tuple[str, str, bytes]] = []
         for r in rows:
             split, sid = r["split"], r["sample_id"]
-            files.append((sid, f"{self.format}/images/{split}/{sid}.png", r["image"]))
+            files.append((sid, f"{self.format}/images/{split}/{sid}.png", _png(r)))
             files.append((sid, f"{self.format}/labels/{split}/{sid}.txt", self.label(r).encode()))
         return self._write_files(prefix, files)
 
@@ -211,7 +212,7 @@ class YoloSink(Sink):
         super().publish_shard(out, staging, [f if "sample" in f else {**f, "sample": f["path"].rsplit("/", 1)[-1][:-4]}
                                              for f in files], keep, part)
 
-    def finalize(self, out: Output, class_names: Sequence[str], splits: Counter) -> None:
+    def finalize(self, out: Output, class_names: Sequence[str], splits: Counter[str]) -> None:
         data_yaml = yolo_data_yaml(class_names, ["train", "val"] if splits["val"] else ["train"])
         if not splits["val"]:  # ultralytics needs a val split: point it at train, and say so
             data_yaml += b"val: images/train  # no sample fell in the val split\n"
@@ -241,13 +242,13 @@ class CocoSink(Sink):
 
     format = "coco"
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._parts: list[tuple[str, set[str] | None]] = []  # staged part, kept samples (None: all)
 
     def write(self, prefix: str, shard: str, rows: Sequence[SampleRow]) -> list[FileEntry]:
         if not rows:
             return []
-        files = [(r["sample_id"], f"coco/images/{r['split']}/{r['sample_id']}.png", r["image"]) for r in rows]
+        files = [(r["sample_id"], f"coco/images/{r['split']}/{r['sample_id']}.png", _png(r)) for r in rows]
         part = [{"sample": r["sample_id"], "index": r["item_index"], "split": r["split"], "width": r["width"],
                  "height": r["height"], "boxes": [[b["class_id"], b["x1"], b["y1"], b["x2"], b["y2"]] for b in r["boxes"]],
                  **({"segments": r["segments"]} if r.get("segments") is not None else {})}
@@ -261,33 +262,35 @@ class CocoSink(Sink):
         super().publish_shard(out, staging, files, keep, part)
         self._parts += [(join(staging, f["path"]), keep) for f in files if f["path"].startswith("coco/_parts/")]
 
-    def finalize(self, out: Output, class_names: Sequence[str], splits: Counter) -> None:
+    def finalize(self, out: Output, class_names: Sequence[str], splits: Counter[str]) -> None:
         import shutil
 
         with tempfile.TemporaryDirectory(prefix="coco-") as tmp:
-            spools: dict[str, list[Any]] = {}  # split -> [images file, annotations file, images, annotations]
+            spools: dict[str, _Spool] = {}  # split -> its images and annotations so far
             ann_id = 0
             for where, keep in self._parts:
                 for s in json.loads(read_bytes(where)):
                     if keep is not None and s["sample"] not in keep:
                         continue
                     if s["split"] not in spools:
-                        spools[s["split"]] = [open(Path(tmp) / f"{s['split']}.{k}", "w+") for k in ("img", "ann")] + [0, 0]
+                        stem = Path(tmp) / s["split"]
+                        spools[s["split"]] = _Spool(open(f"{stem}.img", "w+"), open(f"{stem}.ann", "w+"))
                     sp = spools[s["split"]]
-                    sp[0].write((",\n" if sp[2] else "") + json.dumps(
+                    sp.images.write((",\n" if sp.n_images else "") + json.dumps(
                         {"id": s["index"], "file_name": f"{s['split']}/{s['sample']}.png", "width": s["width"],
                          "height": s["height"]}))
-                    sp[2] += 1
+                    sp.n_images += 1
                     for j, (cid, x1, y1, x2, y2) in enumerate(s["boxes"]):
                         ann_id += 1
                         ann = {"id": ann_id, "image_id": s["index"], "category_id": cid + 1,
                                "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0}
                         if "segments" in s:  # the exact outline: COCO polygons (several for a split instance)
                             ann["segmentation"] = s["segments"][j]
-                        sp[1].write((",\n" if sp[3] else "") + json.dumps(ann))
-                        sp[3] += 1
+                        sp.anns.write((",\n" if sp.n_anns else "") + json.dumps(ann))
+                        sp.n_anns += 1
             categories = json.dumps([{"id": i + 1, "name": n} for i, n in enumerate(class_names)])
-            for split, (images, anns, _, _) in sorted(spools.items()):
+            for split in sorted(spools):
+                images, anns = spools[split].images, spools[split].anns
                 dest = Path(tmp) / f"instances_{split}.json"
                 with open(dest, "w") as f:
                     f.write('{"info": {"description": "defect-factory"}, "categories": ' + categories + ',\n"images": [\n')
@@ -300,6 +303,23 @@ class CocoSink(Sink):
                 images.close()
                 anns.close()
                 out.put_file(f"coco/annotations/instances_{split}.json", dest)
+
+
+def _png(r: SampleRow) -> bytes:
+    """An accepted sample's image (only a rejected one has none)."""
+    if r["image"] is None:
+        raise ValueError(f"sample {r['sample_id']}: no image to write (a rejected sample?)")
+    return r["image"]
+
+
+@dataclass
+class _Spool:
+    """One split's COCO images and annotations, spooled to local files as JSON lists' items."""
+
+    images: IO[str]
+    anns: IO[str]
+    n_images: int = 0
+    n_anns: int = 0
 
 
 SINKS: dict[str, type[Sink]] = {"parquet": ParquetSink, "yolo": YoloSink, "yolo_seg": YoloSegSink, "coco": CocoSink}

@@ -19,10 +19,24 @@ from typing import Any, ContextManager, Iterator
 from urllib.parse import urlparse
 
 from factory.core import uri_problem
-from factory.storage.s3 import StorageConfig, configure_storage, set_storage_config, storage_config  # noqa: F401
-from factory.storage.s3 import endpoint as s3_endpoint  # noqa: F401
+from factory.storage.s3 import StorageConfig as StorageConfig  # `X as X`: re-exported (callers name this module)
+from factory.storage.s3 import configure_storage as configure_storage
+from factory.storage.s3 import endpoint
+from factory.storage.s3 import set_storage_config as set_storage_config
+from factory.storage.s3 import storage_config as storage_config
 from factory.storage.s3_store import S3Store
-from factory.storage.store import StorageError, Store
+from factory.storage.store import StorageError as StorageError
+from factory.storage.store import Store
+
+
+@contextlib.contextmanager
+def _written_beside(path: str, data: bytes) -> Iterator[str]:
+    """`_tmp_beside`, its folder made and `data` written to it in full."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with _tmp_beside(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        yield tmp
 
 
 @contextlib.contextmanager
@@ -65,10 +79,7 @@ class LocalStore(Store):
     def write_bytes(self, uri: str, data: bytes) -> None:
         with self.errors(uri):
             path = self._str(uri)
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            with _tmp_beside(path) as tmp:
-                with open(tmp, "wb") as f:
-                    f.write(data)
+            with _written_beside(path, data) as tmp:
                 os.replace(tmp, path)
 
     def write_file(self, uri: str, local: str | Path) -> None:
@@ -84,10 +95,7 @@ class LocalStore(Store):
         exists, so of two writers exactly one wins."""
         with self.errors(uri):
             path = self._str(uri)
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            with _tmp_beside(path) as tmp:
-                with open(tmp, "wb") as f:
-                    f.write(data)
+            with _written_beside(path, data) as tmp:
                 try:
                     os.link(tmp, path)
                     return True
@@ -161,6 +169,11 @@ _S3 = S3Store()
 def store_for(uri: str | Path) -> Store:
     """The store serving `uri`: the one place that tells schemes apart."""
     return _S3 if str(uri).startswith("s3://") else _LOCAL
+
+
+def s3_endpoint() -> str | None:
+    """The S3 endpoint storage calls go to (configured, else AWS_ENDPOINT_URL[_S3]; None: AWS's own)."""
+    return endpoint()
 
 
 # --- names ----------------------------------------------------------------------

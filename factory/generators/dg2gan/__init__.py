@@ -14,8 +14,8 @@ references; its seed otherwise), resized to the item's size; every box is then
 translated and measured as described in `boxes.py`. Deterministic given the item.
 
 The folder: model (the networks), losses (eq. 1-6), checkpoint (the run layout),
-boxes (crops in, measured boxes out), train (under Ray Train) and cli
-(`factory train dg2gan`).
+boxes (crops in, measured boxes out), steps (one training update, plain torch),
+train (under Ray Train) and cli (`factory train dg2gan`).
 """
 
 from __future__ import annotations

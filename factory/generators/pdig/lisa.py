@@ -233,6 +233,21 @@ def install_lisa(unet, image_embed_dim: int, num_tokens: int = 4, context: LISAC
     return LISAAdapter(projection, lisa, context)
 
 
+def cross_attention_layers_at(unet, latent_hw: tuple[int, int], map_hw: tuple[int, int]) -> int:
+    """How many LISA cross-attention layers a UNet2DConditionModel runs at `map_hw`
+    for a latent of `latent_hw` (down block i and up block n-1-i work at latent / 2^i)."""
+    n = len(unet.down_blocks)
+    level = {f"down_blocks.{i}.": i for i in range(n)} | {f"up_blocks.{j}.": n - 1 - j for j in range(n)} | {"mid_block.": n - 1}
+    count = 0
+    for name, proc in unet.attn_processors.items():
+        if isinstance(proc, LISAAttnProcessor):
+            i = next(v for k, v in level.items() if name.startswith(k))
+            count += (latent_hw[0] >> i, latent_hw[1] >> i) == tuple(map_hw)
+    if count == 0:
+        raise ValueError(f"no cross-attention layer at {map_hw} for a {latent_hw} latent")
+    return count
+
+
 def count_parameters(adapter: LISAAdapter) -> dict[str, int]:
     proj = sum(p.numel() for p in adapter.projection.parameters())
     layers = sum(p.numel() for p in adapter.layers.parameters())

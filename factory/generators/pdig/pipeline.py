@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from diffusers import DiffusionPipeline
 
-from factory.generators.pdig.lisa import AttentionStore, LISAAdapter, LISAAttnProcessor, LISAContext, MapsComplete
+from factory.generators.pdig.lisa import AttentionStore, LISAAdapter, LISAContext, MapsComplete, cross_attention_layers_at
 from factory.generators.pdig.sce import token_indices, word_indices
 from factory.generators.pdig.tidsc import TIDSCConfig, box_to_cells, inside_fraction, tidsc_loss
 
@@ -330,21 +330,6 @@ class PDIGPipeline(DiffusionPipeline):
             attention.append([{k: torch.stack([a / a.sum().clamp_min(1e-12) for a in v]).squeeze(0).cpu().numpy()
                                for k, v in d.items()} for d in per_image])
         return attention, inside
-
-
-def cross_attention_layers_at(unet, latent_hw: tuple[int, int], map_hw: tuple[int, int]) -> int:
-    """How many LISA cross-attention layers a UNet2DConditionModel runs at `map_hw`
-    for a latent of `latent_hw` (down block i and up block n-1-i work at latent / 2^i)."""
-    n = len(unet.down_blocks)
-    level = {f"down_blocks.{i}.": i for i in range(n)} | {f"up_blocks.{j}.": n - 1 - j for j in range(n)} | {"mid_block.": n - 1}
-    count = 0
-    for name, proc in unet.attn_processors.items():
-        if isinstance(proc, LISAAttnProcessor):
-            i = next(v for k, v in level.items() if name.startswith(k))
-            count += (latent_hw[0] >> i, latent_hw[1] >> i) == tuple(map_hw)
-    if count == 0:
-        raise ValueError(f"no cross-attention layer at {map_hw} for a {latent_hw} latent")
-    return count
 
 
 def _add(acc: list[torch.Tensor] | None, maps: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -10,16 +10,16 @@ import numpy as np
 
 
 def _curve(scores, labels):
+    """(distinct scores, high to low; true and false positives at each as a threshold; P; N)."""
+    from sklearn.metrics import roc_curve  # scikit-learn takes a second to import: only when used
+
     s = np.asarray(scores, np.float64).ravel()
     y = np.asarray(labels, bool).ravel()
     if y.all() or not y.any():
         raise ValueError("threshold selection needs both normal and anomalous samples")
-    order = np.argsort(-s, kind="stable")
-    s, y = s[order], y[order]
-    tp = np.cumsum(y)
-    fp = np.cumsum(~y)
-    last = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]  # last index of each distinct score
-    return s[last], tp[last].astype(float), fp[last].astype(float), float(y.sum()), float((~y).sum())
+    P, N = float(y.sum()), float((~y).sum())
+    fpr, tpr, t = roc_curve(y, s, drop_intermediate=False)  # every distinct score; [0] is the (inf, 0, 0) start
+    return t[1:], np.rint(tpr[1:] * P), np.rint(fpr[1:] * N), P, N  # rint: the exact counts back
 
 
 def f1_max_threshold(scores, labels) -> float:
@@ -51,13 +51,13 @@ def select_thresholds(scores, labels) -> dict[str, float]:
 
 
 def auroc(scores, labels) -> float:
-    """Area under the ROC curve (Mann-Whitney U with tie correction)."""
-    from scipy.stats import rankdata
+    """Area under the ROC curve (scikit-learn's); nan with one class only or a nan score."""
+    from sklearn.metrics import roc_auc_score
 
     s = np.asarray(scores, np.float64).ravel()
     y = np.asarray(labels, bool).ravel()
-    P, N = y.sum(), (~y).sum()
-    if P == 0 or N == 0:
+    if y.all() or not y.any() or np.isnan(s).any():
         return float("nan")
-    r = rankdata(s)
-    return float((r[y].sum() - P * (P + 1) / 2) / (P * N))
+    if np.isinf(s).any():  # scikit-learn refuses infinities; the area depends on the order alone
+        s = np.unique(s, return_inverse=True)[1].astype(np.float64)
+    return float(roc_auc_score(y, s))
