@@ -99,7 +99,7 @@ def pv_setup(data: Path, work: Path, n: int, rng, limit: int | None = None) -> d
             "negatives": 0.55, "classes_per_image": [1, 3],
             "defects": [{"class": c, "weight": w, "boxes": boxes[c]} for c, w in (("crack", 0.5), ("dark_area", 0.25), ("cross_crack", 0.25))]}
     labelled_val = pv_vision_crack(root, splits=("val",), limit=limit).samples
-    return {"spec": spec, "proc_classes": None, "refs": clean, "source": source,
+    return {"spec": spec, "fitted_boxes": fitted_boxes(train), "proc_classes": None, "refs": clean, "source": source,
             "real": [s.image_path for s in labelled_val], "real_boxes": [s.boxes for s in labelled_val],
             "floor": [s.image_path for s in floor], "floor_boxes": [s.boxes for s in floor]}
 
@@ -119,7 +119,7 @@ def mt_setup(data: Path, work: Path, n: int, rng) -> dict:
                         for c, (lo, hi) in sizes.items()]}
     refs = [str(p) for p in list_images(root / "MT_Free" / "Imgs")]
     proc = [{"class": "crack", "boxes": spec["defects"][2]["boxes"]}, {"class": "black_spot", "boxes": spec["defects"][0]["boxes"]}]
-    return {"spec": spec, "proc_classes": proc, "refs": refs, "source": source,
+    return {"spec": spec, "fitted_boxes": fitted_boxes(train), "proc_classes": proc, "refs": refs, "source": source,
             "real": [s.image_path for s in real], "real_boxes": [s.boxes for s in real],
             "floor": [s.image_path for s in floor], "floor_boxes": [s.boxes for s in floor]}
 
@@ -183,6 +183,9 @@ def arms(setup: dict) -> dict[str, dict]:
         "transplant, new shapes": transplant(setup["source"], **dict(old, elastic=2, contrast=[0.8, 1.25])),
         "transplant poisson": transplant(setup["source"], blend="poisson"),
         "transplant, all (the defaults)": transplant(setup["source"]),
+        "transplant, all, box sizes as the train images'": dict(transplant(setup["source"]), defects=[
+            dict(d, boxes=dict(d["boxes"], size=setup["fitted_boxes"][d["class"]]["size"]))
+            if d["class"] in setup["fitted_boxes"] else d for d in base["defects"]]),
     }
 
 
