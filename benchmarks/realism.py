@@ -95,7 +95,7 @@ def pv_setup(data: Path, work: Path, n: int, rng, limit: int | None = None) -> d
         "dark_area": {"count": [1, 2], "size": {"dist": "loguniform", "min": 0.04, "max": 0.3}, "aspect": {"dist": "loguniform", "min": 0.4, "max": 4}},
         "cross_crack": {"count": [1, 4], "size": {"min": 0.02, "max": 0.05}, "aspect": {"min": 0.8, "max": 1.3}},
     }
-    spec = {"name": "realism-pv", "seed": 11, "count": n, "image": {"width": 256, "height": 256},
+    spec = {"name": "realism-pv", "seed": 11, "count": n, "image": {"width": 400, "height": 400},  # the cells' own size
             "negatives": 0.55, "classes_per_image": [1, 3],
             "defects": [{"class": c, "weight": w, "boxes": boxes[c]} for c, w in (("crack", 0.5), ("dark_area", 0.25), ("cross_crack", 0.25))]}
     labelled_val = pv_vision_crack(root, splits=("val",), limit=limit).samples

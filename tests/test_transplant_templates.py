@@ -17,7 +17,7 @@ from factory.data.realset import publish_real
 from factory.generators.base import load_generator
 from factory.generators.checks import check_spec
 from factory.generators.transplant.bank import Instance, load_bank
-from factory.generators.transplant.paste import grey_levels, place, vary
+from factory.generators.transplant.paste import grey_levels, paste, place, vary
 from factory.planning import plan
 from factory.spec import spec_from_dict
 
@@ -169,19 +169,47 @@ def test_same_item_same_bytes(boards):
 
 
 def test_vary_changes_shape_within_bounds():
-    patch = np.full((30, 30), 200, np.uint8)
-    alpha = np.zeros((30, 30), np.float32)
-    patch[10:20, 12:16], alpha[10:20, 12:16] = 40, 1.0
+    patch = np.full((90, 90), 200, np.uint8)
+    alpha = np.zeros((90, 90), np.float32)
+    patch[20:70, 30:50], alpha[20:70, 30:50] = 40, 1.0
     inst = Instance("crack", patch, alpha, True, "x#0")
-    box = Box(0, "crack", 0, 0, 4, 10)
+    box = Box(0, "crack", 0, 0, 20, 50)
     shapes = set()
     for seed in range(8):
         v = vary(inst, box, np.random.default_rng(seed), 1.5, (0.5, 2.0), elastic=2.0, contrast=(0.8, 1.25))
         shapes.add(v.binary.tobytes())
         assert 0.5 <= v.scale <= 2.0
     assert len(shapes) > 4  # elastic deformation: new shapes, not one
-    big = Box(0, "crack", 0, 0, 40, 100)  # 10x the instance: scaled at most 2x
+    big = Box(0, "crack", 0, 0, 200, 500)  # 10x the instance: scaled at most 2x
     assert vary(inst, big, np.random.default_rng(0), 1.5, (0.5, 2.0)).scale == 2.0
+
+
+def test_a_small_defect_is_deformed_by_at_most_a_tenth_of_its_side():
+    """A 4 px wide spot under `elastic: 2` would lose its shape; it moves by at most 0.4 px."""
+    patch = np.full((30, 30), 200, np.uint8)
+    alpha = np.zeros((30, 30), np.float32)
+    patch[10:20, 12:16], alpha[10:20, 12:16] = 40, 1.0
+    inst = Instance("crack", patch, alpha, True, "x#0")
+    box = Box(0, "crack", 0, 0, 4, 10)
+    still = vary(inst, box, np.random.default_rng(0), 1.5, (1, 1), flips=False, rotate=False)
+    for seed in range(8):
+        v = vary(inst, box, np.random.default_rng(seed), 1.5, (1, 1), flips=False, rotate=False, elastic=2.0)
+        assert np.abs(v.alpha - still.alpha).max() <= 0.45
+
+
+@pytest.mark.parametrize("blend", ["hard", "alpha"])
+def test_a_soft_grey_spot_keeps_its_own_fade_out(blend):
+    """An EL spot fades out past its annotated mask; pasted along the mask alone, it shows
+    a crisp rim on the new background. The paste carries its own fade-out instead."""
+    yy, xx = np.mgrid[0:40, 0:40]
+    patch = (200 - 120 * np.exp(-((yy - 20) ** 2 + (xx - 20) ** 2) / (2 * 5.0 ** 2))).astype(np.uint8)
+    inst = Instance("spot", patch, (patch < 140).astype(np.float32), True, "x#0")
+    v = vary(inst, Box(0, "spot", 0, 0, 12, 12), np.random.default_rng(0), 1.5, (1, 1), flips=False, rotate=False)
+    canvas = np.full((64, 64), 200, np.float32)
+    pasted = paste(canvas, v, (12, 12), True, blend, 2.0, None)
+    assert pasted.any() and canvas.min() < 170
+    jump = max(np.abs(np.diff(canvas, axis=a)).max() for a in (0, 1))
+    assert jump <= 1.5 * max(np.abs(np.diff(patch.astype(float), axis=a)).max() for a in (0, 1))
 
 
 def test_place_skips_forbidden_windows():
@@ -193,6 +221,48 @@ def test_place_skips_forbidden_windows():
     forbidden[:, :60] = True  # only the right of the trace is free
     oy, ox, score = place(canvas, v, Box(0, "open", 0, 0, 4, 10), np.random.default_rng(0), "context", 3, forbidden, True)
     assert ox + 8 >= 60 and score > 0.99
+
+
+def test_an_instance_cut_at_its_image_border_goes_to_a_border_on_the_same_side():
+    """A crack that runs into a cell's edge keeps that edge (flipped and turned with it),
+    in context and random placement alike; an inner instance may go anywhere."""
+    patch = np.full((20, 12), 180, np.uint8)
+    alpha = np.zeros((20, 12), np.float32)
+    patch[5:15, :4], alpha[5:15, :4] = 40, 1.0  # the defect touches the patch's left side
+    inst = Instance("crack", patch, alpha, True, "x#0", edges=frozenset({"left"}))
+    canvas = np.random.default_rng(1).uniform(150, 200, (64, 64)).astype(np.float32)
+    free = np.zeros(canvas.shape, bool)
+    for seed in range(12):
+        rng = np.random.default_rng(seed)
+        v = vary(inst, Box(0, "crack", 0, 0, 4, 10), rng, 1.5, (1, 1))
+        h, w = v.patch.shape
+        for placement in ("context", "random"):
+            oy, ox, _ = place(canvas, v, Box(0, "crack", 20, 20, 30, 30), rng, placement, 4, free, False)
+            side = next(iter(v.edges))
+            assert {"left": ox == 0, "right": ox == 64 - w, "top": oy == 0, "bottom": oy == 64 - h}[side]
+            ys, xs = np.nonzero(v.binary)  # the defect itself reaches that border
+            edge = {"left": xs.min() + ox, "right": 63 - xs.max() - ox, "top": ys.min() + oy, "bottom": 63 - ys.max() - oy}
+            assert edge[side] == 0
+    inner = Instance("crack", patch, alpha, True, "x#0")
+    spots = {place(canvas, vary(inner, Box(0, "crack", 0, 0, 4, 10), np.random.default_rng(s), 1.5, (1, 1)),
+                   Box(0, "crack", 20, 20, 30, 30), np.random.default_rng(s), "context", 4, free, False)[1] for s in range(6)}
+    assert spots - {0, 64 - 12}
+
+
+def test_the_bank_marks_the_sides_where_a_patch_is_its_image_border(tmp_path):
+    img = np.full((W, W), 200, np.uint8)
+    img[0:10, 40:44] = 30  # a crack from the top edge
+    img[40:46, 40:46] = 30  # one in the middle
+    root = tmp_path / "set"
+    root.mkdir()
+    (root / "data.yaml").write_text("train: images/train\nval: images/val\nnames: [open, short]\n")
+    clean = np.full((W, W), 200, np.uint8)
+    _write(root, "train", "a", img, clean, [(0, 40, 0, 44, 10), (0, 40, 40, 46, 46)])
+    _write(root, "val", "v", clean, clean, [])
+    reg = (tmp_path / "reg").as_uri()
+    publish_real(load_real("yolo", root), reg, "edges", 1)
+    bank = load_bank(f"{reg}/edges@1")
+    assert sorted(sorted(i.edges) for i in bank["open"]) == [[], ["top"]]
 
 
 def test_grey_levels_tell_binary_from_grey():

@@ -132,7 +132,7 @@ class TransplantGenerator:
         return [self._one(item) for item in items]
 
     def _one(self, item: WorkItem) -> Sample:
-        from factory.generators.transplant.paste import frame_box, margin, paste  # cv2: imported when generating
+        from factory.generators.transplant.paste import frame_box, halo, margin, paste  # cv2: imported when generating
 
         p = self.p
         seqs = np.random.SeedSequence(item.seed).spawn(1 + len(item.boxes))
@@ -140,12 +140,13 @@ class TransplantGenerator:
         background = np.clip(np.round(canvas), 0, 255).astype(np.uint8)  # before any paste: the exact outside test
         mask = np.zeros((item.height, item.width), np.uint16)
         forbidden = kept_map > 0  # a paste never lands on a kept defect
-        used, pastes, frames = [], [], {}
+        used, pastes, frames, reach = [], [], {}, 0
         for j, box in enumerate(item.boxes):
             for inst, at, v, blend in self._paste_box(canvas, box, np.random.default_rng(seqs[1 + j]), levels,
                                                       forbidden | (mask > 0)):
                 before = canvas.copy()
                 pasted = paste(canvas, v, at[:2], inst.exact, blend, p.feather, levels)
+                reach = max(reach, halo(v, levels))
                 visible = float((np.abs(canvas - before)[pasted] > (127 if levels is not None else 8)).mean()) \
                     if pasted.any() else 0.0
                 if visible < p.min_visible:  # e.g. an open cut into bare substrate: a label on nothing
@@ -165,7 +166,7 @@ class TransplantGenerator:
             boxes.append(b)
             final[(kept_map == k) & (final == 0)] = len(boxes)
         image = np.clip(np.round(canvas), 0, 255).astype(np.uint8)
-        blend_px = margin(p.feather)
+        blend_px = margin(p.feather) + reach
         if p.jpeg_quality:  # blocks (8 px) without a changed pixel decode exactly as the background's own
             image, background = _jpeg(image, p.jpeg_quality), _jpeg(background, p.jpeg_quality)
             blend_px += 8

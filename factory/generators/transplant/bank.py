@@ -3,7 +3,9 @@ the source's train split as a grey patch (the box plus a margin of its own
 surroundings, which intensity matching and Poisson blending need), its alpha (the
 exact instance mask where the source has masks or golden templates, else a
 feathered box) and its context: what the spot looked like without the defect (the
-template's patch where the source has templates), which placement matches against.
+template's patch where the source has templates), which placement matches against,
+and the sides where the patch is its image's border: a crack that runs into a cell's
+edge is pasted at an edge (half of pv_vision's cracks and dark areas touch one).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class Instance:
     context: np.ndarray | None = None  # h x w uint8: the same spot without the defect (its golden template)
     # (y1, y2, x1, x2) of its hand-drawn box in the patch, where that is looser than the mask (template sets)
     frame: tuple[int, int, int, int] | None = None
+    edges: frozenset[str] = frozenset()  # sides ("top", "bottom", "left", "right") where the patch is the image's border
 
     @property
     def frame_mask(self) -> np.ndarray:
@@ -111,7 +114,9 @@ def load_bank(source: str, classes: list[str] | None = None, max_per_class: int 
             else:
                 alpha, exact = feathered_box(y2 - y1, x2 - x1, inner, feather), False
             context = None if twin is None else twin[y1:y2, x1:x2].copy()
+            edges = frozenset(side for side, cut in (("top", y1 == 0), ("bottom", y2 == H), ("left", x1 == 0),
+                                                     ("right", x2 == W)) if cut)
             bank.setdefault(b.class_name, []).append(
                 Instance(b.class_name, patch, alpha, exact, f"{f.image}#{k}", context,
-                         None if twin is None else (b.y1 - y1, b.y2 - y1, b.x1 - x1, b.x2 - x1)))
+                         None if twin is None else (b.y1 - y1, b.y2 - y1, b.x1 - x1, b.x2 - x1), edges))
     return bank

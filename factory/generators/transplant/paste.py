@@ -9,6 +9,8 @@
    context (normalized cross-correlation; on binary images the exact pixel
    agreement), a seeded choice among the best `top_k` separated positions (within
    `tolerance` of the best) that overlap nothing pasted. `random`: centred on the planned box.
+   Either way an instance cut at its image's border keeps those sides (turned and
+   flipped with it) at the new image's border.
 3. `paste`: match its intensity to the spot, then blend: `hard`, `alpha` (a
    feathered mask) or `poisson` (seamless cloning, solved with a sparse solver so
    nothing outside the region moves). Binary images keep their two grey levels.
@@ -34,14 +36,27 @@ from factory.generators.transplant.bank import Instance
 CROSS = ndimage.generate_binary_structure(2, 1)
 SQUARE = np.ones((3, 3), bool)
 BLENDS = ("hard", "alpha", "poisson")
+ELASTIC_SHARE = 0.1  # elastic deformation: at most this share of the defect's shorter side
+HALO_MAX = 8  # px: the most of an instance's own surroundings a grey paste carries past its mask
 LEVEL_BAND = 24  # grey levels either side of a mode that still count as that level (JPEG q75 rings up to ~20)
 BINARY_SHARE = 0.98  # share of pixels within the two modes' bands that makes an image binary
 LEVEL_GAP = 128  # the two modes at least this far apart (a grey image's two peaks are closer)
 
 
 def margin(feather: float) -> int:
-    """How far (px) outside the pasted mask blending may change the background."""
+    """How far (px) outside the pasted mask (and its `halo`) blending may change the background."""
     return int(math.ceil(feather)) + 1
+
+
+def halo(v: "Variant", levels: np.ndarray | None) -> int:
+    """How far (px) a paste on a grey image carries the instance's own surroundings past
+    its mask: the defect's half-thickness, at most HALO_MAX. A soft defect (an EL spot
+    that fades out) cut at its mask shows a crisp rim on a new background (pv cross
+    cracks: crops told apart 0.85-0.90); its own fade-out, intensity-matched, keeps it
+    soft. Binary images: 0 (their defects are their masks)."""
+    if levels is not None or not v.binary.any():
+        return 0
+    return int(min(HALO_MAX, math.ceil(float(ndimage.distance_transform_edt(v.binary).max()))))
 
 
 def grey_levels(image: np.ndarray) -> np.ndarray | None:
@@ -117,6 +132,7 @@ class Variant:
     weight: np.ndarray | None  # which context pixels count (None: all: a template has no defect in it)
     frame: np.ndarray  # 1 inside the instance's hand-drawn box (how loosely its annotator boxed it), if any
     scale: float  # the geometric mean scale applied
+    edges: frozenset[str] = frozenset()  # the patch's sides that were its image's border (see `bank`)
 
     @property
     def binary(self) -> np.ndarray:
@@ -128,16 +144,16 @@ def vary(inst: Instance, box: Box, rng: np.random.Generator, max_distortion: flo
     """A seeded new shape of `inst` sized for `box` (see the module's docstring)."""
     patch, alpha = inst.patch.astype(np.float32), inst.alpha.astype(np.float32)
     context = patch if inst.context is None else inst.context.astype(np.float32)
-    stack = [patch, alpha, context, inst.frame_mask]
+    stack, edges = [patch, alpha, context, inst.frame_mask], inst.edges
     if flips and rng.random() < 0.5:
-        stack = [a[:, ::-1] for a in stack]
+        stack, edges = [a[:, ::-1] for a in stack], _moved(edges, "h")
     if flips and rng.random() < 0.5:
-        stack = [a[::-1] for a in stack]
+        stack, edges = [a[::-1] for a in stack], _moved(edges, "v")
     y1, y2, x1, x2 = _extent(stack)
     target = math.log(box.width / box.height)
     own = math.log((x2 - x1) / (y2 - y1))
     if rotate and abs(-own - target) < abs(own - target):
-        stack = [np.rot90(a) for a in stack]
+        stack, edges = [np.rot90(a) for a in stack], _moved(edges, "r")
         y1, y2, x1, x2 = _extent(stack)
     sx, sy = box.width / (x2 - x1), box.height / (y2 - y1)
     g = min(max(math.sqrt(sx * sy), scale[0]), scale[1])
@@ -149,21 +165,37 @@ def vary(inst: Instance, box: Box, rng: np.random.Generator, max_distortion: flo
     patch, alpha, context, frame = (cv2.resize(np.ascontiguousarray(a), size, interpolation=i)
                                     for a, i in zip(stack, (interp, cv2.INTER_LINEAR, interp, cv2.INTER_NEAREST)))
     alpha = np.clip(alpha, 0.0, 1.0)
-    if elastic > 0:
-        patch, alpha = _elastic(patch, alpha, elastic, rng)
+    if elastic > 0:  # at most a tenth of the defect's shorter side: a 10 px cross crack keeps its cross
+        patch, alpha = _elastic(patch, alpha, min(elastic, ELASTIC_SHARE * min(sy * (y2 - y1), sx * (x2 - x1))), rng)
     ring = alpha < 0.05
     if contrast != (1.0, 1.0) and ring.sum() >= 2:
         k = float(rng.uniform(*contrast))
         patch = np.clip(patch + (k - 1.0) * alpha * (patch - float(patch[ring].mean())), 0.0, 255.0)
     weight = None if inst.context is not None else ndimage.binary_erosion(ring, SQUARE, iterations=1).astype(np.float32)
-    return Variant(patch.astype(np.float32), alpha, context.astype(np.float32), weight, frame >= 0.5, g)
+    return Variant(patch.astype(np.float32), alpha, context.astype(np.float32), weight, frame >= 0.5, g, edges)
+
+
+_MOVES = {"h": {"left": "right", "right": "left"}, "v": {"top": "bottom", "bottom": "top"},
+          "r": {"top": "left", "left": "bottom", "bottom": "right", "right": "top"}}  # np.rot90: counter-clockwise
+
+
+def _moved(edges: frozenset[str], op: str) -> frozenset[str]:
+    """Where a patch's sides go under `turn(patch, (op,))`."""
+    return frozenset(_MOVES[op].get(e, e) for e in edges)
 
 
 def turned(v: Variant) -> Variant:
     """The variant turned 90 degrees (context placement tries both: a vertical trace
     takes the turned open)."""
     r = lambda a: None if a is None else np.ascontiguousarray(np.rot90(a))  # noqa: E731
-    return Variant(r(v.patch), r(v.alpha), r(v.context), r(v.weight), r(v.frame), v.scale)
+    return Variant(r(v.patch), r(v.alpha), r(v.context), r(v.weight), r(v.frame), v.scale, _moved(v.edges, "r"))
+
+
+def _at_edges(edges: frozenset[str], H: int, W: int, h: int, w: int) -> tuple[slice, slice]:
+    """The windows (rows, columns of top-left corners) that put these patch sides on the image's border."""
+    rows = slice(0, 1) if "top" in edges else slice(H - h, H - h + 1) if "bottom" in edges else slice(0, H - h + 1)
+    cols = slice(0, 1) if "left" in edges else slice(W - w, W - w + 1) if "right" in edges else slice(0, W - w + 1)
+    return rows, cols
 
 
 def _extent(stack: list[np.ndarray]) -> tuple[int, int, int, int]:
@@ -200,6 +232,9 @@ def place(canvas: np.ndarray, v: Variant, box: Box, rng: np.random.Generator, pl
     H, W = canvas.shape
     h, w = v.patch.shape
     fits = h <= H and w <= W
+    if fits and v.edges:  # an instance cut at its image's border goes to the same border
+        rows, cols = _at_edges(v.edges, H, W, h, w)
+        planned = (min(max(planned[0], rows.start), rows.stop - 1), min(max(planned[1], cols.start), cols.stop - 1))
     if placement != "context" or not fits or (v.weight is not None and v.weight.sum() < 8):
         py, px = planned
         taken = forbidden[max(0, py + y1):max(0, py + y2), max(0, px + x1):max(0, px + x2)].any()
@@ -221,6 +256,10 @@ def place(canvas: np.ndarray, v: Variant, box: Box, rng: np.random.Generator, pl
         touched = (ii[y2:y2 + hm, x2:x2 + wm] - ii[y1:y1 + hm, x2:x2 + wm]
                    - ii[y2:y2 + hm, x1:x1 + wm] + ii[y1:y1 + hm, x1:x1 + wm])
         score[touched > 0] = -np.inf
+    if v.edges:
+        keep = np.full(score.shape, -np.inf)
+        keep[_at_edges(v.edges, H, W, h, w)] = 0.0
+        score += keep
     picks = []
     for _ in range(top_k):
         i = int(np.argmax(score))
@@ -256,7 +295,9 @@ def paste(canvas: np.ndarray, v: Variant, at: tuple[int, int], exact: bool, blen
     H, W = canvas.shape
     oy, ox = at
     patch, alpha, binary = v.patch.copy(), v.alpha, v.binary
-    R = margin(feather)
+    d = halo(v, levels)
+    core = ndimage.binary_dilation(binary, CROSS, iterations=d) if d else binary  # the defect and its own fade-out
+    R = margin(feather) + d
     P = R + 1 + max(patch.shape)  # a canvas padded so the window and the blend region fit inside
     big = np.pad(canvas, P, mode="edge")
     h, w = patch.shape
@@ -278,12 +319,15 @@ def paste(canvas: np.ndarray, v: Variant, at: tuple[int, int], exact: bool, blen
     if blend == "poisson":
         big[region] = _poisson(src, big, region)
     elif blend == "hard":
-        big[pasted] = src[pasted]
+        hard = np.zeros_like(big, bool)
+        hard[win] = core
+        hard &= inside
+        big[hard] = src[hard]
     else:
         a = np.zeros_like(big)
         if exact:
-            soft = ndimage.gaussian_filter(binary.astype(np.float32), feather / 2) if feather > 0 else binary
-            a[win] = np.maximum(binary.astype(np.float32), soft)
+            soft = ndimage.gaussian_filter(core.astype(np.float32), feather / 2) if feather > 0 else core
+            a[win] = np.maximum(core.astype(np.float32), soft)
         else:
             a[win] = alpha
         a = np.where(region, a, 0.0)
