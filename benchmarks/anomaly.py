@@ -134,6 +134,17 @@ def load_deeppcb(root: Path, patch, max_test: int | None, max_train: int | None,
     return train, normal, defect, [None] * len(defect), []
 
 
+def dev_split(data):
+    """(train, test normal, test defect, masks, bank) -> a development split that shares no
+    image with the test split: the set-aside (`--bank-split`) defects against the first
+    fifth of the (shuffled) training tiles, the memory from the rest."""
+    train, _, _, _, bank = data
+    if not bank:
+        raise SystemExit("--dev needs defects set aside: give --bank-split > 0 (magnetic tile only)")
+    n = len(train) // 5
+    return train[n:], train[:n], [d for d, _ in bank], [m for _, m in bank], []
+
+
 def run_one(name: str, data, method: str, seed: int, args, bank_source: str = "none") -> dict:
     from factory.quality.anomaly.evaluate import evaluate_heat
     from factory.training.anomaly import AnomalyTrainConfig, train_anomaly
@@ -208,6 +219,9 @@ def main() -> None:
     ap.add_argument("--full", action="store_true", help="GPU budget: native scale, 64 px patches, 16 per image, 30 epochs, width 16, all test images")
     ap.add_argument("--bank-split", type=float, default=0.0,
                     help="mt: this share of every defect folder leaves the test set (seeded) and may feed the bank")
+    ap.add_argument("--dev", action="store_true",
+                    help="mt: score the --bank-split defects against a fifth of the training tiles (left out of the "
+                         "memory) instead of the test split: choose settings here, report them on the test split")
     ap.add_argument("--banks", nargs="+", default=["none"], choices=["none", "real"],
                     help="uiidd-disc's simulated anomalies: Perlin/patch fills only (none), or also the set-aside real "
                          "defects cut along their masks (real); both run on the same test split")
@@ -253,10 +267,11 @@ def main() -> None:
     rows = []
     for name in args.datasets:
         trained = [m for m in args.methods if m != "patchcore"]
-        data = loaders[name]() if trained else None
+        data = (dev_split(loaders[name]()) if args.dev else loaders[name]()) if trained else None
         if "patchcore" in args.methods:
             for seed in args.seeds:
-                rows.append(run_one(name, native_loaders[name](), "patchcore", seed, args))
+                rows.append(run_one(name, dev_split(native_loaders[name]()) if args.dev else native_loaders[name](),
+                                    "patchcore", seed, args))
         for method in trained:
             for bank_source in args.banks if method == "uiidd-disc" else ["none"]:
                 for seed in args.seeds:
