@@ -34,7 +34,8 @@ def test_fitted_boxes_are_the_images_own():
     assert list(fit) == ["scratch"]  # dent has MIN_BOXES - 1 boxes: the spec keeps its own
     sides = [np.sqrt(b.width * b.height / (400 * 200)) for s in samples for b in s.boxes if b.class_name == "scratch"]
     size = fit["scratch"]["size"]
-    assert size["dist"] == "normal" and abs(size["mean"] - np.mean(sides)) < 1e-4 and abs(size["std"] - np.std(sides)) < 1e-4
+    logs = np.log(sides)
+    assert size["dist"] == "lognormal" and abs(size["mean"] - np.mean(logs)) < 1e-4 and abs(size["std"] - np.std(logs)) < 1e-4
     assert size["min"] == round(float(np.percentile(sides, 5)), 4) and size["max"] == round(float(np.percentile(sides, 95)), 4)
     aspect = fit["scratch"]["aspect"]  # (w / W) / (h / H) = 2 * 200 / 400 = 1, up to rounding the pixels
     assert 0.85 < aspect["min"] <= aspect["max"] < 1.15
@@ -50,7 +51,7 @@ def test_a_spec_with_fitted_boxes_validates_and_plans_boxes_of_those_sizes():
     sides = [np.sqrt(b.width * b.height / (400 * 200)) for item in plan(spec, n=200) for b in item.boxes]
     assert len(sides) >= 200
     assert size["min"] - 0.01 <= min(sides) and max(sides) <= size["max"] + 0.01  # clipped to the 5-95% range
-    assert abs(np.mean(sides) - size["mean"]) < 0.01
+    assert abs(np.mean(np.log(sides)) - size["mean"]) < 0.05
 
 
 def test_data_import_prints_the_train_splits_box_distributions(tmp_path):
@@ -74,4 +75,4 @@ def test_data_import_prints_the_train_splits_box_distributions(tmp_path):
     assert r.exit_code == 0, r.output
     block = yaml.safe_load(r.output[r.output.index("defects:"):])
     assert [d["class"] for d in block["defects"]] == ["crack"]
-    assert block["defects"][0]["boxes"]["size"]["mean"] == 0.2
+    assert block["defects"][0]["boxes"]["size"]["mean"] == round(float(np.log(0.2)), 4)  # lognormal: ln of the side

@@ -67,7 +67,7 @@ def test_message_shape_names_file_field_and_reason():
         ("domain.busbars", [3], "domain.busbars", "must be a [lo, hi] pair"),
         ("negatives", 1.5, "negatives", "must be <= 1, got 1.5"),
         ("defects.0.boxes.count", [3, 1], "defects[0].boxes.count", "lo must be <= hi"),
-        ("defects.0.boxes.size.dist", "gamma", "defects[0].boxes.size.dist", "must be 'uniform', 'loguniform' or 'normal'"),
+        ("defects.0.boxes.size.dist", "gamma", "defects[0].boxes.size.dist", "must be 'uniform', 'loguniform', 'normal' or 'lognormal'"),
         ("defects.0.boxes.overlap", "sometimes", "defects[0].boxes.overlap", "expected true or false"),
         ("output.shard_size", -1, "output.shard_size", "must be > 0, got -1"),
         ("output.formats", ["parquet", "tiff"], "output.formats[1]", "must be 'parquet', 'yolo', 'yolo_seg' or 'coco'"),

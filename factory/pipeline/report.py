@@ -74,7 +74,9 @@ def _size_aspect(rows: Sequence[BoxTuple], width: int, height: int) -> tuple[np.
 
 def _describe(d: Distribution) -> str:
     """A spec distribution in a few characters: `uniform 0.08..0.24`."""
-    extra = f", mean {d.mean:g}, std {d.std:g}" if d.dist == "normal" else ""
+    extra = ""
+    if d.dist in ("normal", "lognormal"):  # (mean may be left to the range's middle)
+        extra = (f", mean {d.mean:g}" if d.mean is not None else "") + f", std {d.std:g}"
     return f"{d.dist} {d.min:g}..{d.max:g}{extra}"
 
 

@@ -167,7 +167,10 @@ def sample_distribution(rng: np.random.Generator, d: Distribution) -> float:
         return float(rng.uniform(d.min, d.max))
     if d.dist == "loguniform":
         return float(np.exp(rng.uniform(np.log(d.min), np.log(d.max))))
-    assert d.std is not None  # the spec refuses `normal` without std
+    assert d.std is not None  # the spec refuses `normal` and `lognormal` without std
+    if d.dist == "lognormal":
+        mean = d.mean if d.mean is not None else (np.log(d.min) + np.log(d.max)) / 2
+        return float(np.clip(np.exp(rng.normal(mean, d.std)), d.min, d.max))
     mean = d.mean if d.mean is not None else (d.min + d.max) / 2
     return float(np.clip(rng.normal(mean, d.std), d.min, d.max))
 

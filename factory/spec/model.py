@@ -79,9 +79,11 @@ class DomainSpec(StrictModel):
 
 
 class Distribution(StrictModel):
-    """A 1-D distribution, always clipped to [min, max]."""
+    """A 1-D distribution, always clipped to [min, max]. `normal`: at `mean` (default the
+    middle of the range) with `std`; `lognormal`: ln(value) normal at `mean` (default the
+    middle of ln min..ln max) with `std`, as numpy's lognormal (sizes that spread over a decade)."""
 
-    dist: Literal["uniform", "loguniform", "normal"] = "uniform"
+    dist: Literal["uniform", "loguniform", "normal", "lognormal"] = "uniform"
     min: float
     max: float
     mean: float | None = None
@@ -91,11 +93,11 @@ class Distribution(StrictModel):
     def _check(self) -> "Distribution":
         if self.min > self.max:
             raise ValueError(f"min must be <= max, got min={self.min}, max={self.max}")
-        if self.dist == "loguniform" and self.min <= 0:
-            raise ValueError(f"loguniform needs min > 0, got {self.min}")
-        if self.dist == "normal":
+        if self.dist in ("loguniform", "lognormal") and self.min <= 0:
+            raise ValueError(f"{self.dist} needs min > 0, got {self.min}")
+        if self.dist in ("normal", "lognormal"):
             if self.std is None or self.std <= 0:
-                raise ValueError("normal needs std > 0")
+                raise ValueError(f"{self.dist} needs std > 0")
         return self
 
 
