@@ -226,7 +226,7 @@ def main() -> None:
                     help="uiidd-disc's simulated anomalies: Perlin/patch fills only (none), or also the set-aside real "
                          "defects cut along their masks (real); both run on the same test split")
     ap.add_argument("--pc-net", default="lite0", help="patchcore: EfficientNet-Lite variant")
-    ap.add_argument("--pc-blocks", nargs="+", type=int, default=[4, 5], help="patchcore: stages whose features are concatenated")
+    ap.add_argument("--pc-blocks", nargs="+", type=int, default=[5, 6], help="patchcore: stages whose features are concatenated")
     ap.add_argument("--pc-size", type=int, default=224, help="patchcore: network input side")
     ap.add_argument("--pc-scale", type=float, default=None, help="patchcore: native-scale tiles at this factor (default: whole image resized)")
     ap.add_argument("--pc-coreset", type=int, default=10000, help="patchcore: memory bank size")

