@@ -264,14 +264,14 @@ def main() -> None:
                       "elpv": lambda: load_elpv(native, max_test, args.max_train),
                       "pv": lambda: load_pv(root / "pv_vision_crack", native, max_test, args.max_train),
                       "deeppcb": lambda: load_deeppcb(root / "deeppcb", native, max_test, args.max_train)}
+    split = dev_split if args.dev else (lambda data: data)
     rows = []
     for name in args.datasets:
         trained = [m for m in args.methods if m != "patchcore"]
-        data = (dev_split(loaders[name]()) if args.dev else loaders[name]()) if trained else None
+        data = split(loaders[name]()) if trained else None
         if "patchcore" in args.methods:
             for seed in args.seeds:
-                rows.append(run_one(name, dev_split(native_loaders[name]()) if args.dev else native_loaders[name](),
-                                    "patchcore", seed, args))
+                rows.append(run_one(name, split(native_loaders[name]()), "patchcore", seed, args))
         for method in trained:
             for bank_source in args.banks if method == "uiidd-disc" else ["none"]:
                 for seed in args.seeds:

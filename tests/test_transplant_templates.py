@@ -168,11 +168,16 @@ def test_same_item_same_bytes(boards):
     assert [s.meta["provenance"] for s in a] == [s.meta["provenance"] for s in b]
 
 
+def _bar(side: int, rows: slice, cols: slice) -> Instance:
+    """A dark bar (40) on a light square patch (200), its mask exact."""
+    patch = np.full((side, side), 200, np.uint8)
+    alpha = np.zeros((side, side), np.float32)
+    patch[rows, cols], alpha[rows, cols] = 40, 1.0
+    return Instance("crack", patch, alpha, True, "x#0")
+
+
 def test_vary_changes_shape_within_bounds():
-    patch = np.full((90, 90), 200, np.uint8)
-    alpha = np.zeros((90, 90), np.float32)
-    patch[20:70, 30:50], alpha[20:70, 30:50] = 40, 1.0
-    inst = Instance("crack", patch, alpha, True, "x#0")
+    inst = _bar(90, slice(20, 70), slice(30, 50))
     box = Box(0, "crack", 0, 0, 20, 50)
     shapes = set()
     for seed in range(8):
@@ -186,10 +191,7 @@ def test_vary_changes_shape_within_bounds():
 
 def test_a_small_defect_is_deformed_by_at_most_a_tenth_of_its_side():
     """A 4 px wide spot under `elastic: 2` would lose its shape; it moves by at most 0.4 px."""
-    patch = np.full((30, 30), 200, np.uint8)
-    alpha = np.zeros((30, 30), np.float32)
-    patch[10:20, 12:16], alpha[10:20, 12:16] = 40, 1.0
-    inst = Instance("crack", patch, alpha, True, "x#0")
+    inst = _bar(30, slice(10, 20), slice(12, 16))
     box = Box(0, "crack", 0, 0, 4, 10)
     still = vary(inst, box, np.random.default_rng(0), 1.5, (1, 1), flips=False, rotate=False)
     for seed in range(8):

@@ -22,6 +22,7 @@ spillover is measured exactly.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -54,9 +55,7 @@ def halo(v: "Variant", levels: np.ndarray | None) -> int:
     that fades out) cut at its mask shows a crisp rim on a new background (pv cross
     cracks: crops told apart 0.85-0.90); its own fade-out, intensity-matched, keeps it
     soft. Binary images: 0 (their defects are their masks)."""
-    if levels is not None or not v.binary.any():
-        return 0
-    return int(min(HALO_MAX, math.ceil(float(ndimage.distance_transform_edt(v.binary).max()))))
+    return 0 if levels is not None else int(min(HALO_MAX, math.ceil(v.half_thickness)))
 
 
 def grey_levels(image: np.ndarray) -> np.ndarray | None:
@@ -137,6 +136,12 @@ class Variant:
     @property
     def binary(self) -> np.ndarray:
         return self.alpha >= min(0.5, 0.5 * float(self.alpha.max()))
+
+    @functools.cached_property
+    def half_thickness(self) -> float:
+        """px: the largest distance from a defect pixel to the defect's edge (0: no defect)."""
+        b = self.binary
+        return float(ndimage.distance_transform_edt(b).max()) if b.any() else 0.0
 
 
 def vary(inst: Instance, box: Box, rng: np.random.Generator, max_distortion: float, scale: tuple[float, float],
@@ -257,9 +262,9 @@ def place(canvas: np.ndarray, v: Variant, box: Box, rng: np.random.Generator, pl
                    - ii[y2:y2 + hm, x1:x1 + wm] + ii[y1:y1 + hm, x1:x1 + wm])
         score[touched > 0] = -np.inf
     if v.edges:
-        keep = np.full(score.shape, -np.inf)
-        keep[_at_edges(v.edges, H, W, h, w)] = 0.0
-        score += keep
+        at_edge = np.zeros(score.shape, bool)
+        at_edge[_at_edges(v.edges, H, W, h, w)] = True
+        score[~at_edge] = -np.inf
     picks = []
     for _ in range(top_k):
         i = int(np.argmax(score))
