@@ -5,6 +5,8 @@
     python benchmarks/gate_audit.py --spec SPEC --normal DIR  # a spec whose line has real defect-free images
     python benchmarks/gate_audit.py --smoke                 # seconds of training: checks the script, numbers mean nothing
     python benchmarks/gate_audit.py --methods patchcore uiidd-disc   # the pretrained-feature gate beside the trained one
+    python benchmarks/gate_audit.py --spec SPEC --normal DIR --methods none patchcore --box-check URI
+                                                            # with a per-class box check (`factory train box-check`)
 
 Without `--normal`, the defect-free training images are the spec's own generator's
 negatives (its plan items with the boxes removed, other seeds than the audited
@@ -48,7 +50,9 @@ def main() -> None:
     ap.add_argument("--normal", default=None, help="defect-free images of the line (default: the spec's own negatives)")
     ap.add_argument("--n-normal", type=int, default=200)
     ap.add_argument("--n", type=int, default=100, help="audited samples (each with 4 broken variants)")
-    ap.add_argument("--methods", nargs="+", default=["uiidd", "uiidd-disc"])
+    ap.add_argument("--methods", nargs="+", default=["uiidd", "uiidd-disc"],
+                    help="anomaly gates to train and audit (uiidd, uiidd-disc, patchcore; none: no anomaly gate)")
+    ap.add_argument("--box-check", default=None, help="a box check URI (`factory train box-check --out`) in the gate of every row")
     ap.add_argument("--scale", type=float, default=1.0)
     ap.add_argument("--patch", type=int, default=32)
     ap.add_argument("--patches-per-image", type=int, default=8)
@@ -88,15 +92,17 @@ def main() -> None:
     pairs = pairs_at_scale(labelled_defects(spec, args.defects), PatchConfig(size=args.patch, scale=args.scale)) if args.defects else None
     rows, out = [], {}
     for method in args.methods:
-        for seed in args.seeds:
-            cfg = AnomalyTrainConfig(method=method, patch_size=args.patch, scale=args.scale, patches_per_image=args.patches_per_image,
-                                     epochs=args.epochs, width=args.width, fused=2 * args.width, bottleneck=args.width,
-                                     head_width=args.width, seed=seed, image_size=args.pc_size, coreset_size=args.pc_coreset)
-            ckpt = f"file://{tmp}/gate-{method}-{seed}"
-            t = time.time()
-            res = train_anomaly(normal, ckpt, cfg, defect_pairs=pairs if method == "uiidd-disc" else None)
+        for seed in args.seeds if method != "none" else [0]:
+            ckpt, res, t = None, {"train_images": 0, "val_images": 0}, time.time()
+            if method != "none":
+                cfg = AnomalyTrainConfig(method=method, patch_size=args.patch, scale=args.scale,
+                                         patches_per_image=args.patches_per_image, epochs=args.epochs, width=args.width,
+                                         fused=2 * args.width, bottleneck=args.width, head_width=args.width, seed=seed,
+                                         image_size=args.pc_size, coreset_size=args.pc_coreset)
+                ckpt = f"file://{tmp}/gate-{method}-{seed}"
+                res = train_anomaly(normal, ckpt, cfg, defect_pairs=pairs if method == "uiidd-disc" else None)
             train_s = time.time() - t
-            rep = audit(spec, ckpt, samples=samples)
+            rep = audit(spec, ckpt, samples=samples, box_check=args.box_check)
             out[f"{method} seed {seed}"] = rep | {"train_s": train_s}
             v = rep["variants"]
             rows.append([method, seed, f"{res['train_images']} / {res['val_images']}", f"{train_s:.0f}",
@@ -107,7 +113,7 @@ def main() -> None:
     print(f"\nGate audit of {spec.name} ({args.spec}) on {machine()}")
     print(f"{args.patch} px patches at scale {args.scale}, {args.patches_per_image} per image, {args.epochs} epochs, width {args.width}; "
           f"normal images: {'the spec generator negatives' if args.normal is None else args.normal}; "
-          f"labelled defects in the head's simulated anomalies: {args.defects or 'none'}\n")
+          f"labelled defects in the head's simulated anomalies: {args.defects or 'none'}; box check: {args.box_check or 'none'}\n")
     print(table(["method", "seed", "train / calib images", "train s", "good kept", "erased rejected", "moved rejected", "blank rejected",
                  "saturated rejected", "all broken rejected", "why good ones were rejected"], rows))
     by = rep["variants"]["erased"]["erased_by"]

@@ -2,6 +2,7 @@
 
     python benchmarks/pipeline.py [--count 1200] [--size 256] [--shard 64]
     python benchmarks/pipeline.py --smoke   # 160 images of 64x64 in shards of 8, memory at 100/200: checks the script
+    python benchmarks/pipeline.py --gate patchcore   # the Ray rows again with the anomaly gate on
 
 1. Accepted images/s: the full job (`run_dataset`: plan, generate, score, PNG,
    Parquet + YOLO shards, publish) with 1 and 2 generator actors, against a plain
@@ -9,6 +10,9 @@
    "steady" is the rate and CPU per image between shard records (from the one by
    which every actor has delivered a shard, to the last), without the fixed start-up (actor processes, imports, the first
    shard) and publish; the start-up is reported on its own.
+   With `--gate METHOD`: a gate of that method is trained first on 200 of the spec's own
+   defect-free renders (`factory train anomaly`), and the Ray rows run again with it as
+   `quality.anomaly_checkpoint`: images/s per actor with the gate on, and the ratio to off.
 2. The driver's memory at two counts: it should not grow with the count.
 3. Shard write MB/s: our Parquet sink against a plain `pyarrow.parquet.write_table`
    of the same rows, on file:// and on a local moto S3 server (127.0.0.1).
@@ -131,7 +135,24 @@ def ray_job(spec, out: str, actors: int, warm_up: bool = False) -> dict[str, flo
         sys.exit(f"only {len(marks)} shard records: too few for a steady rate; raise --count (1200 at shards of 64)")
     steady = (nb - na) / (tb - ta)
     return {"e2e": spec.count / dt, "seconds": dt, "cpu": cpu, "steady": steady,
-            "steady_cpu_ms": (cb - ca) / (nb - na) * 1000, "startup": ta - t0 - na / steady}
+            "steady_cpu_ms": (cb - ca) / (nb - na) * 1000, "startup": ta - t0 - na / steady,
+            "pass_rate": r.manifest["counts"]["pass_rate"]}
+
+
+def with_gate(spec, method: str, tmp: Path, n_normal: int):
+    """The spec with an anomaly gate of `method`, fit on `n_normal` of its own defect-free
+    renders (as benchmarks/gate_audit.py does), and the fit's seconds."""
+    from gate_audit import render_negatives
+
+    from factory.training.anomaly import AnomalyTrainConfig, train_anomaly
+
+    (tmp / "normal").mkdir()
+    render_negatives(spec, n_normal, tmp / "normal")
+    t = time.perf_counter()
+    ckpt = f"file://{tmp}/gate"
+    train_anomaly(str(tmp / "normal"), ckpt, AnomalyTrainConfig(method=method))
+    q = spec.quality.model_copy(update={"anomaly_checkpoint": ckpt, "gpus": 0.0})
+    return spec.model_copy(update={"quality": q}), time.perf_counter() - t
 
 
 def driver_memory(count: int, out: str) -> tuple[float, float]:
@@ -209,6 +230,8 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--shard", type=int, default=64)
     ap.add_argument("--skip-ray", action="store_true")
+    ap.add_argument("--gate", choices=["patchcore", "uiidd", "uiidd-disc"],
+                    help="also run the Ray rows with this anomaly gate (trained first on the spec's own defect-free renders)")
     ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP)
     a = ap.parse_args()
     memory_counts = (2000, 20000)
@@ -239,11 +262,21 @@ def main() -> None:
         # Ray Data starts a few cluster-wide helper actors on a cluster's first job
         # (stats, autoscaling coordinator): like ray.init, not counted
         ray_job(bench_spec(min(64, a.count), a.size, a.shard), str(tmp / "warm"), 1, warm_up=True)
+        off = {}
         for n in (1, 2):
-            j = ray_job(spec, str(tmp / f"ray{n}"), n)
+            j = off[n] = ray_job(spec, str(tmp / f"ray{n}"), n)
             rows.append((f"Ray Data job, {n} actor{'s' * (n > 1)} ({j['seconds']:.1f} s, start-up {j['startup']:.1f} s)",
                          f"{j['e2e']:.1f}", f"{j['steady']:.1f}", f"{j['steady'] / (n * plain):.2f}x",
                          f"{j['cpu'] / spec.count * 1000:.1f}", f"{j['steady_cpu_ms']:.1f}"))
+        if a.gate:
+            gated, fit_s = with_gate(spec, a.gate, tmp, 16 if a.smoke else 200)
+            print(f"gate: {a.gate} fit on the spec's own defect-free renders in {fit_s:.0f} s", flush=True)
+            for n in (1, 2):
+                j = ray_job(gated, str(tmp / f"gate{n}"), n)
+                rows.append((f"  + {a.gate} gate, {n} actor{'s' * (n > 1)} ({j['seconds']:.1f} s, {j['pass_rate']:.0%} pass)",
+                             f"{j['e2e']:.1f}",
+                             f"{j['steady']:.1f}", f"{j['steady'] / off[n]['steady']:.2f}x off",
+                             f"{j['cpu'] / spec.count * 1000:.1f}", f"{j['steady_cpu_ms']:.1f}"))
         memory = [(n, *driver_memory(n, str(tmp / f"mem{n}"))) for n in memory_counts]
         ray.shutdown()
     print(f"\n{'accepted images/s (Ray start excluded)':<58} {'e2e':>7} {'steady':>7} {'per actor':>10} "

@@ -164,6 +164,24 @@ def test_clean_renders_erase_exactly_the_defect():
         assert (moved[s.mask == 0] == c[s.mask == 0]).sum() > 0.9 * (s.mask == 0).sum()  # the defect, pasted on the clean render
 
 
+def test_clean_renders_allow_the_generators_own_blend_margin():
+    """A generator may change pixels up to `blend_px` outside a box (a transplant's feather
+    and halo): a difference there still leaves the clean render usable, one farther not."""
+    from dataclasses import replace
+
+    from factory.quality.audit import clean_renders
+
+    s = _procedural_samples(1)[0]
+    b = s.boxes[0]
+    y, x = b.y1 + (b.y2 - b.y1) // 2, b.x2 + 7  # 8 px right of the box: outside the default 4 px
+    if x >= s.image.shape[1]:
+        y, x = b.y1 + (b.y2 - b.y1) // 2, b.x1 - 8
+    image = s.image.copy()
+    image[y, x] ^= 64
+    assert clean_renders([replace(s, image=image)])[0] is None
+    assert clean_renders([replace(s, image=image, blend_px=8)])[0] is not None
+
+
 def test_audit_without_anomaly_model_counts_by_construction():
     """Without an anomaly checkpoint only sanity catches anything: blank and saturated are
     rejected, erased and moved defects pass (the reason the gate needs the anomaly model)."""

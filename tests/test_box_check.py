@@ -161,6 +161,28 @@ def test_spec_field_and_build_scorers(fitted, tmp_path):
         build_scorers(crack)
 
 
+def test_audit_with_a_box_check_rejects_the_erased_defect(fitted, tmp_path):
+    """`audit(..., box_check=URI)` puts the check in the gate: the good sample is kept,
+    its erased, blank and saturated variants are rejected as `not_a_defect`."""
+    from factory.quality.audit import audit
+    from factory.spec.model import DatasetSpec
+
+    fitted[0].save(str(tmp_path / "bc"))
+    spec = DatasetSpec.model_validate({"name": "bc", "count": 1, "image": {"width": SIZE, "height": SIZE},
+                                       "defects": [{"class": "blob"}, {"class": "scratch"}],
+                                       "quality": {"duplicate_distance": -1}})
+    img, clean, boxes = scene(321)
+    mask = np.zeros((SIZE, SIZE), np.uint8)
+    for k, b in enumerate(boxes, start=1):
+        mask[b.y1 : b.y2, b.x1 : b.x2][img[b.y1 : b.y2, b.x1 : b.x2] != clean[b.y1 : b.y2, b.x1 : b.x2]] = k
+    s = sample(img, boxes)
+    res = audit(spec, None, samples=[Sample(s.item, s.image, s.boxes, mask)], box_check=str(tmp_path / "bc"))
+    assert res["scorers"][-1] == "box_check" and res["box_check"] == str(tmp_path / "bc")
+    rows = res["variants"]
+    assert rows["good"]["kept_rate"] == 1.0
+    assert rows["erased"]["rejected"] == 1 and rows["erased"]["reasons"].get("not_a_defect") == 1
+
+
 def test_negatives_from_defect_free_images_without_templates():
     cfg = BoxCheckConfig(crop_size=32)
     labelled, images = synthetic(range(3))

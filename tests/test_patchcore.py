@@ -58,6 +58,7 @@ def test_backbone_maps_every_key_and_gives_feature_maps():
     f = extract_features(net, torch.rand(3, 1, 64, 64), batch_size=2)
     assert [tuple(t.shape) for t in f] == [(3, 40, 8, 8), (3, 112, 4, 4)]
     assert all(torch.isfinite(t).all() for t in f)
+    assert net.stride == 64 // 8  # the finest requested stage's grid
 
 
 def test_missing_weights_wheel_names_the_package(monkeypatch):
@@ -136,6 +137,8 @@ def test_gate_runs_on_a_patchcore_detector():
     s = SimpleNamespace(image=img[..., None], boxes=[Box(0, "spot", 30, 20, 38, 28)], mask=None, background=None)
     v = gate.score([s])[0]
     assert "anomaly.image_score" in v.scores and "anomaly.inside_min" in v.scores
+    # heat reaches (pool + 1) / 2 grid cells past a defect: spillover ignores that much around the box
+    assert gate.tolerance_px == det.net.stride * (det.cfg.pool + 1) / 2 + det.cfg.sigma
 
 
 def test_train_command_with_method_patchcore(tmp_path):

@@ -202,6 +202,7 @@ def evaluate_cmd(
 def audit_cmd(
     spec_path: Path = typer.Argument(..., help="dataset spec (YAML)"),
     checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="anomaly checkpoint to audit (default: the spec's quality.anomaly_checkpoint)"),
+    box_check: Optional[str] = typer.Option(None, "--box-check", help="box check to audit with it (default: the spec's quality.box_check)"),
     n: int = typer.Option(200, "--n", help="samples to generate; each gets 4 broken variants"),
     seed: int = typer.Option(0),
     as_json: bool = typer.Option(False, "--json"),
@@ -211,11 +212,12 @@ def audit_cmd(
     with friendly_errors():
         from factory.quality.audit import audit
 
-        res = audit(spec, checkpoint or spec.quality.anomaly_checkpoint, n, seed)
+        res = audit(spec, checkpoint or spec.quality.anomaly_checkpoint, n, seed, box_check=box_check)
         if as_json:
             print(json.dumps(res, indent=1))
             return
-        console.print(f"gate audit of {res['spec']} (checks: {', '.join(res['scorers'])}; checkpoint {res['checkpoint']})")
+        console.print(f"gate audit of {res['spec']} (checks: {', '.join(res['scorers'])}; checkpoint {res['checkpoint']}; "
+                      f"box check {res['box_check']})")
         for name, r in res["variants"].items():
             verb = f"kept {r['n'] - r['rejected']}/{r['n']} ({r['kept_rate']:.0%})" if name == "good" else \
                 f"rejected {r['rejected']}/{r['n']} ({r['rejected_rate']:.0%})"

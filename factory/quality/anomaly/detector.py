@@ -225,6 +225,11 @@ class AnomalyDetector:
     def image_scores(self, images: Sequence[np.ndarray]) -> np.ndarray:
         return np.array([float(h.max()) for h in self.heat_maps(images)])
 
+    @property
+    def heat_tolerance_px(self) -> float:
+        """How far (model pixels) heat spreads past a defect: the smoothing."""
+        return float(self.score_cfg.sigma)
+
     def image_px_per_model_px(self, height: int, width: int) -> float:
         """How many image pixels one heat-map pixel spans (the gate scales its tolerances by it)."""
         if self.patch:

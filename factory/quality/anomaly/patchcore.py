@@ -18,7 +18,7 @@ distance as the anomaly score.
   resolution for large images.
 
 `PatchCoreDetector` has the interface the gate, calibration, `factory quality evaluate`
-and `audit` use (`heat_maps`, `threshold`, `calib`, `score_cfg.sigma`,
+and `audit` use (`heat_maps`, `threshold`, `calib`, `heat_tolerance_px`,
 `image_px_per_model_px`, `save`/`load`); `AnomalyDetector.load` hands a checkpoint whose
 config says `format: patchcore-v1` to it. Checkpoint: `<uri>/model.pt` = {"memory": the
 bank (N x D float32)}, `<uri>/config.json` = config, calibration, meta. The backbone's
@@ -79,7 +79,7 @@ class PatchCoreConfig:
 
 @dataclass
 class PatchCoreScore:
-    sigma: float = 4.0  # the gate reads score_cfg.sigma (its heat-map tolerance, in model pixels)
+    sigma: float = 4.0
 
 
 # --- features -------------------------------------------------------------------
@@ -283,6 +283,14 @@ class PatchCoreDetector:
 
     def image_scores(self, images: Sequence[np.ndarray]) -> np.ndarray:
         return np.array([float(h.max()) for h in self.heat_maps(images)])
+
+    @property
+    def heat_tolerance_px(self) -> float:
+        """How far (model pixels) heat can reach past a defect: a pooled patch feature sees
+        `pool` cells of its grid, so a defect raises cells up to half that away, and
+        upsampling spreads each by half a cell more; then the smoothing. (Blocks 5,6 at
+        stride 32: 68 px; spillover finer than that is for the box check and the exact test.)"""
+        return float(self.net.stride * (self.cfg.pool + 1) / 2 + self.cfg.sigma)
 
     def image_px_per_model_px(self, height: int, width: int) -> float:
         if self.patch is not None:
