@@ -34,14 +34,13 @@ DEMO = Path(__file__).resolve().parents[1] / "specs" / "demo-pv-el.yaml"
 
 
 def render_negatives(spec, n: int, folder: Path) -> None:
-    """Defect-free images from the spec's generators: plan items far past the audited ones, boxes removed."""
+    """Defect-free images from the spec's generators (`factory.quality.audit.defect_free_renders`)."""
     from PIL import Image
 
-    from factory.planning import plan
-    from factory.quality.audit import draw_items
+    from factory.quality.audit import defect_free_renders
 
-    for i, s in enumerate(draw_items([replace(it, boxes=()) for it in plan(spec, n=n, start=100_000)], "cpu")):
-        Image.fromarray(s.image[..., 0] if s.image.shape[-1] == 1 else s.image).save(folder / f"{i:05d}.png")
+    for i, im in enumerate(defect_free_renders(spec, n)):
+        Image.fromarray(im[..., 0] if im.shape[-1] == 1 else im).save(folder / f"{i:05d}.png")
 
 
 def main() -> None:

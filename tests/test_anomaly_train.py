@@ -86,7 +86,7 @@ def test_train_command_takes_labelled_defects_from_a_spec(ray_local, tmp_path):
     spec = Path(__file__).resolve().parents[1] / "specs" / "demo-pv-el.yaml"
     normal = _normal_folder(tmp_path / "normal", n=5, size=(48, 48))
     out = tmp_path / "gate"
-    args = ["train", "anomaly", "--normal", str(normal), "--out", f"file://{out}", "--patch-size", "16", "--scale", "0.5",
+    args = ["train", "anomaly", "--method", "uiidd-disc", "--normal", str(normal), "--out", f"file://{out}", "--patch-size", "16", "--scale", "0.5",
             "--patches-per-image", "4", "--epochs", "1", "--width", "4", "--batch-size", "4"]
     both = CliRunner().invoke(app, args + ["--defects", str(normal), "--defects-from", str(spec)])
     assert both.exit_code != 0 and "not both" in both.output

@@ -165,6 +165,28 @@ def test_train_command_with_method_patchcore(tmp_path):
     assert json.loads(bad.output)["method"] == "patchcore"
 
 
+def test_train_command_defaults_to_patchcore_on_a_specs_own_backgrounds(tmp_path):
+    """`--normal-from SPEC`: the spec's generators draw the defect-free images (framed as its
+    outputs); without `--method` the gate is PatchCore. Neither or both sources: an error."""
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from factory.cli import app
+
+    spec = Path(__file__).resolve().parents[1] / "specs" / "demo-pv-el.yaml"
+    out = tmp_path / "gate"
+    tiny = ["--image-size", "64", "--blocks", "2,4", "--coreset-size", "40", "--batch-size", "4"]
+    r = CliRunner().invoke(app, ["train", "anomaly", "--normal-from", str(spec), "--n-normal", "5", "--out", f"file://{out}", *tiny])
+    assert r.exit_code == 0, r.output
+    assert "5 defect-free images drawn by the generators of spec demo-pv-el" in r.output
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["format"] == "patchcore-v1" and cfg["meta"]["train_images"] + cfg["meta"]["val_images"] == 5
+    for extra in ([], ["--normal", str(tmp_path), "--normal-from", str(spec)]):
+        bad = CliRunner().invoke(app, ["train", "anomaly", "--out", f"file://{tmp_path / 'x'}", *extra, *tiny])
+        assert bad.exit_code != 0 and "--normal-from" in bad.output
+
+
 def test_audit_runs_on_a_patchcore_checkpoint(tmp_path):
     """`factory quality audit`'s function on a patchcore checkpoint: the gate loads it through
     `AnomalyDetector.load` and every variant row is counted (plumbing; the gate is tiny)."""

@@ -191,13 +191,11 @@ def test_extents_from_heat_components():
 class _StubDetector:
     """Just the parts of AnomalyDetector the gate's `assess` reads."""
 
-    class _Cfg:
-        sigma = 0.0
-
     class _Pre:
         image_size = 40
 
-    score_cfg, pre = _Cfg(), _Pre()
+    pre = _Pre()
+    heat_tolerance_px = 0.0
 
     def __init__(self, outside_fractions=None):
         from factory.quality.anomaly.detector import Calibration
@@ -377,7 +375,7 @@ def test_train_anomaly_under_ray_train(ray_local, tmp_path):
     normal.mkdir()
     for i, (img, _, _) in enumerate(render(procedural_items(10, 48, seed=2, with_defect=False))):
         Image.fromarray(img[:, :, 0]).save(normal / f"{i}.png")
-    cfg = AnomalyTrainConfig(patch_size=32, patches_per_image=2, width=4, fused=8, bottleneck=4, heads=1, head_width=4,
+    cfg = AnomalyTrainConfig(method="uiidd-disc", patch_size=32, patches_per_image=2, width=4, fused=8, bottleneck=4, heads=1, head_width=4,
                              epochs=2, batch_size=4, threads=1)
     out = tmp_path / "ckpt"
     summary = train_anomaly(str(normal), f"file://{out}", cfg, storage_path=str(tmp_path / "ray"))
@@ -457,7 +455,7 @@ def procedural_detector():
     patch = PatchConfig(size=P, scale=1.0)
     imgs = [rescale(r[0], patch) for r in render(procedural_items(72, 64, seed=5, with_defect=False))]
     x = torch.from_numpy(random_patches(imgs[:56], 8, P, np.random.default_rng(0))).float() / 255
-    cfg = AnomalyTrainConfig(patch_size=P, width=8, fused=16, bottleneck=8, heads=1, head_width=8, noise_std=0.01)
+    cfg = AnomalyTrainConfig(method="uiidd-disc", patch_size=P, width=8, fused=16, bottleneck=8, heads=1, head_width=8, noise_std=0.01)
     model, head = UIIDDModel(cfg.model_config()), DiscHead(1, cfg.head_width)
     og = torch.optim.Adam(model.generator.parameters(), 2e-3, betas=(0.5, 0.999))
     od = torch.optim.Adam(model.discriminator.parameters(), 2e-4, betas=(0.5, 0.999))

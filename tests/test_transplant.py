@@ -317,7 +317,7 @@ def test_anomaly_gate_leaves_the_outside_to_the_exact_test():
 
     class Det:  # the gate's view of a detector: thresholds and the heat maps' scale
         calib = type("C", (), {"outside_fractions": {}})()
-        score_cfg = type("S", (), {"sigma": 0.0})()
+        heat_tolerance_px = 0.0
 
         def threshold(self, kind, rule):
             return 0.5

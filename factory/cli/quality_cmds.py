@@ -22,10 +22,13 @@ app.add_typer(quality_app, name="quality")
 
 @train_app.command("anomaly")
 def train_anomaly_cmd(
-    normal: str = typer.Option(..., "--normal", help="folder or URI of defect-free images"),
+    normal: Optional[str] = typer.Option(None, "--normal", help="folder or URI of defect-free images"),
+    normal_from: Optional[Path] = typer.Option(None, "--normal-from", help="a spec whose own generators draw the defect-free "
+                                               "images (its backgrounds framed as its outputs; plan items far past the ones it publishes)"),
+    n_normal: int = typer.Option(200, help="how many defect-free images --normal-from draws"),
     out: str = typer.Option(..., "--out", help="where to write model.pt + config.json (folder or URI)"),
-    method: str = typer.Option("uiidd-disc", help="uiidd-disc (UIIDD + discriminative head), uiidd (the paper's model alone), "
-                               "or patchcore (pretrained EfficientNet-Lite features + a memory bank of defect-free patches)"),
+    method: str = typer.Option("patchcore", help="patchcore (pretrained EfficientNet-Lite features + a memory bank of defect-free "
+                               "patches), uiidd-disc (UIIDD + discriminative head) or uiidd (the paper's model alone)"),
     patch_size: int = typer.Option(64, help="the model trains and scores on patches of this size"),
     scale: float = typer.Option(1.0, help="resize images by this factor first (1.0 = native pixels; aspect kept)"),
     patches_per_image: int = typer.Option(16),
@@ -61,6 +64,10 @@ def train_anomaly_cmd(
                                  backbone=str(backbone) if backbone else None, seed=seed, threads=threads, max_images=max_images,
                                  net=net, blocks=tuple(int(b) for b in blocks.split(",") if b.strip()), image_size=image_size,
                                  pc_scale=pc_scale, coreset_size=coreset_size, keep_aspect=keep_aspect)
+        if (normal is None) == (normal_from is None):
+            raise ValueError("give --normal (defect-free images) or --normal-from (a spec that draws them), one of the two")
+        if normal_from is not None:
+            normal = _drawn_normals(normal_from, n_normal)
         pairs = source = None
         if defects_from is not None:
             if defects:
@@ -71,6 +78,23 @@ def train_anomaly_cmd(
         res = train_anomaly(normal, out, cfg, num_workers=workers, use_gpu=gpu, val_anomalous=val_anomalous, defects=defects,
                             defect_pairs=pairs, defect_source=source)
         _print_training(method, res, out)
+
+
+def _drawn_normals(spec_path: Path, n: int) -> str:
+    """A temporary folder of `n` defect-free images drawn by a spec's own generators."""
+    import tempfile
+
+    from PIL import Image
+
+    from factory.generators.checks import check_spec
+    from factory.quality.audit import defect_free_renders
+
+    spec = check_spec(load_spec_or_exit(spec_path), spec_path)
+    folder = Path(tempfile.mkdtemp(prefix="normal-from-"))
+    for i, im in enumerate(defect_free_renders(spec, n)):
+        Image.fromarray(im[..., 0] if im.shape[-1] == 1 else im).save(folder / f"{i:05d}.png")
+    console.print(f"{plural(n, 'defect-free image')} drawn by the generators of spec {spec.name} into {folder}", highlight=False)
+    return str(folder)
 
 
 def _drawn_defects(spec_path: Path, n: int, cfg: AnomalyTrainConfig) -> tuple[list, str]:

@@ -134,6 +134,15 @@ def labelled_defects(spec, n: int, device: str = "cpu", start: int = 200_000) ->
     return [(s.image, defect_mask(s)) for s in draw_items(_boxed_items(spec, n, start), device)]
 
 
+def defect_free_renders(spec, n: int, device: str = "cpu", start: int = 100_000) -> list[np.ndarray]:
+    """`n` images the spec's own generators draw for plan items from `start` on with their
+    boxes removed: the line's defect-free backgrounds framed exactly as the spec's outputs
+    (size, crop, grey levels), the images a gate for this spec should learn as normal
+    (`factory train anomaly --normal-from SPEC`)."""
+    drawn = draw_items([replace(it, boxes=()) for it in plan(spec, n=n, start=start)], device)
+    return [s.image for s in drawn if s is not None]
+
+
 def clean_renders(samples: Sequence[Sample], device: str = "cpu", grow: int = 4, tolerance: int = 2) -> list[np.ndarray | None]:
     """Each sample's item drawn again without boxes, kept only where it equals the sample
     (within `tolerance` grey levels) everywhere outside the sample's planned and final boxes

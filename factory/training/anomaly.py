@@ -1,7 +1,7 @@
 """Train the quality gate's anomaly model on defect-free images under Ray Train.
 
-    train_anomaly(normal="file:///data/ok", out="file:///ckpt/gate")            # uiidd-disc
-    train_anomaly(..., cfg=AnomalyTrainConfig(method="uiidd"))                  # the paper's model alone
+    train_anomaly(normal="file:///data/ok", out="file:///ckpt/gate")            # patchcore (the default)
+    train_anomaly(..., cfg=AnomalyTrainConfig(method="uiidd-disc"))             # UIIDD + a discriminative head
 
 The driver rescales the images to the model's scale (aspect kept), holds out a
 split for calibration, cuts random P x P patches from the rest and hands them to a
@@ -40,7 +40,9 @@ METHODS = ("uiidd", "uiidd-disc", "patchcore")
 
 @dataclass
 class AnomalyTrainConfig:
-    method: str = "uiidd-disc"
+    # patchcore: image AUROC 0.943 on magnetic tile and 0.919 on ELPV, where the UIIDD heads
+    # reached 0.68 and 0.46; the gate audit keeps more good transplants (BENCHMARKS.md)
+    method: str = "patchcore"
     patch_size: int = 64  # P: the model trains and scores on P x P tiles
     scale: float = 1.0  # images resized by this factor first (1.0 = native pixels), aspect kept
     patches_per_image: int = 16
