@@ -258,6 +258,9 @@ def main() -> None:
                     "run and trains only 2B")
     ap.add_argument("--fit-boxes", nargs="+", metavar="ARM", help="these arms' box sizes as the labelled images "
                     "the arm may use (with a real limit: the N of the seed; factory.data.box_stats)")
+    ap.add_argument("--only", choices=["real", "mixed"], help="train only the real-only or only the mixed runs (to split one "
+                    "benchmark over processes sharing --work); the others come from --work's cache when finished, else "
+                    "are left out of the table")
     ap.add_argument("--evals", type=int, help="validations while training per run (plus the final score)")
     ap.add_argument("--gpus", type=float)
     ap.add_argument("--work", type=Path, default=Path("/tmp/factory-value"))
@@ -305,15 +308,19 @@ def main() -> None:
                     finetune_fraction=size["finetune_fraction"])
         return RetrainSettings(**{**base, **kw})
 
-    def run(version: str, s: RetrainSettings, arm: str) -> dict:
+    def run(version: str, s: RetrainSettings, arm: str) -> dict | None:
         """One retrain run's result, kept under WORK/runs/ so that a cut-short or extended
-        benchmark (more seeds, ratios, or 2B) reuses finished runs with identical inputs."""
+        benchmark (more seeds, ratios, or 2B) reuses finished runs with identical inputs.
+        None for a run that `--only` leaves to another process and that has not finished."""
         key = {"dataset": a.dataset, "real_train": real_train, "real_eval": real_eval, "arm": arm,
                "version": None if arm == "real" else version, "settings": s.model_dump(mode="json")}
         cached = a.work / "runs" / (hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20] + ".json")
         if cached.exists():
             print(f"reusing {cached}", flush=True)
             return json.loads(cached.read_text())["result"]
+        if a.only and a.only != ("real" if arm == "real" else "mixed"):
+            print(f"left to another process (--only {a.only}): {arm} run {cached.name}", flush=True)
+            return None
         t = time.time()
         c = retrain(version, real_train, real_eval, s)
         r = c["arms"][arm]["seeds"][str(s.seeds[0])]
@@ -336,6 +343,8 @@ def main() -> None:
 
             def real_only(label: str, steps: int) -> None:  # the same for every arm
                 r = run(first, settings(n, seed, steps=steps, arms=["real"]), "real")
+                if r is None:
+                    return
                 real_runs[label][seed] = r
                 print(f"N={n} seed {seed} real only at {label} ({steps} steps): mAP50 {r['map50']:.3f}, "
                       f"{r['wall_seconds']:.0f} s", flush=True)
@@ -346,6 +355,8 @@ def main() -> None:
                     for protocol in size["protocols"]:
                         s = settings(n, seed, arms=["mixed"], synthetic_ratio=ratio, schedule=protocol)
                         r = run(version, s, "mixed")
+                        if r is None:
+                            continue
                         mixed_runs.setdefault((name, ratio, protocol), {})[seed] = r
                         print(f"N={n} seed {seed} + {name} ratio {ratio:g} {protocol}: mAP50 {r['map50']:.3f}, "
                               f"{r['wall_seconds']:.0f} s", flush=True)
@@ -355,6 +366,9 @@ def main() -> None:
         converged = abs(m2b - mb) <= CONVERGED  # (False without 2B: nan)
         row = {"converged": converged, "real_B_mean": mb, "real_2B_mean": m2b, "real": real_runs, "arms": {}}
         for (name, ratio, protocol), runs in mixed_runs.items():
+            runs = {sd: r for sd, r in runs.items() if sd in real_runs["B"]}  # (a real run not in hand yet: --only)
+            if not runs:
+                continue
             gains = [runs[sd]["map50"] - real_runs["B"][sd]["map50"] for sd in runs]  # paired: same seed, real images, steps
             row["arms"][f"{name} x{ratio:g} {protocol}"] = {
                 "arm": name, "ratio": ratio, "protocol": protocol, "runs": runs,
