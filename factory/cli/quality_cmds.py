@@ -91,9 +91,10 @@ def _drawn_normals(spec_path: Path, n: int) -> str:
 
     spec = check_spec(load_spec_or_exit(spec_path), spec_path)
     folder = Path(tempfile.mkdtemp(prefix="normal-from-"))
-    for i, im in enumerate(defect_free_renders(spec, n)):
+    images = defect_free_renders(spec, n)
+    for i, im in enumerate(images):
         Image.fromarray(im[..., 0] if im.shape[-1] == 1 else im).save(folder / f"{i:05d}.png")
-    console.print(f"{plural(n, 'defect-free image')} drawn by the generators of spec {spec.name} into {folder}", highlight=False)
+    console.print(f"{plural(len(images), 'defect-free image')} drawn by the generators of spec {spec.name} into {folder}", highlight=False)
     return str(folder)
 
 
