@@ -153,7 +153,8 @@ def generator_class(kind: str) -> type[Generator]:
     """Import and return the class for a generator kind (raises ValueError if unknown)."""
     kinds = registered_kinds()
     if kind not in kinds:
-        raise ValueError(f"unknown generator kind {kind!r}; available: {', '.join(available_kinds())}")
+        shown = kind if len(kind) <= 60 else kind[:57] + "..."  # a mutated spec may hold any string
+        raise ValueError(f"unknown generator kind {shown!r}; available: {', '.join(available_kinds())}")
     module_name, _, cls_name = kinds[kind].partition(":")
     return getattr(importlib.import_module(module_name), cls_name)
 
