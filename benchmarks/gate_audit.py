@@ -32,16 +32,6 @@ from common import SMOKE_HELP, machine, smoke_ray, table  # noqa: E402
 DEMO = Path(__file__).resolve().parents[1] / "specs" / "demo-pv-el.yaml"
 
 
-def render_negatives(spec, n: int, folder: Path) -> None:
-    """Defect-free images from the spec's generators (`factory.quality.audit.defect_free_renders`)."""
-    from PIL import Image
-
-    from factory.quality.audit import defect_free_renders
-
-    for i, im in enumerate(defect_free_renders(spec, n)):
-        Image.fromarray(im[..., 0] if im.shape[-1] == 1 else im).save(folder / f"{i:05d}.png")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--spec", default=str(DEMO))
@@ -75,7 +65,7 @@ def main() -> None:
     torch.set_num_threads(1)
     from factory.generators.checks import check_spec
     from factory.quality.anomaly.patches import PatchConfig
-    from factory.quality.audit import audit, generate, labelled_defects
+    from factory.quality.audit import audit, generate, labelled_defects, save_defect_free_renders
     from factory.spec import load_spec
     from factory.training.anomaly import AnomalyTrainConfig, pairs_at_scale, train_anomaly
 
@@ -84,7 +74,7 @@ def main() -> None:
     normal = args.normal
     if normal is None:
         (tmp / "normal").mkdir()
-        render_negatives(spec, args.n_normal, tmp / "normal")
+        save_defect_free_renders(spec, args.n_normal, tmp / "normal")
         normal = str(tmp / "normal")
     samples = generate(spec, args.n)
     pairs = pairs_at_scale(labelled_defects(spec, args.defects), PatchConfig(size=args.patch, scale=args.scale)) if args.defects else None

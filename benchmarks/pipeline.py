@@ -141,13 +141,12 @@ def ray_job(spec, out: str, actors: int, warm_up: bool = False) -> dict[str, flo
 
 def with_gate(spec, method: str, tmp: Path, n_normal: int):
     """The spec with an anomaly gate of `method`, fit on `n_normal` of its own defect-free
-    renders (as benchmarks/gate_audit.py does), and the fit's seconds."""
-    from gate_audit import render_negatives
-
+    renders, and the fit's seconds."""
+    from factory.quality.audit import save_defect_free_renders
     from factory.training.anomaly import AnomalyTrainConfig, train_anomaly
 
     (tmp / "normal").mkdir()
-    render_negatives(spec, n_normal, tmp / "normal")
+    save_defect_free_renders(spec, n_normal, tmp / "normal")
     t = time.perf_counter()
     ckpt = f"file://{tmp}/gate"
     train_anomaly(str(tmp / "normal"), ckpt, AnomalyTrainConfig(method=method))

@@ -84,18 +84,14 @@ def _drawn_normals(spec_path: Path, n: int) -> str:
     """A temporary folder of `n` defect-free images drawn by a spec's own generators."""
     import tempfile
 
-    from PIL import Image
-
     from factory.generators.checks import check_spec
-    from factory.quality.audit import defect_free_renders
+    from factory.quality.audit import save_defect_free_renders
 
     spec = check_spec(load_spec_or_exit(spec_path), spec_path)
-    folder = Path(tempfile.mkdtemp(prefix="normal-from-"))
-    images = defect_free_renders(spec, n)
-    for i, im in enumerate(images):
-        Image.fromarray(im[..., 0] if im.shape[-1] == 1 else im).save(folder / f"{i:05d}.png")
-    console.print(f"{plural(len(images), 'defect-free image')} drawn by the generators of spec {spec.name} into {folder}", highlight=False)
-    return str(folder)
+    folder = tempfile.mkdtemp(prefix="normal-from-")
+    written = save_defect_free_renders(spec, n, folder)
+    console.print(f"{plural(written, 'defect-free image')} drawn by the generators of spec {spec.name} into {folder}", highlight=False)
+    return folder
 
 
 def _drawn_defects(spec_path: Path, n: int, cfg: AnomalyTrainConfig) -> tuple[list, str]:

@@ -134,13 +134,19 @@ def labelled_defects(spec, n: int, device: str = "cpu", start: int = 200_000) ->
     return [(s.image, defect_mask(s)) for s in draw_items(_boxed_items(spec, n, start), device)]
 
 
-def defect_free_renders(spec, n: int, device: str = "cpu", start: int = 100_000) -> list[np.ndarray]:
-    """`n` images the spec's own generators draw for plan items from `start` on with their
-    boxes removed: the line's defect-free backgrounds framed exactly as the spec's outputs
-    (size, crop, grey levels), the images a gate for this spec should learn as normal
-    (`factory train anomaly --normal-from SPEC`)."""
-    drawn = draw_items([replace(it, boxes=()) for it in plan(spec, n=n, start=start)], device)
-    return [s.image for s in drawn if s is not None]
+def save_defect_free_renders(spec, n: int, folder, device: str = "cpu", start: int = 100_000) -> int:
+    """Write `n` images the spec's own generators draw for plan items from `start` on with
+    their boxes removed (PNG, in `folder`): the line's defect-free backgrounds framed
+    exactly as the spec's outputs, the images a gate for this spec should learn as normal
+    (`factory train anomaly --normal-from SPEC`). Returns how many were written."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    drawn = [s.image for s in draw_items([replace(it, boxes=()) for it in plan(spec, n=n, start=start)], device) if s]
+    for i, im in enumerate(drawn):
+        Image.fromarray(im[..., 0] if im.shape[-1] == 1 else im).save(Path(folder) / f"{i:05d}.png")
+    return len(drawn)
 
 
 def clean_renders(samples: Sequence[Sample], device: str = "cpu", grow: int = 4, tolerance: int = 2) -> list[np.ndarray | None]:

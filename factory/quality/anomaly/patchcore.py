@@ -77,11 +77,6 @@ class PatchCoreConfig:
         return PatchConfig(size=self.image_size, scale=self.scale) if self.scale is not None else None
 
 
-@dataclass
-class PatchCoreScore:
-    sigma: float = 4.0
-
-
 # --- features -------------------------------------------------------------------
 
 
@@ -161,7 +156,6 @@ class PatchCoreDetector:
         self.memory = memory.to(self.device) if memory is not None else None
         self.calib = calib or Calibration()
         self.meta = meta or {}
-        self.score_cfg = PatchCoreScore(cfg.sigma)
         self.patch = cfg.patch
 
     # --- inputs ----------------------------------------------------------------------
