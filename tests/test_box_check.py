@@ -11,7 +11,7 @@ import pytest
 
 from factory.core import Box, Sample, WorkItem
 from factory.quality.box_check import FORMAT, BoxCheck, BoxCheckConfig, BoxCheckError, BoxClassScorer
-from factory.quality.box_crops import Labelled, collect_crops, crop_boxes
+from factory.quality.box_crops import Labelled, collect_crops, crop_boxes, framed
 from factory.quality.box_fit import fit_box_check, folds_of, recall_cut
 
 CLASSES = ["blob", "scratch"]
@@ -206,6 +206,24 @@ def test_helpers():
     assert crops.shape == (1, 32, 32) and np.allclose(places[0], [0.3333, 0.1667, 0.6667, 0.8333], atol=0.02)
 
 
+def test_framed_crops_see_defects_at_the_outputs_size():
+    """`frame`: images centre-cropped and resized as generators frame backgrounds, boxes moved with them."""
+    wide = np.zeros((96, 192), np.uint8)
+    wide[40:50, 100:120] = 200
+    out, boxes = framed(wide, [Box(0, "blob", 10, 40, 20, 50), Box(1, "scratch", 100, 40, 120, 50)], (48, 48))
+    assert out.shape == (48, 48) and boxes == [Box(1, "scratch", 26, 20, 36, 25)]  # the first box is cropped away
+    assert out[20:25, 26:36].mean() > 150 and out[:, :20].max() < 50
+    labelled, images = synthetic(range(3))
+    native = collect_crops(labelled, BoxCheckConfig(crop_size=32), read=images.__getitem__)
+    small = {k: framed(v, (), (48, 48))[0] for k, v in images.items()}
+    halved = [Labelled(x.image, framed(images[x.image], x.boxes, (48, 48))[1], x.template, x.group) for x in labelled]
+    expect = collect_crops(halved, BoxCheckConfig(crop_size=32), read=small.__getitem__)
+    got = collect_crops(labelled, BoxCheckConfig(crop_size=32, frame=(48, 48)), read=images.__getitem__)
+    assert len(got) == len(native) == 12 and (got.crops == expect.crops).all() and not (got.crops == native.crops).all()
+    with pytest.raises(ValueError, match="frame"):
+        BoxCheckConfig(frame=(8, 48))
+
+
 def test_cli_trains_from_a_yolo_folder_with_templates(fitted, tmp_path):
     from PIL import Image
     from typer.testing import CliRunner
@@ -224,10 +242,13 @@ def test_cli_trains_from_a_yolo_folder_with_templates(fitted, tmp_path):
         (root / "labels/train" / f"s{s}.txt").write_text("\n".join(yolo_lines(boxes, SIZE, SIZE)) + "\n")
     out = tmp_path / "ckpt"
     r = CliRunner().invoke(app, ["train", "box-check", "--real", str(root), "--out", str(out), "--crop-size", "32",
-                                 "--max-per-class", "12", "--group-by", "^s1?"], env={"COLUMNS": "200", "TERM": "dumb"})
+                                 "--max-per-class", "12", "--group-by", "^s1?", "--frame", "64x64"],
+                            env={"COLUMNS": "200", "TERM": "dumb"})
     assert r.exit_code == 0, r.output
     assert "16 labelled images (16 with a template)" in r.output and "set quality.box_check" in r.output
     assert "AUROC" in r.output and "scratch" in r.output and "2 folds of 2 image groups" in r.output
     check = BoxCheck.load(str(out))
     assert check.class_names == CLASSES and set(check.thresholds) <= set(CLASSES)
-    assert check.meta["fit"]["crops"] == 48
+    assert check.meta["fit"]["crops"] == 48 and check.cfg.frame == (64, 64)
+    bad = CliRunner().invoke(app, ["train", "box-check", "--real", str(root), "--out", str(out), "--frame", "64"])
+    assert bad.exit_code == 2 and "WIDTHxHEIGHT" in bad.output

@@ -132,6 +132,9 @@ def train_box_check_cmd(
     recall: float = typer.Option(0.95, help="per class, the threshold keeps this share of the real instances (out-of-fold scores)"),
     group_by: Optional[str] = typer.Option(None, "--group-by", help="regex: images whose file names share its first match are "
                                            "held out together, e.g. '^\\d{5}' for DeepPCB's boards (default: each image alone)"),
+    frame: Optional[str] = typer.Option(None, "--frame", help="WIDTHxHEIGHT: learn the defects at the size a spec's outputs "
+                                        "show them (its image width x height; the images are framed as generators frame "
+                                        "them) instead of at the labelled images' own size"),
     seed: int = typer.Option(0),
 ) -> None:
     """Train the per-class box check: is there a real defect of the box's class in the box? A linear classifier on
@@ -146,8 +149,14 @@ def train_box_check_cmd(
         from factory.quality.box_crops import collect_crops, labelled_set
         from factory.quality.box_fit import fit_box_check
 
+        size = None
+        if frame:
+            w, _, h = frame.lower().partition("x")
+            if not (w.strip().isdigit() and h.strip().isdigit()):
+                raise ValueError(f"--frame: {frame!r} is not WIDTHxHEIGHT (e.g. 192x192)")
+            size = (int(w), int(h))
         cfg = BoxCheckConfig(net=net, blocks=tuple(int(b) for b in blocks.split(",") if b.strip()), crop_size=crop_size,
-                             crop_scale=crop_scale, recall=recall, seed=seed)
+                             crop_scale=crop_scale, recall=recall, seed=seed, frame=size)
         names, labelled, normals = labelled_set(real, normal or [], group_by)
         with_templates = sum(x.template is not None for x in labelled)
         console.print(f"{real}: {plural(len(labelled), 'labelled image')} ({with_templates} with a template), "

@@ -71,9 +71,17 @@ class BoxCheckConfig:
     folds: int = 4  # thresholds from out-of-fold scores: groups (images, boards) dealt into this many folds
     batch_size: int = 64
     seed: int = 0
+    # (width, height): the labelled images are framed as a spec's outputs (centre-cropped to its aspect and
+    # resized, as generators frame their backgrounds) before cropping, so the check learns defects at the size
+    # it will judge them; None: at the images' own size
+    frame: tuple[int, int] | None = None
 
     def __post_init__(self):
         self.blocks = tuple(int(b) for b in self.blocks)
+        if self.frame is not None:
+            self.frame = (int(self.frame[0]), int(self.frame[1]))
+            if min(self.frame) < 16:
+                raise ValueError(f"frame: {list(self.frame)} must be [width, height], each >= 16 px")
         if self.crop_size < 32 or self.crop_size % 16:
             raise ValueError(f"crop_size: {self.crop_size} must be a multiple of 16 and >= 32")
         if not 1.0 <= self.crop_scale <= 4.0:
@@ -82,7 +90,7 @@ class BoxCheckConfig:
             raise ValueError("recall must be in (0, 1] and folds >= 2")
 
     def to_dict(self) -> dict:
-        return asdict(self) | {"blocks": list(self.blocks)}
+        return asdict(self) | {"blocks": list(self.blocks), "frame": list(self.frame) if self.frame else None}
 
 
 # --- features -------------------------------------------------------------------------------

@@ -39,6 +39,25 @@ def crop_boxes(image: np.ndarray, boxes: Sequence[Box], cfg: BoxCheckConfig) -> 
     return crops, np.stack([box_in_crop(b, cfg.crop_scale) for b in boxes])
 
 
+def framed(image: np.ndarray, boxes: Sequence[Box], frame: tuple[int, int] | None) -> tuple[np.ndarray, list[Box]]:
+    """The image centre-cropped to the frame's aspect and resized to it, as generators frame
+    their backgrounds (`factory.generators.references.load_background`), and its boxes moved
+    with it (a box the crop cuts keeps its visible part; one cut to under 1 px is dropped).
+    `frame` None: both as they are."""
+    from PIL import Image
+
+    from factory.generators.references import centre_crop, framed_box
+
+    if frame is None:
+        return image, list(boxes)
+    width, height = frame
+    H, W = image.shape[:2]
+    left, top, cw, ch = centre_crop(W, H, width, height)
+    out = np.asarray(Image.fromarray(image).crop((left, top, left + cw, top + ch)).resize((width, height), Image.BICUBIC))
+    moved = [framed_box(b, W, H, width, height) for b in boxes]
+    return out, [b for b in moved if b is not None]
+
+
 def moved_box(box: Box, width: int, height: int, to_width: int, to_height: int) -> Box:
     """The box at the same relative place of an image of another size (at least 2 px a side)."""
     sx, sy = to_width / width, to_height / height
@@ -92,7 +111,8 @@ def collect_crops(labelled: Sequence[Labelled], cfg: BoxCheckConfig, normals: Se
                   progress: Callable[[int, int], None] | None = None) -> CropSet:
     """Positive and negative crops of labelled images: each kept box (at most `max_per_class`
     a class, seeded) on its image, and the same box on its template, or, for an image without
-    one, at the same relative place on a seeded random image of `normals` (defect-free)."""
+    one, at the same relative place on a seeded random image of `normals` (defect-free).
+    With `cfg.frame` every image is `framed` first."""
     rng = np.random.default_rng(seed)
     keep = _cap_boxes(labelled, max_per_class, rng)
     if any(keep[i] and not item.template for i, item in enumerate(labelled)) and not normals:
@@ -100,13 +120,12 @@ def collect_crops(labelled: Sequence[Labelled], cfg: BoxCheckConfig, normals: Se
     parts, todo = [], [i for i in range(len(labelled)) if keep[i]]
     for n, i in enumerate(todo):
         item = labelled[i]
-        boxes = [item.boxes[k] for k in keep[i]]
-        image = read(item.image)
+        image, boxes = framed(read(item.image), [item.boxes[k] for k in keep[i]], cfg.frame)
         pos, places = crop_boxes(image, boxes, cfg)
         if item.template:
-            clean, neg_boxes = read(item.template), boxes
+            clean, neg_boxes = framed(read(item.template), (), cfg.frame)[0], boxes
         else:
-            clean = read(normals[int(rng.integers(len(normals)))])
+            clean = framed(read(normals[int(rng.integers(len(normals)))]), (), cfg.frame)[0]
             H, W = image.shape[:2]
             neg_boxes = [moved_box(b, W, H, clean.shape[1], clean.shape[0]) for b in boxes]
         neg, neg_places = crop_boxes(clean, neg_boxes, cfg)

@@ -5,13 +5,22 @@ images used as backgrounds (their boxes kept).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import numpy as np
 
 from factory.core import Box
-from factory.generators.references import TRAIN, centre_crop, class_counts, load_background, read_grey, train_files, tree_uri
+from factory.generators.references import (
+    TRAIN,
+    centre_crop,
+    class_counts,
+    framed_box,
+    load_background,
+    read_grey,
+    train_files,
+    tree_uri,
+)
 from factory.storage import uri as U
 
 __all__ = ["Labelled", "check_source", "labelled_backgrounds", "load_labelled", "TRAIN"]
@@ -53,7 +62,6 @@ def load_labelled(bg: Labelled, names: tuple[str, ...], classes: tuple[str, ...]
     grey = read_grey(bg.uri)
     H, W = grey.shape
     left, top, cw, ch = centre_crop(W, H, width, height)
-    sx, sy = width / cw, height / ch
     image = load_background(bg.uri, width, height)
     src = decode_map(U.read_bytes(bg.instances)) if bg.instances else None
     if src is not None:
@@ -61,11 +69,10 @@ def load_labelled(bg: Labelled, names: tuple[str, ...], classes: tuple[str, ...]
         src = np.asarray(Image.fromarray(crop).resize((width, height), Image.NEAREST))
     boxes, inst = [], np.zeros((height, width), np.uint16)
     for k, b in enumerate(parse_yolo_lines(bg.labels, W, H, list(names))):
-        x1, x2 = max(0.0, (b.x1 - left) * sx), min(float(width), (b.x2 - left) * sx)
-        y1, y2 = max(0.0, (b.y1 - top) * sy), min(float(height), (b.y2 - top) * sy)
-        if x2 - x1 < 1 or y2 - y1 < 1:
+        moved = framed_box(b, W, H, width, height)
+        if moved is None:
             continue
-        box = Box(classes.index(b.class_name), b.class_name, int(x1), int(y1), int(np.ceil(x2)), int(np.ceil(y2)))
+        box = replace(moved, class_id=classes.index(b.class_name))
         pixels = np.zeros((height, width), bool)
         pixels[box.y1:box.y2, box.x1:box.x2] = True
         if src is not None and (src[pixels] == k + 1).any():
