@@ -99,7 +99,7 @@ def pv_setup(data: Path, work: Path, n: int, rng, limit: int | None = None) -> d
             "negatives": 0.55, "classes_per_image": [1, 3],
             "defects": [{"class": c, "weight": w, "boxes": boxes[c]} for c, w in (("crack", 0.5), ("dark_area", 0.25), ("cross_crack", 0.25))]}
     labelled_val = pv_vision_crack(root, splits=("val",), limit=limit).samples
-    return {"spec": spec, "fitted_boxes": fitted_boxes(train), "proc_classes": None, "refs": clean, "source": source,
+    return {"spec": spec, "fitted_boxes": fitted_boxes(train), "train": train, "proc_classes": None, "refs": clean, "source": source,
             "real": [s.image_path for s in labelled_val], "real_boxes": [s.boxes for s in labelled_val],
             "floor": [s.image_path for s in floor], "floor_boxes": [s.boxes for s in floor]}
 
@@ -119,7 +119,7 @@ def mt_setup(data: Path, work: Path, n: int, rng) -> dict:
                         for c, (lo, hi) in sizes.items()]}
     refs = [str(p) for p in list_images(root / "MT_Free" / "Imgs")]
     proc = [{"class": "crack", "boxes": spec["defects"][2]["boxes"]}, {"class": "black_spot", "boxes": spec["defects"][0]["boxes"]}]
-    return {"spec": spec, "fitted_boxes": fitted_boxes(train), "proc_classes": proc, "refs": refs, "source": source,
+    return {"spec": spec, "fitted_boxes": fitted_boxes(train), "train": train, "proc_classes": proc, "refs": refs, "source": source,
             "real": [s.image_path for s in real], "real_boxes": [s.boxes for s in real],
             "floor": [s.image_path for s in floor], "floor_boxes": [s.boxes for s in floor]}
 
@@ -172,6 +172,8 @@ def arms(setup: dict) -> dict[str, dict]:
                          for c, fit in setup["fitted_boxes"].items()]),
         }
     proc = dict(base, defects=setup["proc_classes"] or base["defects"])
+    # the train boxes as the generated frame shows them (tiles of aspect 0.2-5 centre-cropped to a square)
+    framed = fitted_boxes(setup["train"], frame=(base["image"]["width"], base["image"]["height"]))
     return {
         "procedural default style": dict(proc, generators=[{"kind": "procedural"}]),
         "procedural fitted": dict(proc, domain={"style": "fit", "references": setup["refs"]}, generators=[{"kind": "procedural"}]),
@@ -186,6 +188,9 @@ def arms(setup: dict) -> dict[str, dict]:
         "transplant, all, box sizes as the train images'": dict(transplant(setup["source"]), defects=[
             dict(d, boxes=dict(d["boxes"], size=setup["fitted_boxes"][d["class"]]["size"]))
             if d["class"] in setup["fitted_boxes"] else d for d in base["defects"]]),
+        "transplant, all, box sizes and aspects as the framed train images'": dict(transplant(setup["source"]), defects=[
+            dict(d, boxes=dict(d["boxes"], size=framed[d["class"]]["size"], aspect=framed[d["class"]]["aspect"]))
+            if d["class"] in framed else d for d in base["defects"]]),
     }
 
 

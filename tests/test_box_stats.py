@@ -42,6 +42,18 @@ def test_fitted_boxes_are_the_images_own():
     assert fit["scratch"]["count"] == [1, 2]
 
 
+def test_fitted_boxes_in_a_frame_are_what_the_framed_images_show():
+    """A 400 x 200 image framed to 100 x 100 keeps its centre 200 x 200 at half size: a box outside it is
+    dropped, a box inside it halves and its size is relative to the frame, not to the wide image."""
+    boxes = [Box(0, "scratch", 10, 10, 50, 30), Box(0, "scratch", 180, 80, 220, 100)]  # the first is cropped away
+    samples = [RealSample(image_path=None, split="train", width=400, height=200, boxes=boxes)] * MIN_BOXES
+    plain, framed = fitted_boxes(samples), fitted_boxes(samples, frame=(100, 100))
+    assert framed["scratch"]["count"] == [1, 1] and plain["scratch"]["count"] == [1, 2]
+    assert framed["scratch"]["size"]["mean"] == round(float(np.log(np.sqrt(20 * 10 / 100**2))), 4)
+    assert plain["scratch"]["size"]["mean"] == round(float(np.log(np.sqrt(40 * 20 / (400 * 200)))), 4)
+    assert framed["scratch"]["aspect"]["min"] == 2.0 and plain["scratch"]["aspect"]["min"] == 1.0
+
+
 def test_a_spec_with_fitted_boxes_validates_and_plans_boxes_of_those_sizes():
     fit = fitted_boxes(_samples(np.random.default_rng(1)))
     block = yaml.safe_load(defects_yaml(fit))
@@ -76,3 +88,9 @@ def test_data_import_prints_the_train_splits_box_distributions(tmp_path):
     block = yaml.safe_load(r.output[r.output.index("defects:"):])
     assert [d["class"] for d in block["defects"]] == ["crack"]
     assert block["defects"][0]["boxes"]["size"]["mean"] == round(float(np.log(0.2)), 4)  # lognormal: ln of the side
+    r = CliRunner().invoke(app, ["data", "import", "yolo", str(src), "--out", str(tmp_path / "out2"), "--frame", "40x20"])
+    assert r.exit_code == 0 and "in 40x20 images" in r.output, r.output  # the centre half: 8 x 8 px of 40 x 20
+    fit = yaml.safe_load(r.output[r.output.index("defects:"):])["defects"][0]["boxes"]
+    assert fit["size"]["mean"] == round(float(np.log(np.sqrt(8 * 8 / (40 * 20)))), 4) and fit["aspect"]["min"] == 0.5
+    bad = CliRunner().invoke(app, ["data", "import", "yolo", str(src), "--out", str(tmp_path / "out3"), "--frame", "40"])
+    assert bad.exit_code == 2 and "WIDTHxHEIGHT" in bad.output

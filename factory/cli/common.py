@@ -35,6 +35,16 @@ def plural(n: int, one: str, many: str | None = None) -> str:
     return f"{n} {one if n == 1 else (many or one + 's')}"
 
 
+def parse_frame(text: str | None, option: str = "--frame") -> tuple[int, int] | None:
+    """"WIDTHxHEIGHT" -> (width, height); None stays None; anything else is a ValueError naming the option."""
+    if text is None:
+        return None
+    w, _, h = text.lower().partition("x")
+    if not (w.strip().isdigit() and h.strip().isdigit()):
+        raise ValueError(f"{option}: {text!r} is not WIDTHxHEIGHT (e.g. 192x192)")
+    return int(w), int(h)
+
+
 def fail(message: str, code: int = EXIT_FAILED) -> None:
     err_console.print(f"[bold red]error:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Optional
 import typer
 
 from factory.cli.app import app, train_app
-from factory.cli.common import console, friendly_errors, load_spec_or_exit, plural
+from factory.cli.common import console, friendly_errors, load_spec_or_exit, parse_frame, plural
 from factory.ray_runtime import ensure_ray
 
 if TYPE_CHECKING:
@@ -149,14 +149,8 @@ def train_box_check_cmd(
         from factory.quality.box_crops import collect_crops, labelled_set
         from factory.quality.box_fit import fit_box_check
 
-        size = None
-        if frame:
-            w, _, h = frame.lower().partition("x")
-            if not (w.strip().isdigit() and h.strip().isdigit()):
-                raise ValueError(f"--frame: {frame!r} is not WIDTHxHEIGHT (e.g. 192x192)")
-            size = (int(w), int(h))
         cfg = BoxCheckConfig(net=net, blocks=tuple(int(b) for b in blocks.split(",") if b.strip()), crop_size=crop_size,
-                             crop_scale=crop_scale, recall=recall, seed=seed, frame=size)
+                             crop_scale=crop_scale, recall=recall, seed=seed, frame=parse_frame(frame))
         names, labelled, normals = labelled_set(real, normal or [], group_by)
         with_templates = sum(x.template is not None for x in labelled)
         console.print(f"{real}: {plural(len(labelled), 'labelled image')} ({with_templates} with a template), "

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Optional
 import typer
 
 from factory.cli.app import app, data_app
-from factory.cli.common import EXIT_INVALID, console, fail, friendly_errors, plural
+from factory.cli.common import EXIT_INVALID, console, fail, friendly_errors, parse_frame, plural
 from factory.spec.retrain import RetrainSettings
 
 if TYPE_CHECKING:
@@ -216,6 +216,9 @@ def import_cmd(
     merge_gap: Optional[int] = typer.Option(None, "--merge-gap", help="bridge gaps up to this many pixels before labeling"),
     val_fraction: Optional[float] = typer.Option(None, "--val-fraction", help="magnetic_tile: share of images in the val split"),
     seed: Optional[int] = typer.Option(None, "--seed", help="magnetic_tile: split seed"),
+    frame: Optional[str] = typer.Option(None, "--frame", help="WIDTHxHEIGHT of the spec's images: the printed box "
+                                        "distributions as images framed to it show the boxes (centre-cropped to its "
+                                        "aspect; matters where the set's images have other aspects)"),
 ) -> None:
     """Convert a real data set (masks -> boxes by connected components) into one YOLO format."""
     with friendly_errors():
@@ -225,6 +228,7 @@ def import_cmd(
         from factory.data.box_stats import defects_yaml, fitted_boxes
         from factory.data.realset import publish_real, write_yolo
 
+        size = parse_frame(frame)
         opts = {k: v for k, v in dict(min_area=min_area, merge_gap=merge_gap, val_fraction=val_fraction, seed=seed).items()
                 if v is not None}
         if kind in ("yolo", "deeppcb") and {"val_fraction", "seed", "merge_gap"} & set(opts):
@@ -245,7 +249,9 @@ def import_cmd(
             t.add_row(c, str(n))
         console.print(t)
         console.print(f"splits: {real.splits()}\nwritten: {where}", highlight=False)
-        fitted = fitted_boxes([s for s in real.samples if s.split == "train"] or real.samples, order=real.class_names)
+        fitted = fitted_boxes([s for s in real.samples if s.split == "train"] or real.samples, order=real.class_names,
+                              frame=size)
         if fitted:  # planned boxes larger than the line's are a cue at the defects (BENCHMARKS.md, Realism)
-            console.print("box distributions of its train split, for a spec (paste as `defects:`):", highlight=False)
+            at = f" in {size[0]}x{size[1]} images" if size else ""
+            console.print(f"box distributions of its train split{at}, for a spec (paste as `defects:`):", highlight=False)
             console.print(defects_yaml(fitted), highlight=False, markup=False, soft_wrap=True)
