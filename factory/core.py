@@ -11,12 +11,20 @@ serialization. Nothing here imports another factory module.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping, TypedDict
 from urllib.parse import urlparse
 
 import numpy as np
+
+
+def centre_crop(w: int, h: int, width: int, height: int) -> tuple[int, int, int, int]:
+    """(left, top, crop width, crop height): the centred crop of a w x h image to a width x height frame's aspect."""
+    scale = min(w / width, h / height)
+    cw, ch = round(width * scale), round(height * scale)
+    return (w - cw) // 2, (h - ch) // 2, cw, ch
 
 
 @dataclass(frozen=True)
@@ -48,6 +56,18 @@ class Box:
 
     def inside(self, width: int, height: int) -> bool:
         return 0 <= self.x1 < self.x2 <= width and 0 <= self.y1 < self.y2 <= height
+
+    def framed(self, w: int, h: int, width: int, height: int) -> "Box | None":
+        """This box of a w x h image where framing the image to width x height (`centre_crop`,
+        then resize: how generators frame references) puts it: the visible part of a box the
+        crop cuts; None where it is cut to under 1 px."""
+        left, top, cw, ch = centre_crop(w, h, width, height)
+        sx, sy = width / cw, height / ch
+        x1, x2 = max(0.0, (self.x1 - left) * sx), min(float(width), (self.x2 - left) * sx)
+        y1, y2 = max(0.0, (self.y1 - top) * sy), min(float(height), (self.y2 - top) * sy)
+        if x2 - x1 < 1 or y2 - y1 < 1:
+            return None
+        return Box(self.class_id, self.class_name, int(x1), int(y1), math.ceil(x2), math.ceil(y2))
 
     def to_dict(self) -> "BoxRow":
         return BoxRow(class_id=self.class_id, class_name=self.class_name, x1=self.x1, y1=self.y1, x2=self.x2, y2=self.y2)

@@ -33,16 +33,15 @@ def fitted_boxes(samples: Iterable[Labelled], order: Sequence[str] = (),
     log-uniform over its 5-95% range; count per image from 1 to the 95th percentile
     among images with the class. `frame` (the spec's width, height): the boxes as they
     appear in images framed to it (centre-cropped to its aspect, as generators frame
-    backgrounds): on images of other aspects (magnetic tiles: 0.2-5) the boxes the
-    outputs show differ from the source's relative ones (framed tile cracks: median longer
-    side 76 px at 192 px, where the unframed fit drew 17-27 px)."""
-    from factory.generators.references import framed_box
+    backgrounds): on images of other aspects (magnetic tiles: 0.4-1.6) the boxes the
+    outputs show differ from the source's relative ones (tile cracks framed to 192 x 192:
+    tall, aspect 0.07-0.83, and a quarter larger than the unframed fit says)."""
     sides: dict[str, list[float]] = {}
     aspects: dict[str, list[float]] = {}
     counts: dict[str, list[int]] = {}
     for s in samples:
         W, H = frame or (s.width, s.height)
-        boxes = [b for b in (framed_box(b, s.width, s.height, W, H) for b in s.boxes) if b] if frame else s.boxes
+        boxes = [b for b in (b.framed(s.width, s.height, W, H) for b in s.boxes) if b] if frame else s.boxes
         for name, k in Counter(b.class_name for b in boxes).items():
             counts.setdefault(name, []).append(k)
         for b in boxes:

@@ -19,14 +19,13 @@ Every family that takes references (procedural, DG2GAN, transplant) uses these.
 from __future__ import annotations
 
 import io
-import math
 from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 
-from factory.core import Box
+from factory.core import centre_crop
 from factory.data.folders import image_uris, is_image_name
 from factory.storage import default_root
 from factory.storage import uri as U
@@ -182,25 +181,6 @@ def _read_bounded(uri: str) -> bytes:
     if len(data) > MAX_REFERENCE_BYTES:
         raise ValueError(f"{uri}: more than {MAX_REFERENCE_BYTES} bytes; a reference image may be at most that")
     return data
-
-
-def centre_crop(w: int, h: int, width: int, height: int) -> tuple[int, int, int, int]:
-    """(left, top, crop width, crop height): the centred crop of a w x h image to the item's aspect."""
-    scale = min(w / width, h / height)
-    cw, ch = round(width * scale), round(height * scale)
-    return (w - cw) // 2, (h - ch) // 2, cw, ch
-
-
-def framed_box(box: Box, w: int, h: int, width: int, height: int) -> Box | None:
-    """A box of a w x h image where `load_background` puts it in the width x height frame
-    (the visible part of a box the centre crop cuts; None: cut to under 1 px)."""
-    left, top, cw, ch = centre_crop(w, h, width, height)
-    sx, sy = width / cw, height / ch
-    x1, x2 = max(0.0, (box.x1 - left) * sx), min(float(width), (box.x2 - left) * sx)
-    y1, y2 = max(0.0, (box.y1 - top) * sy), min(float(height), (box.y2 - top) * sy)
-    if x2 - x1 < 1 or y2 - y1 < 1:
-        return None
-    return Box(box.class_id, box.class_name, int(x1), int(y1), int(math.ceil(x2)), int(math.ceil(y2)))
 
 
 @lru_cache(maxsize=128)

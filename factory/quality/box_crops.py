@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
-from factory.core import Box
+from factory.core import Box, centre_crop
 from factory.generators.references import read_grey  # bounded: a regular file, a sane size, an image
 
 if TYPE_CHECKING:
@@ -46,15 +46,13 @@ def framed(image: np.ndarray, boxes: Sequence[Box], frame: tuple[int, int] | Non
     `frame` None: both as they are."""
     from PIL import Image
 
-    from factory.generators.references import centre_crop, framed_box
-
     if frame is None:
         return image, list(boxes)
     width, height = frame
     H, W = image.shape[:2]
     left, top, cw, ch = centre_crop(W, H, width, height)
     out = np.asarray(Image.fromarray(image).crop((left, top, left + cw, top + ch)).resize((width, height), Image.BICUBIC))
-    moved = [framed_box(b, W, H, width, height) for b in boxes]
+    moved = [b.framed(W, H, width, height) for b in boxes]
     return out, [b for b in moved if b is not None]
 
 

@@ -10,12 +10,10 @@ from functools import lru_cache
 
 import numpy as np
 
-from factory.core import Box
+from factory.core import Box, centre_crop
 from factory.generators.references import (
     TRAIN,
-    centre_crop,
     class_counts,
-    framed_box,
     load_background,
     read_grey,
     train_files,
@@ -69,7 +67,7 @@ def load_labelled(bg: Labelled, names: tuple[str, ...], classes: tuple[str, ...]
         src = np.asarray(Image.fromarray(crop).resize((width, height), Image.NEAREST))
     boxes, inst = [], np.zeros((height, width), np.uint16)
     for k, b in enumerate(parse_yolo_lines(bg.labels, W, H, list(names))):
-        moved = framed_box(b, W, H, width, height)
+        moved = b.framed(W, H, width, height)
         if moved is None:
             continue
         box = replace(moved, class_id=classes.index(b.class_name))
