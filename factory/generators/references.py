@@ -183,14 +183,20 @@ def _read_bounded(uri: str) -> bytes:
     return data
 
 
-@lru_cache(maxsize=128)
-def load_background(uri: str, width: int, height: int) -> np.ndarray:
-    """A reference, grey, centre-cropped to the item's aspect and resized (float32 0..255, read-only)."""
+def frame_image(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """A uint8 image centre-cropped to width x height's aspect and resized to it (bicubic):
+    how every generator frames a reference of another size (`Box.framed` moves its boxes)."""
     from PIL import Image
 
-    im = Image.fromarray(read_grey(uri))
+    im = Image.fromarray(image)
     left, top, cw, ch = centre_crop(*im.size, width, height)
-    a = np.asarray(im.crop((left, top, left + cw, top + ch)).resize((width, height), Image.BICUBIC), np.float32)
+    return np.asarray(im.crop((left, top, left + cw, top + ch)).resize((width, height), Image.BICUBIC))
+
+
+@lru_cache(maxsize=128)
+def load_background(uri: str, width: int, height: int) -> np.ndarray:
+    """A reference, grey, framed to the item (`frame_image`; float32 0..255, read-only)."""
+    a = frame_image(read_grey(uri), width, height).astype(np.float32)
     a.setflags(write=False)
     return a
 

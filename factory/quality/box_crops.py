@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
-from factory.core import Box, centre_crop
-from factory.generators.references import read_grey  # bounded: a regular file, a sane size, an image
+from factory.core import Box
+from factory.generators.references import frame_image, read_grey  # bounded: a regular file, a sane size, an image
 
 if TYPE_CHECKING:
     from factory.quality.box_check import BoxCheckConfig
@@ -41,19 +41,15 @@ def crop_boxes(image: np.ndarray, boxes: Sequence[Box], cfg: BoxCheckConfig) -> 
 
 def framed(image: np.ndarray, boxes: Sequence[Box], frame: tuple[int, int] | None) -> tuple[np.ndarray, list[Box]]:
     """The image centre-cropped to the frame's aspect and resized to it, as generators frame
-    their backgrounds (`factory.generators.references.load_background`), and its boxes moved
+    their backgrounds (`factory.generators.references.frame_image`), and its boxes moved
     with it (a box the crop cuts keeps its visible part; one cut to under 1 px is dropped).
     `frame` None: both as they are."""
-    from PIL import Image
-
     if frame is None:
         return image, list(boxes)
     width, height = frame
     H, W = image.shape[:2]
-    left, top, cw, ch = centre_crop(W, H, width, height)
-    out = np.asarray(Image.fromarray(image).crop((left, top, left + cw, top + ch)).resize((width, height), Image.BICUBIC))
     moved = [b.framed(W, H, width, height) for b in boxes]
-    return out, [b for b in moved if b is not None]
+    return frame_image(image, width, height), [b for b in moved if b is not None]
 
 
 def moved_box(box: Box, width: int, height: int, to_width: int, to_height: int) -> Box:
