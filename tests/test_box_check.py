@@ -161,6 +161,28 @@ def test_spec_field_and_build_scorers(fitted, tmp_path):
         build_scorers(crack)
 
 
+def test_the_box_check_replaces_the_anomaly_gates_box_heat_rule(fitted, tmp_path):
+    """With both an anomaly checkpoint and a box check, "is there a defect in the box?" is the
+    box check's question: the anomaly gate no longer rejects a box for a cold heat map."""
+    from factory.quality import build_scorers
+    from factory.quality.anomaly.patchcore import PatchCoreConfig, PatchCoreDetector, calibrate_patchcore
+    from factory.spec.model import DatasetSpec
+
+    clean = [scene(s)[1] for s in range(5)]
+    det = PatchCoreDetector(PatchCoreConfig(image_size=64, blocks=(2, 4), coreset_size=50, max_patches=400), device="cpu")
+    det.fit(clean[:3])
+    calibrate_patchcore(det, clean[3:])
+    det.save(f"file://{tmp_path / 'pc'}")
+    fitted[0].save(str(tmp_path / "bc"))
+    base = {"name": "bc", "count": 4, "image": {"width": SIZE, "height": SIZE},
+            "defects": [{"class": "blob"}, {"class": "scratch"}]}
+    gate_only = build_scorers(DatasetSpec.model_validate(base | {"quality": {"anomaly_checkpoint": f"file://{tmp_path / 'pc'}"}}))
+    both = build_scorers(DatasetSpec.model_validate(base | {"quality": {"anomaly_checkpoint": f"file://{tmp_path / 'pc'}",
+                                                                        "box_check": str(tmp_path / "bc")}}))
+    assert [s.name for s in both][-2:] == ["anomaly", "box_check"]
+    assert gate_only[-1].box_heat and not both[-2].box_heat
+
+
 def test_audit_with_a_box_check_rejects_the_erased_defect(fitted, tmp_path):
     """`audit(..., box_check=URI)` puts the check in the gate: the good sample is kept,
     its erased, blank and saturated variants are rejected as `not_a_defect`."""

@@ -223,6 +223,9 @@ def test_gate_rules_on_hand_made_heat():
     assert [r.code for r in elsewhere.reasons] == ["no_defect", "outside_anomaly"]
     assert gate.assess(heat, []).reasons[0].code == "anomalous_negative"
     assert gate.assess(np.zeros((40, 40)), []).accepted
+    # with a per-class box check judging the boxes, a cold box is its business, not the heat map's
+    no_heat_rule = AnomalyGate(_StubDetector(), spillover_max=0.2, margin=0.2, min_area=1, box_heat=False)
+    assert [r.code for r in no_heat_rule.assess(heat, [_box(28, 28, 38, 38)]).reasons] == ["outside_anomaly"]
     # the generator's exact mask overrides the heat map's extent
     mask_extent = np.zeros((40, 40), bool)
     mask_extent[10:16, 10:14] = True

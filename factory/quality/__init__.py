@@ -22,7 +22,8 @@ def build_scorers(spec, device: str = "cpu") -> list[Scorer]:
     and the anomaly gate when `quality.anomaly_checkpoint` is set (its heat-map
     spillover covers samples without a generator mask; outside the boxes it judges
     only samples whose background is not known), and the per-class box check when
-    `quality.box_check` is set (every box must score as its class)."""
+    `quality.box_check` is set (every box must score as its class; it then replaces the
+    anomaly gate's "heat above threshold somewhere in the box")."""
     q = spec.quality
     scorers: list[Scorer] = [
         SanityScorer(spec.image.width, spec.image.height, spec.image.channels, q.min_std, q.max_saturated),
@@ -38,7 +39,7 @@ def build_scorers(spec, device: str = "cpu") -> list[Scorer]:
         det = AnomalyDetector.load(q.anomaly_checkpoint, device=device)
         scorers.append(AnomalyGate(det, q.spillover_max, q.threshold_rule, q.use_generator_masks, q.box_margin,
                                    q.max_outside_fraction, q.pixel_threshold, q.image_threshold,
-                                   mask_spillover_reasons=False))
+                                   mask_spillover_reasons=False, box_heat=not q.box_check))
     if q.box_check:
         from factory.quality.box_check import BoxCheck, BoxClassScorer
 

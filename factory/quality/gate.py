@@ -1,8 +1,9 @@
 """The quality gate: a generated defect should be anomalous inside its box and
 normal outside it, and should not leak out of its box.
 
-Per sample, from the UIIDD heat map (normalized units; thresholds from the checkpoint):
-- every box must contain a defect: max heat inside >= the pixel threshold;
+Per sample, from the anomaly heat map (normalized units; thresholds from the checkpoint):
+- every box must contain a defect: max heat inside >= the pixel threshold (unless a
+  per-class box check judges the boxes instead: `box_heat=False`);
 - spillover (see `spillover.py`) of every box <= `spillover_max`; the defect's extent
   is the generator's own mask when it has one, else the heat map's components;
 - outside the boxes the image looks normal: anomalous components that touch no box
@@ -32,7 +33,7 @@ class AnomalyGate:
     def __init__(self, detector, spillover_max: float = 0.2, rule: str = "f1", use_sample_masks: bool = True,
                  margin: float = 0.25, max_outside_fraction: float = 0.005, pixel_threshold: float | None = None,
                  image_threshold: float | None = None, min_area: int = MIN_ANOMALY_AREA, batch_size: int = 16,
-                 mask_spillover_reasons: bool = True, extent_rel: float = 0.5):
+                 mask_spillover_reasons: bool = True, extent_rel: float = 0.5, box_heat: bool = True):
         self.detector = detector
         self.spillover_max = spillover_max
         self.rule = rule
@@ -45,6 +46,9 @@ class AnomalyGate:
         self.batch_size = batch_size
         self.extent_rel = extent_rel  # heat-map extent = pixels >= extent_rel x the defect's peak
         self.mask_spillover_reasons = mask_spillover_reasons  # off where another check already rejects mask spillover
+        # off where the per-class box check asks "is there a real defect of this class in the box?": a
+        # subtle real defect (a faint uneven patch, a 7 px blowhole) need not light a coarse heat map
+        self.box_heat = box_heat
         self.pixel_threshold = pixel_threshold if pixel_threshold is not None else detector.threshold("pixel", rule)
         self.image_threshold = image_threshold if image_threshold is not None else detector.threshold("image", rule)
 
@@ -77,7 +81,7 @@ class AnomalyGate:
             extents = heat_extents
         inside = [float(heat[b.y1 : b.y2, b.x1 : b.x2].max()) for b in boxes]
         for k, s in enumerate(inside):
-            if s < thr:
+            if s < thr and self.box_heat:
                 reasons.append(Reason("no_defect", f"box {k} {s:.2f} < {thr:.2f}"))
                 break
         scale = self.detector.image_px_per_model_px(H, W)
