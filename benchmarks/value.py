@@ -262,6 +262,9 @@ def main() -> None:
                     "benchmark over processes sharing --work); the others come from --work's cache when finished, else "
                     "are left out of the table")
     ap.add_argument("--evals", type=int, help="validations while training per run (plus the final score)")
+    ap.add_argument("--augment", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="ultralytics augmentation settings for every arm (e.g. flipud=0.5): is a synthetic arm's gain "
+                         "more than what the same flips and turns of the real images would give?")
     ap.add_argument("--gpus", type=float)
     ap.add_argument("--work", type=Path, default=Path("/tmp/factory-value"))
     ap.add_argument("--out", type=Path, default=Path("benchmark-value.json"))
@@ -278,6 +281,8 @@ def main() -> None:
     if a.synthetic_ratio is not None and a.ratios is None:
         size["ratios"] = [a.synthetic_ratio]
     size.update(protocols=a.protocol, finetune_fraction=a.finetune_fraction)
+    if a.augment:
+        size["train_args"] = {**size["train_args"], **{k: float(v) for k, v in (x.split("=", 1) for x in a.augment)}}
     arms = dict(x.split("=", 1) for x in a.arm)
 
     from common import machine  # benchmarks/ is on sys.path when run as a script
