@@ -142,6 +142,22 @@ def test_an_invisible_paste_is_undone_and_its_box_dropped(boards):
             assert (s.image[:, :, 0][b.y1:b.y2, b.x1:b.x2] == 0).any()
 
 
+def test_an_invisible_paste_is_tried_again_before_its_box_is_dropped(boards):
+    """Any of the many spots will do (top_k 256, any score), so most opens land on bare
+    substrate first; `attempts` tries another instance and spot, and the first attempt is
+    the same paste as without retries (the same seeded stream)."""
+    loose = dict(placement="context", top_k=256, match_tolerance=2, blend="hard")
+    _, once = _generate(_spec(boards, attempts=1, **loose), n=12)
+    _, thrice = _generate(_spec(boards, attempts=3, **loose), n=12)
+    assert sum(len(s.boxes) for s in thrice) > sum(len(s.boxes) for s in once)
+    for a, b in zip(once, thrice):
+        pa, pb = a.meta["provenance"]["pastes"], b.meta["provenance"]["pastes"]
+        assert pa[0] == pb[0]  # attempt 0 is unchanged
+        assert len(pb) <= 3 and all(p["attempt"] == k for k, p in enumerate(pb) if "dropped" in p)
+        if "dropped" not in pb[-1]:  # the box was kept by its last attempt: its mask is the visible cut
+            assert len(b.boxes) == 1 and (b.image[:, :, 0][b.mask == 1] == 255).mean() > 0.9
+
+
 @pytest.mark.parametrize("blend", ["mixed", "alpha", "poisson", "hard"])
 def test_binary_boards_keep_their_two_grey_levels(boards, blend):
     _, samples = _generate(_spec(boards, blend=blend))

@@ -52,7 +52,11 @@ class TransplantParams(GeneratorParams):
     merge: float = Field(0.0, ge=0, le=1)  # chance that a box gets two instances of its class, merged into one
     jitter: float = Field(0.04, ge=0, le=0.5)  # background gain/gamma change (offset a quarter of it); not on binary images
     backgrounds: Literal["defect_free", "labelled", "both"] = "defect_free"  # labelled: the source's train images, boxes kept
-    min_visible: float = Field(0.3, ge=0, le=1)  # a paste changing fewer of its pixels than this is undone, its box dropped
+    min_visible: float = Field(0.3, ge=0, le=1)  # a paste changing fewer of its pixels than this is undone
+    # ... and tried again (another instance and spot, same seeded stream) up to this many times in all before its box
+    # is dropped: a dropped box costs the whole image at the gate (box_missing), and shorts and opens, which need the
+    # right gap or trace, were dropped most (a third of DeepPCB boards rejected, shorts under-represented)
+    attempts: int = Field(3, ge=1, le=16)
     # the finished image through JPEG at the line's own quality (e.g. 75 for DeepPCB's boards), so that pasted
     # pixels carry the codec's noise as the rest does; None: no re-encoding
     jpeg_quality: int | None = Field(None, ge=1, le=100)
@@ -142,25 +146,32 @@ class TransplantGenerator:
         forbidden = kept_map > 0  # a paste never lands on a kept defect
         used, pastes, frames, reach = [], [], {}, 0
         for j, box in enumerate(item.boxes):
-            for inst, at, v, blend in self._paste_box(canvas, box, np.random.default_rng(seqs[1 + j]), levels,
-                                                      forbidden | (mask > 0)):
-                before = canvas.copy()
-                pasted = paste(canvas, v, at[:2], inst.exact, blend, p.feather, levels)
-                reach = max(reach, halo(v, levels))
-                visible = float((np.abs(canvas - before)[pasted] > (127 if levels is not None else 8)).mean()) \
-                    if pasted.any() else 0.0
-                if visible < p.min_visible:  # e.g. an open cut into bare substrate: a label on nothing
-                    canvas[:] = before
-                    pastes.append({"box": j, "instance": inst.origin, "dropped": f"invisible ({visible:.2f} changed)"})
-                    continue
-                mask[pasted] = j + 1
-                f = frame_box(v, at[:2], mask.shape)
-                if f is not None:
-                    g = frames.get(j, f)
-                    frames[j] = (min(f[0], g[0]), max(f[1], g[1]), min(f[2], g[2]), max(f[3], g[3]))
-                used.append(inst.origin)
-                pastes.append({"box": j, "instance": inst.origin, "at": [int(at[1]), int(at[0])], "scale": round(v.scale, 3),
-                               "blend": blend, "match": None if at[2] is None else round(at[2], 4)})
+            rng = np.random.default_rng(seqs[1 + j])
+            for attempt in range(p.attempts):
+                shown = False
+                for inst, at, v, blend in self._paste_box(canvas, box, rng, levels, forbidden | (mask > 0)):
+                    before = canvas.copy()
+                    pasted = paste(canvas, v, at[:2], inst.exact, blend, p.feather, levels)
+                    visible = float((np.abs(canvas - before)[pasted] > (127 if levels is not None else 8)).mean()) \
+                        if pasted.any() else 0.0
+                    if visible < p.min_visible:  # e.g. an open cut into bare substrate: a label on nothing
+                        canvas[:] = before
+                        pastes.append({"box": j, "instance": inst.origin, "attempt": attempt,
+                                       "dropped": f"invisible ({visible:.2f} changed)"})
+                        continue
+                    shown = True
+                    reach = max(reach, halo(v, levels))
+                    mask[pasted] = j + 1
+                    f = frame_box(v, at[:2], mask.shape)
+                    if f is not None:
+                        g = frames.get(j, f)
+                        frames[j] = (min(f[0], g[0]), max(f[1], g[1]), min(f[2], g[2]), max(f[3], g[3]))
+                    used.append(inst.origin)
+                    pastes.append({"box": j, "instance": inst.origin, "at": [int(at[1]), int(at[0])],
+                                   "scale": round(v.scale, 3), "blend": blend,
+                                   "match": None if at[2] is None else round(at[2], 4)})
+                if shown:
+                    break
         boxes, final = _tight_boxes(item.boxes, mask, frames)
         for k, b in enumerate(kept, start=1):  # the labelled background's own defects, after the pasted ones
             boxes.append(b)
