@@ -346,8 +346,9 @@ def main() -> None:
                         for name in arms}
             first = next(iter(versions.values()))
 
-            def real_only(label: str, steps: int) -> None:  # the same for every arm
-                r = run(first, settings(n, seed, steps=steps, arms=["real"]), "real")
+            def real_only(label: str, steps: int) -> None:  # the same for every arm, ratio and protocol
+                # (which a real-only run never reads: fixed here, so that its cached run is found by them all)
+                r = run(first, settings(n, seed, steps=steps, arms=["real"], synthetic_ratio=1.0, schedule="mix"), "real")
                 if r is None:
                     return
                 real_runs[label][seed] = r
