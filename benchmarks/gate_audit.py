@@ -41,6 +41,8 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=["uiidd", "uiidd-disc"],
                     help="anomaly gates to train and audit (uiidd, uiidd-disc, patchcore; none: no anomaly gate)")
     ap.add_argument("--box-check", default=None, help="a box check URI (`factory train box-check --out`) in the gate of every row")
+    ap.add_argument("--real", default=None, help="the line's labelled real set (NAME@VERSION): each row also scores its val "
+                    "images, framed like the outputs (`real kept`: what the gate does to real defects)")
     ap.add_argument("--scale", type=float, default=1.0)
     ap.add_argument("--patch", type=int, default=32)
     ap.add_argument("--patches-per-image", type=int, default=8)
@@ -90,20 +92,22 @@ def main() -> None:
                 ckpt = f"file://{tmp}/gate-{method}-{seed}"
                 res = train_anomaly(normal, ckpt, cfg, defect_pairs=pairs if method == "uiidd-disc" else None)
             train_s = time.time() - t
-            rep = audit(spec, ckpt, samples=samples, box_check=args.box_check)
+            rep = audit(spec, ckpt, samples=samples, box_check=args.box_check, real=args.real)
             out[f"{method} seed {seed}"] = rep | {"train_s": train_s}
             v = rep["variants"]
             rows.append([method, seed, f"{res['train_images']} / {res['val_images']}", f"{train_s:.0f}",
                          f"{v['good']['kept_rate']:.0%} of {v['good']['n']}",
                          *[f"{v[k]['rejected_rate']:.0%} of {v[k]['n']}" for k in ("erased", "moved", "blank", "saturated")],
-                         f"{rep['broken_rejected_rate']:.0%}", json.dumps(v["good"]["reasons"])])
+                         f"{rep['broken_rejected_rate']:.0%}", json.dumps(v["good"]["reasons"]),
+                         *([f"{v['real']['kept_rate']:.0%} of {v['real']['n']}", json.dumps(v["real"]["reasons"])] if args.real else [])])
             print(json.dumps(out[f"{method} seed {seed}"], default=float), flush=True)
     print(f"\nGate audit of {spec.name} ({args.spec}) on {machine()}")
     print(f"{args.patch} px patches at scale {args.scale}, {args.patches_per_image} per image, {args.epochs} epochs, width {args.width}; "
           f"normal images: {'the spec generator negatives' if args.normal is None else args.normal}; "
           f"labelled defects in the head's simulated anomalies: {args.defects or 'none'}; box check: {args.box_check or 'none'}\n")
     print(table(["method", "seed", "train / calib images", "train s", "good kept", "erased rejected", "moved rejected", "blank rejected",
-                 "saturated rejected", "all broken rejected", "why good ones were rejected"], rows))
+                 "saturated rejected", "all broken rejected", "why good ones were rejected",
+                 *(["real kept", "why real ones were rejected"] if args.real else [])], rows))
     by = rep["variants"]["erased"]["erased_by"]
     print(f"\nerased samples: {by['clean render']} drawn by their generator without the defect, {by['inpainting']} inpainted")
     if args.json:

@@ -274,3 +274,41 @@ def test_cli_trains_from_a_yolo_folder_with_templates(fitted, tmp_path):
     assert check.meta["fit"]["crops"] == 48 and check.cfg.frame == (64, 64)
     bad = CliRunner().invoke(app, ["train", "box-check", "--real", str(root), "--out", str(out), "--frame", "64"])
     assert bad.exit_code == 2 and "WIDTHxHEIGHT" in bad.output
+
+
+def test_audit_scores_the_lines_real_val_images(fitted, tmp_path):
+    """`audit(..., real=TREE)`: the real set's val images (never its train split) are scored by
+    the same gate, framed to the spec's size: real defects kept, a box over nothing rejected."""
+    from PIL import Image
+
+    from factory.quality.audit import audit, real_samples
+    from factory.spec.model import DatasetSpec
+
+    tree = tmp_path / "real"
+    (tree / "data.yaml").parent.mkdir(parents=True)
+    (tree / "data.yaml").write_text("names: [blob, scratch]\n")
+
+    def write(split, stem, image, boxes):
+        for sub in ("images", "labels"):
+            (tree / sub / split).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(tree / "images" / split / f"{stem}.png")
+        (tree / "labels" / split / f"{stem}.txt").write_text("".join(
+            f"{b.class_id} {(b.x1 + b.x2) / 2 / SIZE} {(b.y1 + b.y2) / 2 / SIZE} {b.width / SIZE} {b.height / SIZE}\n" for b in boxes))
+
+    for s in (900, 901, 902):
+        img, clean, boxes = scene(s)
+        write("val", f"v{s}", img, boxes)
+    img, clean, boxes = scene(903)
+    write("val", "nothing", clean, boxes)  # boxes over a defect-free image
+    write("train", "t0", img, boxes)
+    fitted[0].save(str(tmp_path / "bc"))
+    spec = DatasetSpec.model_validate({"name": "bc", "count": 1, "image": {"width": SIZE, "height": SIZE},
+                                       "defects": [{"class": "blob"}, {"class": "scratch"}],
+                                       "quality": {"duplicate_distance": -1}})
+    found = real_samples(str(tree), spec)
+    assert sorted(s.item.item_id for s in found) == [f"real-val-{k}" for k in range(4)]
+    assert all(len(s.boxes) == 2 and s.image.shape == (SIZE, SIZE, 1) for s in found)
+    img, clean, boxes = scene(1)
+    res = audit(spec, None, samples=[sample(img, boxes)], box_check=str(tmp_path / "bc"), real=str(tree))
+    real = res["variants"]["real"]
+    assert real["n"] == 4 and real["rejected"] == 1 and real["reasons"] == {"not_a_defect": 1}

@@ -229,6 +229,8 @@ def audit_cmd(
     box_check: Optional[str] = typer.Option(None, "--box-check", help="box check to audit with it (default: the spec's quality.box_check)"),
     n: int = typer.Option(200, "--n", help="samples to generate; each gets 4 broken variants"),
     seed: int = typer.Option(0),
+    real: Optional[str] = typer.Option(None, "--real", help="the line's labelled real set (NAME@VERSION or a YOLO folder): "
+                                       "how many of its val images the gate keeps (the best a generator can hope for)"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Does the gate keep good samples and reject broken ones (defect erased, moved out of its box, blank, saturated)?"""
@@ -236,14 +238,14 @@ def audit_cmd(
     with friendly_errors():
         from factory.quality.audit import audit
 
-        res = audit(spec, checkpoint or spec.quality.anomaly_checkpoint, n, seed, box_check=box_check)
+        res = audit(spec, checkpoint or spec.quality.anomaly_checkpoint, n, seed, box_check=box_check, real=real)
         if as_json:
             print(json.dumps(res, indent=1))
             return
         console.print(f"gate audit of {res['spec']} (checks: {', '.join(res['scorers'])}; checkpoint {res['checkpoint']}; "
                       f"box check {res['box_check']})")
         for name, r in res["variants"].items():
-            verb = f"kept {r['n'] - r['rejected']}/{r['n']} ({r['kept_rate']:.0%})" if name == "good" else \
+            verb = f"kept {r['n'] - r['rejected']}/{r['n']} ({r['kept_rate']:.0%})" if name in ("good", "real") else \
                 f"rejected {r['rejected']}/{r['n']} ({r['rejected_rate']:.0%})"
             console.print(f"  {name:10s} {verb}   reasons {r['reasons']}")
             if "erased_by" in r:

@@ -86,20 +86,26 @@ def train_files(tree: str) -> tuple[list[str], list[TrainFile]]:
     """(class names, the train split's images with their labels) of a YOLO tree.
 
     The split is `images/train/` as `factory data import` writes it; anything else
-    in the tree (val, test) is never listed."""
+    in the tree (val, test) is never listed: generators read only this."""
+    return split_files(tree, TRAIN)
+
+
+def split_files(tree: str, split: str) -> tuple[list[str], list[TrainFile]]:
+    """(class names, one split's images with their labels) of a YOLO tree. Generators
+    use `train_files`; evaluation (a gate's view of real held-out defects) reads `val`."""
     names = _names(tree)
     files = U.list_files(tree)
     have = set(files)
-    prefix = f"images/{TRAIN}/"
+    prefix = f"images/{split}/"
     out = []
     for rel in files:
         if not rel.startswith(prefix) or not is_image_name(rel):
             continue
         stem_rel = rel[len(prefix):].rsplit(".", 1)[0]
-        lab = f"labels/{TRAIN}/{stem_rel}.txt"
+        lab = f"labels/{split}/{stem_rel}.txt"
         text = U.read_bytes(U.join(tree, lab)).decode() if lab in have else ""
-        inst = f"masks/{TRAIN}/{stem_rel}.png"
-        twin = f"templates/{TRAIN}/{rel[len(prefix):]}"
+        inst = f"masks/{split}/{stem_rel}.png"
+        twin = f"templates/{split}/{rel[len(prefix):]}"
         out.append(TrainFile(rel, text, inst if inst in have else None, twin if twin in have else None))
     return names, out
 

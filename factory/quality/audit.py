@@ -170,11 +170,40 @@ def clean_renders(samples: Sequence[Sample], device: str = "cpu", grow: int = 4,
     return out
 
 
+def real_samples(source: str, spec, split: str = "val") -> list[Sample]:
+    """The line's own labelled defect images of one split (`NAME@VERSION` or a YOLO tree),
+    framed to the spec's size as generators frame backgrounds, with their boxes and masks
+    (as the spec's class ids; images with a box of another class are left out). What the
+    gate does to real defects bounds what it can keep of generated ones."""
+    from factory.generators.references import split_files, tree_uri
+    from factory.generators.transplant.sources import Labelled, load_labelled
+    from factory.storage import uri as U
+
+    tree = tree_uri(source)
+    names, files = split_files(tree, split)
+    classes, im = tuple(spec.class_names), spec.image
+    out = []
+    for k, f in enumerate(files):
+        ids = {int(line.split()[0]) for line in f.labels.splitlines() if line.strip()}
+        if not ids or not all(names[i] in classes for i in ids):
+            continue
+        lab = Labelled(U.join(tree, f.image), f.labels, U.join(tree, f.instances) if f.instances else None)
+        image, boxes, mask = load_labelled(lab, tuple(names), classes, im.width, im.height)
+        if not boxes:
+            continue
+        item = WorkItem(f"real-{split}-{k}", k, "real", None, im.width, im.height, im.channels, 0, boxes)
+        grey = np.clip(np.round(image), 0, 255).astype(np.uint8)
+        out.append(Sample(item, np.repeat(grey[:, :, None], im.channels, axis=2), list(boxes), mask.astype(np.uint8)))
+    return out
+
+
 def audit(spec, checkpoint: str | None, n: int = 200, seed: int = 0, device: str = "cpu",
-          samples: list[Sample] | None = None, box_check: str | None = None) -> dict:
+          samples: list[Sample] | None = None, box_check: str | None = None, real: str | None = None) -> dict:
     """Per variant: how many samples, how many the gate rejected, and the reason codes.
     `good` should be kept (kept_rate), the rest rejected (rejected_rate). `checkpoint` and
-    `box_check` replace the spec's own (quality.anomaly_checkpoint / quality.box_check)."""
+    `box_check` replace the spec's own (quality.anomaly_checkpoint / quality.box_check).
+    `real`: a labelled real set of the line; its val images are scored too (row `real`:
+    the kept rate a perfect generator could hope for)."""
     update = {k: v for k, v in (("anomaly_checkpoint", checkpoint), ("box_check", box_check)) if v}
     if update:
         spec = spec.model_copy(update={"quality": spec.quality.model_copy(update=update)})
@@ -187,7 +216,9 @@ def audit(spec, checkpoint: str | None, n: int = 200, seed: int = 0, device: str
         for name, v in broken_variants(s, rng, c).items():
             variants.setdefault(name, []).append(v)
     rows = {}
-    for name in ("good", *BROKEN):
+    if real:
+        variants["real"] = real_samples(real, spec)
+    for name in ("good", *BROKEN, *(("real",) if real else ())):
         batch = variants.get(name, [])
         verdicts = score_all(scorers, batch)
         rejected = sum(not v.accepted for v in verdicts)
