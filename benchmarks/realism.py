@@ -191,6 +191,10 @@ def arms(setup: dict) -> dict[str, dict]:
         "transplant, all, box sizes and aspects as the framed train images'": dict(transplant(setup["source"]), defects=[
             dict(d, boxes=dict(d["boxes"], size=framed[d["class"]]["size"], aspect=framed[d["class"]]["aspect"]))
             if d["class"] in framed else d for d in base["defects"]]),
+        # as the row above, no 90-degree turns (specs/transplant-magnetic-tile.yaml: tile cracks run along the tile)
+        "transplant, all, framed box sizes and aspects, no turns": dict(transplant(setup["source"], rotate=False), defects=[
+            dict(d, boxes=dict(d["boxes"], size=framed[d["class"]]["size"], aspect=framed[d["class"]]["aspect"]))
+            if d["class"] in framed else d for d in base["defects"]]),
     }
 
 
