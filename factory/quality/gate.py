@@ -80,10 +80,9 @@ class AnomalyGate:
         if extents is None:
             extents = heat_extents
         inside = [float(heat[b.y1 : b.y2, b.x1 : b.x2].max()) for b in boxes]
-        for k, s in enumerate(inside):
-            if s < thr and self.box_heat:
-                reasons.append(Reason("no_defect", f"box {k} {s:.2f} < {thr:.2f}"))
-                break
+        cold = [k for k, s in enumerate(inside) if s < thr] if self.box_heat else []
+        if cold:
+            reasons.append(Reason("no_defect", f"box {cold[0]} {inside[cold[0]]:.2f} < {thr:.2f}"))
         scale = self.detector.image_px_per_model_px(H, W)
         tol = 0 if from_mask else int(round(self.tolerance_px * scale))
         spills = [spillover(e, _grow(b, tol, W, H)) for e, b in zip(extents, boxes)]
