@@ -306,6 +306,8 @@ def test_audit_scores_the_lines_real_val_images(fitted, tmp_path):
                                        "defects": [{"class": "blob"}, {"class": "scratch"}],
                                        "quality": {"duplicate_distance": -1}})
     found = real_samples(str(tree), spec)
+    with pytest.raises(ValueError, match="no labelled test image"):
+        real_samples(str(tree), spec, split="test")
     assert sorted(s.item.item_id for s in found) == [f"real-val-{k}" for k in range(4)]
     assert all(len(s.boxes) == 2 and s.image.shape == (SIZE, SIZE, 1) for s in found)
     img, clean, boxes = scene(1)

@@ -194,6 +194,8 @@ def real_samples(source: str, spec, split: str = "val") -> list[Sample]:
         item = WorkItem(f"real-{split}-{k}", k, "real", None, im.width, im.height, im.channels, 0, boxes)
         grey = np.clip(np.round(image), 0, 255).astype(np.uint8)
         out.append(Sample(item, np.repeat(grey[:, :, None], im.channels, axis=2), list(boxes), mask.astype(np.uint8)))
+    if not out:
+        raise ValueError(f"{source}: no labelled {split} image whose boxes are all of the spec's classes {list(classes)}")
     return out
 
 
