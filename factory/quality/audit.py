@@ -175,24 +175,17 @@ def real_samples(source: str, spec, split: str = "val") -> list[Sample]:
     framed to the spec's size as generators frame backgrounds, with their boxes and masks
     (as the spec's class ids; images with a box of another class are left out). What the
     gate does to real defects bounds what it can keep of generated ones."""
-    from factory.generators.references import split_files, tree_uri
-    from factory.generators.transplant.sources import Labelled, load_labelled
-    from factory.storage import uri as U
+    from factory.generators.transplant.sources import labelled_backgrounds, load_labelled
 
-    tree = tree_uri(source)
-    names, files = split_files(tree, split)
     classes, im = tuple(spec.class_names), spec.image
+    names, labelled = labelled_backgrounds(source, list(classes), split)
     out = []
-    for k, f in enumerate(files):
-        ids = {int(line.split()[0]) for line in f.labels.splitlines() if line.strip()}
-        if not ids or not all(names[i] in classes for i in ids):
-            continue
-        lab = Labelled(U.join(tree, f.image), f.labels, U.join(tree, f.instances) if f.instances else None)
+    for k, lab in enumerate(labelled):
         image, boxes, mask = load_labelled(lab, tuple(names), classes, im.width, im.height)
         if not boxes:
             continue
         item = WorkItem(f"real-{split}-{k}", k, "real", None, im.width, im.height, im.channels, 0, boxes)
-        grey = np.clip(np.round(image), 0, 255).astype(np.uint8)
+        grey = image.astype(np.uint8)  # a uint8 image framed (`load_background`), held as float32
         out.append(Sample(item, np.repeat(grey[:, :, None], im.channels, axis=2), list(boxes), mask.astype(np.uint8)))
     if not out:
         raise ValueError(f"{source}: no labelled {split} image whose boxes are all of the spec's classes {list(classes)}")

@@ -16,6 +16,7 @@ from factory.generators.references import (
     class_counts,
     load_background,
     read_grey,
+    split_files,
     train_files,
     tree_uri,
 )
@@ -33,10 +34,11 @@ class Labelled:
     instances: str | None  # URI of its instance map, when the source has one
 
 
-def labelled_backgrounds(source: str, classes: list[str]) -> tuple[list[str], list[Labelled]]:
-    """(the source's class names, its labelled train images whose every box is of a class in `classes`)."""
+def labelled_backgrounds(source: str, classes: list[str], split: str = TRAIN) -> tuple[list[str], list[Labelled]]:
+    """(the source's class names, its labelled train images whose every box is of a class in `classes`).
+    Generators read only the train split; the gate audit reads `val` (real held-out defects)."""
     tree = tree_uri(source)
-    names, files = train_files(tree)
+    names, files = split_files(tree, split)
     out = []
     for f in files:
         ids = {int(line.split()[0]) for line in f.labels.splitlines() if line.strip()}
