@@ -9,6 +9,7 @@ import io
 import numpy as np
 import pytest
 from PIL import Image
+from scipy import ndimage
 
 from factory.core import Box
 from factory.data.adapters import load_real
@@ -17,7 +18,7 @@ from factory.data.realset import publish_real
 from factory.generators.base import load_generator
 from factory.generators.checks import check_spec
 from factory.generators.transplant.bank import Instance, load_bank
-from factory.generators.transplant.paste import grey_levels, paste, place, vary
+from factory.generators.transplant.paste import grey_levels, paste, place, topology, vary
 from factory.planning import plan
 from factory.spec import spec_from_dict
 
@@ -127,7 +128,8 @@ def test_context_placement_puts_an_open_on_the_trace(boards):
 
 def test_random_placement_records_no_match(boards):
     _, samples = _generate(_spec(boards, placement="random", min_visible=0))
-    assert all(p["match"] is None for s in samples for p in s.meta["provenance"]["pastes"])
+    kept = [p for s in samples for p in s.meta["provenance"]["pastes"] if "dropped" not in p]
+    assert kept and all(p["match"] is None for p in kept)
 
 
 def test_an_invisible_paste_is_undone_and_its_box_dropped(boards):
@@ -158,9 +160,75 @@ def test_an_invisible_paste_is_tried_again_before_its_box_is_dropped(boards):
             assert len(b.boxes) == 1 and (b.image[:, :, 0][b.mask == 1] == 255).mean() > 0.9
 
 
+def test_topology_tells_the_pcb_defects_apart():
+    """Dark copper on a white board: each defect changes (bright pieces, dark pieces) its own way."""
+    board = np.zeros((40, 40), bool)  # True: white substrate
+    board[:, :] = True
+    board[8:14, :] = board[26:32, :] = False  # two traces with a gap between
+    def change(draw):
+        after = board.copy()
+        draw(after)
+        return topology(board, after)
+    assert change(lambda a: a.__setitem__((slice(14, 26), slice(18, 22)), False)) == (1, -1)  # short: joins the traces
+    assert change(lambda a: a.__setitem__((slice(8, 14), slice(18, 22)), True)) == (-1, 1)  # open: splits one
+    assert change(lambda a: a.__setitem__((slice(18, 22), slice(18, 22)), False)) == (0, 1)  # spurious copper
+    assert change(lambda a: a.__setitem__((slice(10, 12), slice(18, 21)), True)) == (1, 0)  # pin-hole
+    assert change(lambda a: a.__setitem__((slice(14, 18), slice(18, 22)), False)) == (0, 0)  # spur: a bump on a trace
+    assert change(lambda a: a.__setitem__((slice(19, 21), slice(5, 7)), False)) == (0, 0)  # a speck is no copper
+
+
+def _short_set(root):
+    """Train boards with a `short`: a dark bridge across the 14-px gap between two traces."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "data.yaml").write_text("train: images/train\nval: images/val\nnames: [open, short]\n")
+    for i in range(3):
+        tmpl = _board(slice(30, 38))
+        tmpl[52:60] = 0
+        img = tmpl.copy()
+        x = 20 + 20 * i
+        img[38:52, x:x + 4] = 0
+        _write(root, "train", f"s{i}", img, tmpl, [(1, x - 5, 35, x + 9, 55)])
+    _write(root, "val", "v0", _board(), _board(), [])
+
+
+@pytest.mark.parametrize("check", [True, False])
+def test_a_pasted_short_joins_two_conductors(tmp_path, check):
+    """Backgrounds: one with two traces 14 px apart, one with a single trace. With the
+    topology check every kept short joins two traces (one conductor fewer than its
+    background) and the one-trace board's shorts are dropped; without it, a short
+    placed anywhere is often a stub that joins nothing."""
+    _short_set(tmp_path / "pcb")
+    reg = (tmp_path / "reg").as_uri()
+    publish_real(load_real("yolo", tmp_path / "pcb"), reg, "tiny-short", 1)
+    bg = tmp_path / "bg"
+    bg.mkdir()
+    two = _board(slice(20, 28))
+    two[42:50] = 0
+    for i, b in enumerate((two, _board(slice(60, 70)))):
+        Image.fromarray(b).save(bg / f"clean{i}.png")
+    spec = spec_from_dict({
+        "name": "tshort", "seed": 5, "count": 12, "image": {"width": W, "height": W, "channels": 1},
+        "domain": {"references": [bg.as_uri()]},
+        "defects": [{"class": "short", "boxes": {"count": [1, 1], "size": {"min": 0.18, "max": 0.22}}}],
+        "generators": [{"kind": "transplant", "params": {
+            "source": "tiny-short@1", "blend": "hard", "topology": check, "elastic": 0, "scale": [1, 1], "max_distortion": 1,
+            "placement": "context" if check else "random", "min_visible": 0}}],
+        "quality": {"duplicate_distance": -1}, "output": {"uri": reg, "shard_size": 4},
+    })
+    _, samples = _generate(spec, n=12)
+    conductors = lambda a: ndimage.label(a[:, :, 0] < 128, np.ones((3, 3), bool))[1]  # noqa: E731
+    joined = [conductors(s.image) == conductors(s.background) - 1 for s in samples if s.boxes]
+    if check:
+        assert joined and all(joined)
+        drops = [p["dropped"] for s in samples for p in s.meta["provenance"]["pastes"] if "dropped" in p]
+        assert any(d.startswith("topology") for d in drops)
+    else:
+        assert not all(joined)
+
+
 @pytest.mark.parametrize("blend", ["mixed", "alpha", "poisson", "hard"])
 def test_binary_boards_keep_their_two_grey_levels(boards, blend):
-    _, samples = _generate(_spec(boards, blend=blend))
+    _, samples = _generate(_spec(boards, blend=blend, topology=False))  # any spot: this is about the levels
     for s in samples:
         assert set(np.unique(s.image).tolist()) <= {0, 255}, f"{blend} greyed a binary board"
         assert s.boxes
@@ -360,7 +428,7 @@ def test_the_box_check_judges_drawn_boxes_not_a_labelled_backgrounds_own(boards)
 
     from factory.quality import BoxScorer
 
-    spec = _spec(boards, backgrounds="labelled", placement="random", blend="hard", min_visible=0.0)
+    spec = _spec(boards, backgrounds="labelled", placement="random", blend="hard", min_visible=0.0, topology=False)
     _, samples = _generate(spec)
     kept = [s.meta["provenance"]["kept_boxes"] for s in samples]
     assert all(len(s.boxes) > k >= 1 for s, k in zip(samples, kept))

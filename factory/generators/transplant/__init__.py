@@ -56,7 +56,11 @@ class TransplantParams(GeneratorParams):
     # ... and tried again (another instance and spot, same seeded stream) up to this many times in all before its box
     # is dropped: a dropped box costs the whole image at the gate (box_missing), and shorts and opens, which need the
     # right gap or trace, were dropped most (a third of DeepPCB boards rejected, shorts under-represented)
-    attempts: int = Field(3, ge=1, le=16)
+    attempts: int = Field(6, ge=1, le=16)
+    # binary images with golden templates: a paste must change the local topology as its instance did in its
+    # source (a short joins two conductors, an open splits one, spurs and mousebites neither), else it is tried
+    # again; context placement looks for such spots first. Pasted shorts that joined nothing looked like spurs.
+    topology: bool = True
     # the finished image through JPEG at the line's own quality (e.g. 75 for DeepPCB's boards), so that pasted
     # pixels carry the codec's noise as the rest does; None: no re-encoding
     jpeg_quality: int | None = Field(None, ge=1, le=100)
@@ -154,10 +158,14 @@ class TransplantGenerator:
                     pasted = paste(canvas, v, at[:2], inst.exact, blend, p.feather, levels)
                     visible = float((np.abs(canvas - before)[pasted] > (127 if levels is not None else 8)).mean()) \
                         if pasted.any() else 0.0
-                    if visible < p.min_visible:  # e.g. an open cut into bare substrate: a label on nothing
+                    why = f"invisible ({visible:.2f} changed)" if visible < p.min_visible else None  # an open on bare substrate
+                    if why is None and levels is not None and p.topology:
+                        win = _window(at, v.patch.shape, canvas.shape)
+                        if not v.fits_topology(before[win], canvas[win]):
+                            why = f"topology (not {list(v.topology)})"
+                    if why:
                         canvas[:] = before
-                        pastes.append({"box": j, "instance": inst.origin, "attempt": attempt,
-                                       "dropped": f"invisible ({visible:.2f} changed)"})
+                        pastes.append({"box": j, "instance": inst.origin, "attempt": attempt, "dropped": why})
                         continue
                     shown = True
                     reach = max(reach, halo(v, levels))
@@ -223,10 +231,12 @@ class TransplantGenerator:
         for inst in parts:
             v = vary(inst, box, rng, p.max_distortion, p.scale, p.flips, p.rotate, p.elastic, p.contrast)
             if not out:
-                at = place(canvas, v, box, rng, p.placement, p.top_k, forbidden, levels is not None, p.match_tolerance)
+                keep = p.topology and levels is not None
+                at = place(canvas, v, box, rng, p.placement, p.top_k, forbidden, levels is not None, p.match_tolerance, keep)
                 if p.placement == "context" and p.rotate:  # the turned instance may fit the spot better
                     t = turned(v)
-                    at_t = place(canvas, t, box, rng, p.placement, p.top_k, forbidden, levels is not None, p.match_tolerance)
+                    at_t = place(canvas, t, box, rng, p.placement, p.top_k, forbidden, levels is not None,
+                                 p.match_tolerance, keep)
                     if at_t[2] is not None and (at[2] is None or at_t[2] > at[2]):
                         v, at = t, at_t
             else:  # the second part of a merged defect: beside the first, overlapping it by about half
@@ -235,6 +245,11 @@ class TransplantGenerator:
                 at = (first[0] + int(rng.integers(-h // 3, h // 3 + 1)), first[1] + int(rng.integers(-w // 3, w // 3 + 1)), None)
             out.append((inst, at, v, p.blend if p.blend != "mixed" else BLENDS[int(rng.integers(len(BLENDS)))]))
         return out
+
+
+def _window(at: tuple[int, ...], size: tuple[int, int], shape: tuple[int, int]) -> tuple[slice, slice]:
+    """The canvas rows and columns under a patch of `size` with its top-left at `at`, clipped."""
+    return (slice(max(0, at[0]), min(shape[0], at[0] + size[0])), slice(max(0, at[1]), min(shape[1], at[1] + size[1])))
 
 
 def _jpeg(grey: np.ndarray, quality: int) -> np.ndarray:

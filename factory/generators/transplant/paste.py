@@ -42,6 +42,8 @@ HALO_MAX = 8  # px: the most of an instance's own surroundings a grey paste carr
 LEVEL_BAND = 24  # grey levels either side of a mode that still count as that level (JPEG q75 rings up to ~20)
 BINARY_SHARE = 0.98  # share of pixels within the two modes' bands that makes an image binary
 LEVEL_GAP = 128  # the two modes at least this far apart (a grey image's two peaks are closer)
+TOPOLOGY_MIN_PX = 6  # binary pieces smaller than this are codec specks, not conductors or gaps
+TOPOLOGY_SEARCH = 16  # context placement on binary images looks this many times top_k deep for spots of the right topology
 
 
 def margin(feather: float) -> int:
@@ -65,6 +67,19 @@ def grey_levels(image: np.ndarray) -> np.ndarray | None:
     lo, hi = int(np.argmax(hist[:128])), 128 + int(np.argmax(hist[128:]))
     near = hist[max(0, lo - LEVEL_BAND):lo + LEVEL_BAND + 1].sum() + hist[hi - LEVEL_BAND:hi + LEVEL_BAND + 1].sum()
     return np.array([lo, hi], np.float32) if hi - lo >= LEVEL_GAP and near >= BINARY_SHARE * image.size else None
+
+
+def topology(before: np.ndarray, after: np.ndarray) -> tuple[int, int]:
+    """What a change does to a binary window's topology: the signs of the change in the
+    number of its bright pieces and of its dark pieces (8- and 4-connected, at least
+    TOPOLOGY_MIN_PX each). On DeepPCB's boards (dark copper) every class has its own:
+    a short joins two conductors (1, -1), an open splits one (-1, 1), spurious copper
+    adds one (0, 1), a pin-hole a gap (1, 0), spurs and mousebites neither (0, 0)."""
+    def pieces(a: np.ndarray, structure: np.ndarray) -> int:
+        labels, n = ndimage.label(a, structure)
+        return int((np.bincount(labels.ravel())[1:] >= TOPOLOGY_MIN_PX).sum()) if n else 0
+    return (int(np.sign(pieces(after, SQUARE) - pieces(before, SQUARE))),
+            int(np.sign(pieces(~after, CROSS) - pieces(~before, CROSS))))
 
 
 def quantize(values: np.ndarray, levels: np.ndarray) -> np.ndarray:
@@ -136,6 +151,26 @@ class Variant:
     @property
     def binary(self) -> np.ndarray:
         return self.alpha >= min(0.5, 0.5 * float(self.alpha.max()))
+
+    @functools.cached_property
+    def topology(self) -> tuple[int, int] | None:
+        """`topology(spot without it, spot with it)` in its source (binary sets with golden
+        templates), which a paste must repeat; None where the context is the patch itself."""
+        if self.weight is not None:
+            return None
+        before = self.context > 127.5
+        return topology(before, np.where(self.binary, self.patch > 127.5, before))
+
+    def fits_topology(self, window: np.ndarray, after: np.ndarray | None = None) -> bool:
+        """Whether pasting into the binary `window` (the canvas under the patch) changes it
+        as the instance changed its source (the two levels of a binary image lie either
+        side of mid-grey); `after`: the window once pasted, else what a hard paste gives.
+        True where there is nothing to repeat."""
+        if self.topology is None:
+            return True
+        before = window > 127.5
+        after = np.where(self.binary, self.patch > 127.5, before) if after is None else after > 127.5
+        return topology(before, after) == self.topology
 
     @functools.cached_property
     def half_thickness(self) -> float:
@@ -226,12 +261,16 @@ def _elastic(patch: np.ndarray, alpha: np.ndarray, amplitude: float, rng: np.ran
 
 
 def place(canvas: np.ndarray, v: Variant, box: Box, rng: np.random.Generator, placement: str, top_k: int,
-          forbidden: np.ndarray, exact_match: bool, tolerance: float = 0.05) -> tuple[int, int, float | None]:
+          forbidden: np.ndarray, exact_match: bool, tolerance: float = 0.05,
+          keep_topology: bool = False) -> tuple[int, int, float | None]:
     """(top, left) of the variant's window in the canvas and its match score (None for
     `random`): a seeded choice among the `top_k` best separated spots that score within
     `tolerance` of the best, none of whose defect pixels' box touches `forbidden`.
     `random`: centred on the planned box, or a seeded free spot where that is taken.
-    `context` falls back to the planned box when nothing fits."""
+    `context` falls back to the planned box when nothing fits. `keep_topology` (binary
+    images): only spots where a hard paste changes the topology as the instance did in
+    its source (`Variant.fits_topology`), looking TOPOLOGY_SEARCH times deeper for
+    them; where none does, the best spots as without it (the paste is checked again)."""
     y1, y2, x1, x2 = _tight(v.binary)
     planned = (int(round((box.y1 + box.y2) / 2 - (y1 + y2) / 2)), int(round((box.x1 + box.x2) / 2 - (x1 + x2) / 2)))
     H, W = canvas.shape
@@ -265,14 +304,20 @@ def place(canvas: np.ndarray, v: Variant, box: Box, rng: np.random.Generator, pl
         at_edge = np.zeros(score.shape, bool)
         at_edge[_at_edges(v.edges, H, W, h, w)] = True
         score[~at_edge] = -np.inf
-    picks = []
-    for _ in range(top_k):
+    check = keep_topology and matched and v.topology is not None
+    picks, others = [], []
+    for _ in range(top_k * (TOPOLOGY_SEARCH if check else 1)):
         i = int(np.argmax(score))
         oy, ox = divmod(i, score.shape[1])
         if not np.isfinite(score[oy, ox]):
             break
-        picks.append((oy, ox, float(score[oy, ox])))
+        ok = not check or v.fits_topology(canvas[oy:oy + h, ox:ox + w])
+        (picks if ok else others).append((oy, ox, float(score[oy, ox])))
         score[max(0, oy - h // 2):oy + h // 2 + 1, max(0, ox - w // 2):ox + w // 2 + 1] = -np.inf
+        if len(picks) == top_k:
+            break
+    if not picks:
+        picks = others[:top_k]
     if not picks:
         return (*planned, None)
     if not matched:
