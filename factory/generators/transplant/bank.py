@@ -10,6 +10,7 @@ edge is pasted at an edge (half of pv_vision's cracks and dark areas touch one).
 
 from __future__ import annotations
 
+import functools
 import io
 from dataclasses import dataclass
 
@@ -24,6 +25,7 @@ from factory.storage import uri as U
 
 MARGIN = 0.25  # patch margin around the box, as a share of its side (at least MIN_MARGIN px)
 MIN_MARGIN = 4
+TOPOLOGY_MIN_PX = 6  # binary pieces smaller than this are codec specks, not conductors or gaps
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,16 @@ class Instance:
             out[y1:y2, x1:x2] = 1.0
         return out
 
+    @functools.cached_property
+    def topology(self) -> tuple[int, int] | None:
+        """What the defect did to its spot's topology in its source, `topology(template,
+        board)` in the patch (binary sets with golden templates; a paste must do the
+        same); None without a template."""
+        if self.context is None:
+            return None
+        before = self.context > 127.5
+        return topology(before, np.where(self.alpha >= 0.5, self.patch > 127.5, before))
+
     @property
     def size(self) -> tuple[int, int]:
         """(height, width) of the box it is published with: its hand-drawn box where it has
@@ -56,6 +68,20 @@ class Instance:
             return y2 - y1, x2 - x1
         ys, xs = np.nonzero(self.alpha >= 0.5)
         return int(ys.max() - ys.min() + 1), int(xs.max() - xs.min() + 1)
+
+
+def topology(before: np.ndarray, after: np.ndarray) -> tuple[int, int]:
+    """What a change does to a binary window's topology: the signs of the change in the
+    number of its bright pieces and of its dark pieces (8- and 4-connected, at least
+    TOPOLOGY_MIN_PX each). On DeepPCB's boards (dark copper) every class has its own:
+    a short joins two conductors (1, -1), an open splits one (-1, 1), spurious copper
+    adds one (0, 1), a pin-hole a gap (1, 0), spurs and mousebites neither (0, 0)."""
+    def pieces(a: np.ndarray, structure: np.ndarray) -> int:
+        labels, n = ndimage.label(a, structure)
+        return int((np.bincount(labels.ravel())[1:] >= TOPOLOGY_MIN_PX).sum()) if n else 0
+    square, cross = np.ones((3, 3), bool), ndimage.generate_binary_structure(2, 1)
+    return (int(np.sign(pieces(after, square) - pieces(before, square))),
+            int(np.sign(pieces(~after, cross) - pieces(~before, cross))))
 
 
 def nearest(pool: list[Instance], sizes: np.ndarray, height: int, width: int, k: int) -> list[int]:

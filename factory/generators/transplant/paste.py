@@ -32,7 +32,7 @@ from scipy import ndimage, sparse
 from scipy.sparse.linalg import spsolve
 
 from factory.core import Box
-from factory.generators.transplant.bank import Instance
+from factory.generators.transplant.bank import Instance, topology
 
 CROSS = ndimage.generate_binary_structure(2, 1)
 SQUARE = np.ones((3, 3), bool)
@@ -42,7 +42,6 @@ HALO_MAX = 8  # px: the most of an instance's own surroundings a grey paste carr
 LEVEL_BAND = 24  # grey levels either side of a mode that still count as that level (JPEG q75 rings up to ~20)
 BINARY_SHARE = 0.98  # share of pixels within the two modes' bands that makes an image binary
 LEVEL_GAP = 128  # the two modes at least this far apart (a grey image's two peaks are closer)
-TOPOLOGY_MIN_PX = 6  # binary pieces smaller than this are codec specks, not conductors or gaps
 TOPOLOGY_SEARCH = 16  # context placement on binary images looks this many times top_k deep for spots of the right topology
 
 
@@ -67,19 +66,6 @@ def grey_levels(image: np.ndarray) -> np.ndarray | None:
     lo, hi = int(np.argmax(hist[:128])), 128 + int(np.argmax(hist[128:]))
     near = hist[max(0, lo - LEVEL_BAND):lo + LEVEL_BAND + 1].sum() + hist[hi - LEVEL_BAND:hi + LEVEL_BAND + 1].sum()
     return np.array([lo, hi], np.float32) if hi - lo >= LEVEL_GAP and near >= BINARY_SHARE * image.size else None
-
-
-def topology(before: np.ndarray, after: np.ndarray) -> tuple[int, int]:
-    """What a change does to a binary window's topology: the signs of the change in the
-    number of its bright pieces and of its dark pieces (8- and 4-connected, at least
-    TOPOLOGY_MIN_PX each). On DeepPCB's boards (dark copper) every class has its own:
-    a short joins two conductors (1, -1), an open splits one (-1, 1), spurious copper
-    adds one (0, 1), a pin-hole a gap (1, 0), spurs and mousebites neither (0, 0)."""
-    def pieces(a: np.ndarray, structure: np.ndarray) -> int:
-        labels, n = ndimage.label(a, structure)
-        return int((np.bincount(labels.ravel())[1:] >= TOPOLOGY_MIN_PX).sum()) if n else 0
-    return (int(np.sign(pieces(after, SQUARE) - pieces(before, SQUARE))),
-            int(np.sign(pieces(~after, CROSS) - pieces(~before, CROSS))))
 
 
 def quantize(values: np.ndarray, levels: np.ndarray) -> np.ndarray:
@@ -147,25 +133,19 @@ class Variant:
     frame: np.ndarray  # 1 inside the instance's hand-drawn box (how loosely its annotator boxed it), if any
     scale: float  # the geometric mean scale applied
     edges: frozenset[str] = frozenset()  # the patch's sides that were its image's border (see `bank`)
+    topology: tuple[int, int] | None = None  # what the instance did to its source's topology (`Instance.topology`)
 
     @property
     def binary(self) -> np.ndarray:
         return self.alpha >= min(0.5, 0.5 * float(self.alpha.max()))
 
-    @functools.cached_property
-    def topology(self) -> tuple[int, int] | None:
-        """`topology(spot without it, spot with it)` in its source (binary sets with golden
-        templates), which a paste must repeat; None where the context is the patch itself."""
-        if self.weight is not None:
-            return None
-        before = self.context > 127.5
-        return topology(before, np.where(self.binary, self.patch > 127.5, before))
-
     def fits_topology(self, window: np.ndarray, after: np.ndarray | None = None) -> bool:
         """Whether pasting into the binary `window` (the canvas under the patch) changes it
         as the instance changed its source (the two levels of a binary image lie either
         side of mid-grey); `after`: the window once pasted, else what a hard paste gives.
-        True where there is nothing to repeat."""
+        True where there is nothing to repeat. The source's topology is the instance's own,
+        not this variant's: a short whose ends a deformation moved off its traces no longer
+        joins them in its own context either, and must not count as a short that joins nothing."""
         if self.topology is None:
             return True
         before = window > 127.5
@@ -212,7 +192,8 @@ def vary(inst: Instance, box: Box, rng: np.random.Generator, max_distortion: flo
         k = float(rng.uniform(*contrast))
         patch = np.clip(patch + (k - 1.0) * alpha * (patch - float(patch[ring].mean())), 0.0, 255.0)
     weight = None if inst.context is not None else ndimage.binary_erosion(ring, SQUARE, iterations=1).astype(np.float32)
-    return Variant(patch.astype(np.float32), alpha, context.astype(np.float32), weight, frame >= 0.5, g, edges)
+    return Variant(patch.astype(np.float32), alpha, context.astype(np.float32), weight, frame >= 0.5, g, edges,
+                   inst.topology)
 
 
 _MOVES = {"h": {"left": "right", "right": "left"}, "v": {"top": "bottom", "bottom": "top"},
@@ -228,7 +209,8 @@ def turned(v: Variant) -> Variant:
     """The variant turned 90 degrees (context placement tries both: a vertical trace
     takes the turned open)."""
     r = lambda a: None if a is None else np.ascontiguousarray(np.rot90(a))  # noqa: E731
-    return Variant(r(v.patch), r(v.alpha), r(v.context), r(v.weight), r(v.frame), v.scale, _moved(v.edges, "r"))
+    return Variant(r(v.patch), r(v.alpha), r(v.context), r(v.weight), r(v.frame), v.scale, _moved(v.edges, "r"),
+                   v.topology)
 
 
 def _at_edges(edges: frozenset[str], H: int, W: int, h: int, w: int) -> tuple[slice, slice]:
