@@ -15,7 +15,9 @@ Spec usage:
 Per item: a background (`style["reference"]` modulo the references), flipped and
 slightly jittered in gain/offset/gamma (binary boards: flipped or turned only);
 per planned box, an instance of that class picked from the item's seed, given a
-new shape, placed where it belongs, intensity-matched and blended in (`paste.py`).
+new shape, placed where it belongs (on binary boards: where it changes the
+conductors as it did in its source: a short joins two), intensity-matched and
+blended in (`paste.py`).
 Boxes are the tight boxes of the pasted masks; the mask is returned for the gate
 and each paste's place, match score and blend are recorded on the sample.
 Negatives are augmented backgrounds. Same item, same bytes.

@@ -8,7 +8,9 @@
 2. `place`: where it goes. `context`: where the background looks most like that
    context (normalized cross-correlation; on binary images the exact pixel
    agreement), a seeded choice among the best `top_k` separated positions (within
-   `tolerance` of the best) that overlap nothing pasted. `random`: centred on the planned box.
+   `tolerance` of the best) that overlap nothing pasted; on binary images, spots where
+   it changes the topology as it did in its source first (`Variant.fits_topology`).
+   `random`: centred on the planned box.
    Either way an instance cut at its image's border keeps those sides (turned and
    flipped with it) at the new image's border.
 3. `paste`: match its intensity to the spot, then blend: `hard`, `alpha` (a
@@ -143,9 +145,8 @@ class Variant:
         """Whether pasting into the binary `window` (the canvas under the patch) changes it
         as the instance changed its source (the two levels of a binary image lie either
         side of mid-grey); `after`: the window once pasted, else what a hard paste gives.
-        True where there is nothing to repeat. The source's topology is the instance's own,
-        not this variant's: a short whose ends a deformation moved off its traces no longer
-        joins them in its own context either, and must not count as a short that joins nothing."""
+        True where there is nothing to repeat. The instance's own topology, not this
+        variant's: a short whose deformed ends miss its own traces is a stub, not a short."""
         if self.topology is None:
             return True
         before = window > 127.5
