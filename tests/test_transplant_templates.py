@@ -162,8 +162,7 @@ def test_an_invisible_paste_is_tried_again_before_its_box_is_dropped(boards):
 
 def test_topology_tells_the_pcb_defects_apart():
     """Dark copper on a white board: each defect changes (bright pieces, dark pieces) its own way."""
-    board = np.zeros((40, 40), bool)  # True: white substrate
-    board[:, :] = True
+    board = np.ones((40, 40), bool)  # True: white substrate
     board[8:14, :] = board[26:32, :] = False  # two traces with a gap between
     def change(draw):
         after = board.copy()

@@ -26,6 +26,8 @@ from factory.storage import uri as U
 MARGIN = 0.25  # patch margin around the box, as a share of its side (at least MIN_MARGIN px)
 MIN_MARGIN = 4
 TOPOLOGY_MIN_PX = 6  # binary pieces smaller than this are codec specks, not conductors or gaps
+MID_GREY = 127.5  # a binary image's two levels lie either side of it (`paste.grey_levels`)
+_EIGHT, _FOUR = np.ones((3, 3), bool), ndimage.generate_binary_structure(2, 1)  # bright pieces 8-, dark 4-connected
 
 
 @dataclass(frozen=True)
@@ -56,8 +58,8 @@ class Instance:
         same); None without a template."""
         if self.context is None:
             return None
-        before = self.context > 127.5
-        return topology(before, np.where(self.alpha >= 0.5, self.patch > 127.5, before))
+        before = self.context > MID_GREY
+        return topology(before, np.where(self.alpha >= 0.5, self.patch > MID_GREY, before))
 
     @property
     def size(self) -> tuple[int, int]:
@@ -79,9 +81,8 @@ def topology(before: np.ndarray, after: np.ndarray) -> tuple[int, int]:
     def pieces(a: np.ndarray, structure: np.ndarray) -> int:
         labels, n = ndimage.label(a, structure)
         return int((np.bincount(labels.ravel())[1:] >= TOPOLOGY_MIN_PX).sum()) if n else 0
-    square, cross = np.ones((3, 3), bool), ndimage.generate_binary_structure(2, 1)
-    return (int(np.sign(pieces(after, square) - pieces(before, square))),
-            int(np.sign(pieces(~after, cross) - pieces(~before, cross))))
+    return (int(np.sign(pieces(after, _EIGHT) - pieces(before, _EIGHT))),
+            int(np.sign(pieces(~after, _FOUR) - pieces(~before, _FOUR))))
 
 
 def nearest(pool: list[Instance], sizes: np.ndarray, height: int, width: int, k: int) -> list[int]:

@@ -34,7 +34,7 @@ from scipy import ndimage, sparse
 from scipy.sparse.linalg import spsolve
 
 from factory.core import Box
-from factory.generators.transplant.bank import Instance, topology
+from factory.generators.transplant.bank import MID_GREY, Instance, topology
 
 CROSS = ndimage.generate_binary_structure(2, 1)
 SQUARE = np.ones((3, 3), bool)
@@ -143,14 +143,13 @@ class Variant:
 
     def fits_topology(self, window: np.ndarray, after: np.ndarray | None = None) -> bool:
         """Whether pasting into the binary `window` (the canvas under the patch) changes it
-        as the instance changed its source (the two levels of a binary image lie either
-        side of mid-grey); `after`: the window once pasted, else what a hard paste gives.
+        as the instance changed its source; `after`: the window once pasted, else what a hard paste gives.
         True where there is nothing to repeat. The instance's own topology, not this
         variant's: a short whose deformed ends miss its own traces is a stub, not a short."""
         if self.topology is None:
             return True
-        before = window > 127.5
-        after = np.where(self.binary, self.patch > 127.5, before) if after is None else after > 127.5
+        before = window > MID_GREY
+        after = np.where(self.binary, self.patch > MID_GREY, before) if after is None else after > MID_GREY
         return topology(before, after) == self.topology
 
     @functools.cached_property
