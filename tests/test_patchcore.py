@@ -104,6 +104,29 @@ def test_checkpoint_round_trips_with_the_same_scores(tmp_path):
     assert 18 - 8 <= y < 28 + 8 and 24 - 8 <= x < 34 + 8  # and peaks where it is (8 px: the stride-8 grid)
 
 
+@pytest.mark.parametrize("tiles", [False, True])
+def test_a_memory_image_left_out_scores_as_if_never_seen(tiles):
+    """Calibration scores memory images without their own patches: with every patch kept (no
+    coreset), that is exactly the heat of a memory fitted without the image, tiles included;
+    without leaving it out its own patches match it (a score near zero)."""
+    from factory.quality.anomaly.patchcore import PatchCoreConfig, PatchCoreDetector
+
+    cfg = TINY | {"coreset_size": 0, "max_patches": 10**6} | ({"scale": 1.0} if tiles else {})
+    imgs = _images(5, size=(70, 150) if tiles else (48, 60))
+    imgs[3][18:28, 24:34] = 255  # one memory image has a bright spot the others lack
+    full = PatchCoreDetector(PatchCoreConfig(**cfg), device="cpu")
+    full.fit(imgs)
+    assert full.owner is not None and sorted(set(full.owner.tolist())) == [0, 1, 2, 3, 4]
+    for i in (1, 3):
+        without = PatchCoreDetector(PatchCoreConfig(**cfg), device="cpu")
+        without.fit(imgs[:i] + imgs[i + 1 :])
+        left_out = full.heat_maps([imgs[i]], original_size=True, leave_out=[i])[0]
+        assert np.allclose(left_out, without.heat_maps([imgs[i]], original_size=True)[0], atol=1e-4)
+        assert full.heat_maps([imgs[i]], original_size=True)[0].max() < 0.25 * left_out.max()
+    spot = full.heat_maps([imgs[3], imgs[1]], original_size=True, leave_out=[3, 1])
+    assert spot[0].max() > spot[1].max()  # left out, the spot is an anomaly again
+
+
 def test_native_scale_tiles_cover_large_images():
     from factory.quality.anomaly.patchcore import PatchCoreConfig, PatchCoreDetector
 
@@ -157,7 +180,7 @@ def test_train_command_with_method_patchcore(tmp_path):
     assert r.exit_code == 0, r.output
     assert "memory bank: 40 patches x 152 dims" in r.output
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["format"] == "patchcore-v1" and cfg["meta"]["train_images"] == 4 and cfg["meta"]["val_images"] == 1
+    assert cfg["format"] == "patchcore-v1" and cfg["meta"]["train_images"] == 5 and cfg["meta"]["val_images"] == 1
     det = AnomalyDetector.load(f"file://{out}")
     assert det.memory.shape == (40, 152) and det.threshold("image", "f1") > 0
     bad = CliRunner().invoke(app, ["quality", "evaluate", f"file://{out}", "--normal", str(normal), "--defective", str(normal), "--json"])
@@ -181,7 +204,7 @@ def test_train_command_defaults_to_patchcore_on_a_specs_own_backgrounds(tmp_path
     assert r.exit_code == 0, r.output
     assert "5 defect-free images drawn by the generators of spec demo-pv-el" in r.output
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["format"] == "patchcore-v1" and cfg["meta"]["train_images"] + cfg["meta"]["val_images"] == 5
+    assert cfg["format"] == "patchcore-v1" and cfg["meta"]["train_images"] == 5 and cfg["meta"]["val_images"] == 1
     for extra in ([], ["--normal", str(tmp_path), "--normal-from", str(spec)]):
         bad = CliRunner().invoke(app, ["train", "anomaly", "--out", f"file://{tmp_path / 'x'}", *extra, *tiny])
         assert bad.exit_code != 0 and "--normal-from" in bad.output
