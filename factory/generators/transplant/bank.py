@@ -27,7 +27,7 @@ MARGIN = 0.25  # patch margin around the box, as a share of its side (at least M
 MIN_MARGIN = 4
 TOPOLOGY_MIN_PX = 6  # binary pieces smaller than this are codec specks, not conductors or gaps
 MID_GREY = 127.5  # a binary image's two levels lie either side of it (`paste.grey_levels`)
-_EIGHT, _FOUR = np.ones((3, 3), bool), ndimage.generate_binary_structure(2, 1)  # bright pieces 8-, dark 4-connected
+SQUARE, CROSS = np.ones((3, 3), bool), ndimage.generate_binary_structure(2, 1)  # 8- and 4-connectivity
 
 
 @dataclass(frozen=True)
@@ -81,8 +81,8 @@ def topology(before: np.ndarray, after: np.ndarray) -> tuple[int, int]:
     def pieces(a: np.ndarray, structure: np.ndarray) -> int:
         labels, n = ndimage.label(a, structure)
         return int((np.bincount(labels.ravel())[1:] >= TOPOLOGY_MIN_PX).sum()) if n else 0
-    return (int(np.sign(pieces(after, _EIGHT) - pieces(before, _EIGHT))),
-            int(np.sign(pieces(~after, _FOUR) - pieces(~before, _FOUR))))
+    return (int(np.sign(pieces(after, SQUARE) - pieces(before, SQUARE))),  # bright pieces 8-connected,
+            int(np.sign(pieces(~after, CROSS) - pieces(~before, CROSS))))  # dark ones 4-connected
 
 
 def nearest(pool: list[Instance], sizes: np.ndarray, height: int, width: int, k: int) -> list[int]:

@@ -34,10 +34,8 @@ from scipy import ndimage, sparse
 from scipy.sparse.linalg import spsolve
 
 from factory.core import Box
-from factory.generators.transplant.bank import MID_GREY, Instance, topology
+from factory.generators.transplant.bank import CROSS, MID_GREY, SQUARE, Instance, topology
 
-CROSS = ndimage.generate_binary_structure(2, 1)
-SQUARE = np.ones((3, 3), bool)
 BLENDS = ("hard", "alpha", "poisson")
 ELASTIC_SHARE = 0.1  # elastic deformation: at most this share of the defect's shorter side
 HALO_MAX = 8  # px: the most of an instance's own surroundings a grey paste carries past its mask

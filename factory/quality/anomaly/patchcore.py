@@ -135,11 +135,12 @@ def nn_distance(query: torch.Tensor, memory: torch.Tensor, chunk: int = 4096, ig
     """Euclidean distance of each query row (Q x D) to its nearest memory row (M x D): Q. Rows of
     the memory where `ignore` (M bools) is true are not neighbours."""
     memory = memory.to(query.device)
+    ignore = None if ignore is None else ignore.to(query.device)
     out = []
     for i in range(0, len(query), chunk):
         d = torch.cdist(query[i : i + chunk].float(), memory.float())
         if ignore is not None:
-            d[:, ignore.to(d.device)] = float("inf")
+            d[:, ignore] = float("inf")
         out.append(d.min(1).values)
     return torch.cat(out) if out else query.new_zeros(0)
 
