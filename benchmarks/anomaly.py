@@ -163,7 +163,7 @@ def run_one(name: str, data, method: str, seed: int, args, bank_source: str = "n
     t = time.time()
     h_n, h_d = det.heat_scaled(test_n, rescaled=True), det.heat_scaled(test_d, rescaled=True)
     score_s = time.time() - t
-    ev = evaluate_heat(h_n, h_d, masks, det.threshold("image", "f1"), det.threshold("pixel", "f1"))
+    ev = evaluate_heat(det, h_n, h_d, masks)
     row = {"data": name, "method": method + ("+bank" if bank_source == "real" else ""), "seed": seed, "train_images": res["train_images"], "calib_images": res["val_images"],
            "test_normal": len(test_n), "test_defect": len(test_d), "train_s": round(res["train_seconds"], 1),
            "image_auroc": ev["image_auroc"], "pixel_auroc": ev.get("pixel_auroc", float("nan")), "image_f1": ev["image"]["f1"],
@@ -180,17 +180,18 @@ def run_patchcore(name: str, data, seed: int, args) -> dict:
     train, test_n, test_d, masks, _ = data
     cfg = AnomalyTrainConfig(method="patchcore", seed=seed, net=args.pc_net, blocks=tuple(args.pc_blocks), image_size=args.pc_size,
                              pc_scale=args.pc_scale, coreset_size=args.pc_coreset, max_patches=args.pc_pool,
-                             pc_sigma=args.pc_sigma, batch_size=args.batch, keep_aspect=args.pc_keep_aspect)
+                             pc_sigma=args.pc_sigma, batch_size=args.batch, keep_aspect=args.pc_keep_aspect,
+                             score_cells=args.pc_score_cells)
     res = train_anomaly(f"{name} normal (80%)", None, cfg, images=train)
     det = res["detector"]
     t = time.time()
     h_n, h_d = det.heat_maps(test_n, original_size=True), det.heat_maps(test_d, original_size=True)
     score_s = time.time() - t
-    ev = evaluate_heat(h_n, h_d, masks, det.threshold("image", "f1"), det.threshold("pixel", "f1"))
+    ev = evaluate_heat(det, h_n, h_d, masks)
     fit = res["metrics"]
     row = {"data": name, "method": f"patchcore-{args.pc_net}-b{''.join(map(str, args.pc_blocks))}-{args.pc_size}"
                                     + (f"-tiles{args.pc_scale}" if args.pc_scale else "") + ("-aspect" if args.pc_keep_aspect else "")
-                                    + f"-m{fit['memory']}",
+                                    + f"-m{fit['memory']}" + (f"-top{args.pc_score_cells}" if args.pc_score_cells else "-max"),
            "seed": seed, "train_images": res["train_images"], "calib_images": res["val_images"],
            "test_normal": len(test_n), "test_defect": len(test_d), "train_s": round(res["train_seconds"], 1),
            "image_auroc": ev["image_auroc"], "pixel_auroc": ev.get("pixel_auroc", float("nan")), "image_f1": ev["image"]["f1"],
@@ -233,6 +234,7 @@ def main() -> None:
     ap.add_argument("--pc-keep-aspect", action="store_true", help="patchcore: short side to --pc-size, aspect kept")
     ap.add_argument("--pc-pool", type=int, default=100_000, help="patchcore: random pool of training patches for the coreset")
     ap.add_argument("--pc-sigma", type=float, default=4.0, help="patchcore: heat-map smoothing (model pixels)")
+    ap.add_argument("--pc-score-cells", type=int, default=8, help="patchcore: image score = mean heat over this many patch cells' area (0: max)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP + "; 1 epoch, scale 0.25, 4 test images a side, at most 32 train images")
     args = ap.parse_args()
@@ -283,7 +285,7 @@ def main() -> None:
     if "patchcore" in args.methods:
         print(f"patchcore: {args.pc_net} stages {args.pc_blocks}, {args.pc_size} px "
               f"{'tiles at scale ' + str(args.pc_scale) if args.pc_scale else ('short side, aspect kept' if args.pc_keep_aspect else 'square')}, "
-              f"coreset {args.pc_coreset} of at most {args.pc_pool} pooled patches, sigma {args.pc_sigma}; no training loop "
+              f"coreset {args.pc_coreset} of at most {args.pc_pool} pooled patches, sigma {args.pc_sigma}, image score over {args.pc_score_cells} cells; no training loop "
               f"(train s = features + coreset); images at native resolution\n")
     groups: dict[tuple, list] = {}
     for r in rows:

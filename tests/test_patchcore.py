@@ -96,12 +96,37 @@ def test_checkpoint_round_trips_with_the_same_scores(tmp_path):
     a, b = det.heat_maps(test, original_size=True), back.heat_maps(test, original_size=True)
     assert all(x.shape == (48, 60) for x in a)
     assert all(np.allclose(x, y, atol=1e-5) for x, y in zip(a, b))
-    assert back.calib.image_thresholds == det.calib.image_thresholds
+    assert back.calib.image_thresholds == det.calib.image_thresholds and back.cfg.score_cells == 8
+    config = tmp_path / "pc" / "config.json"
+    old = json.loads(config.read_text())
+    del old["patchcore"]["score_cells"]  # a checkpoint from before the option: calibrated on the maximum
+    config.write_text(json.dumps(old))
+    assert AnomalyDetector.load(f"file://{tmp_path / 'pc'}").cfg.score_cells == 0
     s = back.image_scores(test)
     assert s[0] > s[1] and s[0] > s[2]  # the defect scores above clean images
     h = a[0]
     y, x = np.unravel_index(np.argmax(h), h.shape)
     assert 18 - 8 <= y < 28 + 8 and 24 - 8 <= x < 34 + 8  # and peaks where it is (8 px: the stride-8 grid)
+
+
+def test_image_score_is_the_mean_over_the_hottest_cells_area():
+    """A lone hot pixel is noise, a defect-sized hot area is a defect: the image score averages
+    the hottest `score_cells` patch cells' area (in image pixels, so it scales with the image)."""
+    from factory.quality.anomaly.patchcore import PatchCoreConfig, PatchCoreDetector
+    from factory.quality.anomaly.postprocess import hottest_mean
+
+    h = np.zeros((10, 10))
+    h[0, 0], h[5:7, 5:7] = 9.0, 3.0
+    assert hottest_mean(h, 1) == 9.0 and hottest_mean(h, 5) == pytest.approx(21 / 5) and hottest_mean(h, 10**6) == pytest.approx(0.21)
+    det = PatchCoreDetector(PatchCoreConfig(**(TINY | {"score_cells": 2})), device="cpu")  # stride 8: a cell is 8 x 8 model px
+    speck, block = np.zeros((64, 64)), np.zeros((64, 64))
+    speck[3, 3] = 10.0
+    block[8:24, 8:16] = 1.0  # 2 cells' area at the model's size
+    assert det.image_score(block) == pytest.approx(1.0) and det.image_score(speck) == pytest.approx(10 / 128)
+    big = np.kron(block, np.ones((2, 2)))  # the same heat at twice the image size: the area scales with it
+    assert det.image_score(big) == pytest.approx(1.0)
+    det.cfg.score_cells = 0
+    assert det.image_score(speck) == 10.0 and det.image_score(block) == 1.0  # 0: the maximum
 
 
 @pytest.mark.parametrize("tiles", [False, True])

@@ -205,6 +205,9 @@ class _StubDetector:
     def threshold(self, level, rule):
         return 1.0
 
+    def image_score(self, heat):
+        return float(np.max(heat))
+
     def image_px_per_model_px(self, height, width):
         return 1.0
 
@@ -223,6 +226,15 @@ def test_gate_rules_on_hand_made_heat():
     assert [r.code for r in elsewhere.reasons] == ["no_defect", "outside_anomaly"]
     assert gate.assess(heat, []).reasons[0].code == "anomalous_negative"
     assert gate.assess(np.zeros((40, 40)), []).accepted
+
+    class MeanScore(_StubDetector):
+        def image_score(self, heat):
+            return float(np.mean(heat))
+
+    speck = np.zeros((40, 40))
+    speck[5, 5] = 3.0  # one hot pixel: the max-scoring detector calls it anomalous, the mean-scoring one not
+    assert gate.assess(speck, []).reasons[0].code == "anomalous_negative"
+    assert AnomalyGate(MeanScore(), spillover_max=0.2, margin=0.2, min_area=1).assess(speck, []).accepted
     # with a per-class box check judging the boxes, a cold box is its business, not the heat map's
     no_heat_rule = AnomalyGate(_StubDetector(), spillover_max=0.2, margin=0.2, min_area=1, box_heat=False)
     assert [r.code for r in no_heat_rule.assess(heat, [_box(28, 28, 38, 38)]).reasons] == ["outside_anomaly"]

@@ -67,7 +67,7 @@ class AnomalyGate:
         H, W = heat.shape
         thr, ithr = self.pixel_threshold, self.image_threshold
         binary = heat >= thr
-        image_score = float(heat.max())
+        image_score = self.detector.image_score(heat)
         scores = {"anomaly.image_score": image_score}
         reasons: list[Reason] = []
         if not boxes:

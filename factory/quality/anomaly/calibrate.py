@@ -90,7 +90,7 @@ def simulated_anomalies(normal, seed: int, bank=None) -> list[tuple[np.ndarray, 
 
 def _thresholds(det: AnomalyDetector, h_norm: list, h_anom: list, masks: list, seed: int, max_pixels: int) -> dict:
     """Image and pixel thresholds (all three rules) from heat maps of normal and anomalous images."""
-    scores = np.r_[[float(h.max()) for h in h_norm], [float(h.max()) for h in h_anom]]
+    scores = np.r_[[det.image_score(h) for h in h_norm], [det.image_score(h) for h in h_anom]]
     labels = np.r_[np.zeros(len(h_norm), bool), np.ones(len(h_anom), bool)]
     det.calib.image_thresholds = select_thresholds(scores, labels)
     pix = np.concatenate([np.ravel(h) for h in h_norm] + [np.ravel(h) for h in h_anom])

@@ -222,8 +222,12 @@ class AnomalyDetector:
                        F.interpolate(t, size=(H, W), mode="bilinear", align_corners=False)[0, 0].numpy())
         return out
 
+    def image_score(self, heat: np.ndarray) -> float:
+        """An image's score from its heat map (any size): the maximum (eq. 15's map is already smoothed)."""
+        return float(np.max(heat))
+
     def image_scores(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        return np.array([float(h.max()) for h in self.heat_maps(images)])
+        return np.array([self.image_score(h) for h in self.heat_maps(images)])
 
     @property
     def heat_tolerance_px(self) -> float:

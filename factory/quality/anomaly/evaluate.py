@@ -18,11 +18,13 @@ def confusion(pred: np.ndarray, truth: np.ndarray) -> dict:
     return {"tp": tp, "fp": fp, "fn": fn, "tn": tn, "f1": 2 * tp / max(2 * tp + fp + fn, 1)}
 
 
-def evaluate_heat(h_normal: Sequence[np.ndarray], h_defect: Sequence[np.ndarray], masks: Sequence[np.ndarray | None],
-                  image_threshold: float, pixel_threshold: float) -> dict:
-    """Metrics from heat maps (any size; a mask, when given, has its heat map's shape).
-    Pixel metrics pool the normal images' pixels (all negative) with the masked defect images."""
-    scores = np.r_[[float(h.max()) for h in h_normal], [float(h.max()) for h in h_defect]]
+def evaluate_heat(det, h_normal: Sequence[np.ndarray], h_defect: Sequence[np.ndarray], masks: Sequence[np.ndarray | None],
+                  rule: str = "f1") -> dict:
+    """Metrics from a detector's heat maps (any size; a mask, when given, has its heat map's shape)
+    at its own thresholds. Pixel metrics pool the normal images' pixels (all negative) with the
+    masked defect images."""
+    image_threshold, pixel_threshold = det.threshold("image", rule), det.threshold("pixel", rule)
+    scores = np.r_[[det.image_score(h) for h in h_normal], [det.image_score(h) for h in h_defect]]
     labels = np.r_[np.zeros(len(h_normal), bool), np.ones(len(h_defect), bool)]
     out = {"normal": len(h_normal), "defective": len(h_defect), "image_auroc": auroc(scores, labels),
            "image_threshold": image_threshold, "image": confusion(scores >= image_threshold, labels)}
@@ -41,5 +43,5 @@ def evaluate(det, normal: Sequence[np.ndarray], defective: Sequence[np.ndarray],
     masks = list(masks) if masks is not None else [None] * len(defective)
     h_norm = det.heat_maps(list(normal), original_size=True)
     h_def = det.heat_maps(list(defective), original_size=True)
-    res = evaluate_heat(h_norm, h_def, masks, det.threshold("image", rule), det.threshold("pixel", rule))
+    res = evaluate_heat(det, h_norm, h_def, masks, rule)
     return res | {"rule": rule, "method": getattr(det, "method", "uiidd")}

@@ -22,6 +22,14 @@ def gaussian_smooth(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     return F.conv2d(x, k.view(1, 1, -1, 1))
 
 
+def hottest_mean(heat: np.ndarray, n_px: int) -> float:
+    """Mean of a heat map's `n_px` hottest values (its maximum when n_px <= 1): an image score that
+    a whole defect raises, where one hot pixel of noise barely does."""
+    flat = np.ravel(heat)
+    n = min(max(int(n_px), 1), flat.size)
+    return float(flat.max()) if n == 1 else float(np.partition(flat, flat.size - n)[flat.size - n :].mean())
+
+
 MIN_ANOMALY_AREA = 4  # px: smaller anomalous components are noise (the gate's and its calibration's one rule)
 
 
