@@ -94,6 +94,9 @@ class _ThresholdDetector:
     def threshold(self, level, rule):
         return 0.6
 
+    def image_score(self, heat):
+        return float(heat.max())
+
 
 def test_evaluate_counts_by_construction():
     from factory.quality.anomaly.evaluate import evaluate
