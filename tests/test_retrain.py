@@ -171,6 +171,7 @@ def test_matched_steps_and_seeds_through_ray_train(tmp_path, real_yolo, ray_loca
             assert (out / arm / f"seed{seed}" / "weights" / "last.pt").stat().st_size > 100_000
             assert all(0.0 <= r[k] <= 1.0 for k in ("map50", "map50_95", "precision", "recall"))
             assert r["curve"]["steps"][-1] == 3
+            assert [p["threads"] for p in m["phases"]] == [1]  # 2 runs at once on 2 CPUs: one each
         vals = [r["map50"] for r in a["seeds"].values()]
         assert a["summary"]["map50"]["mean"] == pytest.approx(sum(vals) / 2)
     assert saved["arms"]["real"]["seeds"]["0"]["epochs"] == 1.5 and saved["arms"]["mixed"]["seeds"]["0"]["epochs"] == 1.0
@@ -184,6 +185,7 @@ def test_matched_steps_and_seeds_through_ray_train(tmp_path, real_yolo, ray_loca
     html = (out / "report.html").read_text()
     assert "real + synthetic" in html and "mAP50 per epoch" in html and "data:image/png;base64," in html
     assert f'href="{c["run_id"]}/report.html"' in (out.parent / "index.html").read_text()
+    assert L.cpus_per_run(s, 1) == 2 and L.cpus_per_run(s.model_copy(update={"gpus": 1}), 1) == 0  # a lone run: both
 
     # the same trigger again (here: the job's own command line, run in-process) does not train twice
     stamp = (out / "comparison.json").stat().st_mtime_ns
@@ -378,13 +380,15 @@ def test_plan_pretrain_finetune_matches_the_real_arms_steps():
 
 def test_validations_are_capped_and_counted_from_ultralytics(tmp_path, real_yolo, offline):
     """A run validates at most `evals` times while training plus the final score,
-    counted by the validator's own on_val_start callback (what ultralytics ran)."""
+    counted by the validator's own on_val_start callback (what ultralytics ran);
+    on the CPU it trains with the CPUs its worker holds, not ultralytics' one thread on 2 cores."""
     from factory.retrain.arm import train_arm
 
     s = RetrainSettings(steps=12, imgsz=64, batch=2, workers=0, evals=5, arms=["real"], train_args={"plots": False})
     sel = RD.select(Path(real_yolo), Path(real_yolo), None, s, 0)
     plan = L.plan_arms(sel, s)["real"]  # 6 images, batch 2: 3 steps per epoch, 4 epochs
-    m = train_arm("real", 0, tmp_path / "w", sel, s, plan)
+    m = train_arm("real", 0, tmp_path / "w", sel, s, plan, cpus=2)
+    assert [p["threads"] for p in m["phases"]] == [2]
     v = m["validations"]
     assert m["steps"] == 12 and v["points"] == [2, 4, 6, 8, 10]
     assert v["total"] <= s.evals + 1 and v["final"] == 1

@@ -103,10 +103,13 @@ class StepCounter:
         trainer.validate, trainer.final_eval = skipped, final_eval
 
     def _on_train_start(self, trainer) -> None:
+        import torch
+
         self.n_images = len(trainer.train_loader.dataset)
         self.batch = trainer.batch_size
         self.nb = len(trainer.train_loader)
         self.loaded = [str(f) for f in getattr(trainer.train_loader.dataset, "im_files", [])]
+        self.threads = torch.get_num_threads()
 
         def hook(*_):
             self.steps += 1
@@ -169,17 +172,20 @@ def _origin_counts(loaded: list[str], sources: dict[str, set[str]]) -> dict[str,
     return out
 
 
-def train_arm(arm: str, seed: int, work: Path, sel: Selection, s: RetrainSettings, plan: ArmPlan) -> ArmMetrics:
+def train_arm(arm: str, seed: int, work: Path, sel: Selection, s: RetrainSettings, plan: ArmPlan,
+              cpus: int = 1) -> ArmMetrics:
     """Lay out, train and score one arm with ultralytics in this process (any node):
     one train() call per phase (one, or two for pretrain_finetune's mixed arm: the
     second starts from the first's last.pt), validations only at the evaluation
-    points, then the final score of the last weights on the eval set."""
+    points, then the final score of the last weights on the eval set. On the CPU
+    torch uses the `cpus` this worker holds."""
     setup_ultralytics_offline()
     import torch
 
     if s.model.endswith(".pt") and not Path(s.model).exists():
         raise RetrainError(f"{s.model}: weights not found; give a local .pt or a model .yaml (nothing is downloaded)")
     device = "0" if s.gpus and torch.cuda.is_available() else "cpu"  # Ray set CUDA_VISIBLE_DEVICES to this run's GPU
+    threads = max(1, cpus) if device == "cpu" else 0
     runs, name = work / "runs", f"{arm}-s{seed}"
     sources = {"real": {os.path.realpath(p) for p, _ in sel.real}, "synthetic": {os.path.realpath(p) for p, _ in sel.synthetic}}
     phases = plan.phase_list(arm)
@@ -188,13 +194,13 @@ def train_arm(arm: str, seed: int, work: Path, sel: Selection, s: RetrainSetting
     for k, ph in enumerate(phases):
         pname = name if k == len(phases) - 1 else f"{name}-{ph['data']}"
         data_yaml = write_arm(work / f"data-{k}", sel, ph["data"])
-        record, seconds = _train_phase(weights, data_yaml, ph, runs, pname, seed, device, s, evals, done, sources)
+        record, seconds = _train_phase(weights, data_yaml, ph, runs, pname, seed, device, threads, s, evals, done, sources)
         done.append(record)
         wall += seconds
         weights = str(runs / pname / "weights" / "last.pt")
     # score the final weights: best.pt was picked on the eval set and would flatter every arm
     during = evals.ran
-    scores, final_s = _final_score(weights, data_yaml, runs, f"{name}-eval", device, s, evals, list(sel.class_names))
+    scores, final_s = _final_score(weights, data_yaml, runs, f"{name}-eval", device, threads, s, evals, list(sel.class_names))
     steps, epochs = sum(d["steps"] for d in done), round(sum(d["epochs"] for d in done), 3)
     curve = {k: list(v) for k, v in evals.curve.items()}
     for k, v in (("steps", steps), ("epoch", epochs), ("map50", scores["map50"]), ("map50_95", scores["map50_95"]),
@@ -210,7 +216,20 @@ def train_arm(arm: str, seed: int, work: Path, sel: Selection, s: RetrainSetting
         device=device)
 
 
-def _train_phase(weights: str, data_yaml: Path, ph: Phase, runs: Path, pname: str, seed: int, device: str,
+def _use_threads(model, threads: int) -> None:
+    """ultralytics pins torch to min(8, CPUs - 1) threads whenever it picks the CPU (one
+    thread on 2 cores, a core left idle); set the worker's own count after it does."""
+    if threads:
+        import torch
+
+        def use(*_):
+            torch.set_num_threads(threads)
+
+        model.add_callback("on_pretrain_routine_start", use)  # after the trainer's select_device
+        model.add_callback("on_val_start", use)  # after a standalone validator's select_device
+
+
+def _train_phase(weights: str, data_yaml: Path, ph: Phase, runs: Path, pname: str, seed: int, device: str, threads: int,
                  s: RetrainSettings, evals: Evaluations, done: list[PhaseRecord],
                  sources: dict[str, set[str]]) -> tuple[PhaseRecord, float]:
     """One train() call from `weights` on `data_yaml`, its steps counted (after the `done`
@@ -228,6 +247,7 @@ def _train_phase(weights: str, data_yaml: Path, ph: Phase, runs: Path, pname: st
     model = YOLO(weights)
     counter = StepCounter(ph["stop_steps"], evals, sum(d["steps"] for d in done), sum(d["epochs"] for d in done), ph["data"])
     counter.attach(model)
+    _use_threads(model, threads)
     val_before, t0 = evals.seconds, time.time()
     model.train(**args)
     seconds = time.time() - t0
@@ -236,16 +256,17 @@ def _train_phase(weights: str, data_yaml: Path, ph: Phase, runs: Path, pname: st
                        epochs=round(counter.batches / nb, 3), train_images=counter.n_images,
                        train_seconds=round(seconds - (evals.seconds - val_before), 2),
                        loaded=_origin_counts(counter.loaded, sources),
-                       train_dirs=yaml.safe_load(data_yaml.read_text())["train"]), seconds
+                       train_dirs=yaml.safe_load(data_yaml.read_text())["train"], threads=counter.threads), seconds
 
 
-def _final_score(weights: str, data_yaml: Path, runs: Path, name: str, device: str, s: RetrainSettings,
+def _final_score(weights: str, data_yaml: Path, runs: Path, name: str, device: str, threads: int, s: RetrainSettings,
                  evals: Evaluations, names: list[str]) -> tuple[Scores, float]:
     """The last weights scored on the eval set (its validation counted in `evals`); (scores, seconds)."""
     from ultralytics import YOLO
 
     final = YOLO(weights)
     final.add_callback("on_val_start", evals.on_val_start)
+    _use_threads(final, threads)
     t = time.time()
     m = final.val(data=str(data_yaml), split="val", imgsz=s.imgsz, batch=s.batch, device=device, project=str(runs),
                   name=name, exist_ok=True, plots=True, verbose=False)
@@ -267,7 +288,7 @@ def train_loop_per_worker(config: ArmRun) -> None:
             synthetic = stack.enter_context(as_local_dir(config["synthetic"])) if arm != "real" else None
             sel = select(real_train, real_eval, synthetic, s, seed, (config["real_train"], config["real_eval"], config["synthetic"]))
             with network_attempts() as attempts:  # ultralytics must not download anything
-                metrics = train_arm(arm, seed, work, sel, s, ArmPlan(**config["plan"]))
+                metrics = train_arm(arm, seed, work, sel, s, ArmPlan(**config["plan"]), config["cpus"])
         if attempts and config.get("no_network"):
             raise RetrainError(f"{arm}: training tried to reach the network: {sorted(set(attempts))[:5]}")
         metrics["data"] = sel.counts

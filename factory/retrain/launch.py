@@ -93,7 +93,8 @@ def _run_one(run: ArmRun) -> int:
     gpus = run["settings"]["gpus"]
     trainer = TorchTrainer(
         train_loop_per_worker, train_loop_config=run,
-        scaling_config=ScalingConfig(num_workers=1, use_gpu=gpus > 0, resources_per_worker={"GPU": gpus} if gpus else {"CPU": 1}),
+        scaling_config=ScalingConfig(num_workers=1, use_gpu=gpus > 0,
+                                     resources_per_worker={"GPU": gpus} if gpus else {"CPU": run["cpus"]}),
         run_config=RunConfig(name=f"{run['run_id']}-{run['arm']}-s{run['seed']}-{int(time.time())}",
                              storage_path=run["storage_path"]))
     try:
@@ -111,14 +112,21 @@ def runs_that_fit(s: RetrainSettings) -> int:
     return max(1, int(have.get("GPU", 0) // s.gpus) if s.gpus else int(have.get("CPU", 1)))
 
 
-def _fit_all(runs: list[ArmRun], s: RetrainSettings) -> None:
-    """Runs side by side: each TorchTrainer is driven from a zero-CPU Ray task, so
-    only the training workers hold resources; `parallel` (default: as many as
-    fit now) caps how many are started at once, so no idle trainer waits."""
+def cpus_per_run(s: RetrainSettings, at_once: int) -> int:
+    """CPUs each CPU run holds: the cluster's CPUs shared by the runs that train at once
+    (a lone run on 2 cores gets both; four runs on 16 get four each). 0 on GPUs."""
+    import ray
+
+    return 0 if s.gpus else max(1, int(ray.cluster_resources().get("CPU", 1)) // max(1, at_once))
+
+
+def _fit_all(runs: list[ArmRun], limit: int) -> None:
+    """Runs side by side, at most `limit` at once: each TorchTrainer is driven from a
+    zero-CPU Ray task, so only the training workers hold resources and no idle
+    trainer waits."""
     import ray
 
     launch = ray.remote(num_cpus=0, max_retries=0)(_run_one)
-    limit = s.parallel or runs_that_fit(s)
     pending, waiting, errors = [], list(runs), []
     while waiting or pending:
         while waiting and len(pending) < limit:
@@ -164,8 +172,10 @@ def retrain(version_uri: str, real_train: str, real_eval: str, s: RetrainSetting
     storage = storage_path or str(Path(tempfile.gettempdir()) / "factory-ray-train")
     common = {"run_id": run_id, "out_uri": out, "real_train": real_train, "real_eval": real_eval, "synthetic": synthetic,
               "settings": settings, "storage_path": storage, "no_network": os.environ.get("FACTORY_NO_NETWORK") == "1"}
-    runs = [ArmRun(**common, arm=arm, seed=seed, plan=vars(plans[seed][arm])) for seed in s.seeds for arm in s.arms]
-    _fit_all(runs, s)
+    at_once = min(s.parallel or runs_that_fit(s), len(s.seeds) * len(s.arms))  # `parallel` caps it; default: all that fit
+    cpus = cpus_per_run(s, at_once)
+    runs = [ArmRun(**common, arm=arm, seed=seed, plan=vars(plans[seed][arm]), cpus=cpus) for seed in s.seeds for arm in s.arms]
+    _fit_all(runs, at_once)
     metrics = {arm: {seed: json.loads(read_bytes(join(out, arm, f"seed{seed}", "metrics.json"))) for seed in s.seeds}
                for arm in s.arms}
     comparison = compare(metrics, s)

@@ -52,6 +52,7 @@ class ArmRun(TypedDict):
     arm: str
     seed: int
     plan: dict  # vars(ArmPlan)
+    cpus: int  # CPUs its worker holds; a CPU run trains and scores with that many torch threads
 
 
 class ClassScores(TypedDict):
@@ -84,6 +85,7 @@ class PhaseRecord(TypedDict):
     train_seconds: float
     loaded: dict[str, int]  # the images ultralytics loaded: real, synthetic, other
     train_dirs: list[str]
+    threads: int  # torch's threads when training started (what a CPU run really used)
 
 
 class ArmMetrics(Scores):
