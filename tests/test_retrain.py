@@ -205,6 +205,21 @@ def test_matched_steps_and_seeds_through_ray_train(tmp_path, real_yolo, ray_loca
     assert e["gains"]["mixed_vs_real"]["map50"]["ci95"] is None and e["settings"]["model"] == str(pt.resolve())
 
 
+def test_cpu_runs_share_the_cluster_but_fit_one_node(monkeypatch):
+    """A CPU run's one worker lives on one node: its share of the cluster's CPUs is capped
+    at the largest live node's (asking for more would wait forever)."""
+    import ray
+
+    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True, "Resources": {"CPU": 4.0}},
+                                               {"Alive": True, "Resources": {"CPU": 4.0}},
+                                               {"Alive": False, "Resources": {"CPU": 64.0}}])
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 8.0})
+    s = RetrainSettings()
+    assert L.cpus_per_run(s, 1) == 4  # one node's, not the cluster's 8
+    assert [L.cpus_per_run(s, k) for k in (2, 3, 4, 16)] == [4, 2, 2, 1]
+    assert L.cpus_per_run(s.model_copy(update={"gpus": 0.5}), 1) == 0
+
+
 def test_publish_trigger_uses_the_commands_defaults(tmp_path, real_yolo):
     """The publish trigger submits the job with the spec's settings and, for the
     rest, exactly the defaults `factory retrain` uses: matched steps."""

@@ -114,10 +114,14 @@ def runs_that_fit(s: RetrainSettings) -> int:
 
 def cpus_per_run(s: RetrainSettings, at_once: int) -> int:
     """CPUs each CPU run holds: the cluster's CPUs shared by the runs that train at once
-    (a lone run on 2 cores gets both; four runs on 16 get four each). 0 on GPUs."""
+    (a lone run on 2 cores gets both; four runs on 16 get four each), at most one node's
+    (a run's one worker lives on one node). 0 on GPUs."""
     import ray
 
-    return 0 if s.gpus else max(1, int(ray.cluster_resources().get("CPU", 1)) // max(1, at_once))
+    if s.gpus:
+        return 0
+    node = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]), default=1)
+    return max(1, min(int(ray.cluster_resources().get("CPU", 1)) // max(1, at_once), int(node)))
 
 
 def _fit_all(runs: list[ArmRun], limit: int) -> None:
