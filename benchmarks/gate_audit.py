@@ -7,6 +7,8 @@
     python benchmarks/gate_audit.py --methods patchcore uiidd-disc   # the pretrained-feature gate beside the trained one
     python benchmarks/gate_audit.py --spec SPEC --normal DIR --methods none patchcore --box-check URI
                                                             # with a per-class box check (`factory train box-check`)
+    python benchmarks/gate_audit.py --as-generated          # the gate as the pipeline runs it: samples keep their
+                                                            # generator's background and masks (the exact tests)
 
 Without `--normal`, the defect-free training images are the spec's own generator's
 negatives (its plan items with the boxes removed, other seeds than the audited
@@ -43,6 +45,8 @@ def main() -> None:
     ap.add_argument("--box-check", default=None, help="a box check URI (`factory train box-check --out`) in the gate of every row")
     ap.add_argument("--real", default=None, help="the line's labelled real set (NAME@VERSION): each row also scores its val "
                     "images, framed like the outputs (`real kept`: what the gate does to real defects)")
+    ap.add_argument("--as-generated", action="store_true", help="samples keep their generator's background and masks: the "
+                    "gate as the pipeline runs it, exact tests included (default: stripped, only pixels decide)")
     ap.add_argument("--scale", type=float, default=1.0)
     ap.add_argument("--patch", type=int, default=32)
     ap.add_argument("--patches-per-image", type=int, default=8)
@@ -92,7 +96,7 @@ def main() -> None:
                 ckpt = f"file://{tmp}/gate-{method}-{seed}"
                 res = train_anomaly(normal, ckpt, cfg, defect_pairs=pairs if method == "uiidd-disc" else None)
             train_s = time.time() - t
-            rep = audit(spec, ckpt, samples=samples, box_check=args.box_check, real=args.real)
+            rep = audit(spec, ckpt, samples=samples, box_check=args.box_check, real=args.real, as_generated=args.as_generated)
             out[f"{method} seed {seed}"] = rep | {"train_s": train_s}
             v = rep["variants"]
             rows.append([method, seed, f"{res['train_images']} / {res['val_images']}", f"{train_s:.0f}",
@@ -104,7 +108,8 @@ def main() -> None:
     print(f"\nGate audit of {spec.name} ({args.spec}) on {machine()}")
     print(f"{args.patch} px patches at scale {args.scale}, {args.patches_per_image} per image, {args.epochs} epochs, width {args.width}; "
           f"normal images: {'the spec generator negatives' if args.normal is None else args.normal}; "
-          f"labelled defects in the head's simulated anomalies: {args.defects or 'none'}; box check: {args.box_check or 'none'}\n")
+          f"labelled defects in the head's simulated anomalies: {args.defects or 'none'}; box check: {args.box_check or 'none'}; "
+          f"samples {'as generated (background and masks kept)' if args.as_generated else 'stripped to pixels'}\n")
     print(table(["method", "seed", "train / calib images", "train s", "good kept", "erased rejected", "moved rejected", "blank rejected",
                  "saturated rejected", "all broken rejected", "why good ones were rejected",
                  *(["real kept", "why real ones were rejected"] if args.real else [])], rows))

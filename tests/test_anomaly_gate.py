@@ -203,6 +203,45 @@ def test_audit_without_anomaly_model_counts_by_construction():
     assert res["broken_rejected_rate"] == pytest.approx(8 / (8 + rows["moved"]["n"] + 4))
 
 
+def test_a_box_equal_to_its_background_is_rejected_exactly():
+    """Hand-made: a box that differs from the known background by no more than a few grey
+    levels (noise, JPEG) is `box_unchanged`; one visibly changed pixel is enough to pass."""
+    from factory.core import Box, WorkItem
+    from factory.quality import OutsideExactScorer
+
+    bg = np.full((32, 32, 1), 100, np.uint8)
+    box = Box(0, "crack", 8, 8, 16, 16)
+    item = WorkItem("i", 0, "procedural", None, 32, 32, 1, 0, (box,))
+    faint, drawn = bg.copy(), bg.copy()
+    faint[10, 10], drawn[10, 10] = 108, 109  # 8 levels: within the limit; 9: drawn
+    verdicts = OutsideExactScorer().score([Sample(item, img, [box], background=bg) for img in (faint, drawn)])
+    assert [[r.code for r in v.reasons] for v in verdicts] == [["box_unchanged"], []]
+    assert [v.scores["outside.unchanged_boxes"] for v in verdicts] == [1.0, 0.0]
+
+
+def test_audit_as_generated_judges_a_known_background_exactly():
+    """`as_generated`: the procedural samples keep the background their generator reports, so
+    the exact tests reject the erased defect (its box equals the background) and the moved one
+    (pixels changed outside the boxes) without any model; stripped to pixels (the default)
+    the same samples pass both without an anomaly model."""
+    from factory.generators.procedural import CLASSES, ProceduralELGenerator
+    from factory.planning import plan
+    from factory.quality.audit import audit
+    from factory.spec.model import DatasetSpec
+
+    spec = DatasetSpec(name="t", count=8, seed=2, image={"width": 64, "height": 64}, defects=[{"class": c} for c in CLASSES],
+                       quality={"duplicate_distance": -1})
+    samples = ProceduralELGenerator().generate([it for it in plan(spec, n=8) if it.boxes])
+    exact = audit(spec, None, samples=samples, as_generated=True)
+    rows = exact["variants"]
+    assert exact["as_generated"] and rows["good"]["kept_rate"] == 1.0 and rows["erased"]["erased_by"]["inpainting"] == 0
+    assert rows["erased"]["rejected_rate"] == 1.0 and rows["erased"]["reasons"]["box_unchanged"] == rows["erased"]["n"]
+    assert rows["moved"]["n"] > 0 and rows["moved"]["rejected_rate"] == 1.0 and "outside_changed" in rows["moved"]["reasons"]
+    assert exact["broken_rejected_rate"] == 1.0
+    pixels = audit(spec, None, samples=samples)["variants"]
+    assert pixels["erased"]["rejected"] == 0 and pixels["moved"]["rejected"] == 0
+
+
 def test_evaluate_command_on_a_saved_checkpoint(tmp_path):
     """`factory quality evaluate --json` on a (random, untrained) uiidd-disc checkpoint: the
     plumbing (weights_only load, folders, masks beside images, counts) end to end."""

@@ -69,6 +69,26 @@ def test_defects_darken_the_image_inside_the_mask():
         assert np.abs(diff[in_boxes & ~inside]).max() <= 0.13 * 255  # only a faint halo below the mask threshold
 
 
+def test_the_background_is_the_item_without_its_defects():
+    """The renderer reports its background (the same cell and sensor noise, no defects): equal
+    to the image outside every box, equal to the item drawn without boxes, so the exact
+    tests (quality/outside.py) pass every sample."""
+    from dataclasses import replace
+
+    from factory.quality import OutsideExactScorer
+
+    items = [it for it in plan(spec_for(), n=12) if it.boxes]
+    samples = ProceduralELGenerator().generate(items)
+    for it, s in zip(items, samples):
+        assert s.background.shape == s.image.shape and s.background.dtype == np.uint8
+        assert np.array_equal(s.background, ProceduralELGenerator().generate([replace(it, boxes=())])[0].image)
+        outside = np.ones(s.image.shape[:2], bool)
+        for b in it.boxes:
+            outside[b.y1:b.y2, b.x1:b.x2] = False
+        assert np.array_equal(s.image[outside], s.background[outside])
+    assert [v.reasons for v in OutsideExactScorer().score(samples)] == [[]] * len(samples)
+
+
 def test_brightness_follows_the_style():
     dim = ProceduralELGenerator().generate(plan(spec_for(domain={"brightness": [0.3, 0.3]}, negatives=1.0), n=8))
     bright = ProceduralELGenerator().generate(plan(spec_for(domain={"brightness": [0.8, 0.8]}, negatives=1.0), n=8))

@@ -233,6 +233,8 @@ def audit_cmd(
     seed: int = typer.Option(0),
     real: Optional[str] = typer.Option(None, "--real", help="the line's labelled real set (NAME@VERSION or a YOLO folder): "
                                        "how many of its val images the gate keeps (the best a generator can hope for)"),
+    as_generated: bool = typer.Option(False, "--as-generated", help="keep each sample's background and masks as its generator "
+                                      "reported them: the gate as the pipeline runs it, exact tests included (default: pixels only)"),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Does the gate keep good samples and reject broken ones (defect erased, moved out of its box, blank, saturated)?"""
@@ -240,12 +242,13 @@ def audit_cmd(
     with friendly_errors():
         from factory.quality.audit import audit
 
-        res = audit(spec, checkpoint or spec.quality.anomaly_checkpoint, n, seed, box_check=box_check, real=real)
+        res = audit(spec, checkpoint or spec.quality.anomaly_checkpoint, n, seed, box_check=box_check, real=real,
+                    as_generated=as_generated)
         if as_json:
             print(json.dumps(res, indent=1))
             return
         console.print(f"gate audit of {res['spec']} (checks: {', '.join(res['scorers'])}; checkpoint {res['checkpoint']}; "
-                      f"box check {res['box_check']})")
+                      f"box check {res['box_check']}; {'as generated' if as_generated else 'pixels only'})")
         for name, r in res["variants"].items():
             verb = f"kept {r['n'] - r['rejected']}/{r['n']} ({r['kept_rate']:.0%})" if name in ("good", "real") else \
                 f"rejected {r['rejected']}/{r['n']} ({r['rejected_rate']:.0%})"

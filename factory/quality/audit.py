@@ -13,9 +13,13 @@ gate should keep them) and broken variants of each (it should reject them):
 - `moved`: the defect's pixels shifted outside its box onto the erased image, the box
   left where it was: a defect that spilled out of its box;
 - `blank`: one flat grey level; `saturated`: all white.
-Every variant is stripped of the generator's mask, defect maps and background (the
-exact outside test, quality/outside.py, is not what is audited) so that only the
-pixels decide, as for a learned generator that fails silently. Each variant is
+By default every variant is stripped of the generator's mask, defect maps and
+background (the exact tests, quality/outside.py, are not what is audited) so that only
+the pixels decide, as for a learned generator that fails silently. With
+`as_generated=True` every variant keeps what its generator reported (a broken variant
+is the same sample whose pixels went wrong, its background and mask as reported): the
+gate exactly as the pipeline runs it on this spec, where a generator that knows its
+background (procedural, transplant) is judged by the exact tests first. Each variant is
 scored as its own batch with `build_scorers(spec)` (the one list of checks, here
 with `quality.anomaly_checkpoint` = the checkpoint under audit).
 """
@@ -79,12 +83,14 @@ def move_outside(image: np.ndarray, mask: np.ndarray, boxes: Sequence[Box], rng:
     return None
 
 
-def broken_variants(sample: Sample, rng: np.random.Generator, clean: np.ndarray | None = None) -> dict[str, Sample]:
-    """The sample stripped of masks (`good`) and its broken versions; `clean` is the sample
-    drawn without its defects (`clean_renders`), else the defect is inpainted. `moved` is
-    left out when the defect cannot be placed outside every box."""
-    plain = replace(sample, mask=None, meta={k: v for k, v in sample.meta.items() if k != "defect_maps"},
-                    background=None)
+def broken_variants(sample: Sample, rng: np.random.Generator, clean: np.ndarray | None = None,
+                    as_generated: bool = False) -> dict[str, Sample]:
+    """The sample (`good`) and its broken versions, stripped of masks, defect maps and
+    background unless `as_generated`; `clean` is the sample drawn without its defects
+    (`clean_renders`), else the defect is inpainted. `moved` is left out when the defect
+    cannot be placed outside every box."""
+    plain = sample if as_generated else replace(
+        sample, mask=None, meta={k: v for k, v in sample.meta.items() if k != "defect_maps"}, background=None)
     img = sample.image
     m = defect_mask(sample)
     erased = inpaint(img, m) if clean is None else clean
@@ -193,12 +199,14 @@ def real_samples(source: str, spec, split: str = "val") -> list[Sample]:
 
 
 def audit(spec, checkpoint: str | None, n: int = 200, seed: int = 0, device: str = "cpu",
-          samples: list[Sample] | None = None, box_check: str | None = None, real: str | None = None) -> dict:
+          samples: list[Sample] | None = None, box_check: str | None = None, real: str | None = None,
+          as_generated: bool = False) -> dict:
     """Per variant: how many samples, how many the gate rejected, and the reason codes.
     `good` should be kept (kept_rate), the rest rejected (rejected_rate). `checkpoint` and
     `box_check` replace the spec's own (quality.anomaly_checkpoint / quality.box_check).
     `real`: a labelled real set of the line; its val images are scored too (row `real`:
-    the kept rate a perfect generator could hope for)."""
+    the kept rate a perfect generator could hope for). `as_generated`: the variants keep
+    their generator's background and masks (the module docstring)."""
     update = {k: v for k, v in (("anomaly_checkpoint", checkpoint), ("box_check", box_check)) if v}
     if update:
         spec = spec.model_copy(update={"quality": spec.quality.model_copy(update=update)})
@@ -208,7 +216,7 @@ def audit(spec, checkpoint: str | None, n: int = 200, seed: int = 0, device: str
     rng = np.random.default_rng(seed)
     variants: dict[str, list[Sample]] = {}
     for s, c in zip(samples, clean):
-        for name, v in broken_variants(s, rng, c).items():
+        for name, v in broken_variants(s, rng, c, as_generated).items():
             variants.setdefault(name, []).append(v)
     rows = {}
     if real:
@@ -222,7 +230,8 @@ def audit(spec, checkpoint: str | None, n: int = 200, seed: int = 0, device: str
                       "kept_rate": 1 - rejected / max(len(batch), 1), "reasons": dict(codes.most_common())}
     n_clean = sum(c is not None for c in clean)
     rows["erased"]["erased_by"] = {"clean render": n_clean, "inpainting": len(samples) - n_clean}
-    return {"spec": spec.name, "checkpoint": checkpoint, "box_check": spec.quality.box_check, "scorers": [s.name for s in scorers], "variants": rows,
+    return {"spec": spec.name, "checkpoint": checkpoint, "box_check": spec.quality.box_check, "scorers": [s.name for s in scorers],
+            "as_generated": as_generated, "variants": rows,
             "broken_rejected_rate": _pooled(rows, BROKEN), "good_kept_rate": rows["good"]["kept_rate"]}
 
 

@@ -1,9 +1,11 @@
-"""The exact outside-the-box test, for generators that know their background.
+"""The exact tests, for generators that know their background.
 
-A transplant image is its background plus pastes: outside the boxes (grown by the
-blend margin the generator reports) every pixel must equal the background it was
-pasted onto. Where that is known there is nothing to estimate, so this check is
-exact and a learned model (the anomaly gate) only judges what the generator does
+A transplant or procedural image is its background plus defects drawn into the
+boxes: outside the boxes (grown by the blend margin the generator reports) every
+pixel must equal the background (`outside_changed`), and inside each box some pixel
+must differ from it visibly (`box_unchanged`: a defect that went missing). Where the
+background is known there is nothing to estimate, so these checks are exact and a
+learned model (the anomaly gate, the box check) only judges what the generator does
 not know: whether the content of each box looks like a real defect.
 
 Contract (factory.core.Sample): `sample.background` is the image before any defect
@@ -19,6 +21,10 @@ import numpy as np
 
 from factory.core import Reason, Sample
 from factory.quality.base import Verdict
+
+# grey levels a pixel must move by to count as drawn (sensor noise and JPEG move a few;
+# the transplant asks the same of a visible paste)
+VISIBLE_DIFF = 8
 
 
 def changed_outside(image: np.ndarray, background: np.ndarray, boxes, grow_px: int) -> np.ndarray:
@@ -36,8 +42,18 @@ def changed_outside(image: np.ndarray, background: np.ndarray, boxes, grow_px: i
     return changed
 
 
+def unchanged_boxes(image: np.ndarray, background: np.ndarray, boxes, min_diff: int = VISIBLE_DIFF) -> list[int]:
+    """Indices of the boxes in which no pixel differs from the background by more than
+    `min_diff` grey levels (in any channel)."""
+    diff = np.abs(np.asarray(image).astype(np.int16) - np.asarray(background).astype(np.int16))
+    if diff.ndim == 3:
+        diff = diff.max(axis=2)
+    return [k for k, b in enumerate(boxes) if not (diff[b.y1: b.y2, b.x1: b.x2] > min_diff).any()]
+
+
 class OutsideExactScorer:
-    """Rejects a sample whose pixels outside its boxes differ from its background."""
+    """Rejects a sample whose pixels outside its boxes differ from its background, or
+    one of whose boxes does not differ from it visibly."""
 
     name = "outside"
 
@@ -50,5 +66,8 @@ class OutsideExactScorer:
             stray = changed_outside(s.image, s.background, s.boxes, s.blend_px)
             n = int(stray.sum())
             reasons = [Reason("outside_changed", f"{n} px differ from the background outside the boxes")] if n else []
-            out.append(Verdict({"outside.changed_px": float(n)}, reasons))
+            empty = unchanged_boxes(s.image, s.background, s.boxes)
+            if empty:
+                reasons.append(Reason("box_unchanged", f"box {empty[0]} equals the background (within {VISIBLE_DIFF} levels)"))
+            out.append(Verdict({"outside.changed_px": float(n), "outside.unchanged_boxes": float(len(empty))}, reasons))
         return out

@@ -12,7 +12,7 @@ import numpy as np
 
 from factory.core import Sample, WorkItem
 from factory.generators.base import GeneratorParams
-from factory.generators.procedural.render import DEFECTS, render_el
+from factory.generators.procedural.render import DEFECTS, render_el_with_background
 from factory.generators.references import background_uris, load_background, qualify_references, reference_problems
 
 CLASSES = tuple(DEFECTS)
@@ -25,7 +25,8 @@ class ProceduralParams(GeneratorParams):
 
 class ProceduralELGenerator:
     """Renders PV EL cells with defects drawn inside the requested boxes; returns
-    the exact defect mask, so later stages can check themselves against truth."""
+    the exact defect mask and the background (the cell without them), so later
+    stages can check themselves against truth."""
 
     kind: ClassVar[str] = "procedural"
     classes: ClassVar[tuple[str, ...]] = CLASSES
@@ -75,8 +76,8 @@ class ProceduralELGenerator:
                 cell = cell[:, ::-1] if flips[0] else cell
                 cell = cell[::-1] if flips[1] else cell
                 meta["reference"] = ref
-            image, boxes, mask = render_el(item, cell)
-            out.append(Sample(item=item, image=image, boxes=boxes, mask=mask, meta=meta))
+            image, boxes, mask, background = render_el_with_background(item, cell)
+            out.append(Sample(item=item, image=image, boxes=boxes, mask=mask, meta=meta, background=background))
         return out
 
 

@@ -35,6 +35,14 @@ MASK_THRESHOLD = 0.12
 def render_el(item: WorkItem, cell: np.ndarray | None = None) -> tuple[np.ndarray, list[Box], np.ndarray]:
     """Render one item: (HxWxC uint8 image, tight boxes, HxW uint8 mask with k = box index + 1).
     `cell`: a real defect-free image (HxW float 0..1) to draw the defects on instead of a rendered cell."""
+    image, boxes, mask, _ = render_el_with_background(item, cell)
+    return image, boxes, mask
+
+
+def render_el_with_background(item: WorkItem, cell: np.ndarray | None = None) -> tuple[np.ndarray, list[Box], np.ndarray, np.ndarray]:
+    """`render_el` plus the background: the same item drawn without its defects (same cell,
+    same sensor noise), equal to the image outside every box by construction, so the
+    gate can test the outside exactly (quality/outside.py)."""
     # separate streams: adding or moving a defect changes nothing outside its box
     cell_rng, defect_rng, noise_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(item.seed).spawn(3))
     H, W = item.height, item.width
@@ -66,15 +74,14 @@ def render_el(item: WorkItem, cell: np.ndarray | None = None) -> tuple[np.ndarra
         boxes.append(Box(box.class_id, box.class_name, box.x1 + int(xs.min()), box.y1 + int(ys.min()),
                          box.x1 + int(xs.max()) + 1, box.y1 + int(ys.max()) + 1))
 
-    img = cell * (1.0 - darkening)
     sigma = 0.012 + 0.01 * noise_rng.random()
-    img = img + noise_rng.normal(0.0, style.get("noise", sigma), img.shape).astype(np.float32)  # sensor noise
+    noise = noise_rng.normal(0.0, style.get("noise", sigma), cell.shape).astype(np.float32)  # sensor noise
+    return _to_uint8(cell * (1.0 - darkening) + noise, item.channels), boxes, mask, _to_uint8(cell + noise, item.channels)
+
+
+def _to_uint8(img: np.ndarray, channels: int) -> np.ndarray:
     img8 = (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    if item.channels == 3:
-        img8 = np.repeat(img8[:, :, None], 3, axis=2)
-    else:
-        img8 = img8[:, :, None]
-    return img8, boxes, mask
+    return np.repeat(img8[:, :, None], 3, axis=2) if channels == 3 else img8[:, :, None]
 
 
 def _smooth_noise(rng: np.random.Generator, H: int, W: int, sigma: float) -> np.ndarray:
