@@ -311,7 +311,9 @@ def test_exact_outside_test_passes_every_transplant_and_catches_a_changed_pixel(
     assert OutsideExactScorer().score([dataclasses.replace(broken, background=None)])[0].reasons == []  # unknown: no verdict
 
 
-def test_anomaly_gate_leaves_the_outside_to_the_exact_test():
+def test_anomaly_gate_leaves_the_outside_and_the_cold_box_to_the_exact_tests():
+    """With the background known, heat outside the boxes and a box whose heat stays below
+    the threshold (a small defect on a coarse map) are the exact tests' to judge."""
     from factory.core import Box
     from factory.quality.gate import AnomalyGate
 
@@ -334,7 +336,11 @@ def test_anomaly_gate_leaves_the_outside_to_the_exact_test():
     heat[20:30, 20:30] = 1.0  # heat far outside it
     box = [Box(0, "crack", 3, 3, 9, 9)]
     assert "outside_anomaly" in [r.code for r in gate.assess(heat, box).reasons]
-    assert "outside_anomaly" not in [r.code for r in gate.assess(heat, box, outside_known=True).reasons]
+    assert "outside_anomaly" not in [r.code for r in gate.assess(heat, box, background_known=True).reasons]
+    cold = np.zeros((32, 32), np.float32)
+    cold[5:7, 5:7] = 0.4  # a defect the map barely sees
+    assert [r.code for r in gate.assess(cold, box).reasons] == ["no_defect"]
+    assert gate.assess(cold, box, background_known=True).reasons == []
 
 
 def test_jpeg_quality_gives_pastes_the_codec_noise_and_keeps_the_outside_exact(world):

@@ -20,8 +20,9 @@ def build_scorers(spec, device: str = "cpu") -> list[Scorer]:
     sanity, boxes, mask spillover (from the generator's own masks), the exact
     outside-the-box test (where the generator knows its background), near-duplicates,
     and the anomaly gate when `quality.anomaly_checkpoint` is set (its heat-map
-    spillover covers samples without a generator mask; outside the boxes it judges
-    only samples whose background is not known), and the per-class box check when
+    spillover covers samples without a generator mask; outside the boxes and "is a
+    defect drawn in the box" it judges only samples whose background is not known),
+    and the per-class box check when
     `quality.box_check` is set (every box must score as its class; it then replaces the
     anomaly gate's "heat above threshold somewhere in the box")."""
     q = spec.quality

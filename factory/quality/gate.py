@@ -3,13 +3,16 @@ normal outside it, and should not leak out of its box.
 
 Per sample, from the anomaly heat map (normalized units; thresholds from the checkpoint):
 - every box must contain a defect: max heat inside >= the pixel threshold (unless a
-  per-class box check judges the boxes instead: `box_heat=False`);
+  per-class box check judges the boxes instead: `box_heat=False`, or the generator knows
+  its background: the exact tests of quality/outside.py then say whether a defect was
+  drawn, which a coarse heat map misjudges for small ones);
 - spillover (see `spillover.py`) of every box <= `spillover_max`; the defect's extent
   is the generator's own mask when it has one, else the heat map's components;
 - outside the boxes the image looks normal: anomalous components that touch no box
   cover at most `max_outside_fraction` of the image, or what the checkpoint's
   defect-free calibration images show at the same threshold if that is more
-  (`Calibration.outside_fractions`: a clean background must pass);
+  (`Calibration.outside_fractions`: a clean background must pass); not judged where
+  the generator knows its background (the exact outside test is);
 - a negative (no boxes) must score below the image threshold.
 Reasons are short `code: detail` strings ("spillover: 0.31 > 0.20") that the
 pipeline's report counts by code.
@@ -59,11 +62,12 @@ class AnomalyGate:
         return self.detector.heat_tolerance_px
 
     def assess(self, heat: np.ndarray, boxes: Sequence[Box], extents: list[np.ndarray] | None = None,
-               outside_known: bool = False) -> Verdict:
+               background_known: bool = False) -> Verdict:
         """Judge one sample from its heat map (HxW, the image's size) and boxes;
         `extents` are the generator's exact per-box defect extents when known;
-        `outside_known`: the exact outside test (quality/outside.py) judges the
-        pixels outside the boxes, so the heat there is not turned into a reason."""
+        `background_known`: the exact tests (quality/outside.py) judge the pixels
+        outside the boxes and whether each box has a defect drawn, so neither the
+        heat outside nor a cold box is turned into a reason."""
         H, W = heat.shape
         thr, ithr = self.pixel_threshold, self.image_threshold
         binary = heat >= thr
@@ -80,7 +84,7 @@ class AnomalyGate:
         if extents is None:
             extents = heat_extents
         inside = [float(heat[b.y1 : b.y2, b.x1 : b.x2].max()) for b in boxes]
-        cold = [k for k, s in enumerate(inside) if s < thr] if self.box_heat else []
+        cold = [k for k, s in enumerate(inside) if s < thr] if self.box_heat and not background_known else []
         if cold:
             reasons.append(Reason("no_defect", f"box {cold[0]} {inside[cold[0]]:.2f} < {thr:.2f}"))
         scale = self.detector.image_px_per_model_px(H, W)
@@ -92,7 +96,7 @@ class AnomalyGate:
         for b in boxes:
             grown |= box_mask(b, H, W, self.margin)
         outside_frac = float(stray.mean())
-        if outside_frac > self.max_outside_fraction and not outside_known:
+        if outside_frac > self.max_outside_fraction and not background_known:
             reasons.append(Reason("outside_anomaly", f"{outside_frac:.3f} > {self.max_outside_fraction:.3f}"))
         valid = [v for v in spills if v == v]
         scores.update({
