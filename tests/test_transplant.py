@@ -11,6 +11,7 @@ from PIL import Image
 from scipy import ndimage
 from typer.testing import CliRunner
 
+from factory.core import Sample
 from factory.data.adapters import pv_vision_crack
 from factory.data.realset import publish_real
 from factory.generators.base import load_generator
@@ -311,26 +312,36 @@ def test_exact_outside_test_passes_every_transplant_and_catches_a_changed_pixel(
     assert OutsideExactScorer().score([dataclasses.replace(broken, background=None)])[0].reasons == []  # unknown: no verdict
 
 
+class _GateDetector:
+    """The gate's view of a detector: thresholds, the heat maps' scale, and cold maps (counted)."""
+
+    calib = type("C", (), {"outside_fractions": {}})()
+    heat_tolerance_px = 0.0
+
+    def __init__(self):
+        self.mapped = 0
+
+    def threshold(self, kind, rule):
+        return 0.5
+
+    def image_score(self, heat):
+        return float(heat.max())
+
+    def image_px_per_model_px(self, H, W):
+        return 1.0
+
+    def heat_maps(self, images, original_size=True):
+        self.mapped += len(images)
+        return [np.zeros(im.shape[:2], np.float32) for im in images]
+
+
 def test_anomaly_gate_leaves_the_outside_and_the_cold_box_to_the_exact_tests():
     """With the background known, heat outside the boxes and a box whose heat stays below
     the threshold (a small defect on a coarse map) are the exact tests' to judge."""
     from factory.core import Box
     from factory.quality.gate import AnomalyGate
 
-    class Det:  # the gate's view of a detector: thresholds and the heat maps' scale
-        calib = type("C", (), {"outside_fractions": {}})()
-        heat_tolerance_px = 0.0
-
-        def threshold(self, kind, rule):
-            return 0.5
-
-        def image_score(self, heat):
-            return float(heat.max())
-
-        def image_px_per_model_px(self, H, W):
-            return 1.0
-
-    gate = AnomalyGate(Det(), max_outside_fraction=0.0)
+    gate = AnomalyGate(_GateDetector(), max_outside_fraction=0.0)
     heat = np.zeros((32, 32), np.float32)
     heat[4:8, 4:8] = 1.0  # the defect, in its box
     heat[20:30, 20:30] = 1.0  # heat far outside it
@@ -341,6 +352,30 @@ def test_anomaly_gate_leaves_the_outside_and_the_cold_box_to_the_exact_tests():
     cold[5:7, 5:7] = 0.4  # a defect the map barely sees
     assert [r.code for r in gate.assess(cold, box).reasons] == ["no_defect"]
     assert gate.assess(cold, box, background_known=True).reasons == []
+
+
+def test_anomaly_gate_maps_only_the_samples_its_heat_can_judge():
+    """In the pipeline's gate (mask spillover left to its own check) a sample with boxes, a
+    known background and a mask gets no heat map (the gate's cost) and no verdict from it;
+    one without a background, and a negative, are mapped and judged."""
+    from factory.core import Box, WorkItem
+    from factory.quality.gate import AnomalyGate
+
+    img = np.full((32, 32, 1), 90, np.uint8)
+    box = Box(0, "crack", 3, 3, 9, 9)
+    mask = np.zeros((32, 32), np.uint8)
+    mask[4:8, 4:8] = 1
+    item = WorkItem("i", 0, "transplant", None, 32, 32, 1, 0, (box,))
+    known = Sample(item, img, [box], mask, background=img)
+    unknown = Sample(item, img, [box], mask)
+    negative = Sample(dataclasses.replace(item, boxes=()), img, [], background=img)
+    det = _GateDetector()
+    v = AnomalyGate(det, mask_spillover_reasons=False).score([known, unknown, negative])
+    assert det.mapped == 2 and v[0].scores == {} and v[0].reasons == []
+    assert [r.code for r in v[1].reasons] == ["no_defect"] and "anomaly.image_score" in v[2].scores
+    det = _GateDetector()
+    AnomalyGate(det).score([known])  # a standalone gate judges mask spillover itself: mapped
+    assert det.mapped == 1
 
 
 def test_jpeg_quality_gives_pastes_the_codec_noise_and_keeps_the_outside_exact(world):

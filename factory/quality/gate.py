@@ -109,14 +109,25 @@ class AnomalyGate:
         })
         return Verdict(scores, reasons)
 
+    def needs_heat(self, s: Sample) -> bool:
+        """Whether the heat map can decide anything about `s`. Not for a sample with boxes
+        whose generator knows its background and its mask, where mask spillover is another
+        check's (`mask_spillover_reasons=False`, as in `build_scorers`): the exact tests and
+        that check judge it, so its map (most of the gate's cost) is not computed and its
+        verdict has no `anomaly.*` scores."""
+        known = bool(s.boxes) and s.background is not None and s.mask is not None and self.use_sample_masks
+        return not (known and not self.mask_spillover_reasons)
+
     def score(self, samples: Sequence[Sample]) -> list[Verdict]:
-        out: list[Verdict] = []
-        for i in range(0, len(samples), self.batch_size):
-            batch = samples[i : i + self.batch_size]
-            heats = self.detector.heat_maps([s.image for s in batch], original_size=True)
-            for s, h in zip(batch, heats):
+        out: list[Verdict] = [Verdict() for _ in samples]
+        todo = [k for k, s in enumerate(samples) if self.needs_heat(s)]
+        for i in range(0, len(todo), self.batch_size):
+            batch = todo[i : i + self.batch_size]
+            heats = self.detector.heat_maps([samples[k].image for k in batch], original_size=True)
+            for k, h in zip(batch, heats):
+                s = samples[k]
                 ext = sample_extents(s) if self.use_sample_masks else None
-                out.append(self.assess(h, s.boxes, ext, s.background is not None))
+                out[k] = self.assess(h, s.boxes, ext, s.background is not None)
         return out
 
 
