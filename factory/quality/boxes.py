@@ -4,10 +4,18 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from factory.core import Reason, Sample
+from factory.core import Box, Reason, Sample
 from factory.quality.base import Verdict
 
 MIN_BOX_SIDE = 2
+
+
+def drawn_boxes(s: Sample) -> list[Box]:
+    """The boxes the generator drew. A labelled background's own boxes (transplant
+    `backgrounds: labelled`, counted in `provenance.kept_boxes`) come last: real defects the
+    image, and its background, already had; only the drawn ones answer what was asked for."""
+    kept = int(((s.meta or {}).get("provenance") or {}).get("kept_boxes", 0))
+    return list(s.boxes[:len(s.boxes) - kept])
 
 
 class BoxScorer:
@@ -32,10 +40,7 @@ class BoxScorer:
                 v.reasons.append(Reason("box_tiny", f"{b.width}x{b.height} px"))
             if not (0 <= b.class_id < len(self.class_names)) or self.class_names[b.class_id] != b.class_name:
                 v.reasons.append(Reason("box_class", f"unknown class {b.class_id}/{b.class_name!r}"))
-        # a labelled background's own boxes (transplant `backgrounds: labelled`) come last; they are real
-        # defects the image already had, so only the boxes the generator drew answer what was asked for
-        kept = int(((s.meta or {}).get("provenance") or {}).get("kept_boxes", 0))
-        drawn = {b.class_name for b in s.boxes[:len(s.boxes) - kept]}
+        drawn = {b.class_name for b in drawn_boxes(s)}
         if drawn != set(s.item.classes):
             v.reasons.append(Reason("box_missing", f"asked for {sorted(s.item.classes)}, got {sorted(drawn)}"))
         v.scores["boxes"] = float(len(s.boxes))

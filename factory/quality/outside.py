@@ -21,6 +21,7 @@ import numpy as np
 
 from factory.core import Reason, Sample
 from factory.quality.base import Verdict
+from factory.quality.boxes import drawn_boxes
 
 # grey levels a pixel must move by to count as drawn (sensor noise and JPEG move a few;
 # the transplant asks the same of a visible paste)
@@ -66,7 +67,7 @@ class OutsideExactScorer:
             stray = changed_outside(s.image, s.background, s.boxes, s.blend_px)
             n = int(stray.sum())
             reasons = [Reason("outside_changed", f"{n} px differ from the background outside the boxes")] if n else []
-            empty = unchanged_boxes(s.image, s.background, s.boxes)
+            empty = unchanged_boxes(s.image, s.background, drawn_boxes(s))  # not a labelled background's own
             if empty:
                 reasons.append(Reason("box_unchanged", f"box {empty[0]} equals the background (within {VISIBLE_DIFF} levels)"))
             out.append(Verdict({"outside.changed_px": float(n), "outside.unchanged_boxes": float(len(empty))}, reasons))
