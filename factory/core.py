@@ -233,8 +233,8 @@ class Sample:
     generator knows it exactly, else None. `meta` carries provenance (checkpoint,
     extra per-sample info) and optional debugging arrays (e.g. attention maps).
     `background` is the image before any defect was drawn, when the generator knows
-    it (transplant), and `blend_px` how far outside a box drawing may change it: the
-    gate's exact outside-the-box test (quality/outside.py). Never written out.
+    it (transplant, procedural), and `blend_px` how far outside a box drawing may
+    change it: the gate's exact tests (quality/outside.py). Never written out.
     """
 
     item: WorkItem
