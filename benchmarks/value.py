@@ -266,6 +266,8 @@ def main() -> None:
                     help="ultralytics augmentation settings for every arm (e.g. flipud=0.5): is a synthetic arm's gain "
                          "more than what the same flips and turns of the real images would give?")
     ap.add_argument("--gpus", type=float)
+    ap.add_argument("--cpus", type=int, help="CPUs of this process's own Ray cluster (default: all): two benchmarks "
+                    "side by side with --cpus 1 each train one thread each instead of fighting over both cores")
     ap.add_argument("--work", type=Path, default=Path("/tmp/factory-value"))
     ap.add_argument("--out", type=Path, default=Path("benchmark-value.json"))
     ap.add_argument("--smoke", action="store_true", help="smallest setting: the same code path end to end at tiny sizes "
@@ -295,7 +297,7 @@ def main() -> None:
     t0 = time.time()
     a.work.mkdir(parents=True, exist_ok=True)
     real_train, real_eval, real_counts, real_train_set = real_sets(a.dataset, a.data, a.work, 60 if a.smoke else None)
-    ensure_ray(num_cpus=2 if a.smoke else None)
+    ensure_ray(num_cpus=a.cpus or (2 if a.smoke else None))
     real_name = registry_name(real_train_set)
     count = 16 if a.smoke else None
     per_subset = {name: uses_real_source(src, real_name) for name, src in arms.items()}
