@@ -27,6 +27,12 @@ def centre_crop(w: int, h: int, width: int, height: int) -> tuple[int, int, int,
     return (w - cw) // 2, (h - ch) // 2, cw, ch
 
 
+# grey levels a pixel must move by to count as drawn on its background (sensor noise and
+# JPEG move a few): a transplant paste must move this many to be visible, and the gate's
+# exact tests (quality/outside.py) call a box unchanged below it
+VISIBLE_DIFF = 8
+
+
 @dataclass(frozen=True)
 class Box:
     """An axis-aligned box in pixel coordinates: x1/y1 inclusive, x2/y2 exclusive."""

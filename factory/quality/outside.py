@@ -19,13 +19,9 @@ from typing import Sequence
 
 import numpy as np
 
-from factory.core import Reason, Sample
+from factory.core import VISIBLE_DIFF, Reason, Sample
 from factory.quality.base import Verdict
 from factory.quality.boxes import drawn_boxes
-
-# grey levels a pixel must move by to count as drawn (sensor noise and JPEG move a few;
-# the transplant asks the same of a visible paste)
-VISIBLE_DIFF = 8
 
 
 def changed_outside(image: np.ndarray, background: np.ndarray, boxes, grow_px: int) -> np.ndarray:

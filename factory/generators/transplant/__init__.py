@@ -30,7 +30,7 @@ from typing import Any, ClassVar, Literal, Sequence
 import numpy as np
 from pydantic import Field, field_validator
 
-from factory.core import Box, Sample, WorkItem
+from factory.core import VISIBLE_DIFF, Box, Sample, WorkItem
 from factory.generators.base import GeneratorParams
 from factory.generators.references import background_uris, load_background, qualify, qualify_references, reference_problems
 from factory.generators.transplant.bank import load_bank, nearest
@@ -158,7 +158,7 @@ class TransplantGenerator:
                 for inst, at, v, blend in self._paste_box(canvas, box, rng, levels, forbidden | (mask > 0)):
                     before = canvas.copy()
                     pasted = paste(canvas, v, at[:2], inst.exact, blend, p.feather, levels)
-                    visible = float((np.abs(canvas - before)[pasted] > (127 if levels is not None else 8)).mean()) \
+                    visible = float((np.abs(canvas - before)[pasted] > (127 if levels is not None else VISIBLE_DIFF)).mean()) \
                         if pasted.any() else 0.0
                     why = f"invisible ({visible:.2f} changed)" if visible < p.min_visible else None  # an open on bare substrate
                     if why is None and levels is not None and p.topology:
