@@ -152,57 +152,6 @@ def test_a_memory_image_left_out_scores_as_if_never_seen(tiles):
     assert spot[0].max() > spot[1].max()  # left out, the spot is an anomaly again
 
 
-def _stripes(size, vertical: bool, seed=0):
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0 : size[0], 0 : size[1]]
-    return np.clip(120 + 60 * np.sin((xx if vertical else yy) / 2.0) + rng.normal(0, 3, size), 0, 255).astype(np.uint8)
-
-
-def test_self_radius_is_the_nearer_of_memory_and_the_images_own_far_patches():
-    """Exactly: with `self_radius`, a patch's score is min(nearest memory patch, nearest patch of
-    its own image whose centre is at least the radius away), brute force on the patch grid."""
-    from factory.quality.anomaly.patchcore import PatchCoreConfig, PatchCoreDetector
-
-    det = PatchCoreDetector(PatchCoreConfig(**(TINY | {"self_radius": 20})), device="cpu")
-    det.fit([_stripes((64, 64), True, s) for s in range(3)])
-    x = det._square([_stripes((64, 64), False, 9)])
-    got = det.patch_scores(x, origins=[(0, 0)])[0]
-    f = det.features(x)[0]  # D x h x w
-    D, h, w = f.shape
-    q = f.permute(1, 2, 0).reshape(-1, D)
-    c = torch.tensor([((i + 0.5) * 64 / h, (j + 0.5) * 64 / w) for i in range(h) for j in range(w)])
-    mem = torch.cdist(q, det.memory).min(1).values
-    own = torch.cdist(q, q)
-    own[torch.cdist(c, c) < 20] = float("inf")
-    assert torch.allclose(got.reshape(-1), torch.minimum(mem, own.min(1).values), atol=1e-4)
-    assert torch.allclose(det.patch_scores(x)[0].reshape(-1), mem, atol=1e-4)  # without origins: memory only
-
-
-@pytest.mark.parametrize("tiles", [False, True])
-def test_self_radius_forgives_an_unseen_design_but_not_a_defect_on_it(tiles):
-    """A memory of vertical stripes sees horizontal ones (a new design) as anomalous everywhere;
-    matched against their own far patches they are normal, while a one-of-a-kind spot stays hot
-    (in tiles too: an overlapping tile's copy of the spot is too near to count as a match)."""
-    from factory.quality.anomaly.patchcore import PatchCoreConfig, PatchCoreDetector
-
-    size = (70, 150) if tiles else (64, 64)
-    cfg = TINY | ({"scale": 1.0} if tiles else {})
-    plain = PatchCoreDetector(PatchCoreConfig(**cfg), device="cpu")
-    plain.fit([_stripes(size, True, s) for s in range(3)])
-    own = PatchCoreDetector(PatchCoreConfig(**(cfg | {"self_radius": 24})), device="cpu", memory=plain.memory, net=plain.net)
-    clean, spot = _stripes(size, False, 7), _stripes(size, False, 8)
-    spot[20:30, 30:40] = 255
-    p_clean, p_spot = plain.image_scores([clean, spot])
-    o_clean, o_spot = own.image_scores([clean, spot])
-    assert o_clean < 0.5 * p_clean  # the new design's repeats match each other
-    assert o_spot > (3 if tiles else 1.3) * o_clean  # the spot does not (a 64 px square: its borders are one of a kind too)
-    h = own.heat_maps([spot], original_size=True)[0]
-    y, x = np.unravel_index(np.argmax(h), h.shape)
-    assert 20 - 8 <= y < 30 + 8 and 30 - 8 <= x < 40 + 8
-    with pytest.raises(ValueError, match="self_radius"):
-        PatchCoreConfig(self_radius=-1)
-
-
 def test_native_scale_tiles_cover_large_images():
     from factory.quality.anomaly.patchcore import PatchCoreConfig, PatchCoreDetector
 

@@ -54,8 +54,6 @@ def train_anomaly_cmd(
     coreset_size: int = typer.Option(10000, help="patchcore: memory bank size after greedy coreset subsampling"),
     keep_aspect: bool = typer.Option(False, "--keep-aspect/--square", help="patchcore: short side to --image-size, aspect kept (else squashed square)"),
     score_cells: int = typer.Option(8, help="patchcore: image score = mean heat over this many patch cells' area (0: the maximum)"),
-    self_radius: int = typer.Option(0, help="patchcore: a patch may also match its own image's patches this far away "
-                                    "(model px; 0: off): for lines whose designs the memory never saw, e.g. new PCB boards"),
 ) -> None:
     """Train the gate's anomaly model on defect-free images (Ray Train; patchcore: one pass, no training loop),
     calibrate its thresholds, save it."""
@@ -67,7 +65,7 @@ def train_anomaly_cmd(
                                  backbone=str(backbone) if backbone else None, seed=seed, threads=threads, max_images=max_images,
                                  net=net, blocks=tuple(int(b) for b in blocks.split(",") if b.strip()), image_size=image_size,
                                  pc_scale=pc_scale, coreset_size=coreset_size, keep_aspect=keep_aspect,
-                                 score_cells=score_cells, self_radius=self_radius)
+                                 score_cells=score_cells)
         if (normal is None) == (normal_from is None):
             raise ValueError("give --normal (defect-free images) or --normal-from (a spec that draws them), one of the two")
         if normal_from is not None:

@@ -77,7 +77,6 @@ class AnomalyTrainConfig:
     max_patches: int = 100_000  # random pool of training patches the coreset is chosen from
     pc_sigma: float = 4.0  # heat-map smoothing in model pixels
     score_cells: int = 8  # image score: mean heat over this many patch cells' area (0: the maximum)
-    self_radius: int = 0  # > 0: a patch may also match its own image's patches this far away (model px)
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -103,8 +102,7 @@ class AnomalyTrainConfig:
         return PatchCoreConfig(net=self.net, blocks=tuple(self.blocks), image_size=self.image_size, scale=self.pc_scale,
                                keep_aspect=self.keep_aspect,
                                coreset_size=self.coreset_size, max_patches=self.max_patches, sigma=self.pc_sigma,
-                               score_cells=self.score_cells, self_radius=self.self_radius, batch_size=self.batch_size,
-                               seed=self.seed)
+                               score_cells=self.score_cells, batch_size=self.batch_size, seed=self.seed)
 
     def preprocess_config(self):
         from factory.quality.anomaly.preprocess import PreprocessConfig

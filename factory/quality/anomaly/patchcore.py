@@ -17,10 +17,6 @@ distance as the anomaly score.
   pixels) is the heat map. The image score (`image_score`, the one owner calibration, evaluation
   and the gate call) is the mean heat over its hottest `score_cells` patch cells' area: on the
   magnetic-tile dev split 8 cells beat the maximum (BENCHMARKS.md); 0 is the maximum.
-- Self-reference (`self_radius` > 0, off by default): a patch may also match its own image's
-  patches at least that far away. A design the memory never saw (a PCB group of its own)
-  repeats its traces and pads across the board, so they match each other; a defect is one of
-  a kind. The patch needs no memory neighbour of its exact geometry.
 - Resolution: by default an image (grey, replicated to 3 channels) is resized to
   `image_size` x `image_size`; with `keep_aspect` its short side is resized to
   `image_size` and its long side in proportion (at most 4x, a multiple of 32). With `scale` set, images are resized by that factor (aspect
@@ -66,9 +62,6 @@ class PatchCoreConfig:
     sigma: float = 4.0  # heat-map smoothing, in model pixels
     pool: int = 3  # local aggregation window (average pooling of each feature map)
     score_cells: int = 8  # image score: mean heat over this many patch cells' area (0: the maximum)
-    # > 0: a patch may also match its own image's patches at least this far away (model px): the
-    # repeated traces and pads of a design the memory never saw are normal, a defect is one of a kind
-    self_radius: int = 0
     batch_size: int = 16
     seed: int = 0
 
@@ -82,8 +75,6 @@ class PatchCoreConfig:
             raise ValueError("coreset_size must be >= 0 and max_patches >= 1")
         if self.score_cells < 0:
             raise ValueError(f"score_cells: {self.score_cells} must be >= 0 (0: the heat map's maximum)")
-        if self.self_radius < 0:
-            raise ValueError(f"self_radius: {self.self_radius} must be >= 0 (0: off)")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -262,50 +253,24 @@ class PatchCoreDetector:
 
     # --- scoring -----------------------------------------------------------------------
     @torch.no_grad()
-    def patch_scores(self, x, leave_out: Sequence[int] | None = None,
-                     origins: Sequence[tuple[int, int]] | None = None) -> list[torch.Tensor]:
+    def patch_scores(self, x, leave_out: Sequence[int] | None = None) -> list[torch.Tensor]:
         """Nearest-memory distances on the patch grid, one h x w map per network input (N x 1 x S x S, or a
-        list); `leave_out`: per input, the training image whose memory patches it may not match (-1: none).
-        `origins`: the inputs are the tiles of ONE image at these (y, x) model px (a whole image: [(0, 0)]),
-        and with `self_radius` each patch may also match that image's patches at least that far away."""
+        list); `leave_out`: per input, the training image whose memory patches it may not match (-1: none)."""
         if self.memory is None:
             raise RuntimeError("PatchCore has no memory bank: fit it on defect-free images first")
         if leave_out is not None and self.owner is None:
             raise RuntimeError("this memory bank does not know which image each patch came from (fit it again)")
         out: list[torch.Tensor] = []
-        own: list[tuple[torch.Tensor, torch.Tensor]] = []  # per input: (its patches' features, their centres)
         for xb in self._chunks(x):
             f = self.features(xb)
             B, D, h, w = f.shape
             q = f.permute(0, 2, 3, 1).reshape(B, h * w, D).to(self.device)
-            if origins is not None and self.cfg.self_radius:
-                for qb, xi in zip(q, xb):
-                    (oy, ox), (H, W) = origins[len(own)], xi.shape[-2:]
-                    cy, cx = torch.meshgrid((torch.arange(h) + 0.5) * H / h + oy, (torch.arange(w) + 0.5) * W / w + ox,
-                                            indexing="ij")
-                    own.append((qb, torch.stack([cy.reshape(-1), cx.reshape(-1)], 1).to(self.device)))
             if leave_out is None:
                 out += list(nn_distance(q.reshape(-1, D), self.memory).reshape(B, h, w).cpu())
                 continue
             for qb, i in zip(q, leave_out[len(out) : len(out) + B]):
                 ignore = self.owner == i if i >= 0 else None
                 out.append(nn_distance(qb, self.memory, ignore=ignore).reshape(h, w).cpu())
-        return self._self_matched(out, own) if own else out
-
-    def _self_matched(self, grids: list[torch.Tensor], own: list[tuple[torch.Tensor, torch.Tensor]],
-                      chunk: int = 4096) -> list[torch.Tensor]:
-        """Each patch's distance: the smaller of its nearest memory patch and its nearest patch of the
-        same image whose centre lies `self_radius` model px or more away (overlapping tiles included)."""
-        feats, centres = torch.cat([f for f, _ in own]).float(), torch.cat([c for _, c in own])
-        best = []
-        for i in range(0, len(feats), chunk):
-            d = torch.cdist(feats[i : i + chunk], feats)
-            d[torch.cdist(centres[i : i + chunk], centres) < self.cfg.self_radius] = float("inf")
-            best.append(d.min(1).values)
-        self_d, out, k = torch.cat(best).cpu(), [], 0
-        for g in grids:
-            out.append(torch.minimum(g, self_d[k : k + g.numel()].reshape(g.shape)))
-            k += g.numel()
         return out
 
     @torch.no_grad()
@@ -315,16 +280,7 @@ class PatchCoreDetector:
         `leave_out`: per image, the index of the training image it is (its own patches ignored), or -1."""
         x, where = self._inputs(images, rescaled)
         S = self.cfg.image_size
-        lo = None if leave_out is None else self._per_input(where, leave_out)
-        if self.cfg.self_radius:  # one image at a time: its patches match each other
-            grids, k = [], 0
-            for w in where:
-                n = 1 if w is None else len(w[0])
-                grids += self.patch_scores(x[k : k + n], None if lo is None else lo[k : k + n],
-                                           origins=[(0, 0)] if w is None else w[0])
-                k += n
-        else:
-            grids = self.patch_scores(x, lo)
+        grids = self.patch_scores(x, None if leave_out is None else self._per_input(where, leave_out))
         if isinstance(x, list):  # keep_aspect: each at its own input size
             return [gaussian_smooth(F.interpolate(g[None, None], size=xi.shape[-2:], mode="bilinear", align_corners=False),
                                     self.cfg.sigma)[0, 0].numpy() for g, xi in zip(grids, x)]
