@@ -17,6 +17,7 @@ images only and tested on images the training and calibration never saw:
 - elpv: ELPV cells, p=0 split 80/20 the same way; test = held-out p=0 vs p=1 (no masks).
 - deeppcb: defect-free templates (`*_temp.jpg`) of all groups but the last two train; test = the
   last two groups' templates vs their tested boards (`*_test.jpg`); boxes only (no pixel AUROC).
+  `--dev` leaves those two groups out and tests the two before them (the memory: the rest).
 - pv: pv_vision cells (train + val folders) without any defect value (1 dark area, 2 cross
   crack, 3 crack) in their mask, split 80/20; test = held-out vs cells with defect pixels.
 With `--bank-split F` (mt), a seeded share F of every defect folder is set aside before any
@@ -116,14 +117,18 @@ def load_pv(root: Path, patch, max_test: int | None, max_train: int | None):
     return _take(train, max_train, 4), _take(test, max_test, 2), [defect[i] for i in keep], [masks[i] for i in keep], []
 
 
-def load_deeppcb(root: Path, patch, max_test: int | None, max_train: int | None, test_groups: int = 2):
+def load_deeppcb(root: Path, patch, max_test: int | None, max_train: int | None, test_groups: int = 2,
+                 dev: bool = False):
     """DeepPCB: the defect-free templates (`*_temp.jpg`) of all groups but the last `test_groups` (sorted)
     are the training images; test = those groups' templates (normal) vs their tested boards (`*_test.jpg`,
-    each with at least one defect; boxes only, so no pixel AUROC)."""
+    each with at least one defect; boxes only, so no pixel AUROC). `dev`: the test groups are left out
+    altogether and the `test_groups` before them are tested instead (settings are chosen there)."""
     from factory.data.folders import read_image
     from factory.quality.anomaly.patches import rescale
 
     groups = sorted(p for p in root.glob("group*") if p.is_dir())
+    if dev:
+        groups = groups[:-test_groups]
     train_g, test_g = groups[:-test_groups], groups[-test_groups:]
     def temp(gs):
         return sorted(f for g in gs for f in g.glob("*/*_temp.jpg"))
@@ -222,7 +227,8 @@ def main() -> None:
                     help="mt: this share of every defect folder leaves the test set (seeded) and may feed the bank")
     ap.add_argument("--dev", action="store_true",
                     help="mt: score the --bank-split defects against a fifth of the training tiles (left out of the "
-                         "memory) instead of the test split: choose settings here, report them on the test split")
+                         "memory) instead of the test split; deeppcb: test on the two board groups before the test "
+                         "groups, which leave the data altogether. Choose settings here, report them on the test split")
     ap.add_argument("--banks", nargs="+", default=["none"], choices=["none", "real"],
                     help="uiidd-disc's simulated anomalies: Perlin/patch fills only (none), or also the set-aside real "
                          "defects cut along their masks (real); both run on the same test split")
@@ -258,17 +264,17 @@ def main() -> None:
                                      args.bank_split),
                "elpv": lambda: load_elpv(patch, max_test, args.max_train),
                "pv": lambda: load_pv(root / "pv_vision_crack", patch, max_test, args.max_train),
-               "deeppcb": lambda: load_deeppcb(root / "deeppcb", patch, max_test, args.max_train)}
+               "deeppcb": lambda: load_deeppcb(root / "deeppcb", patch, max_test, args.max_train, dev=args.dev)}
     # patchcore reads the same splits at native resolution (scale 1.0; it resizes or tiles itself)
     native = PatchConfig(size=32, scale=1.0)
     native_loaders = {"mt": lambda: load_mt(root / "magnetic_tile", native, max_test, args.max_train if args.smoke else None,
                                             args.bank_split),
                       "elpv": lambda: load_elpv(native, max_test, args.max_train),
                       "pv": lambda: load_pv(root / "pv_vision_crack", native, max_test, args.max_train),
-                      "deeppcb": lambda: load_deeppcb(root / "deeppcb", native, max_test, args.max_train)}
-    split = dev_split if args.dev else (lambda data: data)
+                      "deeppcb": lambda: load_deeppcb(root / "deeppcb", native, max_test, args.max_train, dev=args.dev)}
     rows = []
     for name in args.datasets:
+        split = dev_split if args.dev and name != "deeppcb" else (lambda data: data)  # deeppcb's dev split is its loader's
         trained = [m for m in args.methods if m != "patchcore"]
         data = split(loaders[name]()) if trained else None
         if "patchcore" in args.methods:
