@@ -186,7 +186,7 @@ def run_patchcore(name: str, data, seed: int, args) -> dict:
     cfg = AnomalyTrainConfig(method="patchcore", seed=seed, net=args.pc_net, blocks=tuple(args.pc_blocks), image_size=args.pc_size,
                              pc_scale=args.pc_scale, coreset_size=args.pc_coreset, max_patches=args.pc_pool,
                              pc_sigma=args.pc_sigma, batch_size=args.batch, keep_aspect=args.pc_keep_aspect,
-                             score_cells=args.pc_score_cells)
+                             score_cells=args.pc_score_cells, pixel_blocks=tuple(args.pc_pixel_blocks))
     res = train_anomaly(f"{name} normal (80%)", None, cfg, images=train)
     det = res["detector"]
     t = time.time()
@@ -196,6 +196,7 @@ def run_patchcore(name: str, data, seed: int, args) -> dict:
     fit = res["metrics"]
     row = {"data": name, "method": f"patchcore-{args.pc_net}-b{''.join(map(str, args.pc_blocks))}-{args.pc_size}"
                                     + (f"-tiles{args.pc_scale}" if args.pc_scale else "") + ("-aspect" if args.pc_keep_aspect else "")
+                                    + (f"-x{''.join(map(str, args.pc_pixel_blocks))}" if args.pc_pixel_blocks else "")
                                     + f"-m{fit['memory']}" + (f"-top{args.pc_score_cells}" if args.pc_score_cells else "-max"),
            "seed": seed, "train_images": res["train_images"], "calib_images": res["val_images"],
            "test_normal": len(test_n), "test_defect": len(test_d), "train_s": round(res["train_seconds"], 1),
@@ -241,6 +242,8 @@ def main() -> None:
     ap.add_argument("--pc-pool", type=int, default=100_000, help="patchcore: random pool of training patches for the coreset")
     ap.add_argument("--pc-sigma", type=float, default=4.0, help="patchcore: heat-map smoothing (model pixels)")
     ap.add_argument("--pc-score-cells", type=int, default=8, help="patchcore: image score = mean heat over this many patch cells' area (0: max)")
+    ap.add_argument("--pc-pixel-blocks", nargs="+", type=int, default=[], help="patchcore: a second memory on these stages, "
+                    "its heat map multiplied in (geometric mean)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--smoke", action="store_true", help=SMOKE_HELP + "; 1 epoch, scale 0.25, 4 test images a side, at most 32 train images")
     args = ap.parse_args()

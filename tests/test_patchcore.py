@@ -109,6 +109,33 @@ def test_checkpoint_round_trips_with_the_same_scores(tmp_path):
     assert 18 - 8 <= y < 28 + 8 and 24 - 8 <= x < 34 + 8  # and peaks where it is (8 px: the stride-8 grid)
 
 
+def test_a_second_map_is_the_geometric_mean_of_two_memories_and_round_trips(tmp_path):
+    """`pixel_blocks`: a second memory on other stages scores the same inputs; the heat map is the
+    geometric mean of the two maps, exactly what two single-map detectors give; it saves and loads."""
+    from factory.quality.anomaly.detector import AnomalyDetector
+    from factory.quality.anomaly.patchcore import PatchCoreConfig, PatchCoreDetector, calibrate_patchcore
+
+    imgs, test = _images(6), _images(2, seed=5)
+    test[0][18:28, 24:34] = 255
+    both = PatchCoreDetector(PatchCoreConfig(**(TINY | {"blocks": (4, 5), "pixel_blocks": (2, 3)})), device="cpu")
+    rep = both.fit(imgs[:4])
+    assert rep["second_map"]["memory"] == 50 and both.second.cfg.blocks == (2, 3)
+    one = [PatchCoreDetector(PatchCoreConfig(**(TINY | {"blocks": b})), device="cpu") for b in [(4, 5), (2, 3)]]
+    for d in one:
+        d.fit(imgs[:4])
+    a, b = (d.heat_maps(test) for d in one)  # at the model's size (where the maps are combined)
+    h = both.heat_maps(test)
+    assert all(np.allclose(x, np.sqrt(y * z), atol=1e-5) for x, y, z in zip(h, a, b))
+    assert both.heat_tolerance_px == max(d.heat_tolerance_px for d in one)
+    calibrate_patchcore(both, imgs[4:])
+    both.save(f"file://{tmp_path / 'pc2'}")
+    back = AnomalyDetector.load(f"file://{tmp_path / 'pc2'}")
+    assert back.cfg.pixel_blocks == (2, 3)
+    assert all(np.allclose(x, y, atol=1e-5) for x, y in zip(h, back.heat_maps(test)))
+    with pytest.raises(ValueError, match="pixel_blocks"):
+        PatchCoreConfig(blocks=(5, 6), pixel_blocks=(5, 6))
+
+
 def test_image_score_is_the_mean_over_the_hottest_cells_area():
     """A lone hot pixel is noise, a defect-sized hot area is a defect: the image score averages
     the hottest `score_cells` patch cells' area (in image pixels, so it scales with the image)."""

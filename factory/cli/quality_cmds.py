@@ -54,6 +54,8 @@ def train_anomaly_cmd(
     coreset_size: int = typer.Option(10000, help="patchcore: memory bank size after greedy coreset subsampling"),
     keep_aspect: bool = typer.Option(False, "--keep-aspect/--square", help="patchcore: short side to --image-size, aspect kept (else squashed square)"),
     score_cells: int = typer.Option(8, help="patchcore: image score = mean heat over this many patch cells' area (0: the maximum)"),
+    pixel_blocks: str = typer.Option("", help="patchcore: a second memory on these stages (e.g. 3,4), its heat map multiplied in "
+                                     "(geometric mean): a finer map at twice the cost (default: none)"),
 ) -> None:
     """Train the gate's anomaly model on defect-free images (Ray Train; patchcore: one pass, no training loop),
     calibrate its thresholds, save it."""
@@ -65,7 +67,7 @@ def train_anomaly_cmd(
                                  backbone=str(backbone) if backbone else None, seed=seed, threads=threads, max_images=max_images,
                                  net=net, blocks=tuple(int(b) for b in blocks.split(",") if b.strip()), image_size=image_size,
                                  pc_scale=pc_scale, coreset_size=coreset_size, keep_aspect=keep_aspect,
-                                 score_cells=score_cells)
+                                 score_cells=score_cells, pixel_blocks=tuple(int(b) for b in pixel_blocks.split(",") if b.strip()))
         if (normal is None) == (normal_from is None):
             raise ValueError("give --normal (defect-free images) or --normal-from (a spec that draws them), one of the two")
         if normal_from is not None:

@@ -77,6 +77,7 @@ class AnomalyTrainConfig:
     max_patches: int = 100_000  # random pool of training patches the coreset is chosen from
     pc_sigma: float = 4.0  # heat-map smoothing in model pixels
     score_cells: int = 8  # image score: mean heat over this many patch cells' area (0: the maximum)
+    pixel_blocks: tuple[int, ...] = ()  # a second memory on these stages, its map multiplied in (geometric mean)
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -102,7 +103,7 @@ class AnomalyTrainConfig:
         return PatchCoreConfig(net=self.net, blocks=tuple(self.blocks), image_size=self.image_size, scale=self.pc_scale,
                                keep_aspect=self.keep_aspect,
                                coreset_size=self.coreset_size, max_patches=self.max_patches, sigma=self.pc_sigma,
-                               score_cells=self.score_cells, batch_size=self.batch_size, seed=self.seed)
+                               score_cells=self.score_cells, pixel_blocks=tuple(self.pixel_blocks), batch_size=self.batch_size, seed=self.seed)
 
     def preprocess_config(self):
         from factory.quality.anomaly.preprocess import PreprocessConfig
