@@ -91,6 +91,10 @@ class PatchCoreConfig:
         d["pixel_blocks"] = list(self.pixel_blocks)
         return d
 
+    def second_config(self) -> "PatchCoreConfig":
+        """The second map's config: the same but on `pixel_blocks`, with no map of its own."""
+        return replace(self, blocks=self.pixel_blocks, pixel_blocks=())
+
     @property
     def patch(self) -> PatchConfig | None:
         return PatchConfig(size=self.image_size, scale=self.scale) if self.scale is not None else None
@@ -183,8 +187,9 @@ class PatchCoreDetector:
         self.meta = meta or {}
         self.patch = cfg.patch
         # the second map's own memory (cfg.pixel_blocks); its calibration is this detector's
-        self.second = second if second is not None or not cfg.pixel_blocks else \
-            PatchCoreDetector(replace(cfg, blocks=cfg.pixel_blocks, pixel_blocks=()), device=self.device)
+        if second is None and cfg.pixel_blocks:
+            second = PatchCoreDetector(cfg.second_config(), device=self.device)
+        self.second = second
 
     # --- inputs ----------------------------------------------------------------------
     def _square(self, images: Sequence[np.ndarray]) -> torch.Tensor:
@@ -385,10 +390,8 @@ class PatchCoreDetector:
             raise ValueError(f"not a PatchCore checkpoint (format {config.get('format')!r}, expected {FORMAT!r})")
         # checkpoints from before `score_cells` were calibrated on the heat map's maximum
         cfg = PatchCoreConfig(**({"score_cells": 0} | config["patchcore"]))
-        second = None
-        if cfg.pixel_blocks:
-            second = cls(replace(cfg, blocks=cfg.pixel_blocks, pixel_blocks=()), weights["second_memory"], device=device,
-                         owner=weights.get("second_owner"))
+        second = cls(cfg.second_config(), weights["second_memory"], device=device,
+                     owner=weights.get("second_owner")) if cfg.pixel_blocks else None
         return cls(cfg, weights["memory"], Calibration(**config["calibration"]), config.get("meta", {}), device,
                    owner=weights.get("owner"), second=second)
 
